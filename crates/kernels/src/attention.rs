@@ -1,0 +1,361 @@
+//! Fused multi-head scaled-dot-product self-attention, from packed `qkv`.
+//!
+//! Dims: `B` batch, `N` tokens, `D` width, `H` heads, `Dh = D/H` head width.
+//!
+//! ```text
+//! qkv (B, N, 3·D)   timm's packing: columns [0, D) are q, [D, 2D) k, [2D, 3D) v;
+//!                   head h owns columns h·Dh .. (h+1)·Dh of each
+//! out (B, N, D)     head h's output in columns h·Dh .. (h+1)·Dh
+//! lse (B, H, N)     log Σ_j e^{S_ij} per query row, saved for the backward
+//!
+//! per (b, h):  S = Q Kᵀ / √Dh   (N, N)      P = softmax_rows(S)      O = P V
+//! ```
+//! The backward recomputes `P = e^{S − lse}` instead of storing it (the scores
+//! of all heads would be `B·H·N²` values), then
+//! ```text
+//! dV += Pᵀ dO     dP = dO Vᵀ     dS = P ⊙ (dP − rowsum(P ⊙ dP))
+//! dQ += dS K / √Dh               dK += dSᵀ Q / √Dh
+//! ```
+//! One rayon task per (b, h); each task holds only its own head's `N × N`
+//! scores, and the products are strided views into `qkv`/`out` (no copies of
+//! Q, K, V). Tasks write disjoint columns, so the result is independent of
+//! the thread count.
+
+use crate::gemm::{MatRef, sgemm_raw};
+use crate::math;
+use crate::par::SendPtr;
+use crate::softmax::softmax_row_in_place;
+use rayon::prelude::*;
+
+/// Attention geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub b: usize,
+    pub n: usize,
+    pub d: usize,
+    pub h: usize,
+}
+
+impl AttnDims {
+    /// Checks that the heads divide the width.
+    pub fn new(b: usize, n: usize, d: usize, h: usize) -> Self {
+        assert!(h > 0 && d % h == 0, "AttnDims: {h} heads do not divide width {d}");
+        AttnDims { b, n, d, h }
+    }
+    /// Head width `Dh = D/H`.
+    pub fn dh(&self) -> usize {
+        self.d / self.h
+    }
+    /// The softmax scale `Dh^-½`.
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.dh() as f32).sqrt()
+    }
+    /// Multiply-adds of one forward: `2·B·H·N²·Dh` (two products).
+    pub fn forward_macs(&self) -> usize {
+        2 * self.b * self.h * self.n * self.n * self.dh()
+    }
+}
+
+/// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.
+fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) -> MatRef<'a> {
+    let (n, d) = (dims.n, dims.d);
+    let off = b * n * 3 * d + slot * d + h * dims.dh();
+    MatRef::new(&qkv[off..], n, dims.dh(), 3 * d, 1)
+}
+
+/// `out (B, N, D)` and `lse (B, H, N)` from `qkv (B, N, 3D)`.
+pub fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
+    let AttnDims { b, n, d, h } = dims;
+    assert_eq!(
+        qkv.len(),
+        b * n * 3 * d,
+        "attention::forward: qkv has {} values, want (B {b}, N {n}, 3·D {})",
+        qkv.len(),
+        3 * d
+    );
+    assert_eq!(
+        out.len(),
+        b * n * d,
+        "attention::forward: out has {} values, want (B {b}, N {n}, D {d})",
+        out.len()
+    );
+    assert_eq!(
+        lse.len(),
+        b * h * n,
+        "attention::forward: lse has {} values, want (B {b}, H {h}, N {n})",
+        lse.len()
+    );
+    if out.is_empty() {
+        return;
+    }
+    let dh = dims.dh();
+    let scale = dims.scale();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    lse.par_chunks_mut(n).enumerate().for_each_init(
+        || vec![0f32; n * n],
+        |scores, (task, lse_row)| {
+            let (bi, hi) = (task / h, task % h);
+            let q = head(qkv, &dims, bi, hi, 0);
+            let k = head(qkv, &dims, bi, hi, 1);
+            let v = head(qkv, &dims, bi, hi, 2);
+            let s_ptr = scores.as_mut_ptr();
+            // SAFETY: `scores` is this task's own N×N buffer.
+            unsafe { sgemm_raw(scale, q, k.t(), 0.0, s_ptr, n, n, n, 1) };
+            for (row, l) in scores.chunks_exact_mut(n).zip(lse_row.iter_mut()) {
+                *l = softmax_row_in_place(row);
+            }
+            let p = MatRef::row_major(scores, n, n);
+            // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
+            // is written by this task only; it lies inside `out` (checked above).
+            unsafe { sgemm_raw(1.0, p, v, 0.0, out_ptr.get().add(bi * n * d + hi * dh), n, dh, d, 1) };
+        },
+    );
+}
+
+/// Accumulates `dqkv (B, N, 3D)` from `dout (B, N, D)`, the forward's inputs and
+/// its saved `lse`.
+pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+    let AttnDims { b, n, d, h } = dims;
+    assert_eq!(
+        qkv.len(),
+        b * n * 3 * d,
+        "attention::backward: qkv has {} values, want {}",
+        qkv.len(),
+        b * n * 3 * d
+    );
+    assert_eq!(
+        dqkv.len(),
+        qkv.len(),
+        "attention::backward: dqkv has {} values, want {}",
+        dqkv.len(),
+        qkv.len()
+    );
+    assert_eq!(
+        dout.len(),
+        b * n * d,
+        "attention::backward: dout has {} values, want {}",
+        dout.len(),
+        b * n * d
+    );
+    assert_eq!(
+        lse.len(),
+        b * h * n,
+        "attention::backward: lse has {} values, want {}",
+        lse.len(),
+        b * h * n
+    );
+    if dout.is_empty() {
+        return;
+    }
+    let dh = dims.dh();
+    let scale = dims.scale();
+    let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
+    (0..b * h).into_par_iter().for_each_init(
+        || (vec![0f32; n * n], vec![0f32; n * n]),
+        |(p, dp), task| {
+            let (bi, hi) = (task / h, task % h);
+            let q = head(qkv, &dims, bi, hi, 0);
+            let k = head(qkv, &dims, bi, hi, 1);
+            let v = head(qkv, &dims, bi, hi, 2);
+            let d_o = MatRef::new(&dout[bi * n * d + hi * dh..], n, dh, d, 1);
+            let lse_rows = &lse[task * n..(task + 1) * n];
+            // P = exp(scale·Q Kᵀ − lse), recomputed.
+            // SAFETY: `p` and `dp` are this task's own N×N buffers.
+            unsafe { sgemm_raw(scale, q, k.t(), 0.0, p.as_mut_ptr(), n, n, n, 1) };
+            for (row, &l) in p.chunks_exact_mut(n).zip(lse_rows) {
+                if l == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                } else {
+                    for s in row.iter_mut() {
+                        *s = math::exp(*s - l);
+                    }
+                }
+            }
+            // dP = dO Vᵀ.
+            unsafe { sgemm_raw(1.0, d_o, v.t(), 0.0, dp.as_mut_ptr(), n, n, n, 1) };
+            let base = dqkv_ptr;
+            let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
+            let pm = MatRef::row_major(p, n, n);
+            // SAFETY (this and the two products below): the (N, Dh) blocks of head
+            // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
+            // this task only, and lie inside `dqkv` (lengths checked above).
+            unsafe { sgemm_raw(1.0, pm.t(), d_o, 1.0, base.get().add(slot(2)), n, dh, 3 * d, 1) };
+            // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
+            for (prow, dprow) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+                let s = math::dot(prow, dprow);
+                for (g, &pv) in dprow.iter_mut().zip(prow) {
+                    *g = pv * (*g - s) * scale;
+                }
+            }
+            let ds = MatRef::row_major(dp, n, n);
+            unsafe { sgemm_raw(1.0, ds, k, 1.0, base.get().add(slot(0)), n, dh, 3 * d, 1) };
+            unsafe { sgemm_raw(1.0, ds.t(), q, 1.0, base.get().add(slot(1)), n, dh, 3 * d, 1) };
+        },
+    );
+}
+
+/// Index-by-index loops in f64, storing the full probabilities.
+pub mod reference {
+    use super::AttnDims;
+
+    fn at(qkv: &[f32], dims: &AttnDims, b: usize, t: usize, slot: usize, h: usize, j: usize) -> f64 {
+        qkv[(b * dims.n + t) * 3 * dims.d + slot * dims.d + h * dims.dh() + j] as f64
+    }
+
+    /// Probabilities `(B, H, N, N)`.
+    fn probs(qkv: &[f32], dims: &AttnDims) -> Vec<f64> {
+        let (n, dh, scale) = (dims.n, dims.dh(), 1.0 / (dims.dh() as f64).sqrt());
+        let mut p = vec![0f64; dims.b * dims.h * n * n];
+        for b in 0..dims.b {
+            for h in 0..dims.h {
+                for i in 0..n {
+                    let row = &mut p[((b * dims.h + h) * n + i) * n..][..n];
+                    for (j, s) in row.iter_mut().enumerate() {
+                        *s = scale
+                            * (0..dh)
+                                .map(|c| at(qkv, dims, b, i, 0, h, c) * at(qkv, dims, b, j, 1, h, c))
+                                .sum::<f64>();
+                    }
+                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = row.iter().map(|s| (s - m).exp()).sum();
+                    row.iter_mut().for_each(|s| *s = (*s - m).exp() / z);
+                }
+            }
+        }
+        p
+    }
+
+    /// `out = attention(qkv)`.
+    pub fn forward(out: &mut [f32], qkv: &[f32], dims: AttnDims) {
+        let (n, dh) = (dims.n, dims.dh());
+        let p = probs(qkv, &dims);
+        for b in 0..dims.b {
+            for h in 0..dims.h {
+                for i in 0..n {
+                    for c in 0..dh {
+                        let v: f64 = (0..n)
+                            .map(|j| p[((b * dims.h + h) * n + i) * n + j] * at(qkv, &dims, b, j, 2, h, c))
+                            .sum();
+                        out[(b * n + i) * dims.d + h * dh + c] = v as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dqkv += ∂out/∂qkv · dout`.
+    pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], dims: AttnDims) {
+        let (n, d, dh) = (dims.n, dims.d, dims.dh());
+        let scale = 1.0 / (dh as f64).sqrt();
+        let p = probs(qkv, &dims);
+        let go = |b: usize, i: usize, h: usize, c: usize| dout[(b * n + i) * d + h * dh + c] as f64;
+        for b in 0..dims.b {
+            for h in 0..dims.h {
+                let pr = |i: usize, j: usize| p[((b * dims.h + h) * n + i) * n + j];
+                // dP_ij = Σ_c dO_ic V_jc; dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik).
+                let dp: Vec<f64> = (0..n * n)
+                    .map(|ij| {
+                        (0..dh)
+                            .map(|c| go(b, ij / n, h, c) * at(qkv, &dims, b, ij % n, 2, h, c))
+                            .sum()
+                    })
+                    .collect();
+                let mut ds = vec![0f64; n * n];
+                for i in 0..n {
+                    let s: f64 = (0..n).map(|k| pr(i, k) * dp[i * n + k]).sum();
+                    for j in 0..n {
+                        ds[i * n + j] = pr(i, j) * (dp[i * n + j] - s);
+                    }
+                }
+                for t in 0..n {
+                    for c in 0..dh {
+                        let dq: f64 = (0..n)
+                            .map(|j| ds[t * n + j] * at(qkv, &dims, b, j, 1, h, c))
+                            .sum::<f64>()
+                            * scale;
+                        let dk: f64 = (0..n)
+                            .map(|i| ds[i * n + t] * at(qkv, &dims, b, i, 0, h, c))
+                            .sum::<f64>()
+                            * scale;
+                        let dv: f64 = (0..n).map(|i| pr(i, t) * go(b, i, h, c)).sum();
+                        let base = (b * n + t) * 3 * d + h * dh + c;
+                        dqkv[base] += dq as f32;
+                        dqkv[base + d] += dk as f32;
+                        dqkv[base + 2 * d] += dv as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, random_vec};
+
+    fn cases() -> Vec<AttnDims> {
+        vec![
+            AttnDims::new(1, 1, 4, 1),
+            AttnDims::new(2, 3, 6, 2),
+            AttnDims::new(1, 7, 12, 3),
+            AttnDims::new(3, 17, 16, 4),
+            AttnDims::new(2, 65, 64, 2),
+            AttnDims::new(1, 197, 128, 2),
+        ]
+    }
+
+    #[test]
+    fn forward_and_backward_match_reference() {
+        for (s, dims) in cases().into_iter().enumerate() {
+            let qkv: Vec<f32> = random_vec(dims.b * dims.n * 3 * dims.d, s as u64)
+                .iter()
+                .map(|v| 2.0 * v)
+                .collect();
+            let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
+            let mut lse = vec![0.0; dims.b * dims.h * dims.n];
+            forward(&mut out, &mut lse, &qkv, dims);
+            let mut want = vec![0.0; out.len()];
+            reference::forward(&mut want, &qkv, dims);
+            assert_close(&out, &want, 1e-5, &format!("attention forward {dims:?}"));
+
+            let dout = random_vec(out.len(), 100 + s as u64);
+            let g0 = random_vec(qkv.len(), 200 + s as u64);
+            let mut fast = g0.clone();
+            backward(&mut fast, &dout, &qkv, &lse, dims);
+            let mut slow = g0;
+            reference::backward(&mut slow, &dout, &qkv, dims);
+            assert_close(&fast, &slow, 1e-4, &format!("attention backward {dims:?}"));
+        }
+    }
+
+    #[test]
+    fn one_token_attends_to_itself() {
+        // With N = 1 the softmax is 1, so out = v.
+        let dims = AttnDims::new(1, 1, 4, 2);
+        let qkv = [0.3, -0.1, 0.7, 2.0, 1.0, 1.0, 1.0, 1.0, 5.0, 6.0, 7.0, 8.0];
+        let mut out = [0.0; 4];
+        let mut lse = [0.0; 2];
+        forward(&mut out, &mut lse, &qkv, dims);
+        assert_eq!(out, [5.0, 6.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn independent_of_thread_count() {
+        let dims = AttnDims::new(2, 50, 192, 3);
+        let qkv = random_vec(dims.b * dims.n * 3 * dims.d, 1);
+        let dout = random_vec(dims.b * dims.n * dims.d, 2);
+        let run = |t: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            pool.install(|| {
+                let mut out = vec![0.0; dout.len()];
+                let mut lse = vec![0.0; dims.b * dims.h * dims.n];
+                forward(&mut out, &mut lse, &qkv, dims);
+                let mut d = vec![0.0; qkv.len()];
+                backward(&mut d, &dout, &qkv, &lse, dims);
+                (out, d)
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
+}

@@ -1,0 +1,106 @@
+//! Which instruction set the fast paths may use, detected once per process.
+//!
+//! Kernels never rely on `-C target-cpu=native`: a program that imports the
+//! library gets the fast path on any machine that has it, and the scalar path
+//! everywhere else. The environment variable `TESSERA_ISA` (`scalar`, `avx2`,
+//! `avx512`) lowers the choice, for tests and benchmarks of each path; asking
+//! for an instruction set the CPU lacks falls back to the best one it has.
+
+use std::sync::OnceLock;
+
+/// An instruction-set level, ordered from least to most capable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Plain Rust; whatever the compiler auto-vectorises for the baseline target.
+    Scalar,
+    /// AVX2 with FMA: 8 f32 lanes, fused multiply-add.
+    Avx2,
+    /// AVX-512F: 16 f32 lanes, 32 vector registers.
+    Avx512,
+}
+
+impl Isa {
+    /// Lower-case name, as accepted by `TESSERA_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name accepted by `TESSERA_ISA`.
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Number of f32 lanes in one vector register of this level.
+    pub fn lanes(self) -> usize {
+        match self {
+            Isa::Scalar => 1,
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+        }
+    }
+}
+
+/// The best level this CPU supports, ignoring `TESSERA_ISA`.
+pub fn detected() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    })
+}
+
+/// The level the kernels use: the detected one, lowered by `TESSERA_ISA` if set.
+pub fn isa() -> Isa {
+    static CHOSEN: OnceLock<Isa> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let best = detected();
+        match std::env::var("TESSERA_ISA").ok().as_deref().and_then(Isa::parse) {
+            Some(asked) => asked.min(best),
+            None => best,
+        }
+    })
+}
+
+/// Every level this CPU can run, from scalar up to [`detected`]; tests run each.
+pub fn available() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|&i| i <= detected())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::parse("neon"), None);
+    }
+
+    #[test]
+    fn chosen_level_is_supported() {
+        assert!(isa() <= detected());
+        assert!(available().contains(&isa()));
+    }
+}

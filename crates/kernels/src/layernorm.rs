@@ -1,0 +1,294 @@
+//! Layer normalization over the last dimension.
+//!
+//! Dims: `R` rows (every token of every image), `D` normalized width.
+//!
+//! ```text
+//! mean_r = Σ_i x_ri / D          var_r = Σ_i (x_ri − mean_r)² / D   (biased, as PyTorch)
+//! rstd_r = 1 / √(var_r + eps)    x̂_ri  = (x_ri − mean_r) · rstd_r
+//! out_ri = x̂_ri · w_i + b_i
+//! ```
+//! Backward, with `g_i = dout_ri · w_i`:
+//! ```text
+//! dinp_ri += rstd_r · (g_i − mean_i(g) − x̂_ri · mean_i(g · x̂_r))
+//! dw_i    += Σ_r dout_ri · x̂_ri        db_i += Σ_r dout_ri
+//! ```
+//! `mean` and `rstd` (one per row) are saved by the forward for the backward.
+//! MAE uses eps = 1e-6.
+
+use crate::math;
+use crate::par::ROW_CHUNK;
+use rayon::prelude::*;
+
+fn check(name: &str, what: &str, len: usize, want: usize) {
+    assert_eq!(len, want, "layernorm::{name}: {what} has {len} values, want {want}");
+}
+
+/// Normalizes one row, returning `(mean, rstd)`.
+#[inline(always)]
+fn forward_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mean = math::sum(x) / d;
+    // Two passes: the centred sum of squares does not lose digits to cancellation.
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v - mean;
+    }
+    let var = math::dot(out, out) / d;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for ((o, &wi), &bi) in out.iter_mut().zip(w).zip(b) {
+        *o = *o * rstd * wi + bi;
+    }
+    (mean, rstd)
+}
+
+/// `out (R, D)`, `mean (R)`, `rstd (R)` from `inp (R, D)`, `weight (D)`, `bias (D)`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: usize,
+    d: usize,
+    eps: f32,
+) {
+    check("forward", "out (R, D)", out.len(), rows * d);
+    check("forward", "inp (R, D)", inp.len(), rows * d);
+    check("forward", "mean (R)", mean.len(), rows);
+    check("forward", "rstd (R)", rstd.len(), rows);
+    check("forward", "weight (D)", weight.len(), d);
+    check("forward", "bias (D)", bias.len(), d);
+    if rows == 0 || d == 0 {
+        return;
+    }
+    out.par_chunks_mut(ROW_CHUNK * d)
+        .zip(inp.par_chunks(ROW_CHUNK * d))
+        .zip(mean.par_chunks_mut(ROW_CHUNK).zip(rstd.par_chunks_mut(ROW_CHUNK)))
+        .for_each(|((o, x), (m, r))| {
+            for (((o, x), m), r) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(m).zip(r) {
+                (*m, *r) = forward_row(o, x, weight, bias, eps);
+            }
+        });
+}
+
+/// One row of the backward; adds this row's share of `dw`/`db` into `acc` (2·D:
+/// dw then db).
+#[inline(always)]
+fn backward_row(dinp: Option<&mut [f32]>, acc: &mut [f32], dout: &[f32], x: &[f32], w: &[f32], mean: f32, rstd: f32) {
+    let d = x.len();
+    let (dw, db) = acc.split_at_mut(d);
+    let mut sum_g = 0f32;
+    let mut sum_gx = 0f32;
+    for i in 0..d {
+        let xhat = (x[i] - mean) * rstd;
+        let g = dout[i] * w[i];
+        sum_g += g;
+        sum_gx += g * xhat;
+        dw[i] += dout[i] * xhat;
+        db[i] += dout[i];
+    }
+    if let Some(dinp) = dinp {
+        let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+        for i in 0..d {
+            let xhat = (x[i] - mean) * rstd;
+            dinp[i] += rstd * (dout[i] * w[i] - mg - xhat * mgx);
+        }
+    }
+}
+
+/// Accumulates the gradients of [`forward`]: `dinp (R, D)` (if given),
+/// `dweight (D)`, `dbias (D)`.
+///
+/// Parameter gradients are summed per fixed chunk of rows in parallel, then the
+/// chunk partials in order: the result does not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dinp: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    rows: usize,
+    d: usize,
+) {
+    check("backward", "dout (R, D)", dout.len(), rows * d);
+    check("backward", "inp (R, D)", inp.len(), rows * d);
+    check("backward", "weight (D)", weight.len(), d);
+    check("backward", "dweight (D)", dweight.len(), d);
+    check("backward", "dbias (D)", dbias.len(), d);
+    check("backward", "mean (R)", mean.len(), rows);
+    check("backward", "rstd (R)", rstd.len(), rows);
+    if rows == 0 || d == 0 {
+        return;
+    }
+    let n_chunks = rows.div_ceil(ROW_CHUNK);
+    let mut partial = vec![0f32; n_chunks * 2 * d]; // (chunks, 2, D)
+    let chunk = |c: usize, acc: &mut [f32], dinp: Option<&mut [f32]>| {
+        let lo = c * ROW_CHUNK;
+        let hi = (lo + ROW_CHUNK).min(rows);
+        let mut dinp = dinp;
+        for r in lo..hi {
+            let row = (r - lo) * d..(r - lo + 1) * d;
+            let di = dinp.as_deref_mut().map(|s| &mut s[row]);
+            backward_row(
+                di,
+                acc,
+                &dout[r * d..(r + 1) * d],
+                &inp[r * d..(r + 1) * d],
+                weight,
+                mean[r],
+                rstd[r],
+            );
+        }
+    };
+    match dinp {
+        Some(dinp) => {
+            check("backward", "dinp (R, D)", dinp.len(), rows * d);
+            partial
+                .par_chunks_mut(2 * d)
+                .zip(dinp.par_chunks_mut(ROW_CHUNK * d))
+                .enumerate()
+                .for_each(|(c, (acc, di))| chunk(c, acc, Some(di)));
+        }
+        None => partial
+            .par_chunks_mut(2 * d)
+            .enumerate()
+            .for_each(|(c, acc)| chunk(c, acc, None)),
+    }
+    for acc in partial.chunks_exact(2 * d) {
+        for i in 0..d {
+            dweight[i] += acc[i];
+            dbias[i] += acc[d + i];
+        }
+    }
+}
+
+/// One row at a time, straight from the formulas, accumulating in f64.
+pub mod reference {
+    /// Forward, as in the module docs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        inp: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) {
+        for r in 0..rows {
+            let x = &inp[r * d..(r + 1) * d];
+            let m = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / d as f64;
+            let s = 1.0 / (var + eps as f64).sqrt();
+            for i in 0..d {
+                out[r * d + i] = (((x[i] as f64 - m) * s) * weight[i] as f64 + bias[i] as f64) as f32;
+            }
+            mean[r] = m as f32;
+            rstd[r] = s as f32;
+        }
+    }
+
+    /// Backward, as in the module docs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        dinp: &mut [f32],
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        weight: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        rows: usize,
+        d: usize,
+    ) {
+        for r in 0..rows {
+            let (m, s) = (mean[r] as f64, rstd[r] as f64);
+            let xhat: Vec<f64> = (0..d).map(|i| (inp[r * d + i] as f64 - m) * s).collect();
+            let g: Vec<f64> = (0..d).map(|i| dout[r * d + i] as f64 * weight[i] as f64).collect();
+            let mg = g.iter().sum::<f64>() / d as f64;
+            let mgx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / d as f64;
+            for i in 0..d {
+                dinp[r * d + i] += (s * (g[i] - mg - xhat[i] * mgx)) as f32;
+                dweight[i] += (dout[r * d + i] as f64 * xhat[i]) as f32;
+                dbias[i] += dout[r * d + i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{ODD_SIZES, assert_close, random_vec};
+
+    #[test]
+    fn forward_and_backward_match_reference_on_odd_sizes() {
+        for &rows in &ODD_SIZES {
+            for &d in &[1usize, 3, 7, 17, 65, 197, 769] {
+                let seed = (rows * 1000 + d) as u64;
+                // Offset and scale the input so mean and variance are not trivial.
+                let x: Vec<f32> = random_vec(rows * d, seed).iter().map(|v| 3.0 * v + 0.5).collect();
+                let w = random_vec(d, seed + 1);
+                let b = random_vec(d, seed + 2);
+                let (mut o, mut m, mut s) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
+                forward(&mut o, &mut m, &mut s, &x, &w, &b, rows, d, 1e-6);
+                let (mut ro, mut rm, mut rs) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
+                reference::forward(&mut ro, &mut rm, &mut rs, &x, &w, &b, rows, d, 1e-6);
+                // d = 1 normalizes to 0 with rstd = 1/sqrt(eps) = 1000: compare relative to that.
+                let tol = if d == 1 { 1e-3 } else { 2e-5 };
+                assert_close(&o, &ro, tol, "layernorm out");
+                assert_close(&m, &rm, 1e-5, "layernorm mean");
+                assert_close(&s, &rs, 1e-4, "layernorm rstd");
+
+                let dout = random_vec(rows * d, seed + 3);
+                let g0 = random_vec(rows * d, seed + 4);
+                let (mut di, mut dw, mut db) = (g0.clone(), vec![0.5; d], vec![-0.5; d]);
+                backward(Some(&mut di), &mut dw, &mut db, &dout, &x, &w, &m, &s, rows, d);
+                let (mut ri, mut rw, mut rb) = (g0, vec![0.5; d], vec![-0.5; d]);
+                reference::backward(&mut ri, &mut rw, &mut rb, &dout, &x, &w, &m, &s, rows, d);
+                let tol = if d == 1 { 1e-2 } else { 1e-4 };
+                assert_close(&di, &ri, tol, "layernorm dinp");
+                assert_close(&dw, &rw, 1e-4, "layernorm dweight");
+                assert_close(&db, &rb, 1e-4, "layernorm dbias");
+            }
+        }
+    }
+
+    #[test]
+    fn output_has_zero_mean_unit_variance_before_affine() {
+        let (rows, d) = (5, 64);
+        let x: Vec<f32> = random_vec(rows * d, 9).iter().map(|v| 10.0 * v - 3.0).collect();
+        let (mut o, mut m, mut s) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
+        forward(&mut o, &mut m, &mut s, &x, &vec![1.0; d], &vec![0.0; d], rows, d, 1e-6);
+        for row in o.chunks(d) {
+            let mean: f32 = row.iter().sum::<f32>() / d as f32;
+            let var: f32 = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / d as f32;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "mean {mean} var {var}");
+        }
+    }
+
+    #[test]
+    fn parameter_gradients_do_not_depend_on_thread_count() {
+        let (rows, d) = (1000, 192);
+        let x = random_vec(rows * d, 1);
+        let w = random_vec(d, 2);
+        let dout = random_vec(rows * d, 3);
+        let (m, s): (Vec<f32>, Vec<f32>) = (vec![0.1; rows], vec![1.3; rows]);
+        let run = |t: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            let (mut dw, mut db) = (vec![0.0; d], vec![0.0; d]);
+            pool.install(|| backward(None, &mut dw, &mut db, &dout, &x, &w, &m, &s, rows, d));
+            (dw, db)
+        };
+        assert_eq!(run(1), run(2));
+        assert_eq!(run(1), run(3));
+    }
+}

@@ -1,0 +1,39 @@
+//! # tessera-kernels
+//!
+//! The numeric kernels under Tessera's tensor engine: pure functions over `&[f32]`
+//! slices and explicit dimensions. They know nothing about tensors, graphs or models.
+//!
+//! Every module follows the same layout, so one can be read like the others:
+//!
+//! * a dims legend at the top (`B` batch, `L` patches, `N` tokens, `D` width,
+//!   `H` heads, `Dh` head width, ...) and a shape comment on every buffer;
+//! * a `reference` submodule: the plain scalar version, written for clarity.
+//!   It is the test oracle and the fallback, and is always compiled;
+//! * public entry points that check lengths and dispatch to the fast path
+//!   (rayon over independent rows, heads or batches; SIMD where it pays).
+//!
+//! Argument order follows llm.c: `forward(out, saved.., inp, params.., dims)` and
+//! `backward(dinp, dparams.., dout, saved.., inp, params.., dims)`. Every backward
+//! *accumulates* (`+=`) into its gradient buffers, so a tensor used twice simply
+//! receives both contributions.
+//!
+//! Results never depend on the number of threads: reductions are split into
+//! fixed-size chunks whose partial sums are combined in a fixed order.
+
+pub mod adamw;
+pub mod attention;
+pub mod cpu;
+pub mod gelu;
+pub mod gemm;
+pub mod layernorm;
+pub mod linear;
+pub mod loss;
+pub mod math;
+pub mod par;
+pub mod patch;
+pub mod softmax;
+
+#[cfg(test)]
+mod testutil;
+
+pub use gemm::{MatMut, MatRef};

@@ -1,0 +1,197 @@
+//! Fully connected layer with PyTorch's weight layout.
+//!
+//! Dims: `M` rows (every token of every image, `B·N`), `K` input features,
+//! `N` output features.
+//!
+//! ```text
+//! forward:  out (M, N) = inp (M, K) · weightᵀ (K, N) + bias (N)     weight is (N, K)
+//! backward: dinp    (M, K) += dout (M, N) · weight (N, K)
+//!           dweight (N, K) += doutᵀ (N, M) · inp (M, K)
+//!           dbias   (N)    += Σ_rows dout
+//! ```
+//!
+//! The bias is fused into the product: `out` is first filled with the bias rows
+//! and the GEMM accumulates onto it (β = 1), which saves a pass over `out`.
+
+use crate::gemm::{MatMut, MatRef, gemm};
+use crate::par::col_sum_add;
+
+fn check(name: &str, what: &str, len: usize, want: usize) {
+    assert_eq!(len, want, "linear::{name}: {what} has {len} values, want {want}");
+}
+
+/// `out = inp · weightᵀ + bias` (see the module docs for shapes).
+pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) {
+    check("forward", "out (M, N)", out.len(), m * n);
+    check("forward", "inp (M, K)", inp.len(), m * k);
+    check("forward", "weight (N, K)", weight.len(), n * k);
+    let beta = match bias {
+        Some(bias) => {
+            check("forward", "bias (N)", bias.len(), n);
+            for row in out.chunks_exact_mut(n.max(1)) {
+                row.copy_from_slice(bias);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    gemm(
+        1.0,
+        MatRef::row_major(inp, m, k),
+        MatRef::row_major(weight, n, k).t(),
+        beta,
+        MatMut::row_major(out, m, n),
+    );
+}
+
+/// Accumulates the gradients of [`forward`] into whichever of `dinp`,
+/// `dweight`, `dbias` are given.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dinp: Option<&mut [f32]>,
+    dweight: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check("backward", "dout (M, N)", dout.len(), m * n);
+    check("backward", "inp (M, K)", inp.len(), m * k);
+    check("backward", "weight (N, K)", weight.len(), n * k);
+    if let Some(dinp) = dinp {
+        check("backward", "dinp (M, K)", dinp.len(), m * k);
+        gemm(
+            1.0,
+            MatRef::row_major(dout, m, n),
+            MatRef::row_major(weight, n, k),
+            1.0,
+            MatMut::row_major(dinp, m, k),
+        );
+    }
+    if let Some(dweight) = dweight {
+        check("backward", "dweight (N, K)", dweight.len(), n * k);
+        gemm(
+            1.0,
+            MatRef::row_major(dout, m, n).t(),
+            MatRef::row_major(inp, m, k),
+            1.0,
+            MatMut::row_major(dweight, n, k),
+        );
+    }
+    if let Some(dbias) = dbias {
+        check("backward", "dbias (N)", dbias.len(), n);
+        col_sum_add(dbias, dout, m, n);
+    }
+}
+
+/// Plain loops, one output element at a time.
+pub mod reference {
+    /// `out = inp · weightᵀ + bias`.
+    pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = bias.map_or(0.0, |b| b[j]);
+                for p in 0..k {
+                    acc += inp[i * k + p] * weight[j * k + p];
+                }
+                out[i * n + j] = acc;
+            }
+        }
+    }
+
+    /// Accumulating gradients of [`forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        dinp: Option<&mut [f32]>,
+        dweight: Option<&mut [f32]>,
+        dbias: Option<&mut [f32]>,
+        dout: &[f32],
+        inp: &[f32],
+        weight: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        if let Some(dinp) = dinp {
+            for i in 0..m {
+                for p in 0..k {
+                    let mut acc = 0.0;
+                    for j in 0..n {
+                        acc += dout[i * n + j] * weight[j * k + p];
+                    }
+                    dinp[i * k + p] += acc;
+                }
+            }
+        }
+        if let Some(dweight) = dweight {
+            for j in 0..n {
+                for p in 0..k {
+                    let mut acc = 0.0;
+                    for i in 0..m {
+                        acc += dout[i * n + j] * inp[i * k + p];
+                    }
+                    dweight[j * k + p] += acc;
+                }
+            }
+        }
+        if let Some(dbias) = dbias {
+            for j in 0..n {
+                dbias[j] += (0..m).map(|i| dout[i * n + j]).sum::<f32>();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, random_vec};
+
+    #[test]
+    fn forward_and_backward_match_reference_on_odd_sizes() {
+        let sizes = [1usize, 3, 7, 17, 65, 197];
+        for (t, &m) in sizes.iter().enumerate() {
+            let k = sizes[(t + 1) % 6];
+            let n = sizes[(t + 3) % 6];
+            let seed = t as u64;
+            let inp = random_vec(m * k, seed);
+            let w = random_vec(n * k, seed + 10);
+            let b = random_vec(n, seed + 20);
+            let dout = random_vec(m * n, seed + 30);
+            for bias in [Some(&b[..]), None] {
+                let mut fast = vec![f32::NAN; m * n];
+                forward(&mut fast, &inp, &w, bias, m, k, n);
+                let mut slow = vec![0.0; m * n];
+                reference::forward(&mut slow, &inp, &w, bias, m, k, n);
+                assert_close(&fast, &slow, 1e-4, "linear forward");
+            }
+            // Gradients accumulate onto existing contents.
+            let (g0, w0, b0) = (
+                random_vec(m * k, seed + 40),
+                random_vec(n * k, seed + 50),
+                random_vec(n, seed + 60),
+            );
+            let (mut dx, mut dw, mut db) = (g0.clone(), w0.clone(), b0.clone());
+            backward(Some(&mut dx), Some(&mut dw), Some(&mut db), &dout, &inp, &w, m, k, n);
+            let (mut rx, mut rw, mut rb) = (g0, w0, b0);
+            reference::backward(Some(&mut rx), Some(&mut rw), Some(&mut rb), &dout, &inp, &w, m, k, n);
+            assert_close(&dx, &rx, 1e-4, "linear dinp");
+            assert_close(&dw, &rw, 1e-4, "linear dweight");
+            assert_close(&db, &rb, 1e-4, "linear dbias");
+        }
+    }
+
+    #[test]
+    fn independent_check_of_one_output() {
+        // out[1][2] by hand for a 2x3 input and a 4x3 weight.
+        let inp = [1.0, 2.0, 3.0, -1.0, 0.5, 2.0];
+        let w = [0.1, 0.2, 0.3, 1.0, 0.0, -1.0, 2.0, 1.0, 0.0, -0.5, 0.5, 0.25];
+        let b = [0.0, 0.0, 1.5, 0.0];
+        let mut out = [0.0; 8];
+        forward(&mut out, &inp, &w, Some(&b), 2, 3, 4);
+        assert!((out[4 + 2] - (-2.0 + 0.5 + 0.0 + 1.5)).abs() < 1e-6);
+    }
+}

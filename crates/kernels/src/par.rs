@@ -1,0 +1,126 @@
+//! Small helpers for deterministic parallel loops.
+//!
+//! Rayon splits work across threads; these helpers make sure the *result* does
+//! not depend on how it was split. Reductions are cut into chunks of a fixed
+//! size (not "one chunk per thread"), each chunk is reduced sequentially, and the
+//! partial results are combined in chunk order.
+
+use rayon::prelude::*;
+
+/// Rows per chunk in row-parallel kernels and in the partial sums of
+/// parameter gradients. Fixed, so results are the same for any thread count.
+pub const ROW_CHUNK: usize = 64;
+
+/// A raw pointer that may cross threads. Used only where parallel tasks write
+/// provably disjoint elements of one buffer whose layout interleaves them
+/// (for example, one attention head's columns inside `(B, N, D)` rows), so that
+/// `chunks_mut` cannot express the split.
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+// SAFETY: the pointer is only dereferenced by tasks that write disjoint
+// elements; each use site states why its elements are disjoint.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer. Call this inside the closure (rather than reading `.0`),
+    /// so the closure captures the whole `SendPtr`, which may cross threads.
+    #[inline(always)]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Whether `flops` of work is worth spreading over rayon threads.
+/// Below about 100 thousand operations the fork/join costs more than it saves.
+pub fn worth_parallel(work: usize) -> bool {
+    work >= 1 << 17 && rayon::current_num_threads() > 1
+}
+
+/// Sums `len` values produced by `f(i)` in f64, deterministically: fixed chunks
+/// of `chunk` indices are summed in parallel, then the chunk sums in order.
+pub fn sum_f64(len: usize, chunk: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
+    let chunk = chunk.max(1);
+    let n_chunks = len.div_ceil(chunk);
+    let partial: Vec<f64> = (0..n_chunks)
+        .into_par_iter()
+        .map(|c| {
+            let lo = c * chunk;
+            let hi = (lo + chunk).min(len);
+            (lo..hi).map(&f).sum::<f64>()
+        })
+        .collect();
+    partial.iter().sum()
+}
+
+/// Column sums accumulated into `out`: `out[j] += Σ_r inp[r*cols + j]`.
+///
+/// Rows are cut into fixed chunks of [`ROW_CHUNK`]; each chunk's column sums are
+/// computed in parallel and the partial sums are added to `out` in chunk order.
+/// This is the bias gradient of a linear layer and the weight/bias gradients of
+/// LayerNorm, which candle computes on one thread.
+pub fn col_sum_add(out: &mut [f32], inp: &[f32], rows: usize, cols: usize) {
+    assert_eq!(
+        out.len(),
+        cols,
+        "col_sum_add: out has {} values, want {cols}",
+        out.len()
+    );
+    assert_eq!(
+        inp.len(),
+        rows * cols,
+        "col_sum_add: inp has {} values, want {rows}x{cols}",
+        inp.len()
+    );
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let n_chunks = rows.div_ceil(ROW_CHUNK);
+    let mut partial = vec![0f32; n_chunks * cols]; // (n_chunks, cols)
+    partial
+        .par_chunks_mut(cols)
+        .zip(inp.par_chunks(ROW_CHUNK * cols))
+        .for_each(|(acc, block)| {
+            for row in block.chunks_exact(cols) {
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+        });
+    for acc in partial.chunks_exact(cols) {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o += a;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn col_sum_matches_direct_sum() {
+        for &(rows, cols) in &[(1, 1), (3, 7), (65, 17), (197, 3), (130, 65)] {
+            let inp: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let mut out = vec![1.0f32; cols];
+            col_sum_add(&mut out, &inp, rows, cols);
+            for j in 0..cols {
+                let want: f64 = 1.0 + (0..rows).map(|r| inp[r * cols + j] as f64).sum::<f64>();
+                assert!(
+                    (out[j] as f64 - want).abs() < 1e-3 * (1.0 + want.abs()),
+                    "col {j}: {} vs {want}",
+                    out[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sum_f64_is_thread_count_independent() {
+        let f = |i: usize| ((i as f64) * 0.37).sin();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let a = one.install(|| sum_f64(100_003, 1000, f));
+        let b = sum_f64(100_003, 1000, f);
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+}

@@ -1,0 +1,138 @@
+//! Softmax over the last dimension of a `(R, N)` matrix.
+//!
+//! ```text
+//! out_rj = e^{x_rj − m_r} / Σ_k e^{x_rk − m_r},   m_r = max_k x_rk   (stable: no overflow)
+//! dinp_rj += out_rj · (dout_rj − Σ_k dout_rk · out_rk)
+//! ```
+//! The backward needs only the forward's output.
+
+use crate::math;
+use crate::par::ROW_CHUNK;
+use rayon::prelude::*;
+
+/// One row in place: `row ← softmax(row)`; returns `log Σ e^{x}` (the row's
+/// log-sum-exp), which attention keeps for its backward.
+#[inline(always)]
+pub fn softmax_row_in_place(row: &mut [f32]) -> f32 {
+    let m = math::max(row);
+    if m == f32::NEG_INFINITY {
+        // Every entry is −∞ (fully masked): define the result as all zeros.
+        row.fill(0.0);
+        return f32::NEG_INFINITY;
+    }
+    for v in row.iter_mut() {
+        *v = math::exp(*v - m);
+    }
+    let s = math::sum(row);
+    let inv = 1.0 / s;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+    m + s.ln()
+}
+
+/// `out (R, N) = softmax(inp (R, N))` row by row.
+pub fn forward(out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
+    assert!(
+        out.len() == rows * n && inp.len() == rows * n,
+        "softmax::forward: out {}, inp {} values, want {rows}x{n}",
+        out.len(),
+        inp.len()
+    );
+    if rows == 0 || n == 0 {
+        return;
+    }
+    out.copy_from_slice(inp);
+    out.par_chunks_mut(ROW_CHUNK * n).for_each(|block| {
+        for row in block.chunks_exact_mut(n) {
+            softmax_row_in_place(row);
+        }
+    });
+}
+
+/// `dinp += out ⊙ (dout − rowsum(dout ⊙ out))`.
+pub fn backward(dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usize) {
+    assert!(
+        dinp.len() == rows * n && dout.len() == rows * n && out.len() == rows * n,
+        "softmax::backward: dinp {}, dout {}, out {} values, want {rows}x{n}",
+        dinp.len(),
+        dout.len(),
+        out.len()
+    );
+    if rows == 0 || n == 0 {
+        return;
+    }
+    dinp.par_chunks_mut(ROW_CHUNK * n)
+        .zip(dout.par_chunks(ROW_CHUNK * n).zip(out.par_chunks(ROW_CHUNK * n)))
+        .for_each(|(di, (g, y))| {
+            for ((di, g), y) in di.chunks_exact_mut(n).zip(g.chunks_exact(n)).zip(y.chunks_exact(n)) {
+                let s = math::dot(g, y);
+                for j in 0..n {
+                    di[j] += y[j] * (g[j] - s);
+                }
+            }
+        });
+}
+
+/// Row by row in f64 with `f64::exp`.
+pub mod reference {
+    /// `out = softmax(inp)`.
+    pub fn forward(out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
+        for r in 0..rows {
+            let x = &inp[r * n..(r + 1) * n];
+            let m = x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let s: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
+            for j in 0..n {
+                out[r * n + j] = ((x[j] as f64 - m).exp() / s) as f32;
+            }
+        }
+    }
+
+    /// `dinp += out ⊙ (dout − rowsum(dout ⊙ out))`.
+    pub fn backward(dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usize) {
+        for r in 0..rows {
+            let s: f64 = (0..n).map(|j| dout[r * n + j] as f64 * out[r * n + j] as f64).sum();
+            for j in 0..n {
+                dinp[r * n + j] += (out[r * n + j] as f64 * (dout[r * n + j] as f64 - s)) as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{ODD_SIZES, assert_close, random_vec};
+
+    #[test]
+    fn matches_reference_on_odd_sizes() {
+        for &rows in &ODD_SIZES {
+            for &n in &ODD_SIZES {
+                let x: Vec<f32> = random_vec(rows * n, (rows * n) as u64)
+                    .iter()
+                    .map(|v| 20.0 * v)
+                    .collect();
+                let mut fast = vec![0.0; rows * n];
+                let mut slow = vec![0.0; rows * n];
+                forward(&mut fast, &x, rows, n);
+                reference::forward(&mut slow, &x, rows, n);
+                assert_close(&fast, &slow, 1e-6, "softmax forward");
+                let dout = random_vec(rows * n, 3);
+                let (mut df, mut ds) = (vec![0.1; rows * n], vec![0.1; rows * n]);
+                backward(&mut df, &dout, &fast, rows, n);
+                reference::backward(&mut ds, &dout, &slow, rows, n);
+                assert_close(&df, &ds, 1e-5, "softmax backward");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_sum_to_one_even_with_huge_inputs() {
+        let x = [1000.0, 1001.0, -1e30, 999.0, 0.0, 0.0];
+        let mut out = [0.0; 6];
+        forward(&mut out, &x, 2, 3);
+        assert!((out[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(out.iter().all(|v| v.is_finite()));
+        assert_eq!(out[2], 0.0);
+    }
+}
