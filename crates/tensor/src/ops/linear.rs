@@ -1,0 +1,227 @@
+//! Linear layers and matrix products.
+
+use crate::backprop::{Backward, Grads};
+use crate::error::{Result, shape_err};
+use crate::tensor::Tensor;
+use tessera_kernels::gemm::{MatMut, MatRef, gemm, gemm_batched};
+use tessera_kernels::linear as klinear;
+
+struct LinearBackward {
+    x: Tensor,
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Backward for LinearBackward {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.x, &self.w];
+        v.extend(self.b.as_ref());
+        v
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
+        let m = self.x.numel() / k.max(1);
+        let mut dx = g.take(&self.x);
+        let mut dw = g.take(&self.w);
+        let mut db = self.b.as_ref().and_then(|b| g.take(b));
+        klinear::backward(
+            dx.as_deref_mut(),
+            dw.as_deref_mut(),
+            db.as_deref_mut(),
+            &dout,
+            &self.x.data(),
+            &self.w.data(),
+            m,
+            k,
+            n,
+        );
+        g.put(&self.x, dx);
+        g.put(&self.w, dw);
+        if let Some(b) = &self.b {
+            g.put(b, db);
+        }
+        Ok(())
+    }
+}
+
+struct MatmulBackward {
+    a: Tensor,
+    b: Tensor,
+}
+
+/// `(batch, M, K, N, b_shared)` of a product `a (…, M, K) · b (…, K, N)`.
+fn matmul_dims(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize, usize, bool)> {
+    let err = || shape_err("matmul", format!("cannot multiply {a:?} by {b:?}"));
+    if a.len() < 2 || b.len() < 2 {
+        return Err(err());
+    }
+    let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+    let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+    let shared = b.len() == 2;
+    if k != k2 || (!shared && a[..a.len() - 2] != b[..b.len() - 2]) {
+        return Err(err());
+    }
+    let batch = a[..a.len() - 2].iter().product();
+    Ok((batch, m, k, n, shared))
+}
+
+impl Backward for MatmulBackward {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.a, &self.b]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let (batch, m, k, n, shared) = matmul_dims(self.a.shape(), self.b.shape())?;
+        let b_stride = if shared { 0 } else { k * n };
+        let mut da = g.take(&self.a);
+        let mut db = g.take(&self.b);
+        if let Some(da) = da.as_deref_mut() {
+            // dA_i (M, K) += dC_i (M, N) · B_iᵀ (N, K)
+            let b = self.b.data();
+            gemm_batched(
+                batch,
+                1.0,
+                MatRef::new(&dout, m, n, n, 1),
+                m * n,
+                MatRef::new(&b, k, n, n, 1).t(),
+                b_stride,
+                1.0,
+                MatMut::new(da, m, k, k, 1),
+                m * k,
+            );
+        }
+        if let Some(db) = db.as_deref_mut() {
+            let a = self.a.data();
+            if shared {
+                // dB (K, N) += Σ_i A_iᵀ dC_i = (batch·M, K)ᵀ · (batch·M, N): one product.
+                gemm(
+                    1.0,
+                    MatRef::row_major(&a, batch * m, k).t(),
+                    MatRef::row_major(&dout, batch * m, n),
+                    1.0,
+                    MatMut::row_major(db, k, n),
+                );
+            } else {
+                // dB_i (K, N) += A_iᵀ (K, M) · dC_i (M, N)
+                gemm_batched(
+                    batch,
+                    1.0,
+                    MatRef::new(&a, m, k, k, 1).t(),
+                    m * k,
+                    MatRef::new(&dout, m, n, n, 1),
+                    m * n,
+                    1.0,
+                    MatMut::new(db, k, n, n, 1),
+                    k * n,
+                );
+            }
+        }
+        g.put(&self.a, da);
+        g.put(&self.b, db);
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// A fully connected layer: `self (…, in) · weightᵀ + bias` with PyTorch's
+    /// layouts, `weight (out, in)` and `bias (out)`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let [n, k] = *weight.shape() else {
+            return Err(shape_err(
+                "linear",
+                format!("weight must be (out, in), got {:?}", weight.shape()),
+            ));
+        };
+        if self.rank() == 0 || self.shape()[self.rank() - 1] != k {
+            return Err(shape_err(
+                "linear",
+                format!(
+                    "input {:?} does not end in the weight's {k} input features (weight {:?})",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
+        }
+        if let Some(b) = bias
+            && b.shape() != [n]
+        {
+            return Err(shape_err(
+                "linear",
+                format!("bias {:?} does not match weight {:?}", b.shape(), weight.shape()),
+            ));
+        }
+        let m = self.numel() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        {
+            let bias_data = bias.map(|b| b.data());
+            klinear::forward(&mut out, &self.data(), &weight.data(), bias_data.as_deref(), m, k, n);
+        }
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(Tensor::from_op(out, shape, &inputs, || {
+            Box::new(LinearBackward {
+                x: self.clone(),
+                w: weight.clone(),
+                b: bias.cloned(),
+            })
+        }))
+    }
+
+    /// Matrix product over the last two axes: `self (…, M, K) · rhs (…, K, N)`
+    /// with equal leading (batch) axes, or `rhs (K, N)` shared by the batch.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
+        let mut out = vec![0f32; batch * m * n];
+        gemm_batched(
+            batch,
+            1.0,
+            MatRef::new(&self.data(), m, k, k, 1),
+            m * k,
+            MatRef::new(&rhs.data(), k, n, n, 1),
+            if shared { 0 } else { k * n },
+            0.0,
+            MatMut::new(&mut out, m, n, n, 1),
+            m * n,
+        );
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().expect("rank >= 2") = n;
+        Ok(Tensor::from_op(out, shape, &[self, rhs], || {
+            Box::new(MatmulBackward {
+                a: self.clone(),
+                b: rhs.clone(),
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_uses_out_in_weights() {
+        let x = Tensor::new(vec![1.0, 2.0], &[1, 2]).unwrap();
+        let w = Tensor::new(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]).unwrap();
+        let b = Tensor::new(vec![0.5, 0.5, 0.5], &[3]).unwrap();
+        assert_eq!(x.linear(&w, Some(&b)).unwrap().to_vec(), vec![1.5, 2.5, 3.5]);
+        let e = x.linear(&w.transpose(0, 1).unwrap(), None).unwrap_err();
+        assert!(e.to_string().contains("linear"), "{e}");
+    }
+
+    #[test]
+    fn matmul_batched_and_shared() {
+        let a = Tensor::new((0..12).map(|v| v as f32).collect(), &[2, 2, 3]).unwrap();
+        let b = Tensor::new(vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[3, 2]).unwrap();
+        let c = a.matmul(&b).unwrap();
+        assert_eq!(c.shape(), &[2, 2, 2]);
+        assert_eq!(c.to_vec(), vec![2.0, 3.0, 8.0, 9.0, 14.0, 15.0, 20.0, 21.0]);
+        assert!(a.matmul(&a).is_err());
+    }
+}

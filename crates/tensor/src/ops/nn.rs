@@ -1,0 +1,364 @@
+//! Fused neural-network operations: each is one node in the graph with one
+//! kernel call forward and one backward (not a chain of element-wise nodes).
+
+use crate::backprop::{Backward, Grads};
+use crate::error::{Result, invalid, shape_err};
+use crate::tensor::Tensor;
+use rand::{Rng, RngExt};
+use tessera_kernels::attention::{self as kattn, AttnDims};
+use tessera_kernels::patch::{self as kpatch, PatchDims};
+use tessera_kernels::{gelu as kgelu, layernorm as kln, softmax as ksoftmax};
+
+// ---------------------------------------------------------------- layer_norm
+
+struct LayerNormBackward {
+    x: Tensor,
+    w: Tensor,
+    b: Tensor,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+impl Backward for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "layer_norm"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.x, &self.w, &self.b]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let d = self.w.numel();
+        let rows = self.mean.len();
+        let mut dx = g.take(&self.x);
+        // The kernel always produces both parameter gradients; keep those wanted.
+        let mut dw = g.take(&self.w).unwrap_or_else(|| vec![0.0; d]);
+        let mut db = g.take(&self.b).unwrap_or_else(|| vec![0.0; d]);
+        kln::backward(
+            dx.as_deref_mut(),
+            &mut dw,
+            &mut db,
+            &dout,
+            &self.x.data(),
+            &self.w.data(),
+            &self.mean,
+            &self.rstd,
+            rows,
+            d,
+        );
+        g.put(&self.x, dx);
+        if g.wants(&self.w) {
+            g.put(&self.w, Some(dw));
+        }
+        if g.wants(&self.b) {
+            g.put(&self.b, Some(db));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- gelu
+
+struct GeluBackward {
+    x: Tensor,
+}
+
+impl Backward for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.x]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        if let Some(mut dx) = g.take(&self.x) {
+            kgelu::backward(&mut dx, &dout, &self.x.data());
+            g.put(&self.x, Some(dx));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+struct SoftmaxBackward {
+    x: Tensor,
+}
+
+impl Backward for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.x]
+    }
+    fn backward(&self, out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        if let Some(mut dx) = g.take(&self.x) {
+            let n = *out.shape().last().unwrap_or(&1);
+            ksoftmax::backward(&mut dx, &dout, &out.data(), out.numel() / n.max(1), n);
+            g.put(&self.x, Some(dx));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+struct AttentionBackward {
+    qkv: Tensor,
+    lse: Vec<f32>,
+    dims: AttnDims,
+}
+
+impl Backward for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.qkv]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        if let Some(mut dqkv) = g.take(&self.qkv) {
+            kattn::backward(&mut dqkv, &dout, &self.qkv.data(), &self.lse, self.dims);
+            g.put(&self.qkv, Some(dqkv));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- dropout
+
+struct DropoutBackward {
+    x: Tensor,
+    /// 0 for dropped elements, 1/(1−p) for kept ones.
+    scale: Vec<f32>,
+}
+
+impl Backward for DropoutBackward {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.x]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        g.add(&self.x, dout.iter().zip(&self.scale).map(|(d, s)| d * s).collect());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- patch_embed
+
+struct PatchEmbedBackward {
+    img: Tensor,
+    w: Tensor,
+    b: Tensor,
+    dims: PatchDims,
+}
+
+impl Backward for PatchEmbedBackward {
+    fn name(&self) -> &'static str {
+        "patch_embed"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.img, &self.w, &self.b]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let dim = self.w.shape()[0];
+        let mut cols = vec![0f32; self.img.numel()];
+        let mut dimg = g.take(&self.img);
+        let mut dw = g.take(&self.w);
+        let mut db = g.take(&self.b);
+        kpatch::embed_backward(
+            dimg.as_deref_mut(),
+            dw.as_deref_mut(),
+            db.as_deref_mut(),
+            &mut cols,
+            &dout,
+            &self.img.data(),
+            &self.w.data(),
+            self.dims,
+            dim,
+        );
+        g.put(&self.img, dimg);
+        g.put(&self.w, dw);
+        g.put(&self.b, db);
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// Layer normalization over the last axis with `weight (D)`, `bias (D)`.
+    pub fn layer_norm(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        let d = *self
+            .shape()
+            .last()
+            .ok_or_else(|| shape_err("layer_norm", "input is a scalar"))?;
+        if weight.shape() != [d] || bias.shape() != [d] {
+            return Err(shape_err(
+                "layer_norm",
+                format!(
+                    "input {:?} needs weight and bias of [{d}], got {:?} and {:?}",
+                    self.shape(),
+                    weight.shape(),
+                    bias.shape()
+                ),
+            ));
+        }
+        let rows = self.numel() / d.max(1);
+        let mut out = vec![0f32; self.numel()];
+        let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        kln::forward(
+            &mut out,
+            &mut mean,
+            &mut rstd,
+            &self.data(),
+            &weight.data(),
+            &bias.data(),
+            rows,
+            d,
+            eps,
+        );
+        Ok(Tensor::from_op(
+            out,
+            self.shape().to_vec(),
+            &[self, weight, bias],
+            || {
+                Box::new(LayerNormBackward {
+                    x: self.clone(),
+                    w: weight.clone(),
+                    b: bias.clone(),
+                    mean,
+                    rstd,
+                })
+            },
+        ))
+    }
+
+    /// GELU with the exact error function.
+    pub fn gelu(&self) -> Tensor {
+        let mut out = vec![0f32; self.numel()];
+        kgelu::forward(&mut out, &self.data());
+        Tensor::from_op(out, self.shape().to_vec(), &[self], || {
+            Box::new(GeluBackward { x: self.clone() })
+        })
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax(&self) -> Result<Tensor> {
+        let n = *self
+            .shape()
+            .last()
+            .ok_or_else(|| shape_err("softmax", "input is a scalar"))?;
+        let mut out = vec![0f32; self.numel()];
+        ksoftmax::forward(&mut out, &self.data(), self.numel() / n.max(1), n);
+        Ok(Tensor::from_op(out, self.shape().to_vec(), &[self], || {
+            Box::new(SoftmaxBackward { x: self.clone() })
+        }))
+    }
+
+    /// Multi-head self-attention from packed `self = qkv (B, N, 3·D)` (timm's
+    /// layout) → `(B, N, D)`, scale `Dh^-½`. One fused op: the backward
+    /// recomputes the probabilities from saved log-sum-exps.
+    pub fn attention(&self, heads: usize) -> Result<Tensor> {
+        let [b, n, d3] = *self.shape() else {
+            return Err(shape_err(
+                "attention",
+                format!("qkv must be (B, N, 3·D), got {:?}", self.shape()),
+            ));
+        };
+        if d3 % 3 != 0 || heads == 0 || (d3 / 3) % heads != 0 {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "qkv {:?}: last axis must be 3·D with D divisible by {heads} heads",
+                    self.shape()
+                ),
+            ));
+        }
+        let dims = AttnDims::new(b, n, d3 / 3, heads);
+        let mut out = vec![0f32; b * n * dims.d];
+        let mut lse = vec![0f32; b * heads * n];
+        kattn::forward(&mut out, &mut lse, &self.data(), dims);
+        Ok(Tensor::from_op(out, vec![b, n, dims.d], &[self], || {
+            Box::new(AttentionBackward {
+                qkv: self.clone(),
+                lse,
+                dims,
+            })
+        }))
+    }
+
+    /// Inverted dropout: in training, zeroes each element with probability `p`
+    /// and scales the rest by `1/(1−p)`; otherwise (or with `p = 0`) the identity.
+    pub fn dropout<R: Rng + ?Sized>(&self, p: f32, train: bool, rng: &mut R) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(invalid("dropout", format!("probability {p} is outside [0, 1)")));
+        }
+        if !train || p == 0.0 {
+            return Ok(self.clone());
+        }
+        let keep = 1.0 / (1.0 - p);
+        let scale: Vec<f32> = (0..self.numel())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        let out: Vec<f32> = self.data().iter().zip(&scale).map(|(x, s)| x * s).collect();
+        Ok(Tensor::from_op(out, self.shape().to_vec(), &[self], || {
+            Box::new(DropoutBackward { x: self.clone(), scale })
+        }))
+    }
+
+    /// Patch embedding of images `self (B, C, H, W)`: a convolution with
+    /// `weight (D, C, p, p)` and `bias (D)`, kernel = stride = p → `(B, L, D)`
+    /// with patches in row-major grid order.
+    pub fn patch_embed(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let [b, c, h, w] = *self.shape() else {
+            return Err(shape_err(
+                "patch_embed",
+                format!("images must be (B, C, H, W), got {:?}", self.shape()),
+            ));
+        };
+        let [dim, wc, p, p2] = *weight.shape() else {
+            return Err(shape_err(
+                "patch_embed",
+                format!("weight must be (D, C, p, p), got {:?}", weight.shape()),
+            ));
+        };
+        if wc != c || p != p2 || p == 0 || h % p != 0 || w % p != 0 || bias.shape() != [dim] {
+            return Err(shape_err(
+                "patch_embed",
+                format!(
+                    "images {:?}, weight {:?}, bias {:?}: channels must match and the patch divide the image",
+                    self.shape(),
+                    weight.shape(),
+                    bias.shape()
+                ),
+            ));
+        }
+        let dims = PatchDims::new(b, c, h, w, p);
+        let mut out = vec![0f32; b * dims.l() * dim];
+        let mut cols = vec![0f32; self.numel()];
+        kpatch::embed_forward(
+            &mut out,
+            &mut cols,
+            &self.data(),
+            &weight.data(),
+            Some(&bias.data()),
+            dims,
+            dim,
+        );
+        drop(cols);
+        Ok(Tensor::from_op(
+            out,
+            vec![b, dims.l(), dim],
+            &[self, weight, bias],
+            || {
+                Box::new(PatchEmbedBackward {
+                    img: self.clone(),
+                    w: weight.clone(),
+                    b: bias.clone(),
+                    dims,
+                })
+            },
+        ))
+    }
+}

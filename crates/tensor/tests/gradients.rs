@@ -1,0 +1,287 @@
+//! Every operation's backward against finite differences (coordinate-wise and
+//! along a random direction, see `tessera_tensor::gradcheck`), on odd sizes.
+
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use tessera_tensor::gradcheck::{GradCheck, check};
+use tessera_tensor::{Result, Tensor};
+
+fn param(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    Tensor::param((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(), shape).unwrap()
+}
+
+/// A positive parameter (for log, sqrt, pow, division).
+fn positive(shape: &[usize], seed: u64) -> Tensor {
+    let p = param(shape, seed);
+    let v: Vec<f32> = p.to_vec().iter().map(|x| 0.5 + x.abs()).collect();
+    p.set_data(&v).unwrap();
+    p
+}
+
+#[track_caller]
+fn ok(inputs: Vec<Tensor>, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    if let Err(e) = check(&inputs, f, GradCheck::default()) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn binary_ops_with_broadcasting() {
+    for (sa, sb) in [
+        (vec![3, 7], vec![3, 7]),
+        (vec![2, 3, 5], vec![5]),
+        (vec![4, 1, 3], vec![2, 1]),
+        (vec![1], vec![17]),
+    ] {
+        let (a, b) = (param(&sa, 1), positive(&sb, 2));
+        ok(vec![a.clone(), b.clone()], |x| x[0].add(&x[1]));
+        ok(vec![a.clone(), b.clone()], |x| x[0].sub(&x[1]));
+        ok(vec![a.clone(), b.clone()], |x| x[0].mul(&x[1]));
+        ok(vec![a.clone(), b.clone()], |x| x[0].div(&x[1]));
+    }
+}
+
+#[test]
+fn the_same_tensor_twice() {
+    let a = param(&[7], 3);
+    ok(vec![a.clone()], |x| x[0].mul(&x[0]));
+    ok(vec![a], |x| x[0].add(&x[0].mul_scalar(3.0))?.mul(&x[0]));
+}
+
+#[test]
+fn unary_and_scalar_ops() {
+    let x = param(&[3, 17], 4);
+    let p = positive(&[3, 17], 5);
+    ok(vec![x.clone()], |t| Ok(t[0].add_scalar(2.0)));
+    ok(vec![x.clone()], |t| Ok(t[0].mul_scalar(-1.5)));
+    ok(vec![x.clone()], |t| Ok(t[0].neg()));
+    ok(vec![x.clone()], |t| Ok(t[0].exp()));
+    ok(vec![x.clone()], |t| Ok(t[0].tanh()));
+    ok(vec![x.clone()], |t| Ok(t[0].sigmoid()));
+    ok(vec![p.clone()], |t| Ok(t[0].log()));
+    ok(vec![p.clone()], |t| Ok(t[0].sqrt()));
+    ok(vec![p.clone()], |t| Ok(t[0].powf(2.5)));
+    // abs and relu away from their kink.
+    ok(vec![p.clone()], |t| Ok(t[0].abs()));
+    ok(vec![p.neg().detach().to_param()], |t| Ok(t[0].abs()));
+    ok(vec![p], |t| Ok(t[0].relu()));
+}
+
+#[test]
+fn reductions() {
+    let x = param(&[3, 7, 5], 6);
+    ok(vec![x.clone()], |t| t[0].sum(&[1], false));
+    ok(vec![x.clone()], |t| t[0].sum(&[0, 2], true));
+    ok(vec![x.clone()], |t| t[0].mean(&[-1], false));
+    ok(vec![x.clone()], |t| Ok(t[0].sum_all()));
+    ok(vec![x], |t| Ok(t[0].mean_all()));
+}
+
+#[test]
+fn layout_ops() {
+    let x = param(&[2, 3, 5], 7);
+    ok(vec![x.clone()], |t| t[0].reshape(&[5, -1]));
+    ok(vec![x.clone()], |t| t[0].permute(&[2, 0, 1]));
+    ok(vec![x.clone()], |t| t[0].transpose(0, 2));
+    ok(vec![x.clone()], |t| t[0].narrow(1, 1, 2));
+    ok(vec![x.clone()], |t| t[0].unsqueeze(1)?.broadcast_to(&[2, 4, 3, 5]));
+    let y = param(&[2, 1, 5], 8);
+    ok(vec![x.clone(), y], |t| Tensor::cat(&[&t[1], &t[0], &t[1]], 1));
+    // MAE's keep / restore: gather a subset, then scatter back with its inverse.
+    let idx = [2, 0, 1, 2];
+    ok(vec![x.clone()], |t| t[0].gather_rows(&idx, 2));
+    ok(vec![x.clone()], |t| t[0].scatter_rows(&[4, 1, 0, 3, 2, 5], 6));
+    let restore = [1, 2, 0, 2, 0, 1];
+    ok(vec![x], |t| {
+        t[0].gather_rows(&[2, 0, 1, 1, 2, 0], 3)?.gather_rows(&restore, 3)
+    });
+}
+
+#[test]
+fn linear_and_matmul_on_odd_sizes() {
+    for (m, k, n) in [(1, 1, 1), (3, 7, 17), (17, 65, 3), (7, 3, 65)] {
+        let (x, w, b) = (param(&[m, k], 11), param(&[n, k], 12), param(&[n], 13));
+        ok(vec![x.clone(), w.clone(), b], |t| t[0].linear(&t[1], Some(&t[2])));
+        ok(
+            vec![x.reshape_to(&[1, m, k]).unwrap().detach().to_param(), w.clone()],
+            |t| t[0].linear(&t[1], None),
+        );
+        let y = param(&[k, n], 14);
+        ok(vec![x.clone(), y.clone()], |t| t[0].matmul(&t[1]));
+        let (a, c) = (param(&[3, m, k], 15), param(&[3, k, n], 16));
+        ok(vec![a.clone(), c], |t| t[0].matmul(&t[1]));
+        ok(vec![a, y], |t| t[0].matmul(&t[1]));
+    }
+}
+
+#[test]
+fn layer_norm_gelu_softmax() {
+    for d in [1, 3, 7, 17, 65] {
+        let x = param(&[3, d], 20);
+        let (w, b) = (param(&[d], 21), param(&[d], 22));
+        if d > 1 {
+            ok(vec![x.clone(), w, b], |t| t[0].layer_norm(&t[1], &t[2], 1e-6));
+        }
+        ok(vec![x.clone()], |t| Ok(t[0].gelu()));
+        ok(vec![x.mul_scalar(3.0).detach().to_param()], |t| t[0].softmax());
+    }
+}
+
+#[test]
+fn attention_on_odd_token_counts() {
+    for (b, n, d, h) in [(1, 1, 4, 2), (2, 3, 6, 3), (1, 7, 8, 2), (2, 17, 12, 3)] {
+        let qkv = param(&[b, n, 3 * d], 30 + n as u64);
+        ok(vec![qkv], |t| t[0].attention(h));
+    }
+}
+
+#[test]
+fn dropout_backward_uses_the_same_mask() {
+    // The mask is drawn once per call, so check the backward directly: the
+    // gradient is the mask's scale, and elements dropped in the output get 0.
+    let x = param(&[4, 17], 40);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let y = x.dropout(0.5, true, &mut rng).unwrap();
+    let g = y.sum_all().backward().unwrap();
+    let (xs, ys, gs) = (x.to_vec(), y.to_vec(), g.get(&x).unwrap().to_vec());
+    for i in 0..xs.len() {
+        assert!(gs[i] == 0.0 || gs[i] == 2.0);
+        assert_eq!(ys[i], xs[i] * gs[i]);
+    }
+    assert!(gs.contains(&0.0) && gs.contains(&2.0));
+    let same = x.dropout(0.5, false, &mut rng).unwrap();
+    assert!(same.same_storage(&x));
+    assert!(x.dropout(1.0, true, &mut rng).is_err());
+}
+
+#[test]
+fn patch_embedding() {
+    for (b, c, h, w, p, d) in [(1, 1, 2, 2, 1, 3), (2, 3, 6, 9, 3, 5), (1, 2, 8, 4, 4, 7)] {
+        let img = param(&[b, c, h, w], 50);
+        let (wt, bias) = (param(&[d, c, p, p], 51), param(&[d], 52));
+        ok(vec![img, wt, bias], |t| t[0].patch_embed(&t[1], &t[2]));
+    }
+}
+
+#[test]
+fn losses() {
+    for (rows, p) in [(1, 1), (3, 7), (17, 3)] {
+        let (pred, target) = (param(&[rows, p], 60), param(&[rows, p], 61));
+        let mask: Vec<f32> = (0..rows).map(|r| if r % 3 == 0 { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::new(mask, &[rows]).unwrap();
+        ok(vec![pred.clone(), target.clone()], |t| t[0].mse_loss(&t[1], None));
+        ok(vec![pred.clone(), target.clone()], |t| {
+            t[0].mse_loss(&t[1], Some(&mask))
+        });
+        // L1 away from the kink: shift the target so |pred − target| > h.
+        let far = target.add_scalar(3.0).detach().to_param();
+        ok(vec![pred.clone(), far], |t| t[0].l1_loss(&t[1], Some(&mask)));
+        let targets: Vec<u32> = (0..rows).map(|r| (r % p) as u32).collect();
+        ok(vec![pred.clone()], |t| t[0].cross_entropy(&targets, None));
+        ok(vec![pred], |t| t[0].cross_entropy(&targets, Some(&mask)));
+    }
+}
+
+#[test]
+fn fused_ops_equal_their_composition_from_primitives() {
+    // layer_norm == (x − mean) / sqrt(var + eps) · w + b, values and gradients.
+    let x = param(&[5, 17], 70);
+    let (w, b) = (param(&[17], 71), param(&[17], 72));
+    let fused = x.layer_norm(&w, &b, 1e-6).unwrap();
+    let composed = {
+        let mean = x.mean(&[-1], true).unwrap();
+        let xc = x.sub(&mean).unwrap();
+        let var = xc.mul(&xc).unwrap().mean(&[-1], true).unwrap();
+        xc.div(&var.add_scalar(1e-6).sqrt())
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .add(&b)
+            .unwrap()
+    };
+    let r = param(&[5, 17], 73).detach();
+    let gf = fused.mul(&r).unwrap().sum_all().backward().unwrap();
+    let gc = composed.mul(&r).unwrap().sum_all().backward().unwrap();
+    for (u, v) in fused.to_vec().iter().zip(composed.to_vec()) {
+        assert!((u - v).abs() < 1e-4);
+    }
+    for t in [&x, &w, &b] {
+        for (u, v) in gf.get(t).unwrap().iter().zip(gc.get(t).unwrap()) {
+            assert!((u - v).abs() < 1e-3, "{u} vs {v}");
+        }
+    }
+
+    // attention == per-head softmax(q kᵀ / √Dh) v built from matmul, softmax, permute.
+    let (bsz, n, d, h) = (2, 5, 8, 2);
+    let qkv = param(&[bsz, n, 3 * d], 74);
+    let fused = qkv.attention(h).unwrap();
+    let composed = {
+        let t = qkv
+            .reshape(&[bsz as isize, n as isize, 3, h as isize, (d / h) as isize])
+            .unwrap()
+            .permute(&[2, 0, 3, 1, 4])
+            .unwrap();
+        let part = |i: usize| {
+            t.narrow(0, i, 1)
+                .unwrap()
+                .reshape(&[(bsz * h) as isize, n as isize, (d / h) as isize])
+                .unwrap()
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let s = q
+            .matmul(&k.transpose(1, 2).unwrap())
+            .unwrap()
+            .mul_scalar(1.0 / ((d / h) as f32).sqrt());
+        let o = s.softmax().unwrap().matmul(&v).unwrap();
+        o.reshape(&[bsz as isize, h as isize, n as isize, (d / h) as isize])
+            .unwrap()
+            .permute(&[0, 2, 1, 3])
+            .unwrap()
+            .reshape(&[bsz as isize, n as isize, d as isize])
+            .unwrap()
+    };
+    let r = param(&[bsz, n, d], 75).detach();
+    let gf = fused.mul(&r).unwrap().sum_all().backward().unwrap();
+    let gc = composed.mul(&r).unwrap().sum_all().backward().unwrap();
+    for (u, v) in fused.to_vec().iter().zip(composed.to_vec()) {
+        assert!((u - v).abs() < 1e-5);
+    }
+    for (u, v) in gf.get(&qkv).unwrap().iter().zip(gc.get(&qkv).unwrap()) {
+        assert!((u - v).abs() < 1e-4, "{u} vs {v}");
+    }
+}
+
+#[test]
+fn every_fused_op_gives_every_parameter_a_nonzero_gradient() {
+    let x = param(&[2, 4, 6], 80);
+    let (w, b) = (param(&[6], 81), param(&[6], 82));
+    let (lw, lb) = (param(&[18, 6], 83), param(&[18], 84));
+    let (pw, pb) = (param(&[6, 1, 2, 2], 85), param(&[6], 86));
+    let img = param(&[2, 1, 4, 4], 87);
+    let y = x
+        .layer_norm(&w, &b, 1e-6)
+        .unwrap()
+        .linear(&lw, Some(&lb))
+        .unwrap()
+        .attention(2)
+        .unwrap()
+        .gelu();
+    let z = img.patch_embed(&pw, &pb).unwrap();
+    let loss = y.add(&z).unwrap().mse_loss(&Tensor::zeros(&[2, 4, 6]), None).unwrap();
+    let g = loss.backward().unwrap();
+    for (name, t) in [
+        ("x", &x),
+        ("ln.w", &w),
+        ("ln.b", &b),
+        ("fc.w", &lw),
+        ("fc.b", &lb),
+        ("pe.w", &pw),
+        ("pe.b", &pb),
+        ("img", &img),
+    ] {
+        let gr = g.get(t).unwrap_or_else(|| panic!("{name} has no gradient"));
+        assert!(gr.iter().any(|v| *v != 0.0), "{name} has an all-zero gradient");
+    }
+}
