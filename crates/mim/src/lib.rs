@@ -1,1 +1,34 @@
-//! placeholder
+//! # tessera-mim
+//!
+//! Masked image modeling on the Tessera engine, in the four interchangeable
+//! parts of the framework:
+//!
+//! 1. **masking strategy** ([`masking`]): random (MAE), block-wise (BEiT),
+//!    square, grid, SimMIM's coarse random masking;
+//! 2. **encoder** ([`vit`]): a Vision Transformer (conv patch embedding,
+//!    [CLS] token, positional embeddings, pre-norm blocks, final LayerNorm);
+//! 3. **prediction head** ([`model`]): MAE's transformer decoder or SimMIM's
+//!    linear head;
+//! 4. **prediction target and loss** ([`target`]): pixels (MSE or L1,
+//!    optionally normalised per patch) or codebook indices (cross-entropy).
+//!
+//! Any combination is one [`ModelConfig`]; [`train::Trainer`] trains it with
+//! MAE's recipe and writes safetensors checkpoints with MAE's tensor names.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod masking;
+pub mod model;
+pub mod pos_embed;
+pub mod target;
+pub mod train;
+pub mod vit;
+
+pub use config::{DecoderConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, TargetConfig, VitConfig};
+pub use error::{MimError, Result};
+pub use masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
+pub use model::{MimModel, MimOutput};
+pub use train::{StepStats, TrainConfig, Trainer};
+pub use vit::{Pool, VisionTransformer};

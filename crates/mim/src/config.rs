@@ -1,0 +1,308 @@
+//! Model configuration: the encoder (a Vision Transformer), the method (MAE's
+//! decoder or SimMIM's linear head) and the prediction target. Every field has
+//! a name a user can set, presets give the usual sizes, and [`ModelConfig::validate`]
+//! rejects what cannot be built with a message that names the option.
+
+use crate::error::{Result, config_err};
+use serde::{Deserialize, Serialize};
+
+/// How positions are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PosEmbedKind {
+    /// Fixed 2-D sine-cosine table (MAE's `get_2d_sincos_pos_embed`); not trained.
+    SinCos,
+    /// Learned, initialised from a truncated normal (std 0.02).
+    Learned,
+}
+
+/// A Vision Transformer encoder, as in the seed document: patch embedding by a
+/// convolution with kernel = stride = patch, a [CLS] token, positional
+/// embeddings, `depth` pre-norm blocks, final LayerNorm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    /// Image height and width in pixels.
+    pub img_size: [usize; 2],
+    pub patch_size: usize,
+    /// Image channels (1 for grey, 3 for colour).
+    pub in_chans: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    /// Hidden width of each MLP as a multiple of `embed_dim`.
+    pub mlp_ratio: f32,
+    pub pos_embed: PosEmbedKind,
+    /// Dropout after adding positional embeddings (training only).
+    pub pos_drop: f32,
+    /// LayerNorm epsilon (MAE: 1e-6).
+    pub norm_eps: f32,
+}
+
+/// The named encoder sizes: (width, depth, heads).
+pub const PRESETS: [(&str, usize, usize, usize); 5] = [
+    ("vit-tiny", 192, 12, 3),
+    ("vit-small", 384, 12, 6),
+    ("vit-base", 768, 12, 12),
+    ("vit-large", 1024, 24, 16),
+    ("vit-huge", 1280, 32, 16),
+];
+
+impl VitConfig {
+    /// A preset (`vit-tiny`, `vit-small`, `vit-base`, `vit-large`, `vit-huge`)
+    /// at any image size, patch size and channel count.
+    pub fn preset(name: &str, img_size: [usize; 2], patch_size: usize, in_chans: usize) -> Result<VitConfig> {
+        let (_, embed_dim, depth, num_heads) = PRESETS.iter().find(|p| p.0 == name).copied().ok_or_else(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            config_err(format!("unknown encoder preset '{name}' (known: {})", names.join(", ")))
+        })?;
+        let c = VitConfig {
+            img_size,
+            patch_size,
+            in_chans,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 4.0,
+            pos_embed: PosEmbedKind::SinCos,
+            pos_drop: 0.0,
+            norm_eps: 1e-6,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Patches per column and per row of the grid.
+    pub fn grid(&self) -> [usize; 2] {
+        [self.img_size[0] / self.patch_size, self.img_size[1] / self.patch_size]
+    }
+
+    /// Number of patches `L`.
+    pub fn num_patches(&self) -> usize {
+        let [h, w] = self.grid();
+        h * w
+    }
+
+    /// Values per patch, `p·p·C`.
+    pub fn patch_dim(&self) -> usize {
+        self.patch_size * self.patch_size * self.in_chans
+    }
+
+    /// Hidden width of the MLPs.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f32 * self.mlp_ratio).round() as usize
+    }
+
+    /// Checks that the configuration can be built.
+    pub fn validate(&self) -> Result<()> {
+        let [h, w] = self.img_size;
+        let p = self.patch_size;
+        if p == 0 || h == 0 || w == 0 {
+            return Err(config_err(format!("image {h}x{w} and patch {p} must be positive")));
+        }
+        if h % p != 0 || w % p != 0 {
+            return Err(config_err(format!(
+                "patch size {p} does not divide the image size {h}x{w}"
+            )));
+        }
+        if self.in_chans == 0 {
+            return Err(config_err("in_chans must be at least 1"));
+        }
+        check_width("encoder", self.embed_dim, self.num_heads)?;
+        if self.pos_embed == PosEmbedKind::SinCos && self.embed_dim % 4 != 0 {
+            return Err(config_err(format!(
+                "sin-cos positional embeddings need embed_dim divisible by 4, got {}",
+                self.embed_dim
+            )));
+        }
+        if self.depth == 0 {
+            return Err(config_err("encoder depth must be at least 1"));
+        }
+        if !is_positive(self.mlp_ratio) {
+            return Err(config_err(format!(
+                "mlp_ratio must be positive, got {}",
+                self.mlp_ratio
+            )));
+        }
+        if !(0.0..1.0).contains(&self.pos_drop) {
+            return Err(config_err(format!("pos_drop {} is outside [0, 1)", self.pos_drop)));
+        }
+        Ok(())
+    }
+}
+
+/// True for finite values above zero (NaN and infinities are not).
+pub(crate) fn is_positive(x: f32) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+fn check_width(what: &str, dim: usize, heads: usize) -> Result<()> {
+    if dim == 0 || heads == 0 {
+        return Err(config_err(format!(
+            "{what} width {dim} and heads {heads} must be positive"
+        )));
+    }
+    if dim % heads != 0 {
+        return Err(config_err(format!(
+            "{what}: {heads} heads do not divide the width {dim}"
+        )));
+    }
+    Ok(())
+}
+
+/// MAE's decoder: a narrower transformer over all tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f32,
+}
+
+impl DecoderConfig {
+    /// MAE's default decoder: 512 wide, 8 deep, 16 heads.
+    pub fn mae_default() -> Self {
+        DecoderConfig {
+            embed_dim: 512,
+            depth: 8,
+            num_heads: 16,
+            mlp_ratio: 4.0,
+        }
+    }
+
+    /// A small decoder for small images: 128 wide, 4 deep, 4 heads.
+    pub fn small() -> Self {
+        DecoderConfig {
+            embed_dim: 128,
+            depth: 4,
+            num_heads: 4,
+            mlp_ratio: 4.0,
+        }
+    }
+
+    /// Hidden width of the MLPs.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f32 * self.mlp_ratio).round() as usize
+    }
+}
+
+/// The prediction head, which also decides what the encoder sees.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Method {
+    /// MAE: the encoder sees visible patches only; a transformer decoder with a
+    /// learned mask token reconstructs every patch.
+    Mae { decoder: DecoderConfig },
+    /// SimMIM: the encoder sees every patch, hidden ones replaced by a learned
+    /// mask token; a linear head predicts each patch.
+    SimMim,
+}
+
+/// Per-element error of pixel regression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PixelLoss {
+    Mse,
+    L1,
+}
+
+/// What the head predicts for each hidden patch, and the loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum TargetConfig {
+    /// The patch's pixels (MAE patchify order), optionally normalised per patch
+    /// by its mean and unbiased variance (MAE's `norm_pix_loss`).
+    Pixels { loss: PixelLoss, norm_pix: bool },
+    /// The index of the patch's nearest entry in a k-means codebook of
+    /// patches (a visual vocabulary), predicted with cross-entropy.
+    Codebook {
+        size: usize,
+        /// Cluster per-patch normalised pixels (shape/texture) instead of raw ones.
+        normalize: bool,
+    },
+}
+
+/// Everything needed to build a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub encoder: VitConfig,
+    pub method: Method,
+    pub target: TargetConfig,
+}
+
+impl ModelConfig {
+    /// Checks every part and how they fit together.
+    pub fn validate(&self) -> Result<()> {
+        self.encoder.validate()?;
+        if let Method::Mae { decoder } = &self.method {
+            check_width("decoder", decoder.embed_dim, decoder.num_heads)?;
+            if decoder.embed_dim % 4 != 0 {
+                return Err(config_err(format!(
+                    "decoder width must be divisible by 4 for its sin-cos positions, got {}",
+                    decoder.embed_dim
+                )));
+            }
+            if !is_positive(decoder.mlp_ratio) {
+                return Err(config_err(format!(
+                    "decoder mlp_ratio must be positive, got {}",
+                    decoder.mlp_ratio
+                )));
+            }
+        }
+        if let TargetConfig::Codebook { size, .. } = self.target
+            && size < 2
+        {
+            return Err(config_err(format!("codebook size must be at least 2, got {size}")));
+        }
+        Ok(())
+    }
+
+    /// Values the head predicts per patch: `p·p·C` pixels or codebook logits.
+    pub fn output_dim(&self) -> usize {
+        match self.target {
+            TargetConfig::Pixels { .. } => self.encoder.patch_dim(),
+            TargetConfig::Codebook { size, .. } => size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_validation_messages() {
+        let c = VitConfig::preset("vit-base", [224, 224], 16, 3).unwrap();
+        assert_eq!((c.embed_dim, c.depth, c.num_heads, c.num_patches()), (768, 12, 12, 196));
+        let e = VitConfig::preset("vit-base", [224, 224], 15, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("patch size 15 does not divide"), "{e}");
+        let e = VitConfig::preset("vit-giant", [32, 32], 4, 3).unwrap_err().to_string();
+        assert!(e.contains("vit-giant") && e.contains("vit-tiny"), "{e}");
+        let mut c = VitConfig::preset("vit-tiny", [32, 48], 4, 1).unwrap();
+        assert_eq!(c.grid(), [8, 12]);
+        c.num_heads = 5;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("5 heads do not divide the width 192")
+        );
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let c = ModelConfig {
+            encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap(),
+            method: Method::Mae {
+                decoder: DecoderConfig::small(),
+            },
+            target: TargetConfig::Pixels {
+                loss: PixelLoss::Mse,
+                norm_pix: true,
+            },
+        };
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<ModelConfig>(&s).unwrap(), c);
+    }
+}

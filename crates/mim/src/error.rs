@@ -1,0 +1,40 @@
+//! Errors of the MIM library. Each names what it is about: the file, the key,
+//! the option, the shapes.
+
+use std::path::PathBuf;
+use tessera_tensor::TensorError;
+use thiserror::Error;
+
+/// Anything that can go wrong while building, training, saving or loading a model.
+#[derive(Debug, Error)]
+pub enum MimError {
+    /// An invalid configuration value (the message names the option).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A tensor operation failed (a bug, or inputs of the wrong shape).
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    /// Input data that does not fit the model.
+    #[error("{0}")]
+    Input(String),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint that cannot be used (corrupt, truncated, another model).
+    #[error("checkpoint {}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+    /// The loss became NaN or infinite; training stops before updating anything.
+    #[error("loss is not finite ({loss}) at step {step}; stopping before the update (the last checkpoint is intact)")]
+    NonFinite { step: u64, loss: f32 },
+}
+
+/// Result of a MIM operation.
+pub type Result<T> = std::result::Result<T, MimError>;
+
+pub(crate) fn config_err(msg: impl Into<String>) -> MimError {
+    MimError::Config(msg.into())
+}

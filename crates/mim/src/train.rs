@@ -1,0 +1,373 @@
+//! Pre-training: MAE's optimisation recipe, deterministic steps, checkpoints
+//! and exact resumption.
+//!
+//! * AdamW with β = (0.9, 0.95) and weight decay 0.05, except on biases, norms,
+//!   tokens and positional embeddings (MAE's `param_groups_weight_decay`).
+//! * Learning rate `base_lr · batch / 256` (the effective batch, counting
+//!   gradient accumulation), linear warm-up per step, then a half-cycle cosine
+//!   down to `min_lr` (MAE's `adjust_learning_rate`, per step).
+//! * Optional clipping by global gradient norm, optional gradient accumulation.
+//! * A non-finite loss or gradient stops the step before any update.
+//! * Same seed and config → same losses to the bit, whatever the thread count
+//!   (every kernel reduces in a fixed order).
+
+use crate::checkpoint::TensorFile;
+use crate::config::{ModelConfig, is_positive};
+use crate::error::{MimError, Result, config_err};
+use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
+use crate::model::MimModel;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tessera_tensor::optim::{AdamState, AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
+use tessera_tensor::{GradStore, Tensor};
+
+/// Everything that defines a training run (saved in every checkpoint).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub masking: MaskingConfig,
+    /// Images per optimizer step (split into `accum_steps` micro-batches).
+    pub batch_size: usize,
+    pub accum_steps: usize,
+    /// Learning rate per 256 images (MAE's `blr`); the absolute rate is
+    /// `base_lr · batch_size / 256`.
+    pub base_lr: f32,
+    pub min_lr: f32,
+    pub weight_decay: f32,
+    pub betas: [f32; 2],
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad: Option<f32>,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// MAE's recipe for a model and step budget (warm-up: 5% of the steps).
+    pub fn mae(model: ModelConfig, batch_size: usize, total_steps: u64) -> Self {
+        TrainConfig {
+            model,
+            masking: MaskingConfig::mae_default(),
+            batch_size,
+            accum_steps: 1,
+            base_lr: 1.5e-4,
+            min_lr: 0.0,
+            weight_decay: 0.05,
+            betas: [0.9, 0.95],
+            warmup_steps: total_steps / 20,
+            total_steps,
+            clip_grad: None,
+            seed: 0,
+        }
+    }
+
+    /// Checks the options, naming the bad one.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.masking
+            .build(self.model.encoder.patch_size, self.model.encoder.grid())?;
+        if self.batch_size == 0 {
+            return Err(config_err("batch size must be at least 1"));
+        }
+        if self.accum_steps == 0 || self.batch_size % self.accum_steps != 0 {
+            return Err(config_err(format!(
+                "batch size {} is not divisible into {} accumulation steps",
+                self.batch_size, self.accum_steps
+            )));
+        }
+        if !is_positive(self.base_lr) || !(self.min_lr == 0.0 || is_positive(self.min_lr)) {
+            return Err(config_err(format!(
+                "learning rates must be positive (base {}, min {})",
+                self.base_lr, self.min_lr
+            )));
+        }
+        if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            return Err(config_err(format!("AdamW betas {:?} must be in [0, 1)", self.betas)));
+        }
+        if self.total_steps == 0 || self.warmup_steps > self.total_steps {
+            return Err(config_err(format!(
+                "warm-up {} must not exceed the {} total steps (≥ 1)",
+                self.warmup_steps, self.total_steps
+            )));
+        }
+        if let Some(c) = self.clip_grad
+            && !is_positive(c)
+        {
+            return Err(config_err(format!("gradient clipping norm must be positive, got {c}")));
+        }
+        Ok(())
+    }
+
+    /// The peak learning rate, `base_lr · batch / 256`.
+    pub fn peak_lr(&self) -> f32 {
+        self.base_lr * self.batch_size as f32 / 256.0
+    }
+
+    /// The learning rate of update number `step` (0-based): linear warm-up
+    /// from 0, then a half-cycle cosine to `min_lr`.
+    pub fn lr_at(&self, step: u64) -> f32 {
+        let peak = self.peak_lr() as f64;
+        let (s, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let lr = if s < w {
+            peak * s / w
+        } else {
+            let progress = if t > w { ((s - w) / (t - w)).min(1.0) } else { 1.0 };
+            self.min_lr as f64 + (peak - self.min_lr as f64) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        };
+        lr as f32
+    }
+}
+
+/// MAE's rule: no weight decay on 1-D tensors (biases, norms) and on tokens
+/// and positional embeddings.
+pub fn decays(name: &str, t: &Tensor) -> bool {
+    let skip = ["cls_token", "mask_token", "pos_embed", "decoder_pos_embed"];
+    t.rank() > 1 && !name.ends_with(".bias") && !skip.contains(&name)
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Number of updates done after this one.
+    pub step: u64,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+/// A model with its optimizer, masking strategy and random state.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: MimModel,
+    pub optimizer: AdamW,
+    /// Updates done so far.
+    pub step: u64,
+    /// Draws masks (and dropout); saved in checkpoints.
+    pub rng: MimRng,
+    masking: Box<dyn MaskingStrategy>,
+    params: Vec<(String, Tensor)>,
+}
+
+impl Trainer {
+    /// A new run: the model is initialised from `config.seed`.
+    pub fn new(config: TrainConfig) -> Result<Trainer> {
+        config.validate()?;
+        let mut init_rng = MimRng::seed_from_u64(config.seed);
+        let model = MimModel::new(config.model.clone(), &mut init_rng)?;
+        Self::with_model(config, model)
+    }
+
+    /// A new run around an existing model (e.g. one whose codebook was fitted).
+    pub fn with_model(config: TrainConfig, model: MimModel) -> Result<Trainer> {
+        config.validate()?;
+        if model.config != config.model {
+            return Err(config_err(
+                "the model's configuration differs from the training configuration's",
+            ));
+        }
+        let masking = config
+            .masking
+            .build(config.model.encoder.patch_size, config.model.encoder.grid())?;
+        let params = model.parameters();
+        let (decay, no_decay): (Vec<_>, Vec<_>) = params.iter().partition(|(n, t)| decays(n, t));
+        let groups = vec![
+            ParamGroup::new(decay.into_iter().map(|(_, t)| t.clone()).collect(), config.weight_decay),
+            ParamGroup::new(no_decay.into_iter().map(|(_, t)| t.clone()).collect(), 0.0),
+        ];
+        let optimizer = AdamW::new(
+            groups,
+            AdamWConfig {
+                lr: config.lr_at(0),
+                beta1: config.betas[0],
+                beta2: config.betas[1],
+                eps: 1e-8,
+            },
+        );
+        // The mask generator is seeded apart from the initialisation.
+        let rng = MimRng::seed_from_u64(config.seed ^ 0x6d61_736b_5f72_6e67);
+        Ok(Trainer {
+            config,
+            model,
+            optimizer,
+            step: 0,
+            rng,
+            masking,
+            params,
+        })
+    }
+
+    /// The masking strategy in use.
+    pub fn masking(&self) -> &dyn MaskingStrategy {
+        self.masking.as_ref()
+    }
+
+    /// Draws the mask for a batch of `batch` images.
+    pub fn sample_mask(&mut self, batch: usize) -> Mask {
+        Mask::sample(
+            self.masking.as_ref(),
+            batch,
+            self.config.model.encoder.grid(),
+            &mut self.rng,
+        )
+    }
+
+    /// One optimizer update on `imgs (B, C, H, W)`, B = the configured batch.
+    pub fn train_step(&mut self, imgs: &Tensor) -> Result<StepStats> {
+        let b = imgs.shape().first().copied().unwrap_or(0);
+        if b != self.config.batch_size {
+            return Err(MimError::Input(format!(
+                "a step takes {} images, got a batch of {b}",
+                self.config.batch_size
+            )));
+        }
+        self.model.encoder.check_images(imgs)?;
+        let lr = self.config.lr_at(self.step);
+        self.optimizer.set_lr(lr);
+        let accum = self.config.accum_steps;
+        let micro = b / accum;
+        let mut grads = GradStore::new();
+        let mut loss_sum = 0f64;
+        for i in 0..accum {
+            let part = if accum == 1 {
+                imgs.clone()
+            } else {
+                imgs.narrow(0, i * micro, micro)?
+            };
+            let mask = self.sample_mask(micro);
+            let out = self.model.forward(&part, &mask, true, &mut self.rng)?;
+            let loss = out.loss.item()?;
+            if !loss.is_finite() {
+                return Err(MimError::NonFinite {
+                    step: self.step + 1,
+                    loss,
+                });
+            }
+            loss_sum += loss as f64;
+            let scaled = if accum == 1 {
+                out.loss
+            } else {
+                out.loss.mul_scalar(1.0 / accum as f32)
+            };
+            scaled.backward_into(&mut grads)?;
+        }
+        let params: Vec<Tensor> = self.params.iter().map(|(_, t)| t.clone()).collect();
+        let norm = match self.config.clip_grad {
+            Some(max) => clip_grad_norm(&mut grads, &params, max),
+            None => grad_norm(&grads, &params),
+        };
+        let loss = (loss_sum / accum as f64) as f32;
+        if !norm.is_finite() {
+            return Err(MimError::NonFinite {
+                step: self.step + 1,
+                loss: norm,
+            });
+        }
+        self.optimizer.step(&grads)?;
+        self.step += 1;
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm: norm,
+        })
+    }
+
+    /// Writes a checkpoint atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut file = TensorFile::default();
+        self.model.store_state(&mut file);
+        let mut steps = BTreeMap::new();
+        for (name, t) in &self.params {
+            if let Some(st) = self.optimizer.state(t) {
+                file.insert_raw(format!("optimizer.exp_avg.{name}"), t.shape().to_vec(), st.m.clone());
+                file.insert_raw(format!("optimizer.exp_avg_sq.{name}"), t.shape().to_vec(), st.v.clone());
+                steps.insert(name.clone(), st.step);
+            }
+        }
+        let meta = &mut file.metadata;
+        meta.insert("format".into(), "pt".into());
+        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
+        meta.insert("tessera.config".into(), json(&self.config));
+        meta.insert("tessera.step".into(), self.step.to_string());
+        meta.insert("tessera.rng".into(), json(&self.rng));
+        meta.insert("tessera.optimizer_steps".into(), json(&steps));
+        file.save(path)
+    }
+
+    /// Continues a run from a checkpoint: same weights, optimizer moments,
+    /// step and random state, so the loss trajectory is that of an
+    /// uninterrupted run.
+    pub fn resume(path: &Path) -> Result<Trainer> {
+        let file = TensorFile::load(path)?;
+        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+        let mut trainer = Trainer::new(config)?;
+        trainer.restore(&file, path)?;
+        Ok(trainer)
+    }
+
+    /// Like [`Trainer::resume`], refusing a checkpoint whose model differs from `expected`.
+    pub fn resume_checked(path: &Path, expected: &ModelConfig) -> Result<Trainer> {
+        let file = TensorFile::load(path)?;
+        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+        if &config.model != expected {
+            return Err(MimError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: "was written for another model configuration than the one requested".into(),
+            });
+        }
+        let mut trainer = Trainer::new(config)?;
+        trainer.restore(&file, path)?;
+        Ok(trainer)
+    }
+
+    fn restore(&mut self, file: &TensorFile, path: &Path) -> Result<()> {
+        self.model.load_state(file, path, None)?;
+        self.step = parse_meta(file, "tessera.step", path)?;
+        self.rng = parse_meta(file, "tessera.rng", path)?;
+        let steps: BTreeMap<String, u64> = parse_meta(file, "tessera.optimizer_steps", path)?;
+        for (name, t) in &self.params {
+            let Some(&step) = steps.get(name) else { continue };
+            let m = file.get(&format!("optimizer.exp_avg.{name}"), path)?.data.clone();
+            let v = file.get(&format!("optimizer.exp_avg_sq.{name}"), path)?.data.clone();
+            self.optimizer
+                .set_state(t, AdamState { step, m, v })
+                .map_err(|e| MimError::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("optimizer state of '{name}': {e}"),
+                })?;
+        }
+        self.optimizer.set_lr(self.config.lr_at(self.step));
+        Ok(())
+    }
+}
+
+/// Reads a JSON metadata entry of a checkpoint.
+pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, path: &Path) -> Result<T> {
+    serde_json::from_str(file.meta(key, path)?).map_err(|e| MimError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: format!("metadata '{key}' is malformed: {e}"),
+    })
+}
+
+/// A metadata value as JSON.
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("configuration and state serialise to JSON")
+}
+
+/// Loads a model (for evaluation or reconstruction) from a Tessera checkpoint,
+/// optionally at another image size (positional tables are resized).
+pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel> {
+    let file = TensorFile::load(path)?;
+    let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+    let trained_grid = config.model.encoder.grid();
+    let mut model_config = config.model;
+    if let Some(size) = img_size {
+        model_config.encoder.img_size = size;
+    }
+    let mut model = MimModel::new(model_config, &mut MimRng::seed_from_u64(0))?;
+    model.load_state(&file, path, Some(trained_grid))?;
+    Ok(model)
+}

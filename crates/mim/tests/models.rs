@@ -1,0 +1,229 @@
+//! The four parts together: shapes, gradients, overfitting, determinism.
+
+mod common;
+
+use common::*;
+use rand::SeedableRng;
+use tessera_mim::layers::Module;
+use tessera_mim::{Mask, MaskingConfig, MimModel, MimRng, PixelLoss, Pool, TargetConfig, VisionTransformer, VitConfig};
+use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
+
+fn rng() -> MimRng {
+    MimRng::seed_from_u64(42)
+}
+
+#[test]
+fn encoder_shapes_for_presets_and_channels() {
+    let mut r = rng();
+    for chans in [1, 3] {
+        let vit = VisionTransformer::new(tiny_vit(chans), &mut r).unwrap();
+        let imgs = images(2, chans, 16, 16, 1);
+        let all = vit.forward_all(&imgs, false, &mut r).unwrap();
+        assert_eq!(all.shape(), &[2, 17, 32]);
+        assert_eq!(vit.features(&imgs, Pool::Cls).unwrap().shape(), &[2, 32]);
+        assert_eq!(vit.features(&imgs, Pool::Mean).unwrap().shape(), &[2, 32]);
+        let mask = Mask::sample(
+            MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
+            2,
+            [4, 4],
+            &mut r,
+        );
+        assert_eq!(
+            vit.forward_visible(&imgs, &mask, true, &mut r).unwrap().shape(),
+            &[2, 1 + 4, 32]
+        );
+        let e = vit
+            .forward_all(&images(2, chans, 16, 12, 1), false, &mut r)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[2, ") && e.contains("16, 16"), "{e}");
+    }
+    // Non-square images and the real presets build with the expected sizes.
+    let c = VitConfig::preset("vit-small", [32, 64], 8, 3).unwrap();
+    assert_eq!((c.num_patches(), c.embed_dim), (32, 384));
+}
+
+#[test]
+fn mae_and_simmim_predict_every_patch_with_every_target() {
+    let mut r = rng();
+    let imgs = images(3, 3, 16, 16, 2);
+    let targets = [
+        norm_pix(),
+        TargetConfig::Pixels {
+            loss: PixelLoss::L1,
+            norm_pix: false,
+        },
+        TargetConfig::Codebook {
+            size: 8,
+            normalize: true,
+        },
+    ];
+    for t in targets {
+        for cfg in [tiny_mae(t.clone()), tiny_simmim(t.clone())] {
+            let out_dim = cfg.output_dim();
+            let mut model = MimModel::new(cfg, &mut r).unwrap();
+            if model.codebook.is_none() && matches!(model.config.target, TargetConfig::Codebook { .. }) {
+                model.fit_codebook(&imgs, 5, &mut r).unwrap();
+            }
+            for masking in [
+                MaskingConfig::Random { ratio: 0.75 },
+                MaskingConfig::Block {
+                    ratio: 0.5,
+                    min_patches: 16,
+                },
+                MaskingConfig::Square {
+                    side: 2,
+                    centered: true,
+                },
+                MaskingConfig::Grid {
+                    k: 2,
+                    random_offset: true,
+                },
+                MaskingConfig::SimMim { ratio: 0.5, cell_px: 8 },
+            ] {
+                let mask = Mask::sample(masking.build(4, [4, 4]).unwrap().as_ref(), 3, [4, 4], &mut r);
+                let out = model.forward(&imgs, &mask, true, &mut r).unwrap();
+                assert_eq!(out.pred.shape(), &[3, 16, out_dim]);
+                let loss = out.loss.item().unwrap();
+                assert!(loss.is_finite() && loss > 0.0, "{masking:?}: loss {loss}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_parameter_receives_a_nonzero_gradient() {
+    let mut r = rng();
+    let imgs = images(2, 3, 16, 16, 3);
+    for cfg in [
+        tiny_mae(norm_pix()),
+        tiny_simmim(norm_pix()),
+        tiny_mae(TargetConfig::Codebook {
+            size: 6,
+            normalize: false,
+        }),
+    ] {
+        let mut model = MimModel::new(cfg, &mut r).unwrap();
+        if matches!(model.config.target, TargetConfig::Codebook { .. }) {
+            model.fit_codebook(&imgs, 3, &mut r).unwrap();
+        }
+        let mask = Mask::sample(
+            MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
+            2,
+            [4, 4],
+            &mut r,
+        );
+        let grads = model
+            .forward(&imgs, &mask, true, &mut r)
+            .unwrap()
+            .loss
+            .backward()
+            .unwrap();
+        let params = model.parameters();
+        assert!(params.len() > 20);
+        for (name, t) in params {
+            let g = grads.get(&t).unwrap_or_else(|| panic!("{name} has no gradient"));
+            assert!(g.iter().any(|v| *v != 0.0), "{name} has an all-zero gradient");
+        }
+        // The fixed sin-cos tables are buffers, not parameters.
+        let state: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
+        assert!(state.contains(&"pos_embed".to_string()));
+    }
+}
+
+#[test]
+fn mae_state_dict_names_and_layouts() {
+    let model = MimModel::new(tiny_mae(norm_pix()), &mut rng()).unwrap();
+    let state = model.named_tensors();
+    let shape = |n: &str| {
+        state
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("missing {n}"))
+            .1
+            .shape()
+            .to_vec()
+    };
+    assert_eq!(shape("patch_embed.proj.weight"), vec![32, 3, 4, 4]);
+    assert_eq!(shape("patch_embed.proj.bias"), vec![32]);
+    assert_eq!(shape("cls_token"), vec![1, 1, 32]);
+    assert_eq!(shape("pos_embed"), vec![1, 17, 32]);
+    assert_eq!(shape("blocks.1.attn.qkv.weight"), vec![96, 32]);
+    assert_eq!(shape("blocks.0.mlp.fc1.weight"), vec![128, 32]);
+    assert_eq!(shape("blocks.0.norm2.bias"), vec![32]);
+    assert_eq!(shape("norm.weight"), vec![32]);
+    assert_eq!(shape("decoder_embed.weight"), vec![32, 32]);
+    assert_eq!(shape("mask_token"), vec![1, 1, 32]);
+    assert_eq!(shape("decoder_pos_embed"), vec![1, 17, 32]);
+    assert_eq!(shape("decoder_blocks.0.attn.proj.weight"), vec![32, 32]);
+    assert_eq!(shape("decoder_norm.bias"), vec![32]);
+    assert_eq!(shape("decoder_pred.weight"), vec![48, 32]);
+}
+
+/// Trains on one batch with one fixed mask; returns (first, last) loss.
+fn overfit(model: &MimModel, steps: usize, lr: f32) -> (f32, f32) {
+    let mut r = rng();
+    let imgs = images(4, 3, 16, 16, 5);
+    let mask = Mask::sample(
+        MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
+        4,
+        [4, 4],
+        &mut r,
+    );
+    let params: Vec<_> = model.parameters().into_iter().map(|(_, t)| t).collect();
+    let mut opt = AdamW::new(
+        vec![ParamGroup::new(params, 0.0)],
+        AdamWConfig {
+            lr,
+            ..Default::default()
+        },
+    );
+    let (mut first, mut last) = (None, 0.0);
+    for _ in 0..steps {
+        let out = model.forward(&imgs, &mask, true, &mut r).unwrap();
+        last = out.loss.item().unwrap();
+        first.get_or_insert(last);
+        opt.step(&out.loss.backward().unwrap()).unwrap();
+    }
+    (first.unwrap(), last)
+}
+
+#[test]
+fn tiny_mae_overfits_one_batch() {
+    let model = MimModel::new(tiny_mae(norm_pix()), &mut rng()).unwrap();
+    let (first, last) = overfit(&model, 150, 3e-3);
+    assert!(last < 0.1 * first, "MAE loss {first} → {last}");
+}
+
+#[test]
+fn tiny_simmim_overfits_one_batch() {
+    let model = MimModel::new(tiny_simmim(norm_pix()), &mut rng()).unwrap();
+    let (first, last) = overfit(&model, 150, 3e-3);
+    assert!(last < 0.1 * first, "SimMIM loss {first} → {last}");
+}
+
+#[test]
+fn codebook_target_overfits_one_batch() {
+    let mut r = rng();
+    let mut model = MimModel::new(
+        tiny_mae(TargetConfig::Codebook {
+            size: 16,
+            normalize: false,
+        }),
+        &mut r,
+    )
+    .unwrap();
+    model.fit_codebook(&images(4, 3, 16, 16, 5), 10, &mut r).unwrap();
+    let (first, last) = overfit(&model, 150, 3e-3);
+    assert!(last < 0.1 * first, "codebook loss {first} → {last}");
+}
+
+#[test]
+fn features_are_deterministic_and_unmasked() {
+    let model = MimModel::new(tiny_mae(norm_pix()), &mut rng()).unwrap();
+    let imgs = images(2, 3, 16, 16, 6);
+    let a = model.features(&imgs, Pool::Mean).unwrap().to_vec();
+    let b = model.features(&imgs, Pool::Mean).unwrap().to_vec();
+    assert_eq!(a, b);
+    assert!(!model.features(&imgs, Pool::Cls).unwrap().requires_grad());
+}

@@ -1,0 +1,250 @@
+//! Training: schedule, determinism, checkpoints, resumption, bad states.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use tessera_mim::train::{TrainConfig, Trainer, decays, load_model};
+use tessera_mim::{MaskingConfig, MimError, Pool, TargetConfig};
+use tessera_tensor::Tensor;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(total: u64) -> TrainConfig {
+    let mut c = TrainConfig::mae(tiny_mae(norm_pix()), 4, total);
+    c.base_lr = 0.5; // peak lr = 0.5 · 4 / 256 ≈ 7.8e-3 for a tiny model
+    c.warmup_steps = 2;
+    c.clip_grad = Some(5.0);
+    c
+}
+
+fn batches(n: usize) -> Vec<Tensor> {
+    (0..n).map(|i| images(4, 3, 16, 16, 100 + i as u64)).collect()
+}
+
+#[test]
+fn learning_rate_schedule_is_maes() {
+    let c = config(10);
+    let peak = 0.5 * 4.0 / 256.0;
+    assert_eq!(c.lr_at(0), 0.0);
+    assert!((c.lr_at(1) - peak / 2.0).abs() < 1e-9);
+    assert!((c.lr_at(2) - peak).abs() < 1e-9);
+    // Halfway through the cosine: half the peak.
+    assert!((c.lr_at(6) - peak / 2.0).abs() < 1e-7);
+    assert!(c.lr_at(10).abs() < 1e-9);
+}
+
+#[test]
+fn weight_decay_skips_biases_norms_tokens_and_positions() {
+    let t = Trainer::new(config(4)).unwrap();
+    for (name, p) in t.model.parameters() {
+        let want = !(name.ends_with(".bias")
+            || name.contains("norm")
+            || name.ends_with("token")
+            || name.ends_with("pos_embed"));
+        assert_eq!(decays(&name, &p), want, "{name}");
+    }
+}
+
+#[test]
+fn same_seed_same_losses_whatever_the_thread_count() {
+    let data = batches(3);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut t = Trainer::new(config(3)).unwrap();
+            data.iter()
+                .map(|b| t.train_step(b).unwrap().loss.to_bits())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn loss_falls_when_training_on_a_few_batches() {
+    let data = batches(2);
+    let mut c = config(60);
+    c.masking = MaskingConfig::Random { ratio: 0.5 };
+    let mut t = Trainer::new(c).unwrap();
+    let mut losses = vec![];
+    for s in 0..60 {
+        losses.push(t.train_step(&data[s % 2]).unwrap().loss);
+    }
+    let head: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let tail: f32 = losses[55..].iter().sum::<f32>() / 5.0;
+    assert!(tail < 0.7 * head, "loss {head} → {tail}");
+}
+
+#[test]
+fn resume_continues_the_exact_trajectory() {
+    let dir = tmp("resume");
+    let data = batches(6);
+    let mut straight = Trainer::new(config(6)).unwrap();
+    let full: Vec<u32> = data
+        .iter()
+        .map(|b| straight.train_step(b).unwrap().loss.to_bits())
+        .collect();
+
+    let mut first = Trainer::new(config(6)).unwrap();
+    for b in &data[..3] {
+        first.train_step(b).unwrap();
+    }
+    let path = dir.join("ckpt.safetensors");
+    first.save(&path).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&path).unwrap();
+    assert_eq!(resumed.step, 3);
+    let rest: Vec<u32> = data[3..]
+        .iter()
+        .map(|b| resumed.train_step(b).unwrap().loss.to_bits())
+        .collect();
+    assert_eq!(&full[3..], &rest[..]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn gradient_accumulation_matches_the_full_batch() {
+    let data = batches(1);
+    let mut c = config(2);
+    c.clip_grad = None;
+    let mut whole = Trainer::new(c.clone()).unwrap();
+    c.accum_steps = 2;
+    let mut split = Trainer::new(c).unwrap();
+    // Masks are drawn image by image in the same order, so both runs see the
+    // same masks, and with equal hidden counts per image the mean of the two
+    // half-batch losses is the full-batch loss.
+    for _ in 0..2 {
+        let a = whole.train_step(&data[0]).unwrap();
+        let b = split.train_step(&data[0]).unwrap();
+        assert!((a.loss - b.loss).abs() < 1e-5 * a.loss, "{} vs {}", a.loss, b.loss);
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm,
+            "{} vs {}",
+            a.grad_norm,
+            b.grad_norm
+        );
+    }
+}
+
+#[test]
+fn save_then_load_gives_identical_outputs_and_other_sizes_load() {
+    let dir = tmp("load");
+    let mut t = Trainer::new(config(2)).unwrap();
+    t.train_step(&batches(1)[0]).unwrap();
+    let path = dir.join("m.safetensors");
+    t.save(&path).unwrap();
+    let imgs = images(2, 3, 16, 16, 9);
+    let loaded = load_model(&path, None).unwrap();
+    for pool in [Pool::Cls, Pool::Mean] {
+        assert_eq!(
+            t.model.features(&imgs, pool).unwrap().to_vec(),
+            loaded.features(&imgs, pool).unwrap().to_vec()
+        );
+    }
+    let mask = t.sample_mask(2);
+    let mut r = <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0);
+    let p1 = t.model.predict(&imgs, &mask, false, &mut r).unwrap().to_vec();
+    let p2 = loaded.predict(&imgs, &mask, false, &mut r).unwrap().to_vec();
+    assert_eq!(p1, p2);
+    // At 24×24 (a 6×6 grid) the positional tables are regenerated.
+    let bigger = load_model(&path, Some([24, 24])).unwrap();
+    assert_eq!(bigger.encoder.pos_embed.shape(), &[1, 37, 32]);
+    assert_eq!(
+        bigger.features(&images(1, 3, 24, 24, 1), Pool::Mean).unwrap().shape(),
+        &[1, 32]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn checkpoint_of_another_configuration_is_refused_by_name() {
+    let dir = tmp("other");
+    let path = dir.join("m.safetensors");
+    Trainer::new(config(2)).unwrap().save(&path).unwrap();
+    let mut other = tiny_mae(norm_pix());
+    other.encoder.depth = 3;
+    let e = Trainer::resume_checked(&path, &other).err().unwrap().to_string();
+    assert!(
+        e.contains("m.safetensors") && e.contains("another model configuration"),
+        "{e}"
+    );
+    // Loading weights into a differently shaped model names the tensor.
+    let file = tessera_mim::checkpoint::TensorFile::load(&path).unwrap();
+    let mut wide = tessera_mim::MimModel::new(
+        {
+            let mut c = tiny_mae(norm_pix());
+            c.encoder.embed_dim = 64;
+            c.encoder.num_heads = 2;
+            c
+        },
+        &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0),
+    )
+    .unwrap();
+    let e = wide.load_state(&file, &path, None).unwrap_err().to_string();
+    assert!(e.contains("has shape") && e.contains("another configuration"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_non_finite_loss_stops_before_the_update_and_names_the_step() {
+    let mut t = Trainer::new(config(4)).unwrap();
+    t.train_step(&batches(1)[0]).unwrap();
+    let before: Vec<f32> = t.model.encoder.norm.weight.to_vec();
+    let mut bad = images(4, 3, 16, 16, 1).to_vec();
+    bad[5] = f32::NAN;
+    let bad = Tensor::new(bad, &[4, 3, 16, 16]).unwrap();
+    match t.train_step(&bad) {
+        Err(MimError::NonFinite { step, .. }) => assert_eq!(step, 2),
+        other => panic!("expected a non-finite error, got {:?}", other.map(|s| s.loss)),
+    }
+    assert_eq!(t.step, 1);
+    assert_eq!(t.model.encoder.norm.weight.to_vec(), before);
+}
+
+#[test]
+fn wrong_batch_and_image_shapes_are_errors() {
+    let mut t = Trainer::new(config(4)).unwrap();
+    let e = t.train_step(&images(3, 3, 16, 16, 1)).unwrap_err().to_string();
+    assert!(e.contains("takes 4 images"), "{e}");
+    let e = t.train_step(&images(4, 1, 16, 16, 1)).unwrap_err().to_string();
+    assert!(e.contains("do not fit"), "{e}");
+}
+
+#[test]
+fn codebook_models_save_and_resume_their_vocabulary() {
+    let dir = tmp("codebook");
+    let mut c = config(3);
+    c.model = tiny_simmim(TargetConfig::Codebook {
+        size: 8,
+        normalize: true,
+    });
+    c.masking = MaskingConfig::SimMim { ratio: 0.5, cell_px: 8 };
+    let mut model = tessera_mim::MimModel::new(
+        c.model.clone(),
+        &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0),
+    )
+    .unwrap();
+    model
+        .fit_codebook(
+            &images(8, 3, 16, 16, 3),
+            5,
+            &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0),
+        )
+        .unwrap();
+    let mut t = Trainer::with_model(c, model).unwrap();
+    let data = batches(2);
+    t.train_step(&data[0]).unwrap();
+    let path = dir.join("c.safetensors");
+    t.save(&path).unwrap();
+    let next = t.train_step(&data[1]).unwrap().loss;
+    let mut r = Trainer::resume(&path).unwrap();
+    assert_eq!(r.model.codebook, t.model.codebook);
+    assert_eq!(r.train_step(&data[1]).unwrap().loss.to_bits(), next.to_bits());
+    std::fs::remove_dir_all(dir).unwrap();
+}
