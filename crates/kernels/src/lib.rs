@@ -31,6 +31,7 @@ pub mod loss;
 pub mod math;
 pub mod par;
 pub mod patch;
+pub mod peak;
 pub mod softmax;
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ impl PatchDims {
     /// Checks that the patch side divides both image sides.
     pub fn new(b: usize, c: usize, h: usize, w: usize, p: usize) -> Self {
         assert!(
-            p > 0 && h % p == 0 && w % p == 0,
+            p > 0 && h.is_multiple_of(p) && w.is_multiple_of(p),
             "PatchDims: patch {p} does not divide image {h}x{w}"
         );
         PatchDims { b, c, h, w, p }

@@ -198,7 +198,11 @@ impl Tensor {
             };
             let grad_fn = node.0.grad_fn.lock().unwrap_or_else(|e| e.into_inner()).take();
             match grad_fn {
-                Some(f) => f.backward(&node, dout, &mut grads).map_err(|e| match e {
+                Some(f) => {
+                    let _timer = crate::profile::scope(f.name(), "backward");
+                    f.backward(&node, dout, &mut grads)
+                }
+                .map_err(|e| match e {
                     TensorError::Backward(m) => TensorError::Backward(format!("{}: {m}", f.name())),
                     other => TensorError::Backward(format!("{}: {other}", f.name())),
                 })?,

@@ -128,6 +128,7 @@ impl AdamW {
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let _timer = crate::profile::scope("adamw", "step");
         for group in &self.groups {
             for p in &group.params {
                 let Some(g) = grads.get(p) else { continue };

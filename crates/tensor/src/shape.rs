@@ -114,7 +114,7 @@ pub fn infer_shape(op: &'static str, from: &[usize], to: &[isize]) -> Result<Vec
     }
     let mut out: Vec<usize> = to.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = inferred {
-        if known == 0 || n % known != 0 {
+        if known == 0 || !n.is_multiple_of(known) {
             return Err(shape_err(
                 op,
                 format!("cannot reshape {from:?} ({n} elements) into {to:?}"),

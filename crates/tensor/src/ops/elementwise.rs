@@ -82,6 +82,7 @@ pub(crate) fn expand(data: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
 }
 
 fn binary(kind: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::scope(kind.name(), "forward");
     let shape = broadcast_shape(a.shape(), b.shape()).ok_or_else(|| {
         shape_err(
             kind.name(),
@@ -286,6 +287,7 @@ impl Tensor {
 
     /// Applies an element-wise function.
     pub fn unary(&self, kind: Unary) -> Tensor {
+        let _timer = crate::profile::scope(kind.name(), "forward");
         let out: Vec<f32> = self.data().iter().map(|&x| kind.apply(x)).collect();
         Tensor::from_op(out, self.shape().to_vec(), &[self], || {
             Box::new(UnaryBackward { kind, x: self.clone() })

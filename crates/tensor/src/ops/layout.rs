@@ -260,6 +260,7 @@ impl Tensor {
 
     /// Reorders the axes: output axis `i` is input axis `perm[i]`. Copies.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let _timer = crate::profile::scope("permute", "forward");
         let rank = self.rank();
         let mut seen = vec![false; rank];
         if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
@@ -288,6 +289,7 @@ impl Tensor {
 
     /// Concatenates tensors along `axis`; all other dimensions must agree.
     pub fn cat(xs: &[&Tensor], axis_: isize) -> Result<Tensor> {
+        let _timer = crate::profile::scope("cat", "forward");
         let first = xs
             .first()
             .ok_or_else(|| shape_err("cat", "no tensors to concatenate"))?;
@@ -321,6 +323,7 @@ impl Tensor {
 
     /// Elements `start .. start + len` along `axis`. Copies.
     pub fn narrow(&self, axis_: isize, start: usize, len: usize) -> Result<Tensor> {
+        let _timer = crate::profile::scope("narrow", "forward");
         let a = axis("narrow", axis_, self.rank())?;
         let size = self.shape()[a];
         if start + len > size {
@@ -349,6 +352,7 @@ impl Tensor {
 
     /// Repeats along dimensions of size 1 (and new leading ones) to `shape`.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let _timer = crate::profile::scope("broadcast_to", "forward");
         if broadcast_shape(self.shape(), shape).as_deref() != Some(shape) {
             return Err(shape_err(
                 "broadcast_to",
@@ -365,6 +369,7 @@ impl Tensor {
     /// values below `N` → `(B, K, D)`, `out[b, k] = self[b, idx[b, k]]`.
     /// MAE's `torch.gather(x, 1, ids.unsqueeze(-1).repeat(1, 1, D))`.
     pub fn gather_rows(&self, idx: &[usize], k: usize) -> Result<Tensor> {
+        let _timer = crate::profile::scope("gather_rows", "forward");
         let [b, n, d] = *self.shape() else {
             return Err(shape_err(
                 "gather_rows",
@@ -385,6 +390,7 @@ impl Tensor {
     /// `out[b, idx[b, k]] = self[b, k]` and zeros in rows no index names
     /// (indices must be distinct per sample for this to be a permutation).
     pub fn scatter_rows(&self, idx: &[usize], n: usize) -> Result<Tensor> {
+        let _timer = crate::profile::scope("scatter_rows", "forward");
         let [b, k, d] = *self.shape() else {
             return Err(shape_err(
                 "scatter_rows",

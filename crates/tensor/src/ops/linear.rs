@@ -131,6 +131,7 @@ impl Tensor {
     /// A fully connected layer: `self (…, in) · weightᵀ + bias` with PyTorch's
     /// layouts, `weight (out, in)` and `bias (out)`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _timer = crate::profile::scope("linear", "forward");
         let [n, k] = *weight.shape() else {
             return Err(shape_err(
                 "linear",
@@ -177,6 +178,7 @@ impl Tensor {
     /// Matrix product over the last two axes: `self (…, M, K) · rhs (…, K, N)`
     /// with equal leading (batch) axes, or `rhs (K, N)` shared by the batch.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _timer = crate::profile::scope("matmul", "forward");
         let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
         let mut out = vec![0f32; batch * m * n];
         gemm_batched(

@@ -73,6 +73,7 @@ fn regression(
     target: &Tensor,
     weight: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let _timer = crate::profile::scope(op, "forward");
     if pred.shape() != target.shape() {
         return Err(shape_err(
             op,
@@ -143,6 +144,7 @@ impl Tensor {
     /// Softmax cross-entropy of `self = logits (…, K)` against one class index
     /// per row, averaged over rows weighted by `weight`.
     pub fn cross_entropy(&self, targets: &[u32], weight: Option<&Tensor>) -> Result<Tensor> {
+        let _timer = crate::profile::scope("cross_entropy", "forward");
         let (rows, k) = rows_of("cross_entropy", self, weight)?;
         if targets.len() != rows {
             return Err(shape_err(

@@ -189,6 +189,7 @@ impl Backward for PatchEmbedBackward {
 impl Tensor {
     /// Layer normalization over the last axis with `weight (D)`, `bias (D)`.
     pub fn layer_norm(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        let _timer = crate::profile::scope("layer_norm", "forward");
         let d = *self
             .shape()
             .last()
@@ -236,6 +237,7 @@ impl Tensor {
 
     /// GELU with the exact error function.
     pub fn gelu(&self) -> Tensor {
+        let _timer = crate::profile::scope("gelu", "forward");
         let mut out = vec![0f32; self.numel()];
         kgelu::forward(&mut out, &self.data());
         Tensor::from_op(out, self.shape().to_vec(), &[self], || {
@@ -245,6 +247,7 @@ impl Tensor {
 
     /// Softmax over the last axis.
     pub fn softmax(&self) -> Result<Tensor> {
+        let _timer = crate::profile::scope("softmax", "forward");
         let n = *self
             .shape()
             .last()
@@ -260,6 +263,7 @@ impl Tensor {
     /// layout) → `(B, N, D)`, scale `Dh^-½`. One fused op: the backward
     /// recomputes the probabilities from saved log-sum-exps.
     pub fn attention(&self, heads: usize) -> Result<Tensor> {
+        let _timer = crate::profile::scope("attention", "forward");
         let [b, n, d3] = *self.shape() else {
             return Err(shape_err(
                 "attention",
@@ -311,6 +315,7 @@ impl Tensor {
     /// `weight (D, C, p, p)` and `bias (D)`, kernel = stride = p → `(B, L, D)`
     /// with patches in row-major grid order.
     pub fn patch_embed(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let _timer = crate::profile::scope("patch_embed", "forward");
         let [b, c, h, w] = *self.shape() else {
             return Err(shape_err(
                 "patch_embed",

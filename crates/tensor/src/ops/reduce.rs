@@ -23,6 +23,7 @@ fn keepdim_shape(op: &'static str, shape: &[usize], axes: &[isize]) -> Result<(V
 }
 
 fn reduce(op: &'static str, x: &Tensor, axes: &[isize], keepdim: bool, mean: bool) -> Result<Tensor> {
+    let _timer = crate::profile::scope(op, "forward");
     let (kept, count) = keepdim_shape(op, x.shape(), axes)?;
     let mut out = sum_to(&x.data(), x.shape(), &kept);
     if mean && count > 0 {

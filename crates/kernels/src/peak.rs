@@ -1,0 +1,144 @@
+//! The machine's ceilings, measured: fused multiply-add throughput (the
+//! compute peak every GFLOP/s figure is compared with) and memory bandwidth
+//! (the ceiling of element-wise kernels).
+//!
+//! The FMA loop keeps 12 independent accumulator registers busy (more than
+//! FMA latency × FMA ports, so the loop is throughput-bound), each doing
+//! `acc = acc · a + b` on full vectors: 2 FLOPs per lane per instruction.
+
+use crate::cpu::{self, Isa};
+use std::time::{Duration, Instant};
+
+/// FLOPs of one call of the inner loop body, per ISA.
+fn flops_per_iter(isa: Isa) -> f64 {
+    // 12 accumulators × lanes × 2 FLOPs (multiply + add).
+    12.0 * isa.lanes() as f64 * 2.0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `iters` rounds of 12 independent 16-lane FMAs. Returns a value
+    /// depending on every accumulator so the loop is not optimised away.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_avx512(iters: u64) -> f32 {
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for r in acc {
+            s = _mm512_add_ps(s, r);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// The same with 8-lane AVX2 FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma_avx2(iters: u64) -> f32 {
+        let a = _mm256_set1_ps(0.999_999);
+        let b = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for r in acc {
+            s = _mm256_add_ps(s, r);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds exactly 8 f32, the width of one store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+}
+
+/// Scalar fallback: 12 independent multiply-add chains the compiler keeps in
+/// registers (no FMA instruction: the baseline target has none).
+fn fma_scalar(iters: u64) -> f32 {
+    let mut acc = [1f32; 12];
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = *r * 0.999_999 + 1e-7;
+        }
+    }
+    acc.iter().sum()
+}
+
+fn run_fma(isa: Isa, iters: u64) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` never exceeds `cpu::detected()`, checked by the caller.
+        Isa::Avx512 => unsafe { x86::fma_avx512(iters) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { x86::fma_avx2(iters) },
+        _ => fma_scalar(iters),
+    }
+}
+
+/// Peak FMA throughput in GFLOP/s of `threads` threads each running the loop
+/// for about `time`, with vectors of `isa` (lowered to what the CPU has).
+pub fn fma_gflops(isa: Isa, threads: usize, time: Duration) -> f64 {
+    let isa = isa.min(cpu::detected());
+    // Calibrate the iteration count on one thread.
+    let mut iters = 1u64 << 16;
+    loop {
+        let t = Instant::now();
+        std::hint::black_box(run_fma(isa, iters));
+        if t.elapsed() > time / 8 || iters > 1 << 34 {
+            break;
+        }
+        iters *= 2;
+    }
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| std::hint::black_box(run_fma(isa, iters * 4)));
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    threads.max(1) as f64 * (iters * 4) as f64 * flops_per_iter(isa) / secs / 1e9
+}
+
+/// Memory bandwidth in GB/s (bytes read + written per second) of `threads`
+/// threads copying disjoint parts of a `bytes`-sized buffer, best of `reps`.
+pub fn copy_gbs(bytes: usize, threads: usize, reps: usize) -> f64 {
+    let n = bytes / 4;
+    let src = vec![1f32; n];
+    let mut dst = vec![0f32; n];
+    let chunk = n.div_ceil(threads.max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for (d, src) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                s.spawn(move || d.copy_from_slice(src));
+            }
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    2.0 * (n * 4) as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurements_are_positive_and_wider_vectors_are_not_slower() {
+        let t = Duration::from_millis(20);
+        let scalar = fma_gflops(Isa::Scalar, 1, t);
+        let best = fma_gflops(cpu::detected(), 1, t);
+        assert!(scalar > 0.1 && best >= scalar * 0.9, "scalar {scalar}, best {best}");
+        assert!(copy_gbs(1 << 22, 1, 2) > 0.1);
+    }
+}
