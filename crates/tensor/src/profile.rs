@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static TABLE: Mutex<Option<HashMap<(&'static str, &'static str), (u64, Duration)>>> = Mutex::new(None);
+/// (op, direction) → (calls, total time).
+type Table = HashMap<(&'static str, &'static str), (u64, Duration)>;
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 /// Starts recording (and clears what was recorded).
 pub fn enable() {
@@ -81,7 +83,7 @@ pub fn report() -> Vec<Row> {
                 .collect()
         })
         .unwrap_or_default();
-    rows.sort_by(|a, b| b.total.cmp(&a.total));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.total));
     rows
 }
 
