@@ -1,45 +1,89 @@
-//! `tessera`: the command-line front end. For now it runs a small training demo
-//! of the engine: a two-layer MLP fitting a synthetic regression.
+//! `tessera`: masked image modeling from the command line.
+//!
+//! ```text
+//! tessera info         the model's shapes, parameters and FLOPs; a patched image
+//! tessera pretrain     MAE / SimMIM pre-training with checkpoints and reconstructions
+//! tessera reconstruct  four-panel reconstructions from a checkpoint
+//! tessera probe        linear-probe and k-NN accuracy of the frozen encoder
+//! tessera bench        timed training steps, as one JSON line
+//! ```
 
-use anyhow::Result;
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
-use tessera_tensor::Tensor;
-use tessera_tensor::init::xavier_uniform;
-use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
+mod bench;
+mod common;
+mod info;
+mod pretrain;
+mod probe;
+mod reconstruct;
 
-fn main() -> Result<()> {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0);
-    let (n, d, hidden) = (256, 4, 64);
-    let x: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let y: Vec<f32> = x
-        .chunks(d)
-        .map(|r| (2.0 * r[0]).sin() + r[1] * r[2] - 0.5 * r[3] * r[3])
-        .collect();
-    let (x, y) = (Tensor::new(x, &[n, d])?, Tensor::new(y, &[n, 1])?);
-    let w1 = Tensor::param(xavier_uniform(hidden, d, &mut rng), &[hidden, d])?;
-    let b1 = Tensor::param(vec![0.0; hidden], &[hidden])?;
-    let w2 = Tensor::param(xavier_uniform(1, hidden, &mut rng), &[1, hidden])?;
-    let b2 = Tensor::param(vec![0.0; 1], &[1])?;
-    let group = ParamGroup::new(vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()], 0.0);
-    let mut opt = AdamW::new(
-        vec![group],
-        AdamWConfig {
-            lr: 1e-2,
-            ..Default::default()
-        },
-    );
-    for step in 0..=500 {
-        let loss = x
-            .linear(&w1, Some(&b1))?
-            .gelu()
-            .linear(&w2, Some(&b2))?
-            .mse_loss(&y, None)?;
-        if step % 50 == 0 {
-            println!("step {step:4}  loss {:.5}", loss.item()?);
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Masked image modeling (MAE, SimMIM) on a from-scratch CPU tensor engine"
+)]
+struct Cli {
+    /// Worker threads for the kernels (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's patch grid, embedding shapes, parameter counts and FLOPs;
+    /// with --image, also write the image cut into its patch grid.
+    Info(Box<info::Args>),
+    /// Pre-train a masked image model (with no arguments: a small MAE on the
+    /// built-in synthetic data set, in a few minutes).
+    Pretrain(Box<pretrain::Args>),
+    /// Write original | masked | reconstruction | reconstruction + visible panels
+    /// for images, from a checkpoint.
+    Reconstruct(Box<reconstruct::Args>),
+    /// Score the frozen encoder with a linear probe and k-NN on a test split.
+    Probe(Box<probe::Args>),
+    /// Time full training steps (forward, backward, AdamW) and print one JSON line.
+    Bench(Box<bench::Args>),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // Clap's message is several lines (usage, hint); keep the first.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments").trim_end();
+            eprintln!("{first} (see --help)");
+            return ExitCode::from(2);
         }
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
+    };
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t).build_global() {
+            eprintln!("error: cannot start {t} threads: {e}");
+            return ExitCode::FAILURE;
+        }
     }
-    Ok(())
+    let result = match cli.command {
+        Command::Info(a) => info::run(*a),
+        Command::Pretrain(a) => pretrain::run(*a),
+        Command::Reconstruct(a) => reconstruct::run(*a),
+        Command::Probe(a) => probe::run(*a),
+        Command::Bench(a) => bench::run(*a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined with ": ".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -39,7 +39,10 @@ pub struct AttnDims {
 impl AttnDims {
     /// Checks that the heads divide the width.
     pub fn new(b: usize, n: usize, d: usize, h: usize) -> Self {
-        assert!(h > 0 && d.is_multiple_of(h), "AttnDims: {h} heads do not divide width {d}");
+        assert!(
+            h > 0 && d.is_multiple_of(h),
+            "AttnDims: {h} heads do not divide width {d}"
+        );
         AttnDims { b, n, d, h }
     }
     /// Head width `Dh = D/H`.

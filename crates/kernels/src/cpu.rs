@@ -86,6 +86,59 @@ pub fn available() -> Vec<Isa> {
         .collect()
 }
 
+/// Compiles one `#[inline(always)]` kernel body three times — plain, with
+/// AVX2+FMA enabled, with AVX-512F enabled — and runs the copy for an [`Isa`].
+///
+/// ```text
+/// multiversion! {
+///     /// Doc of the body.
+///     pub fn gelu_rows(out: &mut [f32], inp: &[f32]) { ... }
+/// }
+/// gelu_rows::run(cpu::isa(), out, inp);
+/// ```
+///
+/// expands to a module `gelu_rows` holding `body` (the code as written),
+/// `avx512` and `avx2` (`#[target_feature]` functions that only call `body`,
+/// so the compiler inlines it and vectorises it at that width), and `run`,
+/// which picks one. This is the only place that calls a `#[target_feature]`
+/// function, and it does so only for an `Isa` that [`detected`] reported.
+#[macro_export]
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        #[allow(non_snake_case, clippy::too_many_arguments)]
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$meta])*
+            #[inline(always)]
+            pub fn body($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+
+            /// Runs the copy compiled for `isa` (which must not exceed the CPU's).
+            #[inline]
+            pub fn run(isa: $crate::cpu::Isa, $($arg: $ty),*) $(-> $ret)? {
+                debug_assert!(isa <= $crate::cpu::detected());
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `isa` ≤ `cpu::detected()`, so the CPU has AVX-512F.
+                    $crate::cpu::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `isa` ≤ `cpu::detected()`, so the CPU has AVX2 and FMA.
+                    $crate::cpu::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                    _ => body($($arg),*),
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,31 @@ fn gelu_grad(x: f32) -> f32 {
     cdf + x * pdf
 }
 
+crate::multiversion! {
+    /// `out = gelu(inp)` on one chunk.
+    fn forward_chunk(out: &mut [f32], inp: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(inp) {
+            *o = gelu(x);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dinp += dout · gelu'(inp)` on one chunk.
+    fn backward_chunk(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+        for ((di, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+            *di += g * gelu_grad(x);
+        }
+    }
+}
+
 /// `out = gelu(inp)`.
 pub fn forward(out: &mut [f32], inp: &[f32]) {
+    forward_with(crate::cpu::isa(), out, inp)
+}
+
+/// [`forward`] on a chosen instruction set (tests and benchmarks compare them).
+pub fn forward_with(isa: crate::cpu::Isa, out: &mut [f32], inp: &[f32]) {
     assert_eq!(
         out.len(),
         inp.len(),
@@ -36,15 +59,18 @@ pub fn forward(out: &mut [f32], inp: &[f32]) {
         out.len(),
         inp.len()
     );
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = gelu(x);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(o, x)| forward_chunk::run(isa, o, x));
 }
 
 /// `dinp += dout · gelu'(inp)`.
 pub fn backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+    backward_with(crate::cpu::isa(), dinp, dout, inp)
+}
+
+/// [`backward`] on a chosen instruction set.
+pub fn backward_with(isa: crate::cpu::Isa, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     assert!(
         dinp.len() == inp.len() && dout.len() == inp.len(),
         "gelu::backward: dinp {}, dout {}, inp {} values",
@@ -54,11 +80,7 @@ pub fn backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     );
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
-        .for_each(|(di, (g, x))| {
-            for ((di, &g), &x) in di.iter_mut().zip(g).zip(x) {
-                *di += g * gelu_grad(x);
-            }
-        });
+        .for_each(|(di, (g, x))| backward_chunk::run(isa, di, g, x));
 }
 
 /// The formulas in f64 with a series erf.

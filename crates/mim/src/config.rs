@@ -108,7 +108,7 @@ impl VitConfig {
             return Err(config_err("in_chans must be at least 1"));
         }
         check_width("encoder", self.embed_dim, self.num_heads)?;
-        if self.pos_embed == PosEmbedKind::SinCos && self.embed_dim % 4 != 0 {
+        if self.pos_embed == PosEmbedKind::SinCos && !self.embed_dim.is_multiple_of(4) {
             return Err(config_err(format!(
                 "sin-cos positional embeddings need embed_dim divisible by 4, got {}",
                 self.embed_dim
@@ -141,7 +141,7 @@ fn check_width(what: &str, dim: usize, heads: usize) -> Result<()> {
             "{what} width {dim} and heads {heads} must be positive"
         )));
     }
-    if dim % heads != 0 {
+    if !dim.is_multiple_of(heads) {
         return Err(config_err(format!(
             "{what}: {heads} heads do not divide the width {dim}"
         )));

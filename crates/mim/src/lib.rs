@@ -17,7 +17,10 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod eval;
+pub mod flops;
 pub mod layers;
 pub mod masking;
 pub mod model;
@@ -25,6 +28,7 @@ pub mod pos_embed;
 pub mod target;
 pub mod train;
 pub mod vit;
+pub mod viz;
 
 pub use config::{DecoderConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, TargetConfig, VitConfig};
 pub use error::{MimError, Result};

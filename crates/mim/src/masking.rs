@@ -305,7 +305,7 @@ impl MaskingConfig {
                     )));
                 }
                 let cell = cell_px / patch_size;
-                if grid[0] % cell != 0 || grid[1] % cell != 0 {
+                if !grid[0].is_multiple_of(cell) || !grid[1].is_multiple_of(cell) {
                     return Err(config_err(format!(
                         "SimMIM mask cell of {cell} patches does not divide the {}x{} patch grid",
                         grid[0], grid[1]

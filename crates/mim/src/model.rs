@@ -160,6 +160,7 @@ impl MimModel {
 
     /// The pixel targets `(B, L, p·p·C)` (normalised per patch if `norm_pix`).
     pub fn pixel_targets(&self, imgs: &Tensor, norm_pix: bool) -> Result<Tensor> {
+        let _timer = tessera_tensor::profile::scope("pixel_targets", "forward");
         let b = imgs.shape()[0];
         let dims = self.patch_dims(b);
         let mut t = patchify_images(&imgs.data(), dims);

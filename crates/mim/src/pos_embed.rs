@@ -15,7 +15,7 @@ use crate::config::PosEmbedKind;
 /// `[sin(pos·ω_k) …, cos(pos·ω_k) …]` with `ω_k = 1 / 10000^(k / (dim/4))`,
 /// `k < dim/4`.
 pub fn sincos_2d(dim: usize, grid: [usize; 2], cls_token: bool) -> Vec<f32> {
-    assert!(dim % 4 == 0, "sincos_2d: width {dim} is not divisible by 4");
+    assert!(dim.is_multiple_of(4), "sincos_2d: width {dim} is not divisible by 4");
     let quarter = dim / 4;
     let omega: Vec<f64> = (0..quarter)
         .map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64))

@@ -71,7 +71,7 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(config_err("batch size must be at least 1"));
         }
-        if self.accum_steps == 0 || self.batch_size % self.accum_steps != 0 {
+        if self.accum_steps == 0 || !self.batch_size.is_multiple_of(self.accum_steps) {
             return Err(config_err(format!(
                 "batch size {} is not divisible into {} accumulation steps",
                 self.batch_size, self.accum_steps

@@ -1,0 +1,151 @@
+//! `tessera bench`: full training steps (masking, forward, backward, AdamW)
+//! timed after a warm-up, reported as one JSON line. The two reference
+//! workloads of the PyTorch comparison are available by name.
+
+use crate::common::{ModelArgs, peak_rss_mib};
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use rand::{RngExt, SeedableRng};
+use std::time::Instant;
+use tessera_mim::train::{TrainConfig, Trainer};
+use tessera_mim::{
+    DecoderConfig, MaskingConfig, Method, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig, flops,
+};
+use tessera_tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// 3×32×32, patch 4, encoder 192/12/3, decoder 128/4/4, batch 64.
+    Tiny32,
+    /// 3×224×224, patch 16, ViT-Base encoder, decoder 512/8/16, batch 8.
+    Base224,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A reference workload (overrides the model options and --batch).
+    #[arg(long, value_enum)]
+    pub workload: Option<Workload>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Fraction of patches hidden.
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
+    pub mask_ratio: f32,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Seed of weights, images and masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The reference workloads: (name, model, batch).
+pub fn workload(w: Workload) -> (&'static str, ModelConfig, usize) {
+    let target = TargetConfig::Pixels {
+        loss: PixelLoss::Mse,
+        norm_pix: true,
+    };
+    match w {
+        Workload::Tiny32 => {
+            let encoder = VitConfig::preset("vit-tiny", [32, 32], 4, 3).expect("valid preset");
+            (
+                "tiny32",
+                ModelConfig {
+                    encoder,
+                    method: Method::Mae {
+                        decoder: DecoderConfig::small(),
+                    },
+                    target,
+                },
+                64,
+            )
+        }
+        Workload::Base224 => {
+            let encoder = VitConfig::preset("vit-base", [224, 224], 16, 3).expect("valid preset");
+            (
+                "base224",
+                ModelConfig {
+                    encoder,
+                    method: Method::Mae {
+                        decoder: DecoderConfig::mae_default(),
+                    },
+                    target,
+                },
+                8,
+            )
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let (name, model, batch) = match args.workload {
+        Some(w) => workload(w),
+        None => ("custom", args.model.build(None)?, args.batch),
+    };
+    let mut config = TrainConfig::mae(model, batch, (args.warmup + args.steps) as u64);
+    config.masking = MaskingConfig::Random { ratio: args.mask_ratio };
+    config.warmup_steps = 1;
+    config.seed = args.seed;
+    let mut trainer = Trainer::new(config.clone())?;
+    let e = &config.model.encoder;
+    let mut rng = MimRng::seed_from_u64(args.seed);
+    // Fresh random images for every step, made before any timing.
+    let n_img = batch * e.in_chans * e.img_size[0] * e.img_size[1];
+    let batches: Vec<Tensor> = (0..args.warmup + args.steps)
+        .map(|_| {
+            Tensor::new(
+                (0..n_img).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
+                &[batch, e.in_chans, e.img_size[0], e.img_size[1]],
+            )
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let mut times = Vec::with_capacity(args.steps);
+    for (i, imgs) in batches.iter().enumerate() {
+        let t = Instant::now();
+        trainer.train_step(imgs)?;
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let med = median(&mut times);
+    let l = e.num_patches();
+    let len_keep = l - tessera_mim::masking::hidden_count(l, args.mask_ratio);
+    let gflop = flops::train_step(&config.model, len_keep, batch) / 1e9;
+    let line = serde_json::json!({
+        "engine": "tessera",
+        "version": env!("CARGO_PKG_VERSION"),
+        "workload": name,
+        "batch": batch,
+        "threads": rayon::current_num_threads(),
+        "isa": tessera_kernels::cpu::isa().name(),
+        "steps": args.steps,
+        "images_per_s": batch as f64 / med,
+        "median_step_s": med,
+        "min_step_s": min,
+        "gflop_per_step": gflop,
+        "gflops": gflop / med,
+        "peak_rss_mb": peak_rss_mib(),
+    });
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Options shared by several subcommands, and their translation into library
+//! configurations. Every check that can fail on user input happens here or in
+//! the library's `validate`, before anything is written.
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use std::path::PathBuf;
+use std::str::FromStr;
+use tessera_mim::data::transform::Transform;
+use tessera_mim::data::{self, DataSpec, Dataset, Normalization, Split};
+use tessera_mim::{
+    DecoderConfig, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, TargetConfig, VitConfig,
+};
+
+/// An image size: `32` (square) or `32x48` (height × width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub [usize; 2]);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|&n| n > 0);
+        let bad = || format!("'{s}' is not a size like 224 or 32x48");
+        match s.split_once(['x', 'X']) {
+            Some((h, w)) => Ok(Size([parse(h).ok_or_else(bad)?, parse(w).ok_or_else(bad)?])),
+            None => {
+                let n = parse(s).ok_or_else(bad)?;
+                Ok(Size([n, n]))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataKind {
+    /// Built-in procedural images of 10 classes (no download).
+    Synthetic,
+    /// Fashion-MNIST, IDX files (Debian: apt-get install dataset-fashion-mnist).
+    FashionMnist,
+    /// MNIST, IDX files.
+    Mnist,
+    /// CIFAR-10, binary batches.
+    Cifar10,
+    /// A folder of PNG/JPEG images; class subfolders give labels.
+    Folder,
+}
+
+/// Which images to read.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data set.
+    #[arg(long, value_enum, default_value = "synthetic")]
+    pub data: DataKind,
+    /// Folder holding the data set (Fashion-MNIST: /usr/share/datasets/fashion-mnist by default).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Number of images in each split of the synthetic data set.
+    #[arg(long, default_value_t = 10_000)]
+    pub synthetic_len: usize,
+    /// Seed of the synthetic data set.
+    #[arg(long, default_value_t = 0)]
+    pub synthetic_seed: u64,
+}
+
+impl DataArgs {
+    /// The image size and channels of the data set, when it has a fixed one.
+    pub fn native(&self) -> Option<([usize; 2], usize)> {
+        match self.data {
+            DataKind::Synthetic => None,
+            DataKind::FashionMnist | DataKind::Mnist => Some(([28, 28], 1)),
+            DataKind::Cifar10 => Some(([32, 32], 3)),
+            DataKind::Folder => None,
+        }
+    }
+
+    /// Opens one split. Synthetic images are generated at `size` × `channels`.
+    pub fn open(&self, split: Split, size: [usize; 2], channels: usize) -> Result<Box<dyn Dataset>> {
+        let need_dir = || -> Result<PathBuf> {
+            self.data_dir.clone().with_context(|| {
+                format!(
+                    "--data {} needs --data-dir",
+                    self.data.to_possible_value().unwrap().get_name()
+                )
+            })
+        };
+        let spec = match self.data {
+            DataKind::Synthetic => {
+                if self.synthetic_len == 0 {
+                    bail!("--synthetic-len must be at least 1");
+                }
+                DataSpec::Synthetic {
+                    len: self.synthetic_len,
+                    size,
+                    channels,
+                    seed: self.synthetic_seed,
+                }
+            }
+            DataKind::FashionMnist => DataSpec::FashionMnist {
+                dir: self.data_dir.clone(),
+            },
+            DataKind::Mnist => DataSpec::Mnist { dir: need_dir()? },
+            DataKind::Cifar10 => DataSpec::Cifar10 { dir: need_dir()? },
+            DataKind::Folder => DataSpec::Folder { dir: need_dir()? },
+        };
+        Ok(data::open(&spec, split)?)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Encoder on visible patches, transformer decoder with mask tokens.
+    Mae,
+    /// Encoder on all patches with a learned mask token, linear head.
+    Simmim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// Pixels normalised per patch, MSE (MAE's norm_pix_loss).
+    NormPix,
+    /// Raw pixels, MSE.
+    Pixels,
+    /// Raw pixels, L1 (SimMIM).
+    L1,
+    /// Index in a k-means codebook of patches, cross-entropy.
+    Codebook,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PosArg {
+    Sincos,
+    Learned,
+}
+
+/// The model: encoder, method (head) and target.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Encoder preset: vit-tiny (192/12/3), vit-small (384/12/6), vit-base (768/12/12), vit-large (1024/24/16), vit-huge.
+    #[arg(long, default_value = "vit-tiny")]
+    pub preset: String,
+    /// Image size, `N` or `HxW` (default: the data set's, 32 for synthetic).
+    #[arg(long)]
+    pub img_size: Option<Size>,
+    /// Patch side in pixels (default: 4 up to 64-pixel images, else 16).
+    #[arg(long)]
+    pub patch: Option<usize>,
+    /// Image channels (default: the data set's, 3 for synthetic).
+    #[arg(long)]
+    pub chans: Option<usize>,
+    /// Encoder width (overrides the preset).
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Encoder depth (overrides the preset).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Encoder heads (overrides the preset).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// MLP hidden width as a multiple of the width.
+    #[arg(long, default_value_t = 4.0)]
+    pub mlp_ratio: f32,
+    /// Positional embeddings.
+    #[arg(long, value_enum, default_value = "sincos")]
+    pub pos_embed: PosArg,
+    /// Pre-training method (prediction head).
+    #[arg(long, value_enum, default_value = "mae")]
+    pub method: MethodArg,
+    /// MAE decoder width (default: 128 below 128-pixel images, else 512).
+    #[arg(long)]
+    pub decoder_dim: Option<usize>,
+    /// MAE decoder depth (default: 4 below 128-pixel images, else 8).
+    #[arg(long)]
+    pub decoder_depth: Option<usize>,
+    /// MAE decoder heads (default: 4 below 128-pixel images, else 16).
+    #[arg(long)]
+    pub decoder_heads: Option<usize>,
+    /// Prediction target and loss.
+    #[arg(long, value_enum, default_value = "norm-pix")]
+    pub target: TargetArg,
+    /// Entries of the codebook (with --target codebook).
+    #[arg(long, default_value_t = 256)]
+    pub codebook_size: usize,
+}
+
+impl ModelArgs {
+    /// Builds and validates the model configuration; `native` is the data
+    /// set's size and channels, if fixed.
+    pub fn build(&self, native: Option<([usize; 2], usize)>) -> Result<ModelConfig> {
+        let size = self.img_size.map(|s| s.0).or(native.map(|n| n.0)).unwrap_or([32, 32]);
+        let chans = self.chans.or(native.map(|n| n.1)).unwrap_or(3);
+        let small = size[0].max(size[1]) <= 64;
+        let patch = self.patch.unwrap_or(if small { 4 } else { 16 });
+        if patch == 0 {
+            bail!("--patch must be at least 1");
+        }
+        let mut encoder = VitConfig::preset(&self.preset, size, patch, chans)?;
+        if let Some(d) = self.dim {
+            encoder.embed_dim = d;
+        }
+        if let Some(d) = self.depth {
+            encoder.depth = d;
+        }
+        if let Some(h) = self.heads {
+            encoder.num_heads = h;
+        }
+        encoder.mlp_ratio = self.mlp_ratio;
+        encoder.pos_embed = match self.pos_embed {
+            PosArg::Sincos => PosEmbedKind::SinCos,
+            PosArg::Learned => PosEmbedKind::Learned,
+        };
+        let method = match self.method {
+            MethodArg::Mae => {
+                let base = if size[0].max(size[1]) < 128 {
+                    DecoderConfig::small()
+                } else {
+                    DecoderConfig::mae_default()
+                };
+                Method::Mae {
+                    decoder: DecoderConfig {
+                        embed_dim: self.decoder_dim.unwrap_or(base.embed_dim),
+                        depth: self.decoder_depth.unwrap_or(base.depth),
+                        num_heads: self.decoder_heads.unwrap_or(base.num_heads),
+                        mlp_ratio: base.mlp_ratio,
+                    },
+                }
+            }
+            MethodArg::Simmim => Method::SimMim,
+        };
+        let target = match self.target {
+            TargetArg::NormPix => TargetConfig::Pixels {
+                loss: PixelLoss::Mse,
+                norm_pix: true,
+            },
+            TargetArg::Pixels => TargetConfig::Pixels {
+                loss: PixelLoss::Mse,
+                norm_pix: false,
+            },
+            TargetArg::L1 => TargetConfig::Pixels {
+                loss: PixelLoss::L1,
+                norm_pix: false,
+            },
+            TargetArg::Codebook => TargetConfig::Codebook {
+                size: self.codebook_size,
+                normalize: false,
+            },
+        };
+        let config = ModelConfig {
+            encoder,
+            method,
+            target,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MaskKind {
+    /// MAE: uniformly random patches.
+    Random,
+    /// BEiT: random rectangles.
+    Block,
+    /// One square region.
+    Square,
+    /// All but one patch of every k×k cell.
+    Grid,
+    /// SimMIM: random cells of a coarser grid.
+    Simmim,
+}
+
+/// The masking strategy.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MaskArgs {
+    /// Masking strategy.
+    #[arg(long, value_enum, default_value = "random")]
+    pub mask: MaskKind,
+    /// Fraction of patches to hide (random, block, simmim), in [0, 1).
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
+    pub mask_ratio: f32,
+    /// Side of the square in patches (square; default: half the grid).
+    #[arg(long)]
+    pub mask_side: Option<usize>,
+    /// Place the square at random instead of the centre (square).
+    #[arg(long)]
+    pub mask_random_position: bool,
+    /// Cell side in patches (grid).
+    #[arg(long, default_value_t = 2)]
+    pub mask_grid: usize,
+    /// Mask cell side in pixels, a multiple of the patch (simmim; default: 2 patches).
+    #[arg(long)]
+    pub mask_cell_px: Option<usize>,
+    /// Smallest rectangle in patches (block).
+    #[arg(long, default_value_t = 16)]
+    pub mask_min_block: usize,
+}
+
+impl MaskArgs {
+    /// The masking configuration, validated against the model's grid.
+    pub fn build(&self, model: &ModelConfig) -> Result<MaskingConfig> {
+        let grid = model.encoder.grid();
+        let cfg = match self.mask {
+            MaskKind::Random => MaskingConfig::Random { ratio: self.mask_ratio },
+            MaskKind::Block => MaskingConfig::Block {
+                ratio: self.mask_ratio,
+                min_patches: self.mask_min_block,
+            },
+            MaskKind::Square => MaskingConfig::Square {
+                side: self.mask_side.unwrap_or((grid[0].min(grid[1]) / 2).max(1)),
+                centered: !self.mask_random_position,
+            },
+            MaskKind::Grid => MaskingConfig::Grid {
+                k: self.mask_grid,
+                random_offset: true,
+            },
+            MaskKind::Simmim => MaskingConfig::SimMim {
+                ratio: self.mask_ratio,
+                cell_px: self.mask_cell_px.unwrap_or(2 * model.encoder.patch_size),
+            },
+        };
+        cfg.build(model.encoder.patch_size, grid)?;
+        Ok(cfg)
+    }
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A count with a metric suffix: 85.8M, 4.4G.
+pub fn si(v: f64) -> String {
+    let (d, s) = if v >= 1e9 {
+        (1e9, "G")
+    } else if v >= 1e6 {
+        (1e6, "M")
+    } else if v >= 1e3 {
+        (1e3, "k")
+    } else {
+        (1.0, "")
+    };
+    format!("{:.1}{s}", v / d)
+}
+
+/// Evaluation transform: resize/crop to the model's size, no augmentation.
+pub fn eval_transform(size: [usize; 2], channels: usize, norm: &Normalization) -> Transform {
+    Transform {
+        size,
+        channels,
+        augment: None,
+        norm: norm.for_channels(channels),
+    }
+}

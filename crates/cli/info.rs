@@ -1,0 +1,171 @@
+//! `tessera info`: what the seed document's code prints, for any model: the
+//! image, its patch grid, the shape of the embeddings at every stage, the
+//! parameter counts and the FLOPs per image. `--image FILE` also writes the
+//! picture cut into its patch grid (the seed's "patched image").
+
+use crate::common::{ModelArgs, si};
+use anyhow::{Context, Result};
+use image::imageops::FilterType;
+use rand::SeedableRng;
+use std::path::PathBuf;
+use tessera_mim::layers::Module;
+use tessera_mim::masking::hidden_count;
+use tessera_mim::viz::{patched, save_png, upscale};
+use tessera_mim::{Method, MimModel, MimRng, flops};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Fraction of patches MAE hides (for the encoder's visible token count).
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
+    pub mask_ratio: f32,
+    /// An image to cut into the model's patch grid.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Where to write the patched image.
+    #[arg(long, default_value = "patched.png")]
+    pub out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.model.build(None)?;
+    if !(0.0..1.0).contains(&args.mask_ratio) {
+        anyhow::bail!("--mask-ratio {} is outside [0, 1)", args.mask_ratio);
+    }
+    let model = MimModel::new(cfg.clone(), &mut MimRng::seed_from_u64(0))?;
+    let e = &cfg.encoder;
+    let ([h, w], c, p, d) = (e.img_size, e.in_chans, e.patch_size, e.embed_dim);
+    let [gh, gw] = e.grid();
+    let l = e.num_patches();
+    let k = l - hidden_count(l, args.mask_ratio);
+    let row = |what: &str, shape: String, note: String| println!("  {what:<22} {shape:<22} {note}");
+
+    println!("image");
+    row("input", format!("(B, {c}, {h}, {w})"), String::new());
+    row(
+        "patch grid",
+        format!("{gh} x {gw} = {l}"),
+        format!("patches of {p}x{p}x{c} = {} values", e.patch_dim()),
+    );
+    println!(
+        "encoder (ViT {d} wide, {} deep, {} heads of {})",
+        e.depth,
+        e.num_heads,
+        d / e.num_heads
+    );
+    row(
+        "patch embedding",
+        format!("(B, {l}, {d})"),
+        format!("conv {p}x{p} stride {p}: patch_embed.proj.weight [{d}, {c}, {p}, {p}]"),
+    );
+    row(
+        "+ [CLS] token",
+        format!("(B, {}, {d})", l + 1),
+        "cls_token [1, 1, {d}]".replace("{d}", &d.to_string()),
+    );
+    row(
+        "+ positions",
+        format!("(B, {}, {d})", l + 1),
+        format!("pos_embed [1, {}, {d}] ({:?})", l + 1, e.pos_embed),
+    );
+    row(
+        &format!("{} blocks", e.depth),
+        format!("(B, {}, {d})", l + 1),
+        format!("qkv (B, {}, {}), MLP {}", l + 1, 3 * d, e.mlp_hidden()),
+    );
+    row(
+        "final norm",
+        format!("(B, {}, {d})", l + 1),
+        "LayerNorm eps 1e-6".into(),
+    );
+    row(
+        "[CLS] embedding",
+        format!("(B, {d})"),
+        "or the mean of the patch tokens".into(),
+    );
+    match &cfg.method {
+        Method::Mae { decoder } => {
+            let dd = decoder.embed_dim;
+            println!(
+                "MAE ({:.0}% masked: the encoder sees {k} visible patches + [CLS])",
+                100.0 * args.mask_ratio
+            );
+            row("encoder output", format!("(B, {}, {d})", k + 1), String::new());
+            row("decoder_embed", format!("(B, {}, {dd})", k + 1), String::new());
+            row(
+                "+ mask tokens",
+                format!("(B, {}, {dd})", l + 1),
+                format!("{} mask tokens, unshuffled, + decoder_pos_embed", l - k),
+            );
+            row(
+                &format!("{} decoder blocks", decoder.depth),
+                format!("(B, {}, {dd})", l + 1),
+                format!("{} heads", decoder.num_heads),
+            );
+            row(
+                "decoder_pred",
+                format!("(B, {l}, {})", cfg.output_dim()),
+                "[CLS] dropped".into(),
+            );
+        }
+        Method::SimMim => {
+            println!("SimMIM (hidden patch embeddings replaced by mask_token)");
+            row(
+                "decoder_pred",
+                format!("(B, {l}, {})", cfg.output_dim()),
+                "linear, on the patch tokens".into(),
+            );
+        }
+    }
+    let count = |ts: Vec<(String, tessera_tensor::Tensor)>| {
+        ts.iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(_, t)| t.numel())
+            .sum::<usize>() as f64
+    };
+    let total = count(model.named_tensors());
+    let enc = count(model.encoder.named_tensors());
+    println!("parameters");
+    row("encoder", si(enc), String::new());
+    row("head", si(total - enc), String::new());
+    row(
+        "total (trainable)",
+        si(total),
+        format!("{} tensors in the state dict", model.named_tensors().len()),
+    );
+    let f = flops::forward(&cfg, k);
+    println!("FLOPs per image (2 per multiply-add)");
+    row("features", si(flops::features(&cfg)), "encoder over every patch".into());
+    row(
+        "pre-training forward",
+        si(f.total()),
+        format!(
+            "patch embedding {}, encoder {}, head {}",
+            si(f.patch_embed),
+            si(f.encoder_blocks),
+            si(f.head)
+        ),
+    );
+    row("pre-training step", si(3.0 * f.total()), "forward + backward".into());
+
+    if let Some(path) = &args.image {
+        let img = image::open(path).map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", path.display()))?;
+        println!(
+            "image {}: {}x{} pixels, {:?}",
+            path.display(),
+            img.height(),
+            img.width(),
+            img.color()
+        );
+        let resized = img.resize_to_fill(w as u32, h as u32, FilterType::Triangle).to_rgb8();
+        let factor = 224u32.div_ceil(h.min(w) as u32).max(1);
+        let out = patched(&upscale(&resized, factor), p as u32 * factor, 2);
+        save_png(&out, &args.out).with_context(|| format!("writing the patched image to {}", args.out.display()))?;
+        println!(
+            "wrote {} ({gh}x{gw} patches of {p} px, at {factor}x)",
+            args.out.display()
+        );
+    }
+    Ok(())
+}

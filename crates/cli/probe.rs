@@ -1,0 +1,187 @@
+//! `tessera probe`: how linearly separable and how well clustered are the
+//! frozen encoder's features? Features are extracted once per split (never
+//! masked), then scored with a linear probe (logistic regression trained by
+//! Tessera) and k-NN (cosine similarity, temperature-weighted votes).
+//! `--baselines` adds the same two scores on raw pixels and on a randomly
+//! initialised encoder of the same shape, in the same run.
+
+use crate::common::{DataArgs, eval_transform};
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use std::path::PathBuf;
+use tessera_mim::data::Split;
+use tessera_mim::eval::{Features, ProbeConfig, encoder_features, knn, linear_probe, pixel_features};
+use tessera_mim::train::load_model;
+use tessera_mim::{MimModel, MimRng, Pool};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PoolArg {
+    /// Mean of the patch tokens.
+    Mean,
+    /// The [CLS] token.
+    Cls,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint written by `tessera pretrain`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// How tokens become one feature vector.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub pool: PoolArg,
+    /// Use at most this many training images.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use at most this many test images.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Epochs of the linear probe.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Learning rate of the linear probe (AdamW, cosine).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Neighbours of k-NN.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Temperature of k-NN's weighted votes.
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f32,
+    /// Also score raw pixels and a randomly initialised encoder.
+    #[arg(long)]
+    pub baselines: bool,
+    /// Images per feature-extraction batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn bar(label: &str, json: bool) -> ProgressBar {
+    let b = ProgressBar::new(0);
+    if json {
+        b.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    b.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(label.to_string());
+    b
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = load_model(&args.checkpoint, None)?;
+    let e = &model.config.encoder;
+    let (size, chans) = (e.img_size, e.in_chans);
+    let train_ds = args.data.open(Split::Train, size, chans)?;
+    let test_ds = args.data.open(Split::Test, size, chans)?;
+    let classes = train_ds.class_names().len();
+    if classes < 2 {
+        bail!("{} is not labelled (a probe needs classes)", train_ds.name());
+    }
+    let t = eval_transform(size, chans, &train_ds.normalization());
+    let pool = match args.pool {
+        PoolArg::Mean => Pool::Mean,
+        PoolArg::Cls => Pool::Cls,
+    };
+    let probe_cfg = ProbeConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        ..Default::default()
+    };
+    let extract = |label: &str, m: &MimModel| -> Result<(Features, Features)> {
+        let b = bar(&format!("{label}: train"), args.json);
+        let tr = encoder_features(
+            m,
+            train_ds.as_ref(),
+            &t,
+            pool,
+            args.batch,
+            args.train_limit,
+            &mut |d, n| {
+                b.set_length(n as u64);
+                b.set_position(d as u64)
+            },
+        )?;
+        b.finish_and_clear();
+        let b = bar(&format!("{label}: test"), args.json);
+        let te = encoder_features(
+            m,
+            test_ds.as_ref(),
+            &t,
+            pool,
+            args.batch,
+            args.test_limit,
+            &mut |d, n| {
+                b.set_length(n as u64);
+                b.set_position(d as u64)
+            },
+        )?;
+        b.finish_and_clear();
+        Ok((tr, te))
+    };
+    let score = |tr: &Features, te: &Features| -> Result<(f32, f32)> {
+        Ok((
+            linear_probe(tr, te, classes, probe_cfg)?,
+            knn(tr, te, classes, args.k, args.temperature)?,
+        ))
+    };
+
+    let mut results: Vec<(String, usize, f32, f32)> = Vec::new();
+    let (tr, te) = extract("pretrained", &model)?;
+    let (lin, nn) = score(&tr, &te)?;
+    let (n_train, n_test) = (tr.len(), te.len());
+    results.push((
+        format!(
+            "pretrained encoder ({})",
+            if pool == Pool::Mean { "mean" } else { "cls" }
+        ),
+        tr.dim,
+        lin,
+        nn,
+    ));
+    if args.baselines {
+        let random = MimModel::new(model.config.clone(), &mut MimRng::seed_from_u64(12345))?;
+        let (tr, te) = extract("random init", &random)?;
+        let (lin, nn) = score(&tr, &te)?;
+        results.push(("random-init encoder".into(), tr.dim, lin, nn));
+        let tr = pixel_features(train_ds.as_ref(), &t, args.train_limit, &mut |_, _| {})?;
+        let te = pixel_features(test_ds.as_ref(), &t, args.test_limit, &mut |_, _| {})?;
+        let (lin, nn) = score(&tr, &te)?;
+        results.push(("raw pixels".into(), tr.dim, lin, nn));
+    }
+    if args.json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(name, dim, lin, nn)| serde_json::json!({"features": name, "dim": dim, "linear_probe": lin, "knn": nn}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"data": train_ds.name(), "train": n_train, "test": n_test, "k": args.k, "results": rows})
+        );
+    } else {
+        println!(
+            "{}: {n_train} training and {n_test} test images, {classes} classes",
+            train_ds.name()
+        );
+        println!(
+            "{:<30} {:>6} {:>14} {:>12}",
+            "features",
+            "dim",
+            "linear probe",
+            format!("k-NN (k={})", args.k)
+        );
+        for (name, dim, lin, nn) in &results {
+            println!("{name:<30} {dim:>6} {:>13.2}% {:>11.2}%", 100.0 * lin, 100.0 * nn);
+        }
+    }
+    Ok(())
+}

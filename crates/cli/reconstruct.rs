@@ -1,0 +1,239 @@
+//! `tessera reconstruct`: what a trained model fills in.
+//!
+//! One PNG, one row per image: original | masked | reconstruction |
+//! reconstruction with the visible patches pasted back (the four panels of
+//! MAE's demo). Norm-pix predictions are turned back into pixels with the mean
+//! and standard deviation of the image's *visible* patches (`--norm-pix-view
+//! visible-stats`, the default) or shown normalised (`normalized`).
+//! `--dump FILE` also writes `loss` `(1)`, `pred (N, L, out)`, `mask (N, L)`
+//! (1 = hidden) and the model inputs `images (N, C, H, W)` as safetensors, to
+//! compare number by number with PyTorch.
+
+use crate::common::{DataArgs, MaskArgs, eval_transform};
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use image::RgbImage;
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+use tessera_kernels::patch::PatchDims;
+use tessera_mim::checkpoint::TensorFile;
+use tessera_mim::data::transform::load_batch;
+use tessera_mim::data::{Normalization, RawImage, Split};
+use tessera_mim::train::{TrainConfig, load_model, parse_meta};
+use tessera_mim::viz::{NormPixView, grid, masked, reconstruct, save_png, to_rgb, upscale};
+use tessera_mim::{Mask, MimModel, MimRng};
+use tessera_tensor::{Tensor, no_grad};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ViewArg {
+    /// De-normalise hidden patches with the visible patches' statistics.
+    VisibleStats,
+    /// Show patches normalised, as the model predicts them.
+    Normalized,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint written by `tessera pretrain`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Image files (PNG/JPEG) to reconstruct; without them, images of --data.
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Split of --data to take images from.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Number of images from --data.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Index of the first image from --data.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+    #[command(flatten)]
+    pub mask: MaskArgs,
+    /// Take the mask from a safetensors file holding `mask (N, L)`, 1 = hidden.
+    #[arg(long)]
+    pub mask_file: Option<PathBuf>,
+    /// Seed of the masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write loss, predictions, mask and inputs as safetensors.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "reconstruction.png")]
+    pub out: PathBuf,
+    /// How normalised (norm-pix) predictions are shown.
+    #[arg(long, value_enum, default_value = "visible-stats")]
+    pub norm_pix_view: ViewArg,
+    /// Integer upscaling of every panel (default: to at least 96 pixels).
+    #[arg(long)]
+    pub scale: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+/// Renders the four-panel rows for `imgs (N, C, H, W)` under `mask`.
+pub fn render_rows(
+    model: &MimModel,
+    imgs: &Tensor,
+    mask: &Mask,
+    norm: &Normalization,
+    view: NormPixView,
+    scale: Option<u32>,
+) -> Result<RgbImage> {
+    let e = &model.config.encoder;
+    let (n, c, [h, w]) = (imgs.shape()[0], e.in_chans, e.img_size);
+    let pred = no_grad(|| model.predict(imgs, mask, false, &mut MimRng::seed_from_u64(0)))?;
+    let (pred, data) = (pred.data(), imgs.data());
+    let out = pred.len() / n.max(1);
+    let l = e.num_patches();
+    let dims = PatchDims::new(1, c, h, w, e.patch_size);
+    let factor = scale.unwrap_or_else(|| 96u32.div_ceil(h.min(w) as u32).max(1));
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let img = &data[i * c * h * w..(i + 1) * c * h * w];
+        let hidden = &mask.hidden[i * l..(i + 1) * l];
+        let (rec, pasted) = reconstruct(
+            img,
+            &pred[i * out..(i + 1) * out],
+            hidden,
+            dims,
+            &model.config.target,
+            model.codebook.as_ref(),
+            view,
+        )?;
+        let original = to_rgb(img, c, h, w, norm);
+        let row = [
+            original.clone(),
+            masked(&original, hidden, e.grid()[1], e.patch_size as u32),
+            to_rgb(&rec, c, h, w, norm),
+            to_rgb(&pasted, c, h, w, norm),
+        ];
+        rows.push(row.iter().map(|p| upscale(p, factor)).collect());
+    }
+    Ok(grid(&rows, 4))
+}
+
+/// Reads image files and applies the evaluation transform.
+fn load_files(paths: &[PathBuf], size: [usize; 2], chans: usize, norm: &Normalization) -> Result<Tensor> {
+    let t = eval_transform(size, chans, norm);
+    let mut data = Vec::new();
+    for p in paths {
+        let img = image::open(p).map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", p.display()))?;
+        let raw = if img.color().has_color() {
+            let rgb = img.to_rgb8();
+            RawImage::from_interleaved(rgb.as_raw(), 3, rgb.height() as usize, rgb.width() as usize)
+        } else {
+            let g = img.to_luma8();
+            RawImage::from_interleaved(g.as_raw(), 1, g.height() as usize, g.width() as usize)
+        };
+        data.extend(t.apply(&raw, &mut MimRng::seed_from_u64(0)));
+    }
+    Ok(Tensor::new(data, &[paths.len(), chans, size[0], size[1]])?)
+}
+
+fn load_mask_file(path: &Path, n: usize, l: usize) -> Result<Mask> {
+    let file = TensorFile::load(path)?;
+    let m = file.get("mask", path)?;
+    if m.shape != [n, l] {
+        bail!(
+            "{}: mask has shape {:?}, want [{n}, {l}] (images × patches)",
+            path.display(),
+            m.shape
+        );
+    }
+    if let Some(v) = m.data.iter().find(|v| **v != 0.0 && **v != 1.0) {
+        bail!("{}: mask values must be 0 or 1, found {v}", path.display());
+    }
+    Ok(Mask::from_hidden(m.data.iter().map(|v| *v == 1.0).collect(), n, l)?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = load_model(&args.checkpoint, None)?;
+    let file_cfg: TrainConfig = parse_meta(&TensorFile::load(&args.checkpoint)?, "tessera.config", &args.checkpoint)?;
+    let e = model.config.encoder.clone();
+    let (size, chans) = (e.img_size, e.in_chans);
+    let (imgs, norm) = if args.images.is_empty() {
+        let split = if args.split == SplitArg::Test {
+            Split::Test
+        } else {
+            Split::Train
+        };
+        let ds = args.data.open(split, size, chans)?;
+        let norm = ds.normalization().for_channels(chans);
+        if args.count == 0 || args.start >= ds.len() {
+            bail!(
+                "{} has {} images; --start {} --count {} selects none",
+                ds.name(),
+                ds.len(),
+                args.start,
+                args.count
+            );
+        }
+        let idx: Vec<usize> = (args.start..(args.start + args.count).min(ds.len())).collect();
+        (
+            load_batch(ds.as_ref(), &idx, &eval_transform(size, chans, &norm), 0)?.0,
+            norm,
+        )
+    } else {
+        // Files have no data set: use ImageNet statistics, as for folders.
+        let norm = Normalization {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
+        .for_channels(chans);
+        (load_files(&args.images, size, chans, &norm)?, norm)
+    };
+    let n = imgs.shape()[0];
+    let mask = match &args.mask_file {
+        Some(p) => load_mask_file(p, n, e.num_patches())?,
+        None => {
+            // The checkpoint's strategy unless one is given on the command line.
+            let cfg = if args.mask.mask == crate::common::MaskKind::Random && args.mask.mask_ratio == 0.75 {
+                file_cfg.masking.clone()
+            } else {
+                args.mask.build(&model.config)?
+            };
+            let strategy = cfg.build(e.patch_size, e.grid())?;
+            Mask::sample(strategy.as_ref(), n, e.grid(), &mut MimRng::seed_from_u64(args.seed))
+        }
+    };
+    let view = match args.norm_pix_view {
+        ViewArg::VisibleStats => NormPixView::VisibleStats,
+        ViewArg::Normalized => NormPixView::Normalized,
+    };
+    let picture = render_rows(&model, &imgs, &mask, &norm, view, args.scale)?;
+    save_png(&picture, &args.out)?;
+    let (loss, pred) = no_grad(|| -> Result<(f32, Tensor)> {
+        let out = model.forward(&imgs, &mask, false, &mut MimRng::seed_from_u64(0))?;
+        Ok((out.loss.item()?, out.pred))
+    })?;
+    if let Some(dump) = &args.dump {
+        let mut f = TensorFile::default();
+        f.insert_raw("loss", vec![1], vec![loss]);
+        f.insert("pred", &pred);
+        f.insert("mask", &mask.weights());
+        f.insert("images", &imgs);
+        f.metadata.insert("format".into(), "pt".into());
+        f.save(dump)
+            .with_context(|| format!("cannot write {}", dump.display()))?;
+    }
+    println!(
+        "wrote {} ({} images, {}x{} px); loss on hidden patches {loss:.4}{}",
+        args.out.display(),
+        n,
+        picture.width(),
+        picture.height(),
+        args.dump
+            .as_ref()
+            .map(|d| format!("; dump {}", d.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

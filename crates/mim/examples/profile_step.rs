@@ -1,0 +1,75 @@
+//! Per-op profile of MAE training steps on the reference workloads:
+//! `cargo run --release -p tessera-mim --example profile_step -- tiny32 5`
+//! (or `base224`). Prints step times and the engine's per-op time table.
+
+use rand::{RngExt, SeedableRng};
+use std::time::Instant;
+use tessera_mim::train::{TrainConfig, Trainer};
+use tessera_mim::{DecoderConfig, Method, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig};
+use tessera_tensor::{Tensor, profile};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let name = args.get(1).map(String::as_str).unwrap_or("tiny32");
+    let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let target = TargetConfig::Pixels {
+        loss: PixelLoss::Mse,
+        norm_pix: true,
+    };
+    let (model, batch) = match name {
+        "base224" => (
+            ModelConfig {
+                encoder: VitConfig::preset("vit-base", [224, 224], 16, 3).unwrap(),
+                method: Method::Mae {
+                    decoder: DecoderConfig::mae_default(),
+                },
+                target,
+            },
+            8,
+        ),
+        _ => (
+            ModelConfig {
+                encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap(),
+                method: Method::Mae {
+                    decoder: DecoderConfig::small(),
+                },
+                target,
+            },
+            64,
+        ),
+    };
+    let mut cfg = TrainConfig::mae(model, batch, 1000);
+    cfg.warmup_steps = 1;
+    let mut t = Trainer::new(cfg).unwrap();
+    let e = &t.config.model.encoder;
+    let n = batch * 3 * e.img_size[0] * e.img_size[1];
+    let mut rng = MimRng::seed_from_u64(0);
+    let imgs: Vec<Tensor> = (0..steps + 2)
+        .map(|_| {
+            Tensor::new(
+                (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
+                &[batch, 3, e.img_size[0], e.img_size[1]],
+            )
+            .unwrap()
+        })
+        .collect();
+    for im in &imgs[..2] {
+        t.train_step(im).unwrap();
+    }
+    profile::enable();
+    let start = Instant::now();
+    for im in &imgs[2..] {
+        let s = Instant::now();
+        let st = t.train_step(im).unwrap();
+        println!(
+            "step {:>3}: {:.3} s  loss {:.4}",
+            st.step,
+            s.elapsed().as_secs_f64(),
+            st.loss
+        );
+    }
+    let per = start.elapsed().as_secs_f64() / steps as f64;
+    println!("{name}: {per:.3} s/step, {:.1} images/s", batch as f64 / per);
+    profile::disable();
+    print!("{}", profile::format_report(&profile::report()));
+}

@@ -1,0 +1,362 @@
+//! A folder of PNG/JPEG images, read with the `image` crate.
+//!
+//! Layouts, as torchvision's `ImageFolder`:
+//!
+//! ```text
+//! dir/cat/001.png, dir/dog/xyz.jpg, …   one subfolder per class (sorted names → labels 0, 1, …)
+//! dir/001.png, dir/002.jpg, …           a flat folder: unlabelled
+//! dir/train/…, dir/test/… (or val/)     the two splits, each in one of the layouts above
+//! ```
+//!
+//! Without `train/` and `test/` (or `val/`), both splits are the whole folder.
+//! With them, the class names are those of both splits together, so a label
+//! means the same class in both. Files with other extensions and hidden files
+//! are skipped; images inside a class subfolder are found at any depth.
+//! Only paths are stored: images are decoded in [`Dataset::get`]. Grey images
+//! give 1 channel, anything else RGB; the data set has the channels of the
+//! first training image and converts the others to match.
+
+use super::transform::convert_channels;
+use super::{Dataset, Normalization, RawImage, Split, out_of_range};
+use crate::error::{MimError, Result};
+use std::path::{Path, PathBuf};
+
+/// Extensions of the files read (case-insensitive).
+pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// How deep image search goes inside a class subfolder.
+const MAX_DEPTH: usize = 16;
+
+fn io_err(path: &Path, source: std::io::Error) -> MimError {
+    MimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+        && path.is_file()
+}
+
+/// The non-hidden entries of a folder, sorted by name.
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let path = entry.map_err(|e| io_err(dir, e))?.path();
+        if !is_hidden(&path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// All images under `dir`, at any depth (up to [`MAX_DEPTH`]), in sorted order.
+fn images_below(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    for path in sorted_entries(dir)? {
+        if path.is_dir() {
+            if depth < MAX_DEPTH {
+                images_below(&path, depth + 1, out)?;
+            }
+        } else if is_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The images of one folder: either flat, or grouped by class subfolder.
+enum Layout {
+    Flat(Vec<PathBuf>),
+    Classes(Vec<(String, Vec<PathBuf>)>),
+}
+
+fn scan(dir: &Path) -> Result<Layout> {
+    let entries = sorted_entries(dir)?;
+    let top: Vec<PathBuf> = entries.iter().filter(|p| is_image(p)).cloned().collect();
+    let mut classes = Vec::new();
+    for sub in entries.iter().filter(|p| p.is_dir()) {
+        let mut files = Vec::new();
+        images_below(sub, 1, &mut files)?;
+        if !files.is_empty() {
+            classes.push((
+                sub.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                files,
+            ));
+        }
+    }
+    match (top.is_empty(), classes.is_empty()) {
+        (_, true) => Ok(Layout::Flat(top)),
+        (true, false) => Ok(Layout::Classes(classes)),
+        (false, false) => Err(MimError::Input(format!(
+            "{}: has both images ({}) and class subfolders ({}); put every image in a class subfolder, or none",
+            dir.display(),
+            top[0].display(),
+            classes[0].0
+        ))),
+    }
+}
+
+/// The split folders `train/` and `test/` (or `val/`), if both exist.
+fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let train = dir.join("train");
+    let test = ["test", "val"].iter().map(|n| dir.join(n)).find(|p| p.is_dir())?;
+    train.is_dir().then_some((train, test))
+}
+
+/// Decodes one image file at its own channels: grey → 1, anything else → RGB
+/// (alpha dropped).
+pub fn decode(path: &Path) -> Result<RawImage> {
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| MimError::Input(format!("{}: cannot decode image: {e}", path.display())))?;
+    Ok(if img.color().has_color() {
+        let rgb = img.to_rgb8();
+        RawImage::from_interleaved(rgb.as_raw(), 3, rgb.height() as usize, rgb.width() as usize)
+    } else {
+        let g = img.to_luma8();
+        RawImage::from_interleaved(g.as_raw(), 1, g.height() as usize, g.width() as usize)
+    })
+}
+
+/// An image folder (one split of it).
+pub struct ImageFolder {
+    dir: PathBuf,
+    split: Option<Split>,
+    files: Vec<PathBuf>,
+    labels: Option<Vec<u32>>,
+    classes: Vec<String>,
+    channels: usize,
+}
+
+impl ImageFolder {
+    /// Scans `dir` for the images of `split` (see the module documentation).
+    pub fn open(dir: &Path, split: Split) -> Result<ImageFolder> {
+        if !dir.is_dir() {
+            return Err(MimError::Input(format!("{}: no such image folder", dir.display())));
+        }
+        let (layout, other, split_used) = match split_dirs(dir) {
+            Some((train, test)) => {
+                let (mine, theirs) = match split {
+                    Split::Train => (train, test),
+                    Split::Test => (test, train),
+                };
+                (scan(&mine)?, Some(scan(&theirs)?), Some(split))
+            }
+            None => (scan(dir)?, None, None),
+        };
+        // Class names of both splits together, so that labels agree.
+        let mut classes: Vec<String> = [Some(&layout), other.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|l| match l {
+                Layout::Classes(c) => c.iter().map(|(name, _)| name.clone()).collect(),
+                Layout::Flat(_) => Vec::new(),
+            })
+            .collect();
+        classes.sort();
+        classes.dedup();
+        let (files, labels) = match layout {
+            Layout::Flat(files) => (files, None),
+            Layout::Classes(groups) => {
+                let mut files = Vec::new();
+                let mut labels = Vec::new();
+                for (name, group) in groups {
+                    let label = classes.binary_search(&name).expect("class listed above") as u32;
+                    labels.extend(std::iter::repeat_n(label, group.len()));
+                    files.extend(group);
+                }
+                (files, Some(labels))
+            }
+        };
+        if files.is_empty() {
+            return Err(MimError::Input(format!(
+                "{}: no images ({}) in this folder or its subfolders",
+                dir.display(),
+                EXTENSIONS.join(", ")
+            )));
+        }
+        // Channels from the first training image, so both splits agree.
+        let first = match (&other, split) {
+            (Some(other), Split::Test) => match other {
+                Layout::Flat(f) => f.first(),
+                Layout::Classes(c) => c.first().and_then(|(_, f)| f.first()),
+            }
+            .unwrap_or(&files[0]),
+            _ => &files[0],
+        };
+        let channels = decode(first)?.channels;
+        Ok(ImageFolder {
+            dir: dir.to_path_buf(),
+            split: split_used,
+            files,
+            labels,
+            classes,
+            channels,
+        })
+    }
+
+    /// The image files, in label order then name order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+}
+
+impl Dataset for ImageFolder {
+    fn name(&self) -> String {
+        match self.split {
+            Some(s) => format!("{} ({})", self.dir.display(), s.as_str()),
+            None => self.dir.display().to_string(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn channels(&self) -> usize {
+        self.channels
+    }
+    fn native_size(&self) -> Option<[usize; 2]> {
+        None
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+    fn label(&self, i: usize) -> Option<u32> {
+        self.labels.as_ref().and_then(|l| l.get(i).copied())
+    }
+    fn get(&self, i: usize) -> Result<RawImage> {
+        let path = self
+            .files
+            .get(i)
+            .ok_or_else(|| out_of_range(&self.name(), i, self.len()))?;
+        Ok(convert_channels(&decode(path)?, self.channels))
+    }
+    fn normalization(&self) -> Normalization {
+        Normalization::imagenet().for_channels(self.channels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::test_util::{TempDir, msg};
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+
+    fn rgb(path: &Path, w: u32, h: u32, colour: [u8; 3]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        RgbImage::from_pixel(w, h, Rgb(colour)).save(path).unwrap();
+    }
+
+    fn grey(path: &Path, w: u32, h: u32, v: u8) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        GrayImage::from_pixel(w, h, Luma([v])).save(path).unwrap();
+    }
+
+    #[test]
+    fn class_subfolders_are_labels() {
+        let tmp = TempDir::new("folder-classes");
+        let d = tmp.path();
+        rgb(&d.join("zebra/b.png"), 4, 3, [255, 0, 0]);
+        rgb(&d.join("zebra/a.png"), 5, 2, [0, 255, 0]);
+        grey(&d.join("ant/deep/x.png"), 3, 3, 51);
+        std::fs::write(d.join("ant/notes.txt"), "not an image").unwrap();
+        std::fs::create_dir(d.join("empty")).unwrap();
+        let ds = ImageFolder::open(d, Split::Train).unwrap();
+        assert_eq!(ds.class_names(), ["ant", "zebra"]);
+        assert_eq!(ds.len(), 3);
+        assert_eq!(ds.channels(), 1, "the first image (ant/deep/x.png) is grey");
+        assert_eq!((ds.label(0), ds.label(1), ds.label(2)), (Some(0), Some(1), Some(1)));
+        assert!(ds.files()[1].ends_with("zebra/a.png"));
+        let a = ds.get(1).unwrap();
+        assert_eq!((a.channels, a.height, a.width), (1, 2, 5));
+        assert!((a.data[0] - 0.587).abs() < 1e-6, "green as luminance: {}", a.data[0]);
+        assert_eq!(ds.get(0).unwrap().data[0], 51.0 / 255.0);
+        assert_eq!(ds.native_size(), None);
+        assert_eq!(ds.normalization().mean.len(), 1);
+        assert!(ds.get(3).is_err());
+    }
+
+    #[test]
+    fn flat_folder_is_unlabelled_rgb() {
+        let tmp = TempDir::new("folder-flat");
+        rgb(&tmp.path().join("1.png"), 2, 2, [10, 20, 30]);
+        grey(&tmp.path().join("2.PNG"), 3, 1, 200);
+        std::fs::write(tmp.path().join("3.gif"), "skipped").unwrap();
+        let ds = ImageFolder::open(tmp.path(), Split::Test).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.channels(), 3);
+        assert!(ds.class_names().is_empty());
+        assert_eq!(ds.label(0), None);
+        let a = ds.get(0).unwrap();
+        let planes: Vec<f32> = [10.0, 20.0, 30.0].iter().flat_map(|&v| [v / 255.0; 4]).collect();
+        assert_eq!(a.data, planes);
+        let b = ds.get(1).unwrap();
+        assert_eq!((b.channels, b.height, b.width), (3, 1, 3), "grey converted to RGB");
+        assert_eq!(ds.normalization(), Normalization::imagenet());
+    }
+
+    #[test]
+    fn train_and_test_subfolders_are_splits() {
+        let tmp = TempDir::new("folder-splits");
+        let d = tmp.path();
+        rgb(&d.join("train/cat/1.png"), 2, 2, [1, 2, 3]);
+        rgb(&d.join("train/dog/1.png"), 2, 2, [1, 2, 3]);
+        rgb(&d.join("train/dog/2.png"), 2, 2, [1, 2, 3]);
+        grey(&d.join("val/dog/1.png"), 2, 2, 9);
+        let train = ImageFolder::open(d, Split::Train).unwrap();
+        let test = ImageFolder::open(d, Split::Test).unwrap();
+        assert_eq!((train.len(), test.len()), (3, 1));
+        assert_eq!(test.class_names(), ["cat", "dog"]);
+        assert_eq!(test.label(0), Some(1), "dog is label 1 in both splits");
+        assert_eq!(test.channels(), 3, "channels come from the training split");
+        assert!(test.name().ends_with("(test)"));
+    }
+
+    #[test]
+    fn corrupt_and_truncated_files_name_the_file() {
+        let tmp = TempDir::new("folder-corrupt");
+        let d = tmp.path();
+        rgb(&d.join("a.png"), 8, 8, [1, 2, 3]);
+        let good = std::fs::read(d.join("a.png")).unwrap();
+        std::fs::write(d.join("b.png"), &good[..good.len() / 2]).unwrap();
+        let noise: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        std::fs::write(d.join("c.png"), &noise).unwrap();
+        let ds = ImageFolder::open(d, Split::Train).unwrap();
+        assert!(ds.get(0).is_ok());
+        for (i, name) in [(1, "b.png"), (2, "c.png")] {
+            let m = msg(ds.get(i));
+            assert!(
+                m.contains(&d.join(name).display().to_string()) && m.contains("cannot decode image"),
+                "{m}"
+            );
+        }
+        // A corrupt first image fails at open.
+        let tmp2 = TempDir::new("folder-corrupt-first");
+        std::fs::write(tmp2.path().join("0.png"), &noise).unwrap();
+        assert!(msg(ImageFolder::open(tmp2.path(), Split::Train)).contains("0.png"));
+    }
+
+    #[test]
+    fn empty_missing_and_mixed_folders_are_errors() {
+        let tmp = TempDir::new("folder-empty");
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        std::fs::write(tmp.path().join("readme.txt"), "x").unwrap();
+        let m = msg(ImageFolder::open(tmp.path(), Split::Train));
+        assert!(
+            m.contains(&tmp.path().display().to_string()) && m.contains("no images"),
+            "{m}"
+        );
+        let missing = tmp.path().join("missing");
+        assert!(msg(ImageFolder::open(&missing, Split::Train)).contains("missing"));
+        rgb(&tmp.path().join("top.png"), 2, 2, [0, 0, 0]);
+        rgb(&tmp.path().join("sub/x.png"), 2, 2, [0, 0, 0]);
+        let m = msg(ImageFolder::open(tmp.path(), Split::Train));
+        assert!(m.contains("both images"), "{m}");
+    }
+}

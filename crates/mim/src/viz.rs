@@ -1,0 +1,267 @@
+//! Pictures: images back from normalised tensors, reconstructions from
+//! predictions, the four-panel rows of MAE's demo, and the seed's patched image.
+
+use crate::config::TargetConfig;
+use crate::data::Normalization;
+use crate::error::{MimError, Result};
+use crate::target::{Codebook, patch_stats};
+use image::{Rgb, RgbImage};
+use std::path::Path;
+use tessera_kernels::patch::{PatchDims, patchify, unpatchify};
+
+/// A `(C, H, W)` image in normalised input space → 8-bit RGB (grey repeated).
+pub fn to_rgb(chw: &[f32], c: usize, h: usize, w: usize, norm: &Normalization) -> RgbImage {
+    let norm = norm.for_channels(c);
+    let px = |ch: usize, y: usize, x: usize| -> u8 {
+        let v = chw[(ch * h + y) * w + x] * norm.std[ch] + norm.mean[ch];
+        (v.clamp(0.0, 1.0) * 255.0).round() as u8
+    };
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let (x, y) = (x as usize, y as usize);
+        if c >= 3 {
+            Rgb([px(0, y, x), px(1, y, x), px(2, y, x)])
+        } else {
+            Rgb([px(0, y, x); 3])
+        }
+    })
+}
+
+/// Writes a PNG (creating its folder), naming the path in errors.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| MimError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    img.save(path)
+        .map_err(|e| MimError::Input(format!("{}: cannot write PNG: {e}", path.display())))
+}
+
+/// Panels side by side, rows stacked, separated by `gap` pixels of white.
+pub fn grid(rows: &[Vec<RgbImage>], gap: u32) -> RgbImage {
+    let width = rows
+        .iter()
+        .map(|r| r.iter().map(|p| p.width() + gap).sum::<u32>() + gap)
+        .max()
+        .unwrap_or(0);
+    let height = rows
+        .iter()
+        .map(|r| r.iter().map(|p| p.height()).max().unwrap_or(0) + gap)
+        .sum::<u32>()
+        + gap;
+    let mut out = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut y = gap;
+    for row in rows {
+        let mut x = gap;
+        for panel in row {
+            image::imageops::replace(&mut out, panel, x as i64, y as i64);
+            x += panel.width() + gap;
+        }
+        y += row.iter().map(|p| p.height()).max().unwrap_or(0) + gap;
+    }
+    out
+}
+
+/// Scales an image up by an integer factor (nearest neighbour), so small
+/// images (28×28) are visible in a grid.
+pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
+    if factor <= 1 {
+        return img.clone();
+    }
+    image::imageops::resize(
+        img,
+        img.width() * factor,
+        img.height() * factor,
+        image::imageops::FilterType::Nearest,
+    )
+}
+
+/// The seed document's "patched image": the picture cut into its `patch × patch`
+/// grid, patches drawn apart with `gap` white pixels between them.
+pub fn patched(img: &RgbImage, patch: u32, gap: u32) -> RgbImage {
+    let (gw, gh) = (img.width() / patch, img.height() / patch);
+    let mut out = RgbImage::from_pixel(gw * (patch + gap) + gap, gh * (patch + gap) + gap, Rgb([255, 255, 255]));
+    for r in 0..gh {
+        for c in 0..gw {
+            let tile = image::imageops::crop_imm(img, c * patch, r * patch, patch, patch).to_image();
+            image::imageops::replace(
+                &mut out,
+                &tile,
+                (gap + c * (patch + gap)) as i64,
+                (gap + r * (patch + gap)) as i64,
+            );
+        }
+    }
+    out
+}
+
+/// The image with its hidden patches painted grey.
+pub fn masked(img: &RgbImage, hidden: &[bool], grid_w: usize, patch: u32) -> RgbImage {
+    let mut out = img.clone();
+    for (i, _) in hidden.iter().enumerate().filter(|(_, h)| **h) {
+        let (r, c) = ((i / grid_w) as u32, (i % grid_w) as u32);
+        for y in r * patch..(r + 1) * patch {
+            for x in c * patch..(c + 1) * patch {
+                out.put_pixel(x, y, Rgb([128, 128, 128]));
+            }
+        }
+    }
+    out
+}
+
+/// How normalised predictions (norm-pix, normalised codebooks) become pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPixView {
+    /// De-normalise each hidden patch with the mean and standard deviation
+    /// averaged over the same image's *visible* patches: only what the model
+    /// saw (a hidden patch's own statistics are part of what it must guess).
+    VisibleStats,
+    /// Show every patch normalised (zero mean, unit variance), as the model
+    /// predicts it, mapped to the display range; visible patches likewise.
+    Normalized,
+}
+
+/// One image's reconstruction from its predictions `pred (L, out)`:
+/// returns `(reconstruction, reconstruction with visible patches pasted)`,
+/// both `(C, H, W)` in normalised input space. `img` is the input `(C, H, W)`.
+pub fn reconstruct(
+    img: &[f32],
+    pred: &[f32],
+    hidden: &[bool],
+    dims: PatchDims,
+    target: &TargetConfig,
+    codebook: Option<&Codebook>,
+    view: NormPixView,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    debug_assert_eq!(dims.b, 1);
+    let (l, p) = (dims.l(), dims.patch_len());
+    let mut patches = vec![0f32; l * p]; // the input, patchified
+    patchify(&mut patches, img, dims);
+    // Predictions as patches, and whether they are per-patch normalised.
+    let (mut guess, normalised) = match target {
+        TargetConfig::Pixels { norm_pix, .. } => (pred.to_vec(), *norm_pix),
+        TargetConfig::Codebook { size, normalize } => {
+            let book = codebook
+                .ok_or_else(|| MimError::Input("the model has no codebook to decode its predictions".into()))?;
+            let mut out = Vec::with_capacity(l * p);
+            for row in pred.chunks(*size) {
+                let k = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (j, v)| if *v > row[best] { j } else { best });
+                out.extend_from_slice(&book.centroids[k * p..(k + 1) * p]);
+            }
+            (out, *normalize)
+        }
+    };
+    let mut shown = patches.clone();
+    if normalised {
+        match view {
+            NormPixView::VisibleStats => {
+                let stats: Vec<(f32, f32)> = (0..l)
+                    .filter(|&i| !hidden[i])
+                    .map(|i| patch_stats(&patches[i * p..(i + 1) * p]))
+                    .collect();
+                let n = stats.len().max(1) as f32;
+                let mean = stats.iter().map(|s| s.0).sum::<f32>() / n;
+                let std = stats.iter().map(|s| (s.1 + 1e-6).sqrt()).sum::<f32>() / n;
+                guess.iter_mut().for_each(|v| *v = *v * std + mean);
+            }
+            NormPixView::Normalized => {
+                // Normalise the input patches the same way, and show both at a
+                // quarter of their scale so ±2σ fits the display range.
+                for row in shown.chunks_mut(p) {
+                    let (m, var) = patch_stats(row);
+                    let s = 1.0 / (var + 1e-6).sqrt();
+                    row.iter_mut().for_each(|v| *v = (*v - m) * s * 0.25);
+                }
+                guess.iter_mut().for_each(|v| *v *= 0.25);
+            }
+        }
+    }
+    let mut pasted = guess.clone();
+    for i in (0..l).filter(|&i| !hidden[i]) {
+        pasted[i * p..(i + 1) * p].copy_from_slice(&shown[i * p..(i + 1) * p]);
+    }
+    let to_img = |x: &[f32]| {
+        let mut out = vec![0f32; img.len()];
+        unpatchify(&mut out, x, dims);
+        out
+    };
+    Ok((to_img(&guess), to_img(&pasted)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PixelLoss;
+
+    fn norm() -> Normalization {
+        Normalization {
+            mean: vec![0.5],
+            std: vec![0.5],
+        }
+    }
+
+    #[test]
+    fn to_rgb_undoes_normalisation() {
+        let img = to_rgb(&[-1.0, 0.0, 1.0, 3.0], 1, 2, 2, &norm());
+        assert_eq!(img.get_pixel(0, 0), &Rgb([0, 0, 0]));
+        assert_eq!(img.get_pixel(1, 0), &Rgb([128, 128, 128]));
+        assert_eq!(img.get_pixel(0, 1), &Rgb([255, 255, 255]));
+        assert_eq!(img.get_pixel(1, 1), &Rgb([255, 255, 255]));
+    }
+
+    #[test]
+    fn grid_and_patched_sizes() {
+        let a = RgbImage::new(8, 8);
+        let g = grid(
+            &[vec![a.clone(), a.clone(), a.clone(), a.clone()], vec![a.clone(); 4]],
+            2,
+        );
+        assert_eq!((g.width(), g.height()), (4 * 10 + 2, 2 * 10 + 2));
+        let p = patched(&a, 4, 1);
+        assert_eq!((p.width(), p.height()), (2 * 5 + 1, 2 * 5 + 1));
+    }
+
+    #[test]
+    fn pixel_predictions_paste_visible_patches_back() {
+        let dims = PatchDims::new(1, 1, 4, 4, 2);
+        let img: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let pred = vec![0.5f32; 4 * 4];
+        let hidden = [true, false, false, true];
+        let target = TargetConfig::Pixels {
+            loss: PixelLoss::Mse,
+            norm_pix: false,
+        };
+        let (rec, pasted) = reconstruct(&img, &pred, &hidden, dims, &target, None, NormPixView::VisibleStats).unwrap();
+        assert!(rec.iter().all(|&v| v == 0.5));
+        // Patch 1 (top right) is visible: pixels (0, 2), (0, 3), (1, 2), (1, 3).
+        assert_eq!([pasted[2], pasted[3], pasted[6], pasted[7]], [2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(pasted[0], 0.5);
+    }
+
+    #[test]
+    fn norm_pix_uses_visible_statistics() {
+        let dims = PatchDims::new(1, 1, 2, 4, 2);
+        // Left patch hidden; right patch visible with values 10, 12, 14, 16.
+        let img = [0.0, 0.0, 10.0, 12.0, 0.0, 0.0, 14.0, 16.0];
+        let target = TargetConfig::Pixels {
+            loss: PixelLoss::Mse,
+            norm_pix: true,
+        };
+        let (rec, _) = reconstruct(
+            &img,
+            &[0.0; 8],
+            &[true, false],
+            dims,
+            &target,
+            None,
+            NormPixView::VisibleStats,
+        )
+        .unwrap();
+        // A zero prediction is the visible patches' mean, 13.
+        assert!((rec[0] - 13.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,506 @@
+//! End-to-end tests of the `tessera` binary on small synthetic data: every
+//! subcommand, resumption, and every kind of bad input (one-line error,
+//! non-zero exit, no panic, nothing half-written).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = tessera(args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "tessera {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stdout.into_owned()
+}
+
+/// Runs a command that must fail; returns its one-line error.
+fn fails(args: &[&str]) -> String {
+    let out = tessera(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "tessera {args:?} succeeded but should fail");
+    assert!(!stderr.contains("panicked"), "tessera {args:?} panicked:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
+    assert!(lines[0].starts_with("error"), "{stderr}");
+    lines[0].to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny model on 16×16 synthetic images.
+const TINY: &[&str] = &[
+    "--img-size",
+    "16",
+    "--patch",
+    "4",
+    "--dim",
+    "32",
+    "--depth",
+    "2",
+    "--heads",
+    "2",
+    "--decoder-dim",
+    "32",
+    "--decoder-depth",
+    "1",
+    "--decoder-heads",
+    "2",
+    "--synthetic-len",
+    "96",
+    "--batch",
+    "8",
+    "--quiet",
+];
+
+fn pretrain(out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["pretrain", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+fn losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn pretrain_writes_checkpoint_metrics_and_reconstructions_and_resumes_exactly() {
+    let straight = tmp("straight");
+    let out = pretrain(&straight, &["--steps", "6", "--ckpt-every", "3", "--recon-every", "3"]);
+    assert!(out.contains("done: step 6"), "{out}");
+    for f in [
+        "checkpoint.safetensors",
+        "metrics.jsonl",
+        "config.json",
+        "recon/step-000003.png",
+        "recon/step-000006.png",
+    ] {
+        assert!(straight.join(f).exists(), "missing {f}");
+    }
+    let full = losses(&straight.join("metrics.jsonl"));
+    assert_eq!(full.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+
+    let split = tmp("split");
+    pretrain(&split, &["--steps", "6", "--stop-after", "3"]);
+    assert_eq!(losses(&split.join("metrics.jsonl")).len(), 3);
+    pretrain(&split, &["--steps", "6", "--resume"]);
+    assert_eq!(
+        losses(&split.join("metrics.jsonl")),
+        full,
+        "resumed run differs from the uninterrupted one"
+    );
+}
+
+#[test]
+fn reconstruct_writes_four_panel_rows_and_a_dump() {
+    let dir = tmp("recon");
+    pretrain(&dir, &["--steps", "2"]);
+    let ckpt = dir.join("checkpoint.safetensors");
+    let png = dir.join("r.png");
+    let dump = dir.join("dump.safetensors");
+    let out = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--synthetic-len",
+        "96",
+        "--count",
+        "3",
+        "--out",
+        png.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(out.contains("loss"), "{out}");
+    let img = image::open(&png).unwrap();
+    // 16-pixel panels upscaled 6× to 96, 4 panels per row, 3 rows, 4-pixel gaps.
+    assert_eq!((img.width(), img.height()), (4 * 100 + 4, 3 * 100 + 4));
+    let bytes = std::fs::read(&dump).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("pred").unwrap().shape(), &[3, 16, 48]);
+    assert_eq!(st.tensor("mask").unwrap().shape(), &[3, 16]);
+    assert_eq!(st.tensor("images").unwrap().shape(), &[3, 3, 16, 16]);
+    // The dumped mask fed back in reproduces the same loss.
+    let again = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--synthetic-len",
+        "96",
+        "--count",
+        "3",
+        "--out",
+        png.to_str().unwrap(),
+        "--mask-file",
+        dump.to_str().unwrap(),
+    ]);
+    let loss = |s: &str| {
+        s.split("patches ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(loss(&out), loss(&again));
+    // A mask file of the wrong shape is refused by name.
+    let e = fails(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--count",
+        "2",
+        "--synthetic-len",
+        "96",
+        "--mask-file",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(e.contains("dump.safetensors") && e.contains("mask has shape"), "{e}");
+}
+
+#[test]
+fn reconstruct_reads_image_files() {
+    let dir = tmp("recon-files");
+    pretrain(&dir, &["--steps", "1"]);
+    let file = dir.join("picture.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]))
+        .save(&file)
+        .unwrap();
+    let png = dir.join("r.png");
+    ok(&[
+        "reconstruct",
+        "--checkpoint",
+        dir.join("checkpoint.safetensors").to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(image::open(&png).unwrap().height(), 100 + 4);
+}
+
+#[test]
+fn probe_prints_accuracies_with_baselines() {
+    let dir = tmp("probe");
+    pretrain(&dir, &["--steps", "2"]);
+    let out = ok(&[
+        "probe",
+        "--checkpoint",
+        dir.join("checkpoint.safetensors").to_str().unwrap(),
+        "--synthetic-len",
+        "200",
+        "--epochs",
+        "3",
+        "--baselines",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let acc = r["linear_probe"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc) && r["knn"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    let table = ok(&[
+        "probe",
+        "--checkpoint",
+        dir.join("checkpoint.safetensors").to_str().unwrap(),
+        "--synthetic-len",
+        "100",
+        "--epochs",
+        "2",
+    ]);
+    assert!(table.contains("linear probe") && table.contains('%'), "{table}");
+}
+
+#[test]
+fn bench_prints_one_json_line() {
+    let out = ok(&[
+        "bench",
+        "--img-size",
+        "16",
+        "--patch",
+        "4",
+        "--dim",
+        "32",
+        "--depth",
+        "2",
+        "--heads",
+        "2",
+        "--decoder-dim",
+        "32",
+        "--decoder-depth",
+        "1",
+        "--decoder-heads",
+        "2",
+        "--batch",
+        "4",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+    ]);
+    assert_eq!(out.trim().lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for field in [
+        "images_per_s",
+        "median_step_s",
+        "min_step_s",
+        "gflops",
+        "gflop_per_step",
+    ] {
+        assert!(v[field].as_f64().unwrap() > 0.0, "{field}: {v}");
+    }
+    assert!(v["threads"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn info_prints_shapes_and_writes_the_patched_image() {
+    let out = ok(&["info", "--preset", "vit-base", "--img-size", "224", "--patch", "16"]);
+    for s in [
+        "14 x 14 = 196",
+        "(B, 197, 768)",
+        "(B, 50, 768)",
+        "decoder_pred",
+        "parameters",
+        "FLOPs",
+    ] {
+        assert!(out.contains(s), "missing {s} in\n{out}");
+    }
+    let dir = tmp("info");
+    let file = dir.join("in.png");
+    image::RgbImage::from_pixel(64, 48, image::Rgb([10, 200, 30]))
+        .save(&file)
+        .unwrap();
+    let patched = dir.join("patched.png");
+    ok(&[
+        "info",
+        "--img-size",
+        "32",
+        "--patch",
+        "8",
+        "--image",
+        file.to_str().unwrap(),
+        "--out",
+        patched.to_str().unwrap(),
+    ]);
+    let img = image::open(&patched).unwrap();
+    // 32 px upscaled 7× = 224, 4 patches of 56 px per side with 2-pixel gaps.
+    assert_eq!(img.width(), 4 * 58 + 2);
+}
+
+#[test]
+fn invalid_options_are_one_line_errors_and_write_nothing() {
+    let dir = tmp("invalid");
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["pretrain", "--out", o, "--img-size", "30", "--patch", "4"],
+            "patch size 4 does not divide",
+        ),
+        (vec!["pretrain", "--out", o, "--mask-ratio", "1.0"], "outside [0, 1)"),
+        (vec!["pretrain", "--out", o, "--mask-ratio", "-0.5"], "outside [0, 1)"),
+        (
+            vec!["pretrain", "--out", o, "--dim", "30", "--heads", "4"],
+            "4 heads do not divide the width 30",
+        ),
+        (vec!["pretrain", "--out", o, "--preset", "vit-gigantic"], "vit-gigantic"),
+        (vec!["pretrain", "--out", o, "--batch", "0"], "batch"),
+        (
+            vec![
+                "pretrain",
+                "--out",
+                o,
+                "--method",
+                "simmim",
+                "--mask",
+                "simmim",
+                "--mask-cell-px",
+                "6",
+            ],
+            "not a multiple of the patch size",
+        ),
+        (vec!["info", "--img-size", "0"], "size"),
+    ] {
+        let e = fails(&args);
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    assert!(!out.exists(), "a failed run left {} behind", out.display());
+}
+
+#[test]
+fn missing_or_broken_data_are_one_line_errors_naming_the_file() {
+    let dir = tmp("baddata");
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    let e = fails(&[
+        "pretrain",
+        "--out",
+        o,
+        "--data",
+        "cifar10",
+        "--data-dir",
+        "/nonexistent/cifar",
+    ]);
+    assert!(e.contains("/nonexistent/cifar"), "{e}");
+    let e = fails(&[
+        "pretrain",
+        "--out",
+        o,
+        "--data",
+        "mnist",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+
+    // IDX files with a wrong magic number, then with a truncated payload.
+    let idx = dir.join("idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    let header = |magic: u32, n: u32| {
+        [
+            magic.to_be_bytes(),
+            n.to_be_bytes(),
+            28u32.to_be_bytes(),
+            28u32.to_be_bytes(),
+        ]
+        .concat()
+    };
+    let labels = [
+        0x0801u32.to_be_bytes().to_vec(),
+        2u32.to_be_bytes().to_vec(),
+        vec![1, 2],
+    ]
+    .concat();
+    for split in ["train", "t10k"] {
+        std::fs::write(idx.join(format!("{split}-labels-idx1-ubyte")), &labels).unwrap();
+    }
+    let mut bad_magic = header(0x0802, 2);
+    bad_magic.extend(vec![0u8; 2 * 784]);
+    std::fs::write(idx.join("train-images-idx3-ubyte"), &bad_magic).unwrap();
+    std::fs::write(idx.join("t10k-images-idx3-ubyte"), &bad_magic).unwrap();
+    let e = fails(&[
+        "pretrain",
+        "--out",
+        o,
+        "--data",
+        "mnist",
+        "--data-dir",
+        idx.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("train-images-idx3-ubyte") && e.to_lowercase().contains("magic"),
+        "{e}"
+    );
+    let mut short = header(0x0803, 2);
+    short.extend(vec![0u8; 784 + 10]);
+    std::fs::write(idx.join("train-images-idx3-ubyte"), &short).unwrap();
+    let e = fails(&[
+        "pretrain",
+        "--out",
+        o,
+        "--data",
+        "mnist",
+        "--data-dir",
+        idx.to_str().unwrap(),
+    ]);
+    assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+
+    // A folder with a corrupt image and one with a truncated PNG.
+    let folder = dir.join("folder");
+    std::fs::create_dir_all(folder.join("cats")).unwrap();
+    std::fs::write(folder.join("cats/bad.png"), b"this is not a png").unwrap();
+    let e = fails(&[
+        "pretrain",
+        "--out",
+        o,
+        "--data",
+        "folder",
+        "--data-dir",
+        folder.to_str().unwrap(),
+        "--img-size",
+        "16",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+    ]);
+    assert!(e.contains("bad.png"), "{e}");
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(16, 16, image::Rgb([1, 2, 3]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::remove_file(folder.join("cats/bad.png")).unwrap();
+    std::fs::write(folder.join("cats/cut.png"), &png[..png.len() / 2]).unwrap();
+    let e = fails(&[
+        "pretrain",
+        "--out",
+        o,
+        "--data",
+        "folder",
+        "--data-dir",
+        folder.to_str().unwrap(),
+        "--img-size",
+        "16",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+    ]);
+    assert!(e.contains("cut.png"), "{e}");
+    assert!(!out.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn checkpoints_of_another_configuration_and_corrupt_checkpoints_are_refused() {
+    let dir = tmp("otherckpt");
+    pretrain(&dir, &["--steps", "1"]);
+    let mut args = vec!["pretrain", "--out", dir.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--steps", "2", "--resume"]);
+    let pos = args.iter().position(|a| *a == "32").unwrap();
+    args[pos] = "64"; // --dim 64
+    let e = fails(&args);
+    assert!(
+        e.contains("checkpoint.safetensors") && e.contains("another model configuration"),
+        "{e}"
+    );
+    let before = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
+    // A truncated checkpoint.
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &before[..before.len() / 3]).unwrap();
+    let e = fails(&["reconstruct", "--checkpoint", cut.to_str().unwrap()]);
+    assert!(e.contains("cut.safetensors"), "{e}");
+    let e = fails(&[
+        "probe",
+        "--checkpoint",
+        dir.join("missing.safetensors").to_str().unwrap(),
+    ]);
+    assert!(e.contains("missing.safetensors"), "{e}");
+    // The failed resume left the checkpoint untouched.
+    assert_eq!(std::fs::read(dir.join("checkpoint.safetensors")).unwrap(), before);
+}
