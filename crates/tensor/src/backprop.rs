@@ -40,7 +40,11 @@ impl Grads {
         if !t.requires_grad() {
             return None;
         }
-        Some(self.map.remove(&t.id()).unwrap_or_else(|| vec![0.0; t.numel()]))
+        Some(
+            self.map
+                .remove(&t.id())
+                .unwrap_or_else(|| crate::pool::zeroed(t.numel())),
+        )
     }
 
     /// Returns a buffer from [`Grads::take`] (adding it to any gradient that
@@ -62,6 +66,7 @@ impl Grads {
                 for (e, v) in existing.iter_mut().zip(&g) {
                     *e += v;
                 }
+                crate::pool::recycle(g);
             }
             None => {
                 self.map.insert(t.id(), g);
@@ -79,6 +84,15 @@ impl Grads {
 #[derive(Default, Debug, Clone)]
 pub struct GradStore {
     map: HashMap<TensorId, Vec<f32>>,
+}
+
+impl Drop for GradStore {
+    /// Gradient buffers go back to the pool for the next backward pass.
+    fn drop(&mut self) {
+        for (_, g) in self.map.drain() {
+            crate::pool::recycle(g);
+        }
+    }
 }
 
 impl GradStore {
@@ -132,7 +146,9 @@ impl GradStore {
 
     /// Drops every gradient.
     pub fn clear(&mut self) {
-        self.map.clear();
+        for (_, g) in self.map.drain() {
+            crate::pool::recycle(g);
+        }
     }
 
     /// Multiplies every gradient by `s` (averaging accumulated micro-batches).
@@ -144,7 +160,10 @@ impl GradStore {
 
     fn accumulate(&mut self, id: TensorId, g: Vec<f32>) {
         match self.map.get_mut(&id) {
-            Some(existing) => existing.iter_mut().zip(&g).for_each(|(e, v)| *e += v),
+            Some(existing) => {
+                existing.iter_mut().zip(&g).for_each(|(e, v)| *e += v);
+                crate::pool::recycle(g);
+            }
             None => {
                 self.map.insert(id, g);
             }

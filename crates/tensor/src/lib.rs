@@ -31,6 +31,7 @@ pub mod gradcheck;
 pub mod init;
 mod ops;
 pub mod optim;
+pub mod pool;
 pub mod profile;
 pub mod shape;
 mod tensor;

@@ -29,6 +29,17 @@ pub(crate) enum Storage {
     Var(RwLock<Vec<f32>>),
 }
 
+impl Drop for Storage {
+    /// Freed values go back to the buffer pool for the next step.
+    fn drop(&mut self) {
+        let v = match self {
+            Storage::Const(v) => std::mem::take(v),
+            Storage::Var(lock) => std::mem::take(lock.get_mut().unwrap_or_else(|e| e.into_inner())),
+        };
+        crate::pool::recycle(v);
+    }
+}
+
 pub(crate) struct Node {
     pub(crate) id: TensorId,
     pub(crate) shape: Vec<usize>,
@@ -198,7 +209,7 @@ impl Tensor {
 
     /// All zeros.
     pub fn zeros(shape: &[usize]) -> Tensor {
-        Self::build(vec![0.0; numel(shape)], shape.to_vec(), false, false)
+        Self::build(crate::pool::zeroed(numel(shape)), shape.to_vec(), false, false)
     }
 
     /// All ones.

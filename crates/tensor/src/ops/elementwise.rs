@@ -43,7 +43,7 @@ fn broadcast_apply(
     out_shape: &[usize],
     f: impl Fn(f32, f32) -> f32,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; numel(out_shape)];
+    let mut out = crate::pool::uninit(numel(out_shape)); // every element written below
     if sa == sb && a.len() == out.len() && b.len() == out.len() {
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
             *o = f(x, y);
@@ -62,7 +62,7 @@ pub(crate) fn sum_to(grad: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
     if from == to {
         return grad.to_vec();
     }
-    let mut out = vec![0f32; numel(to)];
+    let mut out = crate::pool::zeroed(numel(to));
     let st = broadcast_strides(to, from);
     let zeros = vec![0; from.len()];
     for_each_broadcast(from, &st, &zeros, |o, it, _| out[it] += grad[o]);
@@ -74,7 +74,7 @@ pub(crate) fn expand(data: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
     if from == to {
         return data.to_vec();
     }
-    let mut out = vec![0f32; numel(to)];
+    let mut out = crate::pool::uninit(numel(to)); // every element written below
     let sf = broadcast_strides(from, to);
     let zeros = vec![0; to.len()];
     for_each_broadcast(to, &sf, &zeros, |o, i, _| out[o] = data[i]);
@@ -288,7 +288,10 @@ impl Tensor {
     /// Applies an element-wise function.
     pub fn unary(&self, kind: Unary) -> Tensor {
         let _timer = crate::profile::scope(kind.name(), "forward");
-        let out: Vec<f32> = self.data().iter().map(|&x| kind.apply(x)).collect();
+        let mut out = crate::pool::uninit(self.numel());
+        for (o, &x) in out.iter_mut().zip(self.data().iter()) {
+            *o = kind.apply(x);
+        }
         Tensor::from_op(out, self.shape().to_vec(), &[self], || {
             Box::new(UnaryBackward { kind, x: self.clone() })
         })

@@ -157,7 +157,7 @@ impl Tensor {
             ));
         }
         let m = self.numel() / k.max(1);
-        let mut out = vec![0f32; m * n];
+        let mut out = crate::pool::uninit(m * n); // overwritten by the bias fill or β = 0
         {
             let bias_data = bias.map(|b| b.data());
             klinear::forward(&mut out, &self.data(), &weight.data(), bias_data.as_deref(), m, k, n);
@@ -180,7 +180,7 @@ impl Tensor {
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("matmul", "forward");
         let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
-        let mut out = vec![0f32; batch * m * n];
+        let mut out = crate::pool::uninit(batch * m * n); // β = 0 overwrites
         gemm_batched(
             batch,
             1.0,

@@ -164,7 +164,7 @@ impl Backward for PatchEmbedBackward {
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         let dim = self.w.shape()[0];
-        let mut cols = vec![0f32; self.img.numel()];
+        let mut cols = crate::pool::uninit(self.img.numel()); // im2col overwrites
         let mut dimg = g.take(&self.img);
         let mut dw = g.take(&self.w);
         let mut db = g.take(&self.b);
@@ -179,6 +179,7 @@ impl Backward for PatchEmbedBackward {
             self.dims,
             dim,
         );
+        crate::pool::recycle(cols);
         g.put(&self.img, dimg);
         g.put(&self.w, dw);
         g.put(&self.b, db);
@@ -206,7 +207,7 @@ impl Tensor {
             ));
         }
         let rows = self.numel() / d.max(1);
-        let mut out = vec![0f32; self.numel()];
+        let mut out = crate::pool::uninit(self.numel()); // every row normalised
         let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
         kln::forward(
             &mut out,
@@ -238,7 +239,7 @@ impl Tensor {
     /// GELU with the exact error function.
     pub fn gelu(&self) -> Tensor {
         let _timer = crate::profile::scope("gelu", "forward");
-        let mut out = vec![0f32; self.numel()];
+        let mut out = crate::pool::uninit(self.numel()); // element-wise, all written
         kgelu::forward(&mut out, &self.data());
         Tensor::from_op(out, self.shape().to_vec(), &[self], || {
             Box::new(GeluBackward { x: self.clone() })
@@ -252,7 +253,7 @@ impl Tensor {
             .shape()
             .last()
             .ok_or_else(|| shape_err("softmax", "input is a scalar"))?;
-        let mut out = vec![0f32; self.numel()];
+        let mut out = crate::pool::uninit(self.numel()); // copied, then normalised in place
         ksoftmax::forward(&mut out, &self.data(), self.numel() / n.max(1), n);
         Ok(Tensor::from_op(out, self.shape().to_vec(), &[self], || {
             Box::new(SoftmaxBackward { x: self.clone() })
@@ -280,7 +281,7 @@ impl Tensor {
             ));
         }
         let dims = AttnDims::new(b, n, d3 / 3, heads);
-        let mut out = vec![0f32; b * n * dims.d];
+        let mut out = crate::pool::uninit(b * n * dims.d); // each head writes its columns (β = 0)
         let mut lse = vec![0f32; b * heads * n];
         kattn::forward(&mut out, &mut lse, &self.data(), dims);
         Ok(Tensor::from_op(out, vec![b, n, dims.d], &[self], || {
