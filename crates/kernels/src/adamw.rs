@@ -28,8 +28,27 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
+crate::multiversion! {
+    /// AdamW on one chunk: `decay = 1 − lr·λ`, `step_size = lr / (1 − β1^t)`,
+    /// `inv_bc2_sqrt = 1 / √(1 − β2^t)`.
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], beta1: f32, beta2: f32, eps: f32, decay: f32, step_size: f32, inv_bc2_sqrt: f32) {
+        for i in 0..p.len() {
+            let gi = g[i];
+            m[i] += (1.0 - beta1) * (gi - m[i]);
+            v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi;
+            let denom = v[i].sqrt() * inv_bc2_sqrt + eps;
+            p[i] = p[i] * decay - step_size * m[i] / denom;
+        }
+    }
+}
+
 /// One AdamW update of `param` in place, with its moments `m`, `v`.
 pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    adamw_with(crate::cpu::isa(), param, grad, m, v, s)
+}
+
+/// [`adamw`] on a chosen instruction set.
+pub fn adamw_with(isa: crate::cpu::Isa, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     let n = param.len();
     assert!(
         grad.len() == n && m.len() == n && v.len() == n,
@@ -49,13 +68,7 @@ pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: A
         .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                m[i] += (1.0 - s.beta1) * (gi - m[i]);
-                v[i] = s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi;
-                let denom = v[i].sqrt() * inv_bc2_sqrt + s.eps;
-                p[i] = p[i] * decay - step_size * m[i] / denom;
-            }
+            adamw_chunk::run(isa, p, g, m, v, s.beta1, s.beta2, s.eps, decay, step_size, inv_bc2_sqrt)
         });
 }
 
@@ -115,31 +128,34 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{ODD_SIZES, assert_close, random_vec};
+    use crate::testutil::{ODD_SIZES, assert_close, for_each_isa, random_vec};
 
+    /// Every path against f64 over five steps, tolerance 1e-5 relative.
     #[test]
     fn adamw_matches_reference_over_several_steps() {
-        for &n in ODD_SIZES.iter().chain(&[769, 50_000]) {
-            let mut p = random_vec(n, 1);
-            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-            let (mut rp, mut rm, mut rv) = (p.clone(), m.clone(), v.clone());
-            for step in 1..=5 {
-                let g = random_vec(n, 10 + step);
-                let s = AdamWStep {
-                    lr: 1e-2,
-                    beta1: 0.9,
-                    beta2: 0.95,
-                    eps: 1e-8,
-                    weight_decay: 0.05,
-                    step,
-                };
-                adamw(&mut p, &g, &mut m, &mut v, s);
-                reference::adamw(&mut rp, &g, &mut rm, &mut rv, s);
+        for_each_isa("adamw", |isa| {
+            for &n in ODD_SIZES.iter().chain(&[769, 50_000]) {
+                let mut p = random_vec(n, 1);
+                let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+                let (mut rp, mut rm, mut rv) = (p.clone(), m.clone(), v.clone());
+                for step in 1..=5 {
+                    let g = random_vec(n, 10 + step);
+                    let s = AdamWStep {
+                        lr: 1e-2,
+                        beta1: 0.9,
+                        beta2: 0.95,
+                        eps: 1e-8,
+                        weight_decay: 0.05,
+                        step,
+                    };
+                    adamw_with(isa, &mut p, &g, &mut m, &mut v, s);
+                    reference::adamw(&mut rp, &g, &mut rm, &mut rv, s);
+                }
+                assert_close(&p, &rp, 1e-5, "adamw param");
+                assert_close(&m, &rm, 1e-5, "adamw m");
+                assert_close(&v, &rv, 1e-5, "adamw v");
             }
-            assert_close(&p, &rp, 1e-5, "adamw param");
-            assert_close(&m, &rm, 1e-5, "adamw m");
-            assert_close(&v, &rv, 1e-5, "adamw v");
-        }
+        });
     }
 
     #[test]

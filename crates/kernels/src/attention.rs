@@ -21,6 +21,7 @@
 //! Q, K, V). Tasks write disjoint columns, so the result is independent of
 //! the thread count.
 
+use crate::cpu::Isa;
 use crate::gemm::{MatRef, sgemm_raw};
 use crate::math;
 use crate::par::SendPtr;
@@ -59,6 +60,44 @@ impl AttnDims {
     }
 }
 
+crate::multiversion! {
+    /// Row-wise softmax of the `(N, N)` scores in place; log-sum-exps into `lse`.
+    fn softmax_rows(scores: &mut [f32], lse: &mut [f32]) {
+        let n = lse.len();
+        for (row, l) in scores.chunks_exact_mut(n).zip(lse.iter_mut()) {
+            *l = softmax_row_in_place(row);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `P = exp(S − lse)` row by row, in place (rows with lse = −∞ are zeros).
+    fn probs_from_lse(scores: &mut [f32], lse: &[f32]) {
+        let n = lse.len();
+        for (row, &l) in scores.chunks_exact_mut(n).zip(lse) {
+            if l == f32::NEG_INFINITY {
+                row.fill(0.0);
+            } else {
+                for s in row.iter_mut() {
+                    *s = math::exp(*s - l);
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale`, written over `dp`.
+    fn softmax_grad_rows(p: &[f32], dp: &mut [f32], n: usize, scale: f32) {
+        for (prow, dprow) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+            let s = math::dot(prow, dprow);
+            for (g, &pv) in dprow.iter_mut().zip(prow) {
+                *g = pv * (*g - s) * scale;
+            }
+        }
+    }
+}
+
 /// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.
 fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) -> MatRef<'a> {
     let (n, d) = (dims.n, dims.d);
@@ -68,6 +107,12 @@ fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) ->
 
 /// `out (B, N, D)` and `lse (B, H, N)` from `qkv (B, N, 3D)`.
 pub fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
+    forward_with(crate::cpu::isa(), out, lse, qkv, dims)
+}
+
+/// [`forward`] on a chosen instruction set (for the element-wise parts; the
+/// products go through matrixmultiply, which picks its own kernel).
+pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
     let AttnDims { b, n, d, h } = dims;
     assert_eq!(
         qkv.len(),
@@ -104,9 +149,7 @@ pub fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
             let s_ptr = scores.as_mut_ptr();
             // SAFETY: `scores` is this task's own N×N buffer.
             unsafe { sgemm_raw(scale, q, k.t(), 0.0, s_ptr, n, n, n, 1) };
-            for (row, l) in scores.chunks_exact_mut(n).zip(lse_row.iter_mut()) {
-                *l = softmax_row_in_place(row);
-            }
+            softmax_rows::run(isa, scores, lse_row);
             let p = MatRef::row_major(scores, n, n);
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
             // is written by this task only; it lies inside `out` (checked above).
@@ -118,6 +161,11 @@ pub fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
 /// Accumulates `dqkv (B, N, 3D)` from `dout (B, N, D)`, the forward's inputs and
 /// its saved `lse`.
 pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+    backward_with(crate::cpu::isa(), dqkv, dout, qkv, lse, dims)
+}
+
+/// [`backward`] on a chosen instruction set.
+pub fn backward_with(isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
     let AttnDims { b, n, d, h } = dims;
     assert_eq!(
         qkv.len(),
@@ -165,15 +213,7 @@ pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: 
             // P = exp(scale·Q Kᵀ − lse), recomputed.
             // SAFETY: `p` and `dp` are this task's own N×N buffers.
             unsafe { sgemm_raw(scale, q, k.t(), 0.0, p.as_mut_ptr(), n, n, n, 1) };
-            for (row, &l) in p.chunks_exact_mut(n).zip(lse_rows) {
-                if l == f32::NEG_INFINITY {
-                    row.fill(0.0);
-                } else {
-                    for s in row.iter_mut() {
-                        *s = math::exp(*s - l);
-                    }
-                }
-            }
+            probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
             unsafe { sgemm_raw(1.0, d_o, v.t(), 0.0, dp.as_mut_ptr(), n, n, n, 1) };
             let base = dqkv_ptr;
@@ -184,12 +224,7 @@ pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: 
             // this task only, and lie inside `dqkv` (lengths checked above).
             unsafe { sgemm_raw(1.0, pm.t(), d_o, 1.0, base.get().add(slot(2)), n, dh, 3 * d, 1) };
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
-            for (prow, dprow) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
-                let s = math::dot(prow, dprow);
-                for (g, &pv) in dprow.iter_mut().zip(prow) {
-                    *g = pv * (*g - s) * scale;
-                }
-            }
+            softmax_grad_rows::run(isa, p, dp, n, scale);
             let ds = MatRef::row_major(dp, n, n);
             unsafe { sgemm_raw(1.0, ds, k, 1.0, base.get().add(slot(0)), n, dh, 3 * d, 1) };
             unsafe { sgemm_raw(1.0, ds.t(), q, 1.0, base.get().add(slot(1)), n, dh, 3 * d, 1) };
@@ -295,7 +330,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, random_vec};
+    use crate::testutil::{assert_close, for_each_isa, random_vec};
 
     fn cases() -> Vec<AttnDims> {
         vec![
@@ -308,28 +343,31 @@ mod tests {
         ]
     }
 
+    /// Every path against the f64 reference: 1e-5 relative forward, 1e-4 backward.
     #[test]
     fn forward_and_backward_match_reference() {
-        for (s, dims) in cases().into_iter().enumerate() {
-            let qkv: Vec<f32> = random_vec(dims.b * dims.n * 3 * dims.d, s as u64)
-                .iter()
-                .map(|v| 2.0 * v)
-                .collect();
-            let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
-            let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-            forward(&mut out, &mut lse, &qkv, dims);
-            let mut want = vec![0.0; out.len()];
-            reference::forward(&mut want, &qkv, dims);
-            assert_close(&out, &want, 1e-5, &format!("attention forward {dims:?}"));
+        for_each_isa("attention", |isa| {
+            for (s, dims) in cases().into_iter().enumerate() {
+                let qkv: Vec<f32> = random_vec(dims.b * dims.n * 3 * dims.d, s as u64)
+                    .iter()
+                    .map(|v| 2.0 * v)
+                    .collect();
+                let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
+                let mut lse = vec![0.0; dims.b * dims.h * dims.n];
+                forward_with(isa, &mut out, &mut lse, &qkv, dims);
+                let mut want = vec![0.0; out.len()];
+                reference::forward(&mut want, &qkv, dims);
+                assert_close(&out, &want, 1e-5, &format!("attention forward {dims:?}"));
 
-            let dout = random_vec(out.len(), 100 + s as u64);
-            let g0 = random_vec(qkv.len(), 200 + s as u64);
-            let mut fast = g0.clone();
-            backward(&mut fast, &dout, &qkv, &lse, dims);
-            let mut slow = g0;
-            reference::backward(&mut slow, &dout, &qkv, dims);
-            assert_close(&fast, &slow, 1e-4, &format!("attention backward {dims:?}"));
-        }
+                let dout = random_vec(out.len(), 100 + s as u64);
+                let g0 = random_vec(qkv.len(), 200 + s as u64);
+                let mut fast = g0.clone();
+                backward_with(isa, &mut fast, &dout, &qkv, &lse, dims);
+                let mut slow = g0;
+                reference::backward(&mut slow, &dout, &qkv, dims);
+                assert_close(&fast, &slow, 1e-4, &format!("attention backward {dims:?}"));
+            }
+        });
     }
 
     #[test]

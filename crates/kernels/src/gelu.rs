@@ -109,26 +109,29 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{ODD_SIZES, assert_close, random_vec};
+    use crate::testutil::{ODD_SIZES, assert_close, for_each_isa, random_vec};
 
+    /// Every path against the f64 reference, tolerance 2e-6 (see below).
     #[test]
     fn matches_reference_on_odd_sizes_and_wide_range() {
-        for &n in ODD_SIZES.iter().chain(&[769, 40_000]) {
-            let x: Vec<f32> = random_vec(n, n as u64).iter().map(|v| 6.0 * v).collect();
-            let mut fast = vec![0.0; n];
-            let mut slow = vec![0.0; n];
-            forward(&mut fast, &x);
-            reference::forward(&mut slow, &x);
-            // For x ≪ 0, 1 + erf(x/√2) cancels: an absolute erf error of 4e-7
-            // becomes ½·|x|·4e-7 in gelu (PyTorch's float GELU has the same tail).
-            assert_close(&fast, &slow, 2e-6, "gelu forward");
-            let dout = random_vec(n, 7 + n as u64);
-            let mut df = vec![0.25; n];
-            let mut ds = vec![0.25; n];
-            backward(&mut df, &dout, &x);
-            reference::backward(&mut ds, &dout, &x);
-            assert_close(&df, &ds, 2e-6, "gelu backward");
-        }
+        for_each_isa("gelu", |isa| {
+            for &n in ODD_SIZES.iter().chain(&[769, 40_000]) {
+                let x: Vec<f32> = random_vec(n, n as u64).iter().map(|v| 6.0 * v).collect();
+                let mut fast = vec![0.0; n];
+                let mut slow = vec![0.0; n];
+                forward_with(isa, &mut fast, &x);
+                reference::forward(&mut slow, &x);
+                // For x ≪ 0, 1 + erf(x/√2) cancels: an absolute erf error of 4e-7
+                // becomes ½·|x|·4e-7 in gelu (PyTorch's float GELU has the same tail).
+                assert_close(&fast, &slow, 2e-6, "gelu forward");
+                let dout = random_vec(n, 7 + n as u64);
+                let mut df = vec![0.25; n];
+                let mut ds = vec![0.25; n];
+                backward_with(isa, &mut df, &dout, &x);
+                reference::backward(&mut ds, &dout, &x);
+                assert_close(&df, &ds, 2e-6, "gelu backward");
+            }
+        });
     }
 
     #[test]

@@ -28,28 +28,67 @@ pub enum Distance {
     Absolute,
 }
 
-impl Distance {
-    #[inline(always)]
-    fn value(self, x: f32) -> f32 {
-        match self {
-            Distance::Squared => x * x,
-            Distance::Absolute => x.abs(),
+crate::multiversion! {
+    /// Mean error of each row of a block: `e[r] = (1/P) Σ_j err(x_rj − t_rj)`.
+    fn row_errors(e: &mut [f32], x: &[f32], t: &[f32], squared: bool) {
+        let p = x.len() / e.len().max(1);
+        for (r, out) in e.iter_mut().enumerate() {
+            let (xr, tr) = (&x[r * p..(r + 1) * p], &t[r * p..(r + 1) * p]);
+            let mut acc = [0f32; 16];
+            for j in 0..p {
+                let d = xr[j] - tr[j];
+                acc[j % 16] += if squared { d * d } else { d.abs() };
+            }
+            *out = acc.iter().sum::<f32>() / p as f32;
         }
     }
-    /// `de/dx` (L1's subgradient at 0 is 0, as PyTorch's `sign`).
-    #[inline(always)]
-    fn grad(self, x: f32) -> f32 {
-        match self {
-            Distance::Squared => 2.0 * x,
-            Distance::Absolute => {
-                if x > 0.0 {
-                    1.0
-                } else if x < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                }
+}
+
+crate::multiversion! {
+    /// `out_rj += c_r · err'(x_rj − t_rj)` for a block of rows with coefficients `c`.
+    fn row_grads(out: &mut [f32], x: &[f32], t: &[f32], c: &[f32], squared: bool) {
+        let p = x.len() / c.len().max(1);
+        for (r, &cr) in c.iter().enumerate() {
+            if cr == 0.0 {
+                continue;
             }
+            for j in r * p..(r + 1) * p {
+                let d = x[j] - t[j];
+                let g = if squared { 2.0 * d } else if d > 0.0 { 1.0 } else if d < 0.0 { -1.0 } else { 0.0 };
+                out[j] += cr * g;
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Log-sum-exp of every row of `logits (rows, K)` into `lse`.
+    fn row_lse(lse: &mut [f32], logits: &[f32]) {
+        let k = logits.len() / lse.len().max(1);
+        for (l, row) in lse.iter_mut().zip(logits.chunks_exact(k)) {
+            let m = math::max(row);
+            let mut acc = [0f32; 16];
+            for (j, &v) in row.iter().enumerate() {
+                acc[j % 16] += math::exp(v - m);
+            }
+            *l = m + acc.iter().sum::<f32>().ln();
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dlogits_rj += c_r · (softmax_rj − [j = t_r])` for a block of rows.
+    fn ce_grads(dl: &mut [f32], logits: &[f32], lse: &[f32], targets: &[u32], c: &[f32]) {
+        let k = logits.len() / lse.len().max(1);
+        for r in 0..lse.len() {
+            if c[r] == 0.0 {
+                continue;
+            }
+            let (o, row) = (&mut dl[r * k..(r + 1) * k], &logits[r * k..(r + 1) * k]);
+            for j in 0..k {
+                o[j] += c[r] * math::exp(row[j] - lse[r]);
+            }
+            o[targets[r] as usize] -= c[r];
         }
     }
 }
@@ -85,19 +124,32 @@ pub fn regression_forward(
     rows: usize,
     p: usize,
 ) -> f32 {
+    regression_forward_with(crate::cpu::isa(), kind, pred, target, weight, rows, p)
+}
+
+/// [`regression_forward`] on a chosen instruction set.
+pub fn regression_forward_with(
+    isa: crate::cpu::Isa,
+    kind: Distance,
+    pred: &[f32],
+    target: &[f32],
+    weight: Option<&[f32]>,
+    rows: usize,
+    p: usize,
+) -> f32 {
     check_rows("regression_forward", pred.len(), target.len(), weight, rows, p);
     let wsum = weight_sum(weight, rows);
     if wsum == 0.0 || p == 0 {
         return 0.0;
     }
+    // Per-row mean errors in parallel (vectorised, 16-lane f32 sums), then
+    // the weighted sum over rows in f64, in a fixed order.
+    let mut errs = vec![0f32; rows];
+    errs.par_chunks_mut(ROW_CHUNK)
+        .zip(pred.par_chunks(ROW_CHUNK * p).zip(target.par_chunks(ROW_CHUNK * p)))
+        .for_each(|(e, (x, t))| row_errors::run(isa, e, x, t, kind == Distance::Squared));
     let total = sum_f64(rows, ROW_CHUNK, |r| {
-        let w = weight.map_or(1.0, |w| w[r]);
-        if w == 0.0 {
-            return 0.0;
-        }
-        let (x, t) = (&pred[r * p..(r + 1) * p], &target[r * p..(r + 1) * p]);
-        let row: f64 = x.iter().zip(t).map(|(&a, &b)| kind.value(a - b) as f64).sum();
-        w as f64 * row / p as f64
+        weight.map_or(1.0, |w| w[r]) as f64 * errs[r] as f64
     });
     (total / wsum) as f32
 }
@@ -116,43 +168,55 @@ pub fn regression_backward(
     rows: usize,
     p: usize,
 ) {
+    regression_backward_with(
+        crate::cpu::isa(),
+        kind,
+        dpred,
+        dtarget,
+        dloss,
+        pred,
+        target,
+        weight,
+        rows,
+        p,
+    )
+}
+
+/// [`regression_backward`] on a chosen instruction set.
+#[allow(clippy::too_many_arguments)]
+pub fn regression_backward_with(
+    isa: crate::cpu::Isa,
+    kind: Distance,
+    dpred: Option<&mut [f32]>,
+    dtarget: Option<&mut [f32]>,
+    dloss: f32,
+    pred: &[f32],
+    target: &[f32],
+    weight: Option<&[f32]>,
+    rows: usize,
+    p: usize,
+) {
     check_rows("regression_backward", pred.len(), target.len(), weight, rows, p);
     let wsum = weight_sum(weight, rows);
     if wsum == 0.0 || p == 0 {
         return;
     }
     let coef = (dloss as f64 / (wsum * p as f64)) as f32;
-    let row_grad = |r: usize, out: &mut [f32], sign: f32| {
-        let w = weight.map_or(1.0, |w| w[r]);
-        if w == 0.0 {
-            return;
-        }
-        let c = sign * coef * w;
-        for j in 0..p {
-            out[j] += c * kind.grad(pred[r * p + j] - target[r * p + j]);
-        }
-    };
-    if let Some(dp) = dpred {
+    let squared = kind == Distance::Squared;
+    for (buf, sign) in [(dpred, 1.0f32), (dtarget, -1.0f32)] {
+        let Some(buf) = buf else { continue };
         assert_eq!(
-            dp.len(),
+            buf.len(),
             rows * p,
-            "loss::regression_backward: dpred has {} values",
-            dp.len()
+            "loss::regression_backward: gradient has {} values, want {}",
+            buf.len(),
+            rows * p
         );
-        dp.par_chunks_mut(p)
-            .enumerate()
-            .for_each(|(r, out)| row_grad(r, out, 1.0));
-    }
-    if let Some(dt) = dtarget {
-        assert_eq!(
-            dt.len(),
-            rows * p,
-            "loss::regression_backward: dtarget has {} values",
-            dt.len()
-        );
-        dt.par_chunks_mut(p)
-            .enumerate()
-            .for_each(|(r, out)| row_grad(r, out, -1.0));
+        let c: Vec<f32> = (0..rows).map(|r| sign * coef * weight.map_or(1.0, |w| w[r])).collect();
+        buf.par_chunks_mut(ROW_CHUNK * p)
+            .zip(pred.par_chunks(ROW_CHUNK * p).zip(target.par_chunks(ROW_CHUNK * p)))
+            .zip(c.par_chunks(ROW_CHUNK))
+            .for_each(|((o, (x, t)), c)| row_grads::run(isa, o, x, t, c, squared));
     }
 }
 
@@ -160,6 +224,19 @@ pub fn regression_backward(
 /// `targets (R)`; writes each row's log-sum-exp into `lse (R)` for the backward.
 /// Panics if a target is not below `K` (callers validate user data first).
 pub fn cross_entropy_forward(
+    lse: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    weight: Option<&[f32]>,
+    rows: usize,
+    k: usize,
+) -> f32 {
+    cross_entropy_forward_with(crate::cpu::isa(), lse, logits, targets, weight, rows, k)
+}
+
+/// [`cross_entropy_forward`] on a chosen instruction set.
+pub fn cross_entropy_forward_with(
+    isa: crate::cpu::Isa,
     lse: &mut [f32],
     logits: &[f32],
     targets: &[u32],
@@ -184,12 +261,9 @@ pub fn cross_entropy_forward(
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= k) {
         panic!("loss::cross_entropy_forward: target {t} is not below the {k} classes");
     }
-    lse.par_iter_mut().enumerate().for_each(|(r, l)| {
-        let row = &logits[r * k..(r + 1) * k];
-        let m = math::max(row);
-        let s: f32 = row.iter().map(|&v| math::exp(v - m)).sum();
-        *l = m + s.ln();
-    });
+    lse.par_chunks_mut(ROW_CHUNK)
+        .zip(logits.par_chunks(ROW_CHUNK * k))
+        .for_each(|(l, x)| row_lse::run(isa, l, x));
     let wsum = weight_sum(weight, rows);
     if wsum == 0.0 {
         return 0.0;
@@ -217,6 +291,22 @@ pub fn cross_entropy_backward(
     rows: usize,
     k: usize,
 ) {
+    cross_entropy_backward_with(crate::cpu::isa(), dlogits, dloss, logits, lse, targets, weight, rows, k)
+}
+
+/// [`cross_entropy_backward`] on a chosen instruction set.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward_with(
+    isa: crate::cpu::Isa,
+    dlogits: &mut [f32],
+    dloss: f32,
+    logits: &[f32],
+    lse: &[f32],
+    targets: &[u32],
+    weight: Option<&[f32]>,
+    rows: usize,
+    k: usize,
+) {
     check_rows("cross_entropy_backward", logits.len(), dlogits.len(), weight, rows, k);
     assert!(
         targets.len() == rows && lse.len() == rows,
@@ -229,17 +319,16 @@ pub fn cross_entropy_backward(
         return;
     }
     let coef = (dloss as f64 / wsum) as f32;
-    dlogits.par_chunks_mut(k.max(1)).enumerate().for_each(|(r, out)| {
-        let w = weight.map_or(1.0, |w| w[r]);
-        if w == 0.0 {
-            return;
-        }
-        let c = coef * w;
-        for (j, o) in out.iter_mut().enumerate() {
-            let p = math::exp(logits[r * k + j] - lse[r]);
-            *o += c * (p - if j == targets[r] as usize { 1.0 } else { 0.0 });
-        }
-    });
+    let c: Vec<f32> = (0..rows).map(|r| coef * weight.map_or(1.0, |w| w[r])).collect();
+    dlogits
+        .par_chunks_mut(ROW_CHUNK * k)
+        .zip(logits.par_chunks(ROW_CHUNK * k))
+        .zip(
+            lse.par_chunks(ROW_CHUNK)
+                .zip(targets.par_chunks(ROW_CHUNK))
+                .zip(c.par_chunks(ROW_CHUNK)),
+        )
+        .for_each(|((dl, x), ((l, t), c))| ce_grads::run(isa, dl, x, l, t, c));
 }
 
 /// The formulas, one row at a time in f64.
@@ -295,7 +384,7 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{ODD_SIZES, random_vec};
+    use crate::testutil::{ODD_SIZES, for_each_isa, random_vec};
 
     /// Central differences of a scalar function of one buffer, in f64 steps.
     fn numeric_grad(x: &[f32], f: impl Fn(&[f32]) -> f32) -> Vec<f32> {
@@ -314,48 +403,62 @@ mod tests {
             .collect()
     }
 
+    /// Every path against f64 (tolerance 1e-5 relative) and finite differences.
     #[test]
     fn regression_losses_match_reference_and_finite_differences() {
-        for kind in [Distance::Squared, Distance::Absolute] {
-            for (t, &rows) in ODD_SIZES.iter().enumerate() {
-                let p = ODD_SIZES[(t + 2) % 6];
-                let pred = random_vec(rows * p, t as u64);
-                let target = random_vec(rows * p, 10 + t as u64);
-                let w: Vec<f32> = random_vec(rows, 20 + t as u64)
-                    .iter()
-                    .map(|v| if *v > 0.0 { 1.0 } else { 0.0 })
-                    .collect();
-                for weight in [None, Some(&w[..])] {
-                    let got = regression_forward(kind, &pred, &target, weight, rows, p);
-                    let want = reference::regression_forward(kind, &pred, &target, weight, rows, p);
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{kind:?} rows {rows} p {p}: {got} vs {want}"
-                    );
-                    if rows * p <= 200 {
-                        let mut dp = vec![0.0; rows * p];
-                        let mut dt = vec![0.0; rows * p];
-                        regression_backward(kind, Some(&mut dp), Some(&mut dt), 1.0, &pred, &target, weight, rows, p);
-                        let num = numeric_grad(&pred, |x| {
-                            reference::regression_forward(kind, x, &target, weight, rows, p)
-                        });
-                        for i in 0..dp.len() {
-                            // Finite differences across L1's kink are meaningless.
-                            if kind == Distance::Absolute && (pred[i] - target[i]).abs() < 0.02 {
-                                continue;
-                            }
-                            assert!(
-                                (dp[i] - num[i]).abs() < 1e-3,
-                                "{kind:?} d/dpred[{i}]: {} vs {}",
-                                dp[i],
-                                num[i]
+        for_each_isa("regression loss", |isa| {
+            for kind in [Distance::Squared, Distance::Absolute] {
+                for (t, &rows) in ODD_SIZES.iter().enumerate() {
+                    let p = ODD_SIZES[(t + 2) % 6];
+                    let pred = random_vec(rows * p, t as u64);
+                    let target = random_vec(rows * p, 10 + t as u64);
+                    let w: Vec<f32> = random_vec(rows, 20 + t as u64)
+                        .iter()
+                        .map(|v| if *v > 0.0 { 1.0 } else { 0.0 })
+                        .collect();
+                    for weight in [None, Some(&w[..])] {
+                        let got = regression_forward_with(isa, kind, &pred, &target, weight, rows, p);
+                        let want = reference::regression_forward(kind, &pred, &target, weight, rows, p);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{kind:?} rows {rows} p {p}: {got} vs {want}"
+                        );
+                        if rows * p <= 200 {
+                            let mut dp = vec![0.0; rows * p];
+                            let mut dt = vec![0.0; rows * p];
+                            regression_backward_with(
+                                isa,
+                                kind,
+                                Some(&mut dp),
+                                Some(&mut dt),
+                                1.0,
+                                &pred,
+                                &target,
+                                weight,
+                                rows,
+                                p,
                             );
-                            assert_eq!(dt[i], -dp[i]);
+                            let num = numeric_grad(&pred, |x| {
+                                reference::regression_forward(kind, x, &target, weight, rows, p)
+                            });
+                            for i in 0..dp.len() {
+                                // Finite differences across L1's kink are meaningless.
+                                if kind == Distance::Absolute && (pred[i] - target[i]).abs() < 0.02 {
+                                    continue;
+                                }
+                                assert!(
+                                    (dp[i] - num[i]).abs() < 1e-3,
+                                    "{kind:?} d/dpred[{i}]: {} vs {}",
+                                    dp[i],
+                                    num[i]
+                                );
+                                assert_eq!(dt[i], -dp[i]);
+                            }
                         }
                     }
                 }
             }
-        }
+        });
     }
 
     #[test]
@@ -373,33 +476,36 @@ mod tests {
         );
     }
 
+    /// Every path against f64 (tolerance 1e-5 relative) and finite differences.
     #[test]
     fn cross_entropy_matches_reference_and_finite_differences() {
-        for (t, &rows) in ODD_SIZES.iter().enumerate() {
-            let k = ODD_SIZES[(t + 1) % 6];
-            let logits: Vec<f32> = random_vec(rows * k, t as u64).iter().map(|v| 4.0 * v).collect();
-            let targets: Vec<u32> = (0..rows).map(|r| ((r * 7 + t) % k) as u32).collect();
-            let w: Vec<f32> = (0..rows).map(|r| (r % 2) as f32).collect();
-            for weight in [None, Some(&w[..])] {
-                let mut lse = vec![0.0; rows];
-                let got = cross_entropy_forward(&mut lse, &logits, &targets, weight, rows, k);
-                let want = reference::cross_entropy_forward(&logits, &targets, weight, rows, k);
-                assert!(
-                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "rows {rows} k {k}: {got} vs {want}"
-                );
-                if rows * k <= 200 {
-                    let mut dl = vec![0.0; rows * k];
-                    cross_entropy_backward(&mut dl, 1.0, &logits, &lse, &targets, weight, rows, k);
-                    let num = numeric_grad(&logits, |x| {
-                        reference::cross_entropy_forward(x, &targets, weight, rows, k)
-                    });
-                    for i in 0..dl.len() {
-                        assert!((dl[i] - num[i]).abs() < 1e-3, "d/dlogits[{i}]: {} vs {}", dl[i], num[i]);
+        for_each_isa("cross-entropy", |isa| {
+            for (t, &rows) in ODD_SIZES.iter().enumerate() {
+                let k = ODD_SIZES[(t + 1) % 6];
+                let logits: Vec<f32> = random_vec(rows * k, t as u64).iter().map(|v| 4.0 * v).collect();
+                let targets: Vec<u32> = (0..rows).map(|r| ((r * 7 + t) % k) as u32).collect();
+                let w: Vec<f32> = (0..rows).map(|r| (r % 2) as f32).collect();
+                for weight in [None, Some(&w[..])] {
+                    let mut lse = vec![0.0; rows];
+                    let got = cross_entropy_forward_with(isa, &mut lse, &logits, &targets, weight, rows, k);
+                    let want = reference::cross_entropy_forward(&logits, &targets, weight, rows, k);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "rows {rows} k {k}: {got} vs {want}"
+                    );
+                    if rows * k <= 200 {
+                        let mut dl = vec![0.0; rows * k];
+                        cross_entropy_backward_with(isa, &mut dl, 1.0, &logits, &lse, &targets, weight, rows, k);
+                        let num = numeric_grad(&logits, |x| {
+                            reference::cross_entropy_forward(x, &targets, weight, rows, k)
+                        });
+                        for i in 0..dl.len() {
+                            assert!((dl[i] - num[i]).abs() < 1e-3, "d/dlogits[{i}]: {} vs {}", dl[i], num[i]);
+                        }
                     }
                 }
             }
-        }
+        });
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ```
 //! The backward needs only the forward's output.
 
+use crate::cpu::Isa;
 use crate::math;
 use crate::par::ROW_CHUNK;
 use rayon::prelude::*;
@@ -31,8 +32,34 @@ pub fn softmax_row_in_place(row: &mut [f32]) -> f32 {
     m + s.ln()
 }
 
+crate::multiversion! {
+    /// Softmax of every row of a block, in place.
+    fn forward_rows(rows: &mut [f32], n: usize) {
+        for row in rows.chunks_exact_mut(n) {
+            softmax_row_in_place(row);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// The backward over a block of rows.
+    fn backward_rows(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize) {
+        for ((di, g), y) in dinp.chunks_exact_mut(n).zip(dout.chunks_exact(n)).zip(out.chunks_exact(n)) {
+            let s = math::dot(g, y);
+            for j in 0..n {
+                di[j] += y[j] * (g[j] - s);
+            }
+        }
+    }
+}
+
 /// `out (R, N) = softmax(inp (R, N))` row by row.
 pub fn forward(out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
+    forward_with(crate::cpu::isa(), out, inp, rows, n)
+}
+
+/// [`forward`] on a chosen instruction set.
+pub fn forward_with(isa: Isa, out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
     assert!(
         out.len() == rows * n && inp.len() == rows * n,
         "softmax::forward: out {}, inp {} values, want {rows}x{n}",
@@ -43,15 +70,17 @@ pub fn forward(out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
         return;
     }
     out.copy_from_slice(inp);
-    out.par_chunks_mut(ROW_CHUNK * n).for_each(|block| {
-        for row in block.chunks_exact_mut(n) {
-            softmax_row_in_place(row);
-        }
-    });
+    out.par_chunks_mut(ROW_CHUNK * n)
+        .for_each(|block| forward_rows::run(isa, block, n));
 }
 
 /// `dinp += out ⊙ (dout − rowsum(dout ⊙ out))`.
 pub fn backward(dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usize) {
+    backward_with(crate::cpu::isa(), dinp, dout, out, rows, n)
+}
+
+/// [`backward`] on a chosen instruction set.
+pub fn backward_with(isa: Isa, dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usize) {
     assert!(
         dinp.len() == rows * n && dout.len() == rows * n && out.len() == rows * n,
         "softmax::backward: dinp {}, dout {}, out {} values, want {rows}x{n}",
@@ -62,16 +91,10 @@ pub fn backward(dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usi
     if rows == 0 || n == 0 {
         return;
     }
-    dinp.par_chunks_mut(ROW_CHUNK * n)
-        .zip(dout.par_chunks(ROW_CHUNK * n).zip(out.par_chunks(ROW_CHUNK * n)))
-        .for_each(|(di, (g, y))| {
-            for ((di, g), y) in di.chunks_exact_mut(n).zip(g.chunks_exact(n)).zip(y.chunks_exact(n)) {
-                let s = math::dot(g, y);
-                for j in 0..n {
-                    di[j] += y[j] * (g[j] - s);
-                }
-            }
-        });
+    let block = ROW_CHUNK * n;
+    dinp.par_chunks_mut(block)
+        .zip(dout.par_chunks(block).zip(out.par_chunks(block)))
+        .for_each(|(di, (g, y))| backward_rows::run(isa, di, g, y, n));
 }
 
 /// Row by row in f64 with `f64::exp`.
@@ -102,28 +125,32 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{ODD_SIZES, assert_close, random_vec};
+    use crate::testutil::{ODD_SIZES, assert_close, for_each_isa, random_vec};
 
+    /// Every path against f64; tolerance 1e-6 relative for probabilities,
+    /// 1e-5 for the backward (a dot product of N terms).
     #[test]
     fn matches_reference_on_odd_sizes() {
-        for &rows in &ODD_SIZES {
-            for &n in &ODD_SIZES {
-                let x: Vec<f32> = random_vec(rows * n, (rows * n) as u64)
-                    .iter()
-                    .map(|v| 20.0 * v)
-                    .collect();
-                let mut fast = vec![0.0; rows * n];
-                let mut slow = vec![0.0; rows * n];
-                forward(&mut fast, &x, rows, n);
-                reference::forward(&mut slow, &x, rows, n);
-                assert_close(&fast, &slow, 1e-6, "softmax forward");
-                let dout = random_vec(rows * n, 3);
-                let (mut df, mut ds) = (vec![0.1; rows * n], vec![0.1; rows * n]);
-                backward(&mut df, &dout, &fast, rows, n);
-                reference::backward(&mut ds, &dout, &slow, rows, n);
-                assert_close(&df, &ds, 1e-5, "softmax backward");
+        for_each_isa("softmax", |isa| {
+            for &rows in &ODD_SIZES {
+                for &n in ODD_SIZES.iter().chain(&[769]) {
+                    let x: Vec<f32> = random_vec(rows * n, (rows * n) as u64)
+                        .iter()
+                        .map(|v| 20.0 * v)
+                        .collect();
+                    let mut fast = vec![0.0; rows * n];
+                    let mut slow = vec![0.0; rows * n];
+                    forward_with(isa, &mut fast, &x, rows, n);
+                    reference::forward(&mut slow, &x, rows, n);
+                    assert_close(&fast, &slow, 1e-6, "softmax forward");
+                    let dout = random_vec(rows * n, 3);
+                    let (mut df, mut ds) = (vec![0.1; rows * n], vec![0.1; rows * n]);
+                    backward_with(isa, &mut df, &dout, &fast, rows, n);
+                    reference::backward(&mut ds, &dout, &slow, rows, n);
+                    assert_close(&df, &ds, 1e-5, "softmax backward");
+                }
             }
-        }
+        });
     }
 
     #[test]

@@ -24,3 +24,16 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
 
 /// The sizes every kernel is tested on.
 pub const ODD_SIZES: [usize; 6] = [1, 3, 7, 17, 65, 197];
+
+/// Runs `f` on every instruction-set path this CPU has, and says which ones
+/// it lacks (those are skipped, not silently passed).
+pub fn for_each_isa(what: &str, mut f: impl FnMut(crate::cpu::Isa)) {
+    use crate::cpu::{Isa, available};
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        if available().contains(&isa) {
+            f(isa);
+        } else {
+            eprintln!("{what}: skipping the {} path: this CPU lacks it", isa.name());
+        }
+    }
+}
