@@ -10,10 +10,10 @@
 //!           dbias   (N)    += Σ_rows dout
 //! ```
 //!
-//! The bias is fused into the product: `out` is first filled with the bias rows
-//! and the GEMM accumulates onto it (β = 1), which saves a pass over `out`.
+//! The bias is fused into the product ([`gemm_bias`]): the GEMM kernel adds it
+//! while writing `out`, so the output is written once and never re-read.
 
-use crate::gemm::{MatMut, MatRef, gemm};
+use crate::gemm::{MatMut, MatRef, gemm, gemm_bias};
 use crate::par::col_sum_add;
 
 fn check(name: &str, what: &str, len: usize, want: usize) {
@@ -25,23 +25,14 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     check("forward", "out (M, N)", out.len(), m * n);
     check("forward", "inp (M, K)", inp.len(), m * k);
     check("forward", "weight (N, K)", weight.len(), n * k);
-    let beta = match bias {
+    let (x, wt) = (MatRef::row_major(inp, m, k), MatRef::row_major(weight, n, k).t());
+    match bias {
         Some(bias) => {
             check("forward", "bias (N)", bias.len(), n);
-            for row in out.chunks_exact_mut(n.max(1)) {
-                row.copy_from_slice(bias);
-            }
-            1.0
+            gemm_bias(1.0, x, wt, bias, 0.0, MatMut::row_major(out, m, n));
         }
-        None => 0.0,
-    };
-    gemm(
-        1.0,
-        MatRef::row_major(inp, m, k),
-        MatRef::row_major(weight, n, k).t(),
-        beta,
-        MatMut::row_major(out, m, n),
-    );
+        None => gemm(1.0, x, wt, 0.0, MatMut::row_major(out, m, n)),
+    }
 }
 
 /// Accumulates the gradients of [`forward`] into whichever of `dinp`,

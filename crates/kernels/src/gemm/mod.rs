@@ -182,21 +182,29 @@ const SPLIT_ALIGN: usize = 64;
 /// product is large enough to pay for it.
 pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm", &a, &b, &c);
+    gemm_impl(alpha, a, b, beta, None, c)
+}
+
+/// The threaded product behind [`gemm`] and [`gemm_bias`].
+///
+/// C is cut into one aligned part per thread along its longer side: rows when
+/// `M ≥ N` (each part packs all of B and its own rows of A), columns otherwise
+/// (each part packs all of A and its own columns of B). Either way the operand
+/// whose packing is repeated is the smaller one.
+fn gemm_impl(alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, c: MatMut) {
     let (m, n) = (a.rows, b.cols);
     let threads = rayon::current_num_threads();
     let work = m * n * a.cols;
-    if threads <= 1 || work < (1 << 21) || !c.is_non_overlapping() {
-        return gemm_serial(alpha, a, b, beta, c);
-    }
-    // Split the longer side of C into aligned parts, one or more per thread.
     let split_rows = m >= n;
     let len = if split_rows { m } else { n };
     let parts = threads.min(len.div_ceil(SPLIT_ALIGN));
-    if parts <= 1 {
-        return gemm_serial(alpha, a, b, beta, c);
+    let (rsc, csc) = (c.rs, c.cs);
+    if threads <= 1 || work < (1 << 21) || !c.is_non_overlapping() || parts <= 1 {
+        // SAFETY: `MatMut::new` checked that the view fits in `c.data`.
+        unsafe { sgemm_raw(alpha, a, b, beta, bias, c.data.as_mut_ptr(), m, n, rsc, csc) };
+        return;
     }
     let step = len.div_ceil(parts).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
-    let (rsc, csc) = (c.rs, c.cs);
     let cptr = SendPtr(c.data.as_mut_ptr());
     (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
         let lo = p * step;
@@ -211,14 +219,37 @@ pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
                     rows: hi - lo,
                     ..a
                 };
-                sgemm_raw(alpha, a_part, b, beta, cptr.get().add(lo * rsc), hi - lo, n, rsc, csc);
+                sgemm_raw(
+                    alpha,
+                    a_part,
+                    b,
+                    beta,
+                    bias,
+                    cptr.get().add(lo * rsc),
+                    hi - lo,
+                    n,
+                    rsc,
+                    csc,
+                );
             } else {
                 let b_part = MatRef {
                     data: &b.data[lo * b.cs..],
                     cols: hi - lo,
                     ..b
                 };
-                sgemm_raw(alpha, a, b_part, beta, cptr.get().add(lo * csc), m, hi - lo, rsc, csc);
+                let bias_part = bias.map(|v| &v[lo..hi]);
+                sgemm_raw(
+                    alpha,
+                    a,
+                    b_part,
+                    beta,
+                    bias_part,
+                    cptr.get().add(lo * csc),
+                    m,
+                    hi - lo,
+                    rsc,
+                    csc,
+                );
             }
         }
     });
@@ -230,20 +261,38 @@ pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm_serial", &a, &b, &c);
     let (rows, cols, rs, cs) = (c.rows, c.cols, c.rs, c.cs);
     // SAFETY: `MatMut::new` checked that the view fits in `c.data`.
-    unsafe { sgemm_raw(alpha, a, b, beta, c.data.as_mut_ptr(), rows, cols, rs, cs) }
+    unsafe { sgemm_raw(alpha, a, b, beta, None, c.data.as_mut_ptr(), rows, cols, rs, cs) }
 }
 
-/// Calls matrixmultiply on views whose bounds were already checked.
+/// `C = α·A·B + β·C + bias` with `bias (N)` added to every row of C: a linear
+/// layer. C is pre-filled with the bias rows and the product accumulated onto
+/// them (β = 0), so each thread writes its own part of C in one go.
+pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: MatMut) {
+    check_dims("gemm_bias", &a, &b, &c);
+    assert_eq!(
+        bias.len(),
+        c.cols,
+        "gemm_bias: bias has {} values for {} columns",
+        bias.len(),
+        c.cols
+    );
+    gemm_impl(alpha, a, b, beta, Some(bias), c)
+}
+
+/// Runs the backend on views whose bounds were already checked:
+/// `C = α·A·B + β·C (+ bias on every row)`.
 ///
 /// # Safety
 /// `c` must point to a `rows × cols` region with strides `(rsc, csc)` that is
-/// valid for writes and not written by anyone else during the call.
+/// valid for writes and not written by anyone else during the call; `bias`,
+/// if given, has `cols` values.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_raw(
     alpha: f32,
     a: MatRef,
     b: MatRef,
     beta: f32,
+    bias: Option<&[f32]>,
     c: *mut f32,
     rows: usize,
     cols: usize,
@@ -255,15 +304,31 @@ pub(crate) unsafe fn sgemm_raw(
     if rows == 0 || cols == 0 {
         return;
     }
+    // SAFETY (every dereference below): (i, j) lies in the region the caller vouched for.
+    let at = |i: usize, j: usize| unsafe { c.add(i * rsc + j * csc) };
+    let mut beta = beta;
+    if let Some(bias) = bias.filter(|_| beta == 0.0) {
+        // Pre-fill C with the bias and let the product accumulate onto it.
+        for i in 0..rows {
+            for (j, &v) in bias.iter().enumerate() {
+                unsafe { *at(i, j) = v };
+            }
+        }
+        beta = 1.0;
+    } else if let Some(bias) = bias {
+        // β ≠ 0: scale C first, add the bias, then accumulate the product.
+        for i in 0..rows {
+            for (j, &v) in bias.iter().enumerate() {
+                unsafe { *at(i, j) = beta * *at(i, j) + v };
+            }
+        }
+        beta = 1.0;
+    }
     if k == 0 {
         // No products: C = β·C (β = 0 overwrites, so stale NaNs vanish).
         for i in 0..rows {
             for j in 0..cols {
-                // SAFETY: (i, j) is inside the region the caller vouched for.
-                unsafe {
-                    let p = c.add(i * rsc + j * csc);
-                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
-                }
+                unsafe { *at(i, j) = if beta == 0.0 { 0.0 } else { beta * *at(i, j) } };
             }
         }
         return;
@@ -346,7 +411,20 @@ pub fn gemm_batched(
         (0..batch).into_par_iter().for_each(|i| {
             let (ai, bi) = item(i);
             // SAFETY: items are `c_stride >= item_c` apart, so disjoint; bounds checked above.
-            unsafe { sgemm_raw(alpha, ai, bi, beta, cptr.get().add(i * c_stride), rows, cols, rs, cs) }
+            unsafe {
+                sgemm_raw(
+                    alpha,
+                    ai,
+                    bi,
+                    beta,
+                    None,
+                    cptr.get().add(i * c_stride),
+                    rows,
+                    cols,
+                    rs,
+                    cs,
+                )
+            }
         });
     } else {
         for i in 0..batch {
@@ -457,6 +535,46 @@ mod tests {
                             (slow[idx] as f64 - w).abs() <= tol * (1.0 + w.abs()),
                             "reference m{m} k{k} n{n}: {} vs {w}",
                             slow[idx]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_bias_adds_the_bias_to_every_row() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        for &(m, k, n) in &[(1, 1, 1), (3, 7, 17), (65, 17, 33), (197, 64, 65), (300, 192, 576)] {
+            let a = random(m * k, &mut rng);
+            let w = random(n * k, &mut rng);
+            let bias = random(n, &mut rng);
+            let c0 = random(m * n, &mut rng);
+            for beta in [0.0f32, 1.0, 0.5] {
+                let mut c = c0.clone();
+                gemm_bias(
+                    1.0,
+                    MatRef::row_major(&a, m, k),
+                    MatRef::row_major(&w, n, k).t(),
+                    &bias,
+                    beta,
+                    MatMut::row_major(&mut c, m, n),
+                );
+                let mut want = c0.clone();
+                reference::gemm(
+                    1.0,
+                    MatRef::row_major(&a, m, k),
+                    MatRef::row_major(&w, n, k).t(),
+                    beta,
+                    MatMut::row_major(&mut want, m, n),
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = want[i * n + j] + bias[j];
+                        assert!(
+                            (c[i * n + j] - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "m{m} k{k} n{n} β{beta}: {} vs {w}",
+                            c[i * n + j]
                         );
                     }
                 }
