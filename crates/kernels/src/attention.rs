@@ -138,6 +138,7 @@ pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dim
     }
     let dh = dims.dh();
     let scale = dims.scale();
+    let prec = crate::gemm::precision();
     let out_ptr = SendPtr(out.as_mut_ptr());
     lse.par_chunks_mut(n).enumerate().for_each_init(
         || vec![0f32; n * n],
@@ -148,13 +149,14 @@ pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dim
             let v = head(qkv, &dims, bi, hi, 2);
             let s_ptr = scores.as_mut_ptr();
             // SAFETY: `scores` is this task's own N×N buffer.
-            unsafe { sgemm_raw(scale, q, k.t(), 0.0, None, s_ptr, n, n, n, 1) };
+            unsafe { sgemm_raw(prec, scale, q, k.t(), 0.0, None, s_ptr, n, n, n, 1) };
             softmax_rows::run(isa, scores, lse_row);
             let p = MatRef::row_major(scores, n, n);
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
             // is written by this task only; it lies inside `out` (checked above).
             unsafe {
                 sgemm_raw(
+                    prec,
                     1.0,
                     p,
                     v,
@@ -213,6 +215,7 @@ pub fn backward_with(isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse:
     }
     let dh = dims.dh();
     let scale = dims.scale();
+    let prec = crate::gemm::precision();
     let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
     (0..b * h).into_par_iter().for_each_init(
         || (vec![0f32; n * n], vec![0f32; n * n]),
@@ -225,22 +228,50 @@ pub fn backward_with(isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse:
             let lse_rows = &lse[task * n..(task + 1) * n];
             // P = exp(scale·Q Kᵀ − lse), recomputed.
             // SAFETY: `p` and `dp` are this task's own N×N buffers.
-            unsafe { sgemm_raw(scale, q, k.t(), 0.0, None, p.as_mut_ptr(), n, n, n, 1) };
+            unsafe { sgemm_raw(prec, scale, q, k.t(), 0.0, None, p.as_mut_ptr(), n, n, n, 1) };
             probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
-            unsafe { sgemm_raw(1.0, d_o, v.t(), 0.0, None, dp.as_mut_ptr(), n, n, n, 1) };
+            unsafe { sgemm_raw(prec, 1.0, d_o, v.t(), 0.0, None, dp.as_mut_ptr(), n, n, n, 1) };
             let base = dqkv_ptr;
             let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
             let pm = MatRef::row_major(p, n, n);
             // SAFETY (this and the two products below): the (N, Dh) blocks of head
             // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
             // this task only, and lie inside `dqkv` (lengths checked above).
-            unsafe { sgemm_raw(1.0, pm.t(), d_o, 1.0, None, base.get().add(slot(2)), n, dh, 3 * d, 1) };
+            unsafe {
+                sgemm_raw(
+                    prec,
+                    1.0,
+                    pm.t(),
+                    d_o,
+                    1.0,
+                    None,
+                    base.get().add(slot(2)),
+                    n,
+                    dh,
+                    3 * d,
+                    1,
+                )
+            };
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
             softmax_grad_rows::run(isa, p, dp, n, scale);
             let ds = MatRef::row_major(dp, n, n);
-            unsafe { sgemm_raw(1.0, ds, k, 1.0, None, base.get().add(slot(0)), n, dh, 3 * d, 1) };
-            unsafe { sgemm_raw(1.0, ds.t(), q, 1.0, None, base.get().add(slot(1)), n, dh, 3 * d, 1) };
+            unsafe { sgemm_raw(prec, 1.0, ds, k, 1.0, None, base.get().add(slot(0)), n, dh, 3 * d, 1) };
+            unsafe {
+                sgemm_raw(
+                    prec,
+                    1.0,
+                    ds.t(),
+                    q,
+                    1.0,
+                    None,
+                    base.get().add(slot(1)),
+                    n,
+                    dh,
+                    3 * d,
+                    1,
+                )
+            };
         },
     );
 }

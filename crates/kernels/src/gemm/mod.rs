@@ -19,6 +19,71 @@
 
 use crate::par::SendPtr;
 use rayon::prelude::*;
+use std::cell::Cell;
+
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
+
+/// The arithmetic of matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 inputs and accumulation (matrixmultiply). The default.
+    F32,
+    /// Mixed precision: inputs rounded to bfloat16, products accumulated in
+    /// f32, on Intel AMX ([`amx`]). Like PyTorch's CPU autocast to bf16.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// True if this CPU and OS can run the bf16 AMX path.
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+thread_local! {
+    /// The precision of products started from this thread (their rayon tasks
+    /// inherit it explicitly). Initialised from `TESSERA_MATMUL=bf16|f32`.
+    static PRECISION: Cell<Precision> = Cell::new(initial_precision());
+}
+
+fn initial_precision() -> Precision {
+    match std::env::var("TESSERA_MATMUL").ok().as_deref().map(str::trim) {
+        Some("bf16") if bf16_available() => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// The precision of products started from this thread.
+pub fn precision() -> Precision {
+    PRECISION.with(|p| p.get())
+}
+
+/// Sets the precision of products started from this thread; returns the one
+/// in effect (bf16 falls back to f32 where AMX is unavailable).
+pub fn set_precision(p: Precision) -> Precision {
+    let p = if p == Precision::Bf16 && !bf16_available() {
+        Precision::F32
+    } else {
+        p
+    };
+    PRECISION.with(|c| c.set(p));
+    p
+}
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i*rs + j*cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -199,9 +264,10 @@ fn gemm_impl(alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, 
     let len = if split_rows { m } else { n };
     let parts = threads.min(len.div_ceil(SPLIT_ALIGN));
     let (rsc, csc) = (c.rs, c.cs);
+    let prec = precision();
     if threads <= 1 || work < (1 << 21) || !c.is_non_overlapping() || parts <= 1 {
         // SAFETY: `MatMut::new` checked that the view fits in `c.data`.
-        unsafe { sgemm_raw(alpha, a, b, beta, bias, c.data.as_mut_ptr(), m, n, rsc, csc) };
+        unsafe { sgemm_raw(prec, alpha, a, b, beta, bias, c.data.as_mut_ptr(), m, n, rsc, csc) };
         return;
     }
     let step = len.div_ceil(parts).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
@@ -220,6 +286,7 @@ fn gemm_impl(alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, 
                     ..a
                 };
                 sgemm_raw(
+                    prec,
                     alpha,
                     a_part,
                     b,
@@ -239,6 +306,7 @@ fn gemm_impl(alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, 
                 };
                 let bias_part = bias.map(|v| &v[lo..hi]);
                 sgemm_raw(
+                    prec,
                     alpha,
                     a,
                     b_part,
@@ -261,7 +329,21 @@ pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm_serial", &a, &b, &c);
     let (rows, cols, rs, cs) = (c.rows, c.cols, c.rs, c.cs);
     // SAFETY: `MatMut::new` checked that the view fits in `c.data`.
-    unsafe { sgemm_raw(alpha, a, b, beta, None, c.data.as_mut_ptr(), rows, cols, rs, cs) }
+    unsafe {
+        sgemm_raw(
+            precision(),
+            alpha,
+            a,
+            b,
+            beta,
+            None,
+            c.data.as_mut_ptr(),
+            rows,
+            cols,
+            rs,
+            cs,
+        )
+    }
 }
 
 /// `C = α·A·B + β·C + bias` with `bias (N)` added to every row of C: a linear
@@ -279,8 +361,8 @@ pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: M
     gemm_impl(alpha, a, b, beta, Some(bias), c)
 }
 
-/// Runs the backend on views whose bounds were already checked:
-/// `C = α·A·B + β·C (+ bias on every row)`.
+/// Runs the product on views whose bounds were already checked, in precision
+/// `prec`: `C = α·A·B + β·C (+ bias on every row)`.
 ///
 /// # Safety
 /// `c` must point to a `rows × cols` region with strides `(rsc, csc)` that is
@@ -288,6 +370,7 @@ pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: M
 /// if given, has `cols` values.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_raw(
+    prec: Precision,
     alpha: f32,
     a: MatRef,
     b: MatRef,
@@ -302,6 +385,12 @@ pub(crate) unsafe fn sgemm_raw(
     debug_assert!(a.rows == rows && b.cols == cols && a.cols == b.rows);
     let k = a.cols;
     if rows == 0 || cols == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if prec == Precision::Bf16 && k > 0 && amx::available() {
+        // SAFETY: AMX is available; the caller vouches for C and the bias.
+        unsafe { amx::sgemm_bf16(alpha, a, b, beta, bias, c, rsc, csc) };
         return;
     }
     // SAFETY (every dereference below): (i, j) lies in the region the caller vouched for.
@@ -406,6 +495,7 @@ pub fn gemm_batched(
     };
     let (rows, cols, rs, cs) = (c.rows, c.cols, c.rs, c.cs);
     let threads = rayon::current_num_threads();
+    let prec = precision();
     if threads > 1 && batch >= threads && batch * rows * cols * a.cols >= (1 << 18) {
         let cptr = SendPtr(c.data.as_mut_ptr());
         (0..batch).into_par_iter().for_each(|i| {
@@ -413,6 +503,7 @@ pub fn gemm_batched(
             // SAFETY: items are `c_stride >= item_c` apart, so disjoint; bounds checked above.
             unsafe {
                 sgemm_raw(
+                    prec,
                     alpha,
                     ai,
                     bi,
@@ -580,6 +671,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 path (skipped with a message where AMX is unavailable): exact on
+    /// inputs that bf16 represents exactly, and within bf16 rounding otherwise
+    /// (each input rounded to 8 significant bits: relative error ≤ 2^-8 per
+    /// factor, so |error| ≤ 2^-7 · Σ_p |a||b| plus f32 accumulation).
+    #[test]
+    fn bf16_products_on_amx() {
+        if !bf16_available() {
+            eprintln!("gemm bf16: skipping: this CPU or OS has no AMX-BF16");
+            return;
+        }
+        let prev = set_precision(Precision::Bf16);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 7, 17),
+            (17, 33, 65),
+            (65, 197, 31),
+            (197, 64, 197),
+            (300, 512, 130),
+        ] {
+            for (ta, tb) in [(false, false), (true, false), (false, true)] {
+                // Exactly representable: multiples of 1/4 in [-2, 2].
+                let exact = |len: usize, rng: &mut Xoshiro256PlusPlus| -> Vec<f32> {
+                    (0..len).map(|_| rng.random_range(-8i32..=8) as f32 / 4.0).collect()
+                };
+                let (a, b) = (exact(m * k, &mut rng), exact(k * n, &mut rng));
+                let av = if ta {
+                    MatRef::row_major(&a, k, m).t()
+                } else {
+                    MatRef::row_major(&a, m, k)
+                };
+                let bv = if tb {
+                    MatRef::row_major(&b, n, k).t()
+                } else {
+                    MatRef::row_major(&b, k, n)
+                };
+                let bias = exact(n, &mut rng);
+                let mut c = vec![0f32; m * n];
+                gemm_bias(1.0, av, bv, &bias, 0.0, MatMut::row_major(&mut c, m, n));
+                let mut want = vec![0f32; m * n];
+                reference::gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut want, m, n));
+                for i in 0..m * n {
+                    assert_eq!(c[i], want[i] + bias[i % n], "exact m{m} k{k} n{n} ta{ta} tb{tb} at {i}");
+                }
+                // General values: within bf16 rounding.
+                let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
+                let av = if ta {
+                    MatRef::row_major(&a, k, m).t()
+                } else {
+                    MatRef::row_major(&a, m, k)
+                };
+                let bv = if tb {
+                    MatRef::row_major(&b, n, k).t()
+                } else {
+                    MatRef::row_major(&b, k, n)
+                };
+                let c0 = random(m * n, &mut rng);
+                let mut c = c0.clone();
+                gemm(0.5, av, bv, 1.0, MatMut::row_major(&mut c, m, n));
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum::<f64>() * 0.5
+                            + c0[i * n + j] as f64;
+                        let scale: f64 = (0..k).map(|p| (av.at(i, p) * bv.at(p, j)).abs() as f64).sum::<f64>() * 0.5;
+                        let err = (c[i * n + j] as f64 - exact).abs();
+                        assert!(
+                            err <= 2f64.powi(-7) * scale + 1e-5,
+                            "m{m} k{k} n{n}: error {err} > bound {}",
+                            2f64.powi(-7) * scale
+                        );
+                    }
+                }
+            }
+        }
+        set_precision(prev);
     }
 
     #[test]
