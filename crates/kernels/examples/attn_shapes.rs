@@ -24,10 +24,10 @@ fn main() {
             forward(&mut out, &mut lse, &qkv, dims);
         }
         let tf = t.elapsed().as_secs_f64() / reps as f64;
-        backward(&mut dqkv, &dout, &qkv, &lse, dims);
+        backward(tessera_kernels::GradOut::add(&mut dqkv), &dout, &qkv, &lse, dims);
         let t = Instant::now();
         for _ in 0..reps {
-            backward(&mut dqkv, &dout, &qkv, &lse, dims);
+            backward(tessera_kernels::GradOut::add(&mut dqkv), &dout, &qkv, &lse, dims);
         }
         let tb = t.elapsed().as_secs_f64() / reps as f64;
         println!(

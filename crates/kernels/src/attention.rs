@@ -21,6 +21,7 @@
 //! Q, K, V). Tasks write disjoint columns, so the result is independent of
 //! the thread count.
 
+use crate::GradOut;
 use crate::cpu::Isa;
 use crate::gemm::{MatRef, sgemm_raw};
 use crate::math;
@@ -173,14 +174,16 @@ pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dim
     );
 }
 
-/// Accumulates `dqkv (B, N, 3D)` from `dout (B, N, D)`, the forward's inputs and
-/// its saved `lse`.
-pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+/// `dqkv (B, N, 3D)` (overwritten or accumulated, see [`GradOut`]) from
+/// `dout (B, N, D)`, the forward's inputs and its saved `lse`.
+pub fn backward(dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
     backward_with(crate::cpu::isa(), dqkv, dout, qkv, lse, dims)
 }
 
 /// [`backward`] on a chosen instruction set.
-pub fn backward_with(isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+pub fn backward_with(isa: Isa, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+    let beta = dqkv.beta();
+    let dqkv = dqkv.data;
     let AttnDims { b, n, d, h } = dims;
     assert_eq!(
         qkv.len(),
@@ -244,7 +247,7 @@ pub fn backward_with(isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse:
                     1.0,
                     pm.t(),
                     d_o,
-                    1.0,
+                    beta,
                     None,
                     base.get().add(slot(2)),
                     n,
@@ -256,14 +259,14 @@ pub fn backward_with(isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], lse:
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
             softmax_grad_rows::run(isa, p, dp, n, scale);
             let ds = MatRef::row_major(dp, n, n);
-            unsafe { sgemm_raw(prec, 1.0, ds, k, 1.0, None, base.get().add(slot(0)), n, dh, 3 * d, 1) };
+            unsafe { sgemm_raw(prec, 1.0, ds, k, beta, None, base.get().add(slot(0)), n, dh, 3 * d, 1) };
             unsafe {
                 sgemm_raw(
                     prec,
                     1.0,
                     ds.t(),
                     q,
-                    1.0,
+                    beta,
                     None,
                     base.get().add(slot(1)),
                     n,
@@ -406,10 +409,15 @@ mod tests {
                 let dout = random_vec(out.len(), 100 + s as u64);
                 let g0 = random_vec(qkv.len(), 200 + s as u64);
                 let mut fast = g0.clone();
-                backward_with(isa, &mut fast, &dout, &qkv, &lse, dims);
+                backward_with(isa, GradOut::add(&mut fast), &dout, &qkv, &lse, dims);
                 let mut slow = g0;
                 reference::backward(&mut slow, &dout, &qkv, dims);
                 assert_close(&fast, &slow, 1e-4, &format!("attention backward {dims:?}"));
+                let mut over = vec![f32::NAN; qkv.len()];
+                backward_with(isa, GradOut::overwrite(&mut over), &dout, &qkv, &lse, dims);
+                let mut zero = vec![0.0; qkv.len()];
+                reference::backward(&mut zero, &dout, &qkv, dims);
+                assert_close(&over, &zero, 1e-4, &format!("attention backward overwrite {dims:?}"));
             }
         });
     }
@@ -437,7 +445,7 @@ mod tests {
                 let mut lse = vec![0.0; dims.b * dims.h * dims.n];
                 forward(&mut out, &mut lse, &qkv, dims);
                 let mut d = vec![0.0; qkv.len()];
-                backward(&mut d, &dout, &qkv, &lse, dims);
+                backward(GradOut::add(&mut d), &dout, &qkv, &lse, dims);
                 (out, d)
             })
         };

@@ -6,6 +6,7 @@
 //! ```
 //! Element-wise over any number of values `n`.
 
+use crate::GradOut;
 use crate::math;
 use rayon::prelude::*;
 
@@ -37,10 +38,16 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    /// `dinp += dout · gelu'(inp)` on one chunk.
-    fn backward_chunk(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
-        for ((di, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
-            *di += g * gelu_grad(x);
+    /// `dinp (+)= dout · gelu'(inp)` on one chunk.
+    fn backward_chunk(dinp: &mut [f32], dout: &[f32], inp: &[f32], add: bool) {
+        if add {
+            for ((di, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+                *di += g * gelu_grad(x);
+            }
+        } else {
+            for ((di, &g), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+                *di = g * gelu_grad(x);
+            }
         }
     }
 }
@@ -64,13 +71,15 @@ pub fn forward_with(isa: crate::cpu::Isa, out: &mut [f32], inp: &[f32]) {
         .for_each(|(o, x)| forward_chunk::run(isa, o, x));
 }
 
-/// `dinp += dout · gelu'(inp)`.
-pub fn backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+/// `dinp (+)= dout · gelu'(inp)` (see [`GradOut`]).
+pub fn backward(dinp: GradOut, dout: &[f32], inp: &[f32]) {
     backward_with(crate::cpu::isa(), dinp, dout, inp)
 }
 
 /// [`backward`] on a chosen instruction set.
-pub fn backward_with(isa: crate::cpu::Isa, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+pub fn backward_with(isa: crate::cpu::Isa, dinp: GradOut, dout: &[f32], inp: &[f32]) {
+    let add = dinp.add;
+    let dinp = dinp.data;
     assert!(
         dinp.len() == inp.len() && dout.len() == inp.len(),
         "gelu::backward: dinp {}, dout {}, inp {} values",
@@ -80,7 +89,7 @@ pub fn backward_with(isa: crate::cpu::Isa, dinp: &mut [f32], dout: &[f32], inp: 
     );
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
-        .for_each(|(di, (g, x))| backward_chunk::run(isa, di, g, x));
+        .for_each(|(di, (g, x))| backward_chunk::run(isa, di, g, x, add));
 }
 
 /// The formulas in f64 with a series erf.
@@ -127,7 +136,7 @@ mod tests {
                 let dout = random_vec(n, 7 + n as u64);
                 let mut df = vec![0.25; n];
                 let mut ds = vec![0.25; n];
-                backward_with(isa, &mut df, &dout, &x);
+                backward_with(isa, GradOut::add(&mut df), &dout, &x);
                 reference::backward(&mut ds, &dout, &x);
                 assert_close(&df, &ds, 2e-6, "gelu backward");
             }

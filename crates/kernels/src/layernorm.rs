@@ -15,6 +15,7 @@
 //! `mean` and `rstd` (one per row) are saved by the forward for the backward.
 //! MAE uses eps = 1e-6.
 
+use crate::GradOut;
 use crate::cpu::Isa;
 use crate::math;
 use crate::par::ROW_CHUNK;
@@ -102,7 +103,7 @@ const LANES: usize = 16;
 crate::multiversion! {
     /// The backward over a block of rows: `dinp` rows (if given) and this
     /// block's share of `dw`, `db` added into `acc` (`2·D`: dw then db).
-    fn backward_rows(dinp: Option<&mut [f32]>, acc: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], mean: &[f32], rstd: &[f32]) {
+    fn backward_rows(dinp: Option<&mut [f32]>, add: bool, acc: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], mean: &[f32], rstd: &[f32]) {
         let d = w.len();
         let (dw, db) = acc.split_at_mut(d);
         let mut dinp = dinp;
@@ -124,21 +125,22 @@ crate::multiversion! {
                 let di = &mut dinp[r * d..(r + 1) * d];
                 for i in 0..d {
                     let xhat = (x[i] - m) * s;
-                    di[i] += s * (g_row[i] * w[i] - mg - xhat * mgx);
+                    let g = s * (g_row[i] * w[i] - mg - xhat * mgx);
+                    di[i] = if add { di[i] + g } else { g };
                 }
             }
         }
     }
 }
 
-/// Accumulates the gradients of [`forward`]: `dinp (R, D)` (if given),
-/// `dweight (D)`, `dbias (D)`.
+/// The gradients of [`forward`]: `dinp (R, D)` (if given; overwritten or
+/// accumulated, see [`GradOut`]); `dweight (D)`, `dbias (D)` accumulated.
 ///
 /// Parameter gradients are summed per fixed chunk of rows in parallel, then the
 /// chunk partials in order: the result does not depend on the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    dinp: Option<&mut [f32]>,
+    dinp: Option<GradOut>,
     dweight: &mut [f32],
     dbias: &mut [f32],
     dout: &[f32],
@@ -168,7 +170,7 @@ pub fn backward(
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     isa: Isa,
-    dinp: Option<&mut [f32]>,
+    dinp: Option<GradOut>,
     dweight: &mut [f32],
     dbias: &mut [f32],
     dout: &[f32],
@@ -192,11 +194,13 @@ pub fn backward_with(
     let n_chunks = rows.div_ceil(ROW_CHUNK);
     let mut partial = vec![0f32; n_chunks * 2 * d]; // (chunks, 2, D)
     let block = ROW_CHUNK * d;
+    let add = dinp.as_ref().is_some_and(|g| g.add);
     let run = |c: usize, acc: &mut [f32], di: Option<&mut [f32]>| {
         let (lo, hi) = (c * ROW_CHUNK, ((c + 1) * ROW_CHUNK).min(rows));
         backward_rows::run(
             isa,
             di,
+            add,
             acc,
             &dout[lo * d..hi * d],
             &inp[lo * d..hi * d],
@@ -205,7 +209,7 @@ pub fn backward_with(
             &rstd[lo..hi],
         );
     };
-    match dinp {
+    match dinp.map(|g| g.data) {
         Some(dinp) => {
             check("backward", "dinp (R, D)", dinp.len(), rows * d);
             partial
@@ -314,13 +318,42 @@ mod tests {
                     let dout = random_vec(rows * d, seed + 3);
                     let g0 = random_vec(rows * d, seed + 4);
                     let (mut di, mut dw, mut db) = (g0.clone(), vec![0.5; d], vec![-0.5; d]);
-                    backward_with(isa, Some(&mut di), &mut dw, &mut db, &dout, &x, &w, &m, &s, rows, d);
+                    backward_with(
+                        isa,
+                        Some(GradOut::add(&mut di)),
+                        &mut dw,
+                        &mut db,
+                        &dout,
+                        &x,
+                        &w,
+                        &m,
+                        &s,
+                        rows,
+                        d,
+                    );
                     let (mut ri, mut rw, mut rb) = (g0, vec![0.5; d], vec![-0.5; d]);
                     reference::backward(&mut ri, &mut rw, &mut rb, &dout, &x, &w, &m, &s, rows, d);
                     let tol = if d == 1 { 1e-2 } else { 1e-4 };
                     assert_close(&di, &ri, tol, &format!("layernorm dinp {isa:?}"));
                     assert_close(&dw, &rw, 1e-4, "layernorm dweight");
                     assert_close(&db, &rb, 1e-4, "layernorm dbias");
+                    let mut over = vec![f32::NAN; rows * d];
+                    backward_with(
+                        isa,
+                        Some(GradOut::overwrite(&mut over)),
+                        &mut dw,
+                        &mut db,
+                        &dout,
+                        &x,
+                        &w,
+                        &m,
+                        &s,
+                        rows,
+                        d,
+                    );
+                    let mut zero = vec![0.0; rows * d];
+                    reference::backward(&mut zero, &mut rw, &mut rb, &dout, &x, &w, &m, &s, rows, d);
+                    assert_close(&over, &zero, tol, &format!("layernorm dinp overwrite {isa:?}"));
                 }
             }
         });

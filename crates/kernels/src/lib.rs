@@ -38,3 +38,27 @@ pub mod softmax;
 mod testutil;
 
 pub use gemm::{MatMut, MatRef};
+
+/// A gradient buffer handed to a backward kernel: either overwritten (its old
+/// contents are ignored, so a fresh buffer needs no zeroing) or accumulated
+/// into (a tensor that already received a gradient from another consumer).
+pub struct GradOut<'a> {
+    pub data: &'a mut [f32],
+    /// `true`: `data += gradient`; `false`: `data = gradient`.
+    pub add: bool,
+}
+
+impl<'a> GradOut<'a> {
+    /// `data += gradient`.
+    pub fn add(data: &'a mut [f32]) -> Self {
+        GradOut { data, add: true }
+    }
+    /// `data = gradient`.
+    pub fn overwrite(data: &'a mut [f32]) -> Self {
+        GradOut { data, add: false }
+    }
+    /// β of a GEMM writing this gradient.
+    pub fn beta(&self) -> f32 {
+        if self.add { 1.0 } else { 0.0 }
+    }
+}

@@ -13,8 +13,9 @@
 //! The bias is fused into the product ([`gemm_bias`]): the GEMM kernel adds it
 //! while writing `out`, so the output is written once and never re-read.
 
+use crate::GradOut;
 use crate::gemm::{MatMut, MatRef, gemm, gemm_bias};
-use crate::par::col_sum_add;
+use crate::par::{col_sum_add, col_sum_into};
 
 fn check(name: &str, what: &str, len: usize, want: usize) {
     assert_eq!(len, want, "linear::{name}: {what} has {len} values, want {want}");
@@ -35,13 +36,13 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     }
 }
 
-/// Accumulates the gradients of [`forward`] into whichever of `dinp`,
-/// `dweight`, `dbias` are given.
+/// The gradients of [`forward`], into whichever of `dinp`, `dweight`,
+/// `dbias` are given (each overwritten or accumulated, see [`GradOut`]).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    dinp: Option<&mut [f32]>,
-    dweight: Option<&mut [f32]>,
-    dbias: Option<&mut [f32]>,
+    dinp: Option<GradOut>,
+    dweight: Option<GradOut>,
+    dbias: Option<GradOut>,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -52,29 +53,35 @@ pub fn backward(
     check("backward", "dout (M, N)", dout.len(), m * n);
     check("backward", "inp (M, K)", inp.len(), m * k);
     check("backward", "weight (N, K)", weight.len(), n * k);
-    if let Some(dinp) = dinp {
-        check("backward", "dinp (M, K)", dinp.len(), m * k);
+    if let Some(g) = dinp {
+        check("backward", "dinp (M, K)", g.data.len(), m * k);
+        let beta = g.beta();
         gemm(
             1.0,
             MatRef::row_major(dout, m, n),
             MatRef::row_major(weight, n, k),
-            1.0,
-            MatMut::row_major(dinp, m, k),
+            beta,
+            MatMut::row_major(g.data, m, k),
         );
     }
-    if let Some(dweight) = dweight {
-        check("backward", "dweight (N, K)", dweight.len(), n * k);
+    if let Some(g) = dweight {
+        check("backward", "dweight (N, K)", g.data.len(), n * k);
+        let beta = g.beta();
         gemm(
             1.0,
             MatRef::row_major(dout, m, n).t(),
             MatRef::row_major(inp, m, k),
-            1.0,
-            MatMut::row_major(dweight, n, k),
+            beta,
+            MatMut::row_major(g.data, n, k),
         );
     }
-    if let Some(dbias) = dbias {
-        check("backward", "dbias (N)", dbias.len(), n);
-        col_sum_add(dbias, dout, m, n);
+    if let Some(g) = dbias {
+        check("backward", "dbias (N)", g.data.len(), n);
+        if g.add {
+            col_sum_add(g.data, dout, m, n);
+        } else {
+            col_sum_into(g.data, dout, m, n);
+        }
     }
 }
 
@@ -166,12 +173,40 @@ mod tests {
                 random_vec(n, seed + 60),
             );
             let (mut dx, mut dw, mut db) = (g0.clone(), w0.clone(), b0.clone());
-            backward(Some(&mut dx), Some(&mut dw), Some(&mut db), &dout, &inp, &w, m, k, n);
+            backward(
+                Some(GradOut::add(&mut dx)),
+                Some(GradOut::add(&mut dw)),
+                Some(GradOut::add(&mut db)),
+                &dout,
+                &inp,
+                &w,
+                m,
+                k,
+                n,
+            );
             let (mut rx, mut rw, mut rb) = (g0, w0, b0);
             reference::backward(Some(&mut rx), Some(&mut rw), Some(&mut rb), &dout, &inp, &w, m, k, n);
             assert_close(&dx, &rx, 1e-4, "linear dinp");
             assert_close(&dw, &rw, 1e-4, "linear dweight");
             assert_close(&db, &rb, 1e-4, "linear dbias");
+            // Overwriting ignores whatever the buffers held (even NaN).
+            let (mut ox, mut ow, mut ob) = (vec![f32::NAN; m * k], vec![f32::NAN; n * k], vec![f32::NAN; n]);
+            backward(
+                Some(GradOut::overwrite(&mut ox)),
+                Some(GradOut::overwrite(&mut ow)),
+                Some(GradOut::overwrite(&mut ob)),
+                &dout,
+                &inp,
+                &w,
+                m,
+                k,
+                n,
+            );
+            let (mut zx, mut zw, mut zb) = (vec![0.0; m * k], vec![0.0; n * k], vec![0.0; n]);
+            reference::backward(Some(&mut zx), Some(&mut zw), Some(&mut zb), &dout, &inp, &w, m, k, n);
+            assert_close(&ox, &zx, 1e-4, "linear dinp overwrite");
+            assert_close(&ow, &zw, 1e-4, "linear dweight overwrite");
+            assert_close(&ob, &zb, 1e-4, "linear dbias overwrite");
         }
     }
 

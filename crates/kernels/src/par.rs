@@ -53,6 +53,12 @@ pub fn sum_f64(len: usize, chunk: usize, f: impl Fn(usize) -> f64 + Sync) -> f64
     partial.iter().sum()
 }
 
+/// Column sums written into `out`: `out[j] = Σ_r inp[r*cols + j]`.
+pub fn col_sum_into(out: &mut [f32], inp: &[f32], rows: usize, cols: usize) {
+    out.fill(0.0);
+    col_sum_add(out, inp, rows, cols)
+}
+
 /// Column sums accumulated into `out`: `out[j] += Σ_r inp[r*cols + j]`.
 ///
 /// Rows are cut into fixed chunks of [`ROW_CHUNK`]; each chunk's column sums are

@@ -16,6 +16,7 @@
 //! The embedding is `out (B·L, D) = cols (B·L, C·p·p) · weightᵀ + bias`, where
 //! `cols` holds each patch in conv order ("im2col" for a stride = kernel conv).
 
+use crate::GradOut;
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::linear;
 use rayon::prelude::*;
@@ -197,7 +198,17 @@ pub fn embed_backward(
 ) {
     let (m, k) = (d.b * d.l(), d.patch_len());
     im2col(cols, img, d);
-    linear::backward(None, dweight, dbias, dout, cols, weight, m, k, dim);
+    linear::backward(
+        None,
+        dweight.map(GradOut::add),
+        dbias.map(GradOut::add),
+        dout,
+        cols,
+        weight,
+        m,
+        k,
+        dim,
+    );
     if let Some(dimg) = dimg {
         // dcols (B·L, C·p·p) = dout (B·L, D) · weight (D, C·p·p), reusing the
         // scratch, then scattered back to pixels.

@@ -191,14 +191,14 @@ fn overfit(model: &MimModel, steps: usize, lr: f32) -> (f32, f32) {
 #[test]
 fn tiny_mae_overfits_one_batch() {
     let model = MimModel::new(tiny_mae(norm_pix()), &mut rng()).unwrap();
-    let (first, last) = overfit(&model, 150, 3e-3);
+    let (first, last) = overfit(&model, 300, 3e-3);
     assert!(last < 0.1 * first, "MAE loss {first} → {last}");
 }
 
 #[test]
 fn tiny_simmim_overfits_one_batch() {
     let model = MimModel::new(tiny_simmim(norm_pix()), &mut rng()).unwrap();
-    let (first, last) = overfit(&model, 150, 3e-3);
+    let (first, last) = overfit(&model, 300, 3e-3);
     assert!(last < 0.1 * first, "SimMIM loss {first} → {last}");
 }
 
@@ -214,7 +214,7 @@ fn codebook_target_overfits_one_batch() {
     )
     .unwrap();
     model.fit_codebook(&images(4, 3, 16, 16, 5), 10, &mut r).unwrap();
-    let (first, last) = overfit(&model, 150, 3e-3);
+    let (first, last) = overfit(&model, 300, 3e-3);
     assert!(last < 0.1 * first, "codebook loss {first} → {last}");
 }
 

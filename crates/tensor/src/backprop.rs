@@ -27,6 +27,14 @@ pub(crate) trait Backward: Send + Sync {
     fn backward(&self, out: &Tensor, dout: Vec<f32>, grads: &mut Grads) -> Result<()>;
 }
 
+/// A buffer from [`Grads::take_out`] as a kernel's output.
+pub(crate) fn grad_out(b: &mut Option<(Vec<f32>, bool)>) -> Option<tessera_kernels::GradOut<'_>> {
+    b.as_mut().map(|(v, add)| tessera_kernels::GradOut {
+        data: v.as_mut_slice(),
+        add: *add,
+    })
+}
+
 /// Gradients of the nodes in flight during one backward pass.
 pub(crate) struct Grads {
     map: HashMap<TensorId, Vec<f32>>,
@@ -45,6 +53,20 @@ impl Grads {
                 .remove(&t.id())
                 .unwrap_or_else(|| crate::pool::zeroed(t.numel())),
         )
+    }
+
+    /// The gradient buffer of `t` for a kernel that can either overwrite or
+    /// accumulate: an existing gradient (accumulate), or a fresh buffer from
+    /// the pool whose contents the kernel must overwrite — no zeroing pass.
+    /// `None` if `t` does not require a gradient. Return it with [`Grads::put`].
+    pub(crate) fn take_out(&mut self, t: &Tensor) -> Option<(Vec<f32>, bool)> {
+        if !t.requires_grad() {
+            return None;
+        }
+        Some(match self.map.remove(&t.id()) {
+            Some(g) => (g, true),
+            None => (crate::pool::uninit(t.numel()), false),
+        })
     }
 
     /// Returns a buffer from [`Grads::take`] (adding it to any gradient that

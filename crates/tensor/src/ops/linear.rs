@@ -1,6 +1,6 @@
 //! Linear layers and matrix products.
 
-use crate::backprop::{Backward, Grads};
+use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, shape_err};
 use crate::tensor::Tensor;
 use tessera_kernels::gemm::{MatMut, MatRef, gemm, gemm_batched};
@@ -24,13 +24,13 @@ impl Backward for LinearBackward {
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
         let m = self.x.numel() / k.max(1);
-        let mut dx = g.take(&self.x);
-        let mut dw = g.take(&self.w);
-        let mut db = self.b.as_ref().and_then(|b| g.take(b));
+        let mut dx = g.take_out(&self.x);
+        let mut dw = g.take_out(&self.w);
+        let mut db = self.b.as_ref().and_then(|b| g.take_out(b));
         klinear::backward(
-            dx.as_deref_mut(),
-            dw.as_deref_mut(),
-            db.as_deref_mut(),
+            grad_out(&mut dx),
+            grad_out(&mut dw),
+            grad_out(&mut db),
             &dout,
             &self.x.data(),
             &self.w.data(),
@@ -38,10 +38,10 @@ impl Backward for LinearBackward {
             k,
             n,
         );
-        g.put(&self.x, dx);
-        g.put(&self.w, dw);
+        g.put(&self.x, dx.map(|b| b.0));
+        g.put(&self.w, dw.map(|b| b.0));
         if let Some(b) = &self.b {
-            g.put(b, db);
+            g.put(b, db.map(|b| b.0));
         }
         Ok(())
     }

@@ -1,13 +1,13 @@
 //! Fused neural-network operations: each is one node in the graph with one
 //! kernel call forward and one backward (not a chain of element-wise nodes).
 
-use crate::backprop::{Backward, Grads};
+use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, invalid, shape_err};
 use crate::tensor::Tensor;
 use rand::{Rng, RngExt};
 use tessera_kernels::attention::{self as kattn, AttnDims};
 use tessera_kernels::patch::{self as kpatch, PatchDims};
-use tessera_kernels::{gelu as kgelu, layernorm as kln, softmax as ksoftmax};
+use tessera_kernels::{GradOut, gelu as kgelu, layernorm as kln, softmax as ksoftmax};
 
 // ---------------------------------------------------------------- layer_norm
 
@@ -29,12 +29,12 @@ impl Backward for LayerNormBackward {
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         let d = self.w.numel();
         let rows = self.mean.len();
-        let mut dx = g.take(&self.x);
+        let mut dx = g.take_out(&self.x);
         // The kernel always produces both parameter gradients; keep those wanted.
         let mut dw = g.take(&self.w).unwrap_or_else(|| vec![0.0; d]);
         let mut db = g.take(&self.b).unwrap_or_else(|| vec![0.0; d]);
         kln::backward(
-            dx.as_deref_mut(),
+            grad_out(&mut dx),
             &mut dw,
             &mut db,
             &dout,
@@ -45,7 +45,7 @@ impl Backward for LayerNormBackward {
             rows,
             d,
         );
-        g.put(&self.x, dx);
+        g.put(&self.x, dx.map(|b| b.0));
         if g.wants(&self.w) {
             g.put(&self.w, Some(dw));
         }
@@ -70,8 +70,8 @@ impl Backward for GeluBackward {
         vec![&self.x]
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        if let Some(mut dx) = g.take(&self.x) {
-            kgelu::backward(&mut dx, &dout, &self.x.data());
+        if let Some((mut dx, add)) = g.take_out(&self.x) {
+            kgelu::backward(GradOut { data: &mut dx, add }, &dout, &self.x.data());
             g.put(&self.x, Some(dx));
         }
         Ok(())
@@ -117,8 +117,14 @@ impl Backward for AttentionBackward {
         vec![&self.qkv]
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        if let Some(mut dqkv) = g.take(&self.qkv) {
-            kattn::backward(&mut dqkv, &dout, &self.qkv.data(), &self.lse, self.dims);
+        if let Some((mut dqkv, add)) = g.take_out(&self.qkv) {
+            kattn::backward(
+                GradOut { data: &mut dqkv, add },
+                &dout,
+                &self.qkv.data(),
+                &self.lse,
+                self.dims,
+            );
             g.put(&self.qkv, Some(dqkv));
         }
         Ok(())
