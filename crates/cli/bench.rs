@@ -2,7 +2,7 @@
 //! timed after a warm-up, reported as one JSON line. The two reference
 //! workloads of the PyTorch comparison are available by name.
 
-use crate::common::{ModelArgs, peak_rss_mib};
+use crate::common::{ModelArgs, PrecisionArg, peak_rss_mib};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 use rand::{RngExt, SeedableRng};
@@ -40,6 +40,9 @@ pub struct Args {
     /// Timed steps.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Arithmetic of matrix products.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
     /// Seed of weights, images and masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -105,6 +108,7 @@ pub fn run(args: Args) -> Result<()> {
     config.masking = MaskingConfig::Random { ratio: args.mask_ratio };
     config.warmup_steps = 1;
     config.seed = args.seed;
+    config.precision = args.precision.config();
     let mut trainer = Trainer::new(config.clone())?;
     let e = &config.model.encoder;
     let mut rng = MimRng::seed_from_u64(args.seed);
@@ -138,6 +142,7 @@ pub fn run(args: Args) -> Result<()> {
         "batch": batch,
         "threads": rayon::current_num_threads(),
         "isa": tessera_kernels::cpu::isa().name(),
+        "precision": format!("{:?}", config.precision).to_lowercase(),
         "steps": args.steps,
         "images_per_s": batch as f64 / med,
         "median_step_s": med,

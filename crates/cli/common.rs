@@ -255,6 +255,23 @@ impl ModelArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 products (matrixmultiply): MAE's numerics.
+    F32,
+    /// bfloat16 inputs, f32 accumulation, on Intel AMX (mixed precision).
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn config(self) -> tessera_mim::MatmulPrecision {
+        match self {
+            PrecisionArg::F32 => tessera_mim::MatmulPrecision::F32,
+            PrecisionArg::Bf16 => tessera_mim::MatmulPrecision::Bf16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MaskKind {
     /// MAE: uniformly random patches.
     Random,

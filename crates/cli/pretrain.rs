@@ -6,7 +6,7 @@
 //! test images every `--recon-every` steps. `--resume` continues from the
 //! checkpoint in `--out` along the exact trajectory of an uninterrupted run.
 
-use crate::common::{DataArgs, MaskArgs, ModelArgs, eval_transform};
+use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg, eval_transform};
 use crate::reconstruct::render_rows;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -65,6 +65,9 @@ pub struct Args {
     /// Split each batch into this many accumulated micro-batches.
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
+    /// Arithmetic of matrix products: f32, or bf16 mixed precision on Intel AMX.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
     /// Seed of initialisation, masks, data order and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -175,6 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     config.clip_grad = args.clip_grad;
     config.accum_steps = args.accum;
     config.seed = args.seed;
+    config.precision = args.precision.config();
     config.validate()?;
 
     let ckpt = args.out.join("checkpoint.safetensors");
@@ -369,7 +373,7 @@ pub fn describe(config: &TrainConfig) -> String {
         TargetConfig::Codebook { size, .. } => format!("codebook of {size}"),
     };
     format!(
-        "ViT {}/{}/{} (patch {}, {}x{}x{}), {method}, target {target}",
-        e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size[0], e.img_size[1], e.in_chans
+        "ViT {}/{}/{} (patch {}, {}x{}x{}), {method}, target {target}, {:?} products",
+        e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size[0], e.img_size[1], e.in_chans, config.precision
     )
 }

@@ -34,5 +34,5 @@ pub use config::{DecoderConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, Ta
 pub use error::{MimError, Result};
 pub use masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 pub use model::{MimModel, MimOutput};
-pub use train::{StepStats, TrainConfig, Trainer};
+pub use train::{MatmulPrecision, StepStats, TrainConfig, Trainer};
 pub use vit::{Pool, VisionTransformer};

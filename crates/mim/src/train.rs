@@ -20,8 +20,30 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+use tessera_kernels::gemm::{Precision, precision, set_precision};
 use tessera_tensor::optim::{AdamState, AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
 use tessera_tensor::{GradStore, Tensor};
+
+/// The arithmetic of matrix products during training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatmulPrecision {
+    /// f32 throughout (MAE's numerics).
+    #[default]
+    F32,
+    /// Mixed precision: matrix products take bfloat16 inputs and accumulate in
+    /// f32 (Intel AMX); weights, activations, gradients and AdamW stay f32.
+    Bf16,
+}
+
+impl MatmulPrecision {
+    fn kernel(self) -> Precision {
+        match self {
+            MatmulPrecision::F32 => Precision::F32,
+            MatmulPrecision::Bf16 => Precision::Bf16,
+        }
+    }
+}
 
 /// Everything that defines a training run (saved in every checkpoint).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +64,9 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this value.
     pub clip_grad: Option<f32>,
     pub seed: u64,
+    /// Arithmetic of the matrix products.
+    #[serde(default)]
+    pub precision: MatmulPrecision,
 }
 
 impl TrainConfig {
@@ -60,6 +85,7 @@ impl TrainConfig {
             total_steps,
             clip_grad: None,
             seed: 0,
+            precision: MatmulPrecision::F32,
         }
     }
 
@@ -91,6 +117,11 @@ impl TrainConfig {
                 "warm-up {} must not exceed the {} total steps (≥ 1)",
                 self.warmup_steps, self.total_steps
             )));
+        }
+        if self.precision == MatmulPrecision::Bf16 && !tessera_kernels::gemm::bf16_available() {
+            return Err(config_err(
+                "bf16 matrix products need Intel AMX (Sapphire Rapids or newer) and a Linux kernel that allows it; use f32",
+            ));
         }
         if let Some(c) = self.clip_grad
             && !is_positive(c)
@@ -224,6 +255,16 @@ impl Trainer {
             )));
         }
         self.model.encoder.check_images(imgs)?;
+        // Products of this step run at the configured precision; the caller's
+        // setting is restored afterwards (it is per thread).
+        let previous = precision();
+        set_precision(self.config.precision.kernel());
+        let result = self.step_inner(imgs, b);
+        set_precision(previous);
+        result
+    }
+
+    fn step_inner(&mut self, imgs: &Tensor, b: usize) -> Result<StepStats> {
         let lr = self.config.lr_at(self.step);
         self.optimizer.set_lr(lr);
         let accum = self.config.accum_steps;

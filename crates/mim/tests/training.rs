@@ -248,3 +248,38 @@ fn codebook_models_save_and_resume_their_vocabulary() {
     assert_eq!(r.train_step(&data[1]).unwrap().loss.to_bits(), next.to_bits());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
+    if !tessera_kernels::gemm::bf16_available() {
+        eprintln!("bf16 training: skipping: this CPU or OS has no AMX-BF16");
+        let mut c = config(2);
+        c.precision = tessera_mim::MatmulPrecision::Bf16;
+        let e = Trainer::new(c).err().unwrap().to_string();
+        assert!(e.contains("AMX"), "{e}");
+        return;
+    }
+    let data = batches(4);
+    let mut c = config(40);
+    let mut f32_run = Trainer::new(c.clone()).unwrap();
+    c.precision = tessera_mim::MatmulPrecision::Bf16;
+    let mut bf16_run = Trainer::new(c).unwrap();
+    let (mut a, mut b) = (vec![], vec![]);
+    for s in 0..40 {
+        a.push(f32_run.train_step(&data[s % 4]).unwrap().loss);
+        b.push(bf16_run.train_step(&data[s % 4]).unwrap().loss);
+    }
+    // Same masks and data: the first losses agree to bf16 rounding, and both
+    // runs learn.
+    assert!((a[0] - b[0]).abs() < 0.02 * a[0], "{} vs {}", a[0], b[0]);
+    let tail = |v: &[f32]| v[35..].iter().sum::<f32>() / 5.0;
+    assert!(
+        tail(&b) < 0.8 * b[0] && (tail(&a) - tail(&b)).abs() < 0.1 * tail(&a),
+        "f32 {a:?}\nbf16 {b:?}"
+    );
+    // The thread's precision is restored after each step.
+    assert_eq!(
+        tessera_kernels::gemm::precision(),
+        tessera_kernels::gemm::Precision::F32
+    );
+}
