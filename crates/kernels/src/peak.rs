@@ -84,6 +84,21 @@ fn run_fma(isa: Isa, iters: u64) -> f32 {
     }
 }
 
+/// FLOPs of [`fma_loop`] for `iters` iterations on `isa`.
+pub fn fma_loop_flops(isa: Isa, iters: u64) -> f64 {
+    iters as f64 * flops_per_iter(isa.min(cpu::detected()))
+}
+
+/// Runs the FMA loop for `iters` iterations on `threads` threads (for
+/// benchmarks that time it themselves); returns a value to keep it alive.
+pub fn fma_loop(isa: Isa, iters: u64, threads: usize) -> f32 {
+    let isa = isa.min(cpu::detected());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(move || run_fma(isa, iters))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    })
+}
+
 /// Peak FMA throughput in GFLOP/s of `threads` threads each running the loop
 /// for about `time`, with vectors of `isa` (lowered to what the CPU has).
 pub fn fma_gflops(isa: Isa, threads: usize, time: Duration) -> f64 {
