@@ -53,6 +53,24 @@ pub fn sum_f64(len: usize, chunk: usize, f: impl Fn(usize) -> f64 + Sync) -> f64
     partial.iter().sum()
 }
 
+/// `Σ x²` in f64, deterministically: 16-lane f32 sums over fixed chunks of
+/// 16 Ki values (exact enough: each chunk's sum is then added in f64), the
+/// chunks in parallel, then combined in order.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    const CHUNK: usize = 1 << 14;
+    let partial: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let mut acc = [0f32; 16];
+            for (i, &v) in c.iter().enumerate() {
+                acc[i % 16] += v * v;
+            }
+            acc.iter().map(|&a| a as f64).sum::<f64>()
+        })
+        .collect();
+    partial.iter().sum()
+}
+
 /// Column sums written into `out`: `out[j] = Σ_r inp[r*cols + j]`.
 pub fn col_sum_into(out: &mut [f32], inp: &[f32], rows: usize, cols: usize) {
     out.fill(0.0);
@@ -119,6 +137,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn sum_squares_matches_f64_and_threads() {
+        let x: Vec<f32> = (0..100_003).map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0).collect();
+        let want: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+        let got = sum_squares(&x);
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert_eq!(one.install(|| sum_squares(&x)).to_bits(), got.to_bits());
     }
 
     #[test]

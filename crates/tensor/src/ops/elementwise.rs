@@ -56,6 +56,13 @@ fn broadcast_apply(
     out
 }
 
+/// A copy of `v` in a pooled buffer.
+fn copy_of(v: &[f32]) -> Vec<f32> {
+    let mut out = crate::pool::uninit(v.len());
+    out.copy_from_slice(v);
+    out
+}
+
 /// Sums a gradient of the broadcast shape `from` down to the shape `to` it was
 /// broadcast from (the adjoint of broadcasting).
 pub(crate) fn sum_to(grad: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
@@ -117,6 +124,20 @@ impl Backward for BinaryBackward {
     fn backward(&self, out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         let shape = out.shape();
         let (a, b) = (&self.a, &self.b);
+        // The residual connection's add: both inputs receive dout unchanged,
+        // so hand the buffer itself to one and a copy to the other.
+        if self.kind == Binary::Add && a.shape() == shape && b.shape() == shape {
+            match (g.wants(a), g.wants(b)) {
+                (true, true) => {
+                    g.add(b, copy_of(&dout));
+                    g.add(a, dout);
+                }
+                (true, false) => g.add(a, dout),
+                (false, true) => g.add(b, dout),
+                (false, false) => {}
+            }
+            return Ok(());
+        }
         // ∂out/∂a and ∂out/∂b, element-wise over the broadcast shape.
         let (da, db): (Option<Vec<f32>>, Option<Vec<f32>>) = match self.kind {
             Binary::Add => (g.wants(a).then(|| dout.clone()), g.wants(b).then(|| dout.clone())),
