@@ -113,9 +113,11 @@ pub fn masked(img: &RgbImage, hidden: &[bool], grid_w: usize, patch: u32) -> Rgb
 /// How normalised predictions (norm-pix, normalised codebooks) become pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormPixView {
-    /// De-normalise each hidden patch with the mean and standard deviation
-    /// averaged over the same image's *visible* patches: only what the model
-    /// saw (a hidden patch's own statistics are part of what it must guess).
+    /// De-normalise each patch with the mean and standard deviation of the
+    /// nearest *visible* patches of the same image (the ring of grid
+    /// neighbours at the smallest distance that holds any): only what the
+    /// model saw — a hidden patch's own statistics are part of what it must
+    /// guess — and local, so background stays background.
     VisibleStats,
     /// Show every patch normalised (zero mean, unit variance), as the model
     /// predicts it, mapped to the display range; visible patches likewise.
@@ -159,14 +161,29 @@ pub fn reconstruct(
     if normalised {
         match view {
             NormPixView::VisibleStats => {
-                let stats: Vec<(f32, f32)> = (0..l)
-                    .filter(|&i| !hidden[i])
-                    .map(|i| patch_stats(&patches[i * p..(i + 1) * p]))
-                    .collect();
-                let n = stats.len().max(1) as f32;
-                let mean = stats.iter().map(|s| s.0).sum::<f32>() / n;
-                let std = stats.iter().map(|s| (s.1 + 1e-6).sqrt()).sum::<f32>() / n;
-                guess.iter_mut().for_each(|v| *v = *v * std + mean);
+                let stats: Vec<(f32, f32)> = (0..l).map(|i| patch_stats(&patches[i * p..(i + 1) * p])).collect();
+                let (gh, gw) = (dims.hp() as isize, dims.wp() as isize);
+                for i in 0..l {
+                    let (r, c) = ((i / dims.wp()) as isize, (i % dims.wp()) as isize);
+                    // Grow a square ring around the patch until it holds visible patches.
+                    let mut found = (0f32, 0f32, 0usize);
+                    for radius in 1..gh.max(gw) {
+                        for rr in (r - radius).max(0)..=(r + radius).min(gh - 1) {
+                            for cc in (c - radius).max(0)..=(c + radius).min(gw - 1) {
+                                let j = (rr * gw + cc) as usize;
+                                if (rr - r).abs().max((cc - c).abs()) == radius && !hidden[j] {
+                                    found = (found.0 + stats[j].0, found.1 + (stats[j].1 + 1e-6).sqrt(), found.2 + 1);
+                                }
+                            }
+                        }
+                        if found.2 > 0 {
+                            break;
+                        }
+                    }
+                    let n = found.2.max(1) as f32;
+                    let (mean, std) = (found.0 / n, found.1 / n);
+                    guess[i * p..(i + 1) * p].iter_mut().for_each(|v| *v = *v * std + mean);
+                }
             }
             NormPixView::Normalized => {
                 // Normalise the input patches the same way, and show both at a
@@ -261,7 +278,7 @@ mod tests {
             NormPixView::VisibleStats,
         )
         .unwrap();
-        // A zero prediction is the visible patches' mean, 13.
+        // A zero prediction is the nearest visible patch's mean, 13.
         assert!((rec[0] - 13.0).abs() < 1e-5);
     }
 }
