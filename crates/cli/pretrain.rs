@@ -298,7 +298,9 @@ pub fn run(args: Args) -> Result<()> {
             for step in start..end {
                 let epoch = step / sampler.steps_per_epoch() as u64;
                 let aug_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
-                let batch = load_batch(ds, &sampler.indices(step), train_t, aug_seed).map(|b| b.0);
+                let batch = crate::pool()
+                    .install(|| load_batch(ds, &sampler.indices(step), train_t, aug_seed))
+                    .map(|b| b.0);
                 if tx.send((step, batch)).is_err() {
                     break;
                 }

@@ -94,7 +94,9 @@ pub fn fma_loop_flops(isa: Isa, iters: u64) -> f64 {
 pub fn fma_loop(isa: Isa, iters: u64, threads: usize) -> f32 {
     let isa = isa.min(cpu::detected());
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(move || run_fma(isa, iters))).collect();
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| s.spawn(move || run_fma(isa, iters)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
     })
 }

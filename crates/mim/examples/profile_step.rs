@@ -9,6 +9,18 @@ use tessera_mim::{DecoderConfig, Method, MimRng, ModelConfig, PixelLoss, TargetC
 use tessera_tensor::{Tensor, profile};
 
 fn main() {
+    if std::env::var("INSTALL").is_ok() {
+        // Run the whole loop on a worker of a dedicated pool, so that rayon's
+        // splits put the same halves of every tensor on the same core.
+        let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+        eprintln!("running inside a {}-thread pool", pool.current_num_threads());
+        pool.install(run);
+    } else {
+        run();
+    }
+}
+
+fn run() {
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).map(String::as_str).unwrap_or("tiny32");
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -40,6 +52,9 @@ fn main() {
     };
     let mut cfg = TrainConfig::mae(model, batch, 1000);
     cfg.warmup_steps = 1;
+    if std::env::var("TESSERA_MATMUL").is_ok_and(|v| v == "bf16") {
+        cfg.precision = tessera_mim::MatmulPrecision::Bf16;
+    }
     let mut t = Trainer::new(cfg).unwrap();
     let e = &t.config.model.encoder;
     let n = batch * 3 * e.img_size[0] * e.img_size[1];

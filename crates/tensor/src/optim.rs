@@ -226,7 +226,11 @@ impl Optimizer for Sgd {
 /// squares in fixed chunks, combined in f64 in the order of `params`).
 pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> f32 {
     let _timer = crate::profile::scope("grad_norm", "step");
-    let sq: f64 = params.iter().filter_map(|p| grads.get(p)).map(tessera_kernels::par::sum_squares).sum();
+    let sq: f64 = params
+        .iter()
+        .filter_map(|p| grads.get(p))
+        .map(tessera_kernels::par::sum_squares)
+        .sum();
     sq.sqrt() as f32
 }
 
