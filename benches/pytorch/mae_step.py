@@ -107,6 +107,8 @@ def parse_args(argv):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward + loss under torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--check-shapes", action="store_true",
                     help="print every state_dict key with its shape and exit")
     ap.add_argument("--save-safetensors", metavar="PATH",
@@ -173,7 +175,8 @@ def main(argv=None):
         imgs = torch.randn(B, C, S, S)  # fresh batch, generated outside the timed region
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss, _, _ = model(imgs, mask_ratio=args.mask_ratio)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss, _, _ = model(imgs, mask_ratio=args.mask_ratio)
         loss.backward()
         opt.step()
         t1 = time.perf_counter()
@@ -186,6 +189,7 @@ def main(argv=None):
     out = {
         "engine": "pytorch",
         "torch": torch.__version__,
+        "precision": "bf16-autocast" if args.bf16 else "f32",
         "workload": name,
         "batch": B,
         "threads": args.threads,
