@@ -21,13 +21,17 @@ use tessera_kernels::patch::{self, PatchDims};
 use tessera_kernels::{GradOut, adamw, gelu, layernorm, loss, peak, softmax};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0).collect()
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0)
+        .collect()
 }
 
 /// A group with short runs: 10 samples over about a second.
 fn quick<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
     g
 }
 
@@ -41,13 +45,15 @@ fn bench_peak(c: &mut Criterion) {
     for isa in cpu::available() {
         for t in [1, threads()] {
             g.throughput(Throughput::Elements(peak::fma_loop_flops(isa, iters) as u64 * t as u64));
-            g.bench_function(BenchmarkId::new(format!("fma_{}", isa.name()), format!("{t}_threads")), |b| {
-                b.iter(|| black_box(peak::fma_loop(isa, iters, t)))
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("fma_{}", isa.name()), format!("{t}_threads")),
+                |b| b.iter(|| black_box(peak::fma_loop(isa, iters, t))),
+            );
         }
     }
     let n = 64 << 20; // 256 MiB of f32: far beyond the caches
-    let src = data(n, 1);
+    let mut src = vec![0f32; n]; // allocated like the copy in examples/peak.rs
+    src.fill(1.0);
     let mut dst = vec![0f32; n];
     g.throughput(Throughput::Bytes(8 * n as u64));
     g.bench_function("copy_256MiB", |b| {
@@ -76,7 +82,11 @@ fn bench_gemm(c: &mut Criterion) {
         ("vitt_enc_fc1", 1088, 192, 768),
         ("vitt_dec_fc1", 4160, 128, 512),
     ];
-    let precisions: Vec<Precision> = if gemm::bf16_available() { vec![Precision::F32, Precision::Bf16] } else { vec![Precision::F32] };
+    let precisions: Vec<Precision> = if gemm::bf16_available() {
+        vec![Precision::F32, Precision::Bf16]
+    } else {
+        vec![Precision::F32]
+    };
     for &(name, m, k, n) in &shapes {
         let x = data(m * k, 1);
         let w = data(n * k, 2);
@@ -88,13 +98,37 @@ fn bench_gemm(c: &mut Criterion) {
         for &p in &precisions {
             gemm::set_precision(p);
             g.bench_function(BenchmarkId::new(format!("{name}_fwd"), p.name()), |b| {
-                b.iter(|| gemm::gemm(1.0, MatRef::row_major(&x, m, k), MatRef::row_major(&w, n, k).t(), 0.0, MatMut::row_major(&mut y, m, n)))
+                b.iter(|| {
+                    gemm::gemm(
+                        1.0,
+                        MatRef::row_major(&x, m, k),
+                        MatRef::row_major(&w, n, k).t(),
+                        0.0,
+                        MatMut::row_major(&mut y, m, n),
+                    )
+                })
             });
             g.bench_function(BenchmarkId::new(format!("{name}_dx"), p.name()), |b| {
-                b.iter(|| gemm::gemm(1.0, MatRef::row_major(&dy, m, n), MatRef::row_major(&w, n, k), 0.0, MatMut::row_major(&mut dx, m, k)))
+                b.iter(|| {
+                    gemm::gemm(
+                        1.0,
+                        MatRef::row_major(&dy, m, n),
+                        MatRef::row_major(&w, n, k),
+                        0.0,
+                        MatMut::row_major(&mut dx, m, k),
+                    )
+                })
             });
             g.bench_function(BenchmarkId::new(format!("{name}_dw"), p.name()), |b| {
-                b.iter(|| gemm::gemm(1.0, MatRef::row_major(&dy, m, n).t(), MatRef::row_major(&x, m, k), 0.0, MatMut::row_major(&mut dw, n, k)))
+                b.iter(|| {
+                    gemm::gemm(
+                        1.0,
+                        MatRef::row_major(&dy, m, n).t(),
+                        MatRef::row_major(&x, m, k),
+                        0.0,
+                        MatMut::row_major(&mut dw, n, k),
+                    )
+                })
             });
         }
         gemm::set_precision(Precision::F32);
@@ -155,7 +189,14 @@ fn bench_elementwise(c: &mut Criterion) {
     let params = 16 << 20;
     let (mut p, grad) = (data(params, 8), data(params, 9));
     let (mut m, mut v) = (vec![0f32; params], vec![0f32; params]);
-    let step = adamw::AdamWStep { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05, step: 10 };
+    let step = adamw::AdamWStep {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.05,
+        step: 10,
+    };
     let (pred, target) = (data(8 * 196 * 768, 10), data(8 * 196 * 768, 11));
     let mask: Vec<f32> = (0..8 * 196).map(|i| (i % 4 != 0) as u8 as f32).collect();
     let mut dpred = vec![0f32; pred.len()];
@@ -163,32 +204,79 @@ fn bench_elementwise(c: &mut Criterion) {
     for isa in cpu::available() {
         let id = |name: &str| BenchmarkId::new(name.to_string(), isa.name());
         g.throughput(Throughput::Bytes((4 * 2 * rows * d) as u64));
-        g.bench_function(id("layernorm_fwd_vitb"), |b| b.iter(|| layernorm::forward_with(isa, &mut y, &mut mean, &mut rstd, &x, &w, &bias, rows, d, 1e-6)));
+        g.bench_function(id("layernorm_fwd_vitb"), |b| {
+            b.iter(|| layernorm::forward_with(isa, &mut y, &mut mean, &mut rstd, &x, &w, &bias, rows, d, 1e-6))
+        });
         g.throughput(Throughput::Bytes((4 * 3 * rows * d) as u64));
         g.bench_function(id("layernorm_bwd_vitb"), |b| {
-            b.iter(|| layernorm::backward_with(isa, Some(GradOut::overwrite(&mut dx)), &mut dw, &mut db, &dout, &x, &w, &mean, &rstd, rows, d))
+            b.iter(|| {
+                layernorm::backward_with(
+                    isa,
+                    Some(GradOut::overwrite(&mut dx)),
+                    &mut dw,
+                    &mut db,
+                    &dout,
+                    &x,
+                    &w,
+                    &mean,
+                    &rstd,
+                    rows,
+                    d,
+                )
+            })
         });
         g.throughput(Throughput::Bytes((4 * 2 * rows * hidden) as u64));
-        g.bench_function(id("gelu_fwd_vitb_mlp"), |b| b.iter(|| gelu::forward_with(isa, &mut gy, &h)));
+        g.bench_function(id("gelu_fwd_vitb_mlp"), |b| {
+            b.iter(|| gelu::forward_with(isa, &mut gy, &h))
+        });
         g.throughput(Throughput::Bytes((4 * 3 * rows * hidden) as u64));
-        g.bench_function(id("gelu_bwd_vitb_mlp"), |b| b.iter(|| gelu::backward_with(isa, GradOut::overwrite(&mut gy), &dh, &h)));
+        g.bench_function(id("gelu_bwd_vitb_mlp"), |b| {
+            b.iter(|| gelu::backward_with(isa, GradOut::overwrite(&mut gy), &dh, &h))
+        });
         g.throughput(Throughput::Bytes((4 * 2 * scores.len()) as u64));
-        g.bench_function(id("softmax_fwd_vitb_scores"), |b| b.iter(|| softmax::forward_with(isa, &mut probs, &scores, 8 * 12 * 197, 197)));
+        g.bench_function(id("softmax_fwd_vitb_scores"), |b| {
+            b.iter(|| softmax::forward_with(isa, &mut probs, &scores, 8 * 12 * 197, 197))
+        });
         g.throughput(Throughput::Bytes((4 * 3 * scores.len()) as u64));
         g.bench_function(id("softmax_bwd_vitb_scores"), |b| {
             b.iter(|| softmax::backward_with(isa, &mut dscores, &scores, &probs, 8 * 12 * 197, 197))
         });
         g.throughput(Throughput::Bytes((4 * 2 * pred.len()) as u64));
         g.bench_function(id("mse_fwd_vitb_patches"), |b| {
-            b.iter(|| black_box(loss::regression_forward_with(isa, loss::Distance::Squared, &pred, &target, Some(&mask), 8 * 196, 768)))
+            b.iter(|| {
+                black_box(loss::regression_forward_with(
+                    isa,
+                    loss::Distance::Squared,
+                    &pred,
+                    &target,
+                    Some(&mask),
+                    8 * 196,
+                    768,
+                ))
+            })
         });
         g.throughput(Throughput::Bytes((4 * 3 * pred.len()) as u64));
         g.bench_function(id("mse_bwd_vitb_patches"), |b| {
-            b.iter(|| loss::regression_backward_with(isa, loss::Distance::Squared, Some(&mut dpred), None, 1.0, &pred, &target, Some(&mask), 8 * 196, 768))
+            b.iter(|| {
+                loss::regression_backward_with(
+                    isa,
+                    loss::Distance::Squared,
+                    Some(&mut dpred),
+                    None,
+                    1.0,
+                    &pred,
+                    &target,
+                    Some(&mask),
+                    8 * 196,
+                    768,
+                )
+            })
         });
         // AdamW reads p, g, m, v and writes p, m, v.
         g.throughput(Throughput::Bytes((4 * 7 * params) as u64));
-        g.bench_function(id("adamw_16M_params"), |b| b.iter(|| adamw::adamw_with(isa, &mut p, &grad, &mut m, &mut v, step)));
+        g.bench_function(id("adamw_16M_params"), |b| {
+            b.iter(|| adamw::adamw_with(isa, &mut p, &grad, &mut m, &mut v, step))
+        });
     }
     g.finish();
 }
@@ -206,7 +294,9 @@ fn bench_patch(c: &mut Criterion) {
     let (mut dw, mut db) = (vec![0f32; w.len()], vec![0f32; dim]);
     let flops = 2 * (d.b * d.l() * d.patch_len() * dim) as u64;
     g.throughput(Throughput::Elements(flops));
-    g.bench_function("vitb16_fwd", |b| b.iter(|| patch::embed_forward(&mut out, &mut cols, &img, &w, Some(&bias), d, dim)));
+    g.bench_function("vitb16_fwd", |b| {
+        b.iter(|| patch::embed_forward(&mut out, &mut cols, &img, &w, Some(&bias), d, dim))
+    });
     g.bench_function("vitb16_bwd_weights", |b| {
         b.iter(|| patch::embed_backward(None, Some(&mut dw), Some(&mut db), &mut cols, &dout, &img, &w, d, dim))
     });
@@ -222,9 +312,21 @@ fn isa_note(_: &mut Criterion) {
         cpu::detected().name(),
         cpu::isa().name(),
         threads(),
-        if gemm::bf16_available() { "available" } else { "unavailable" }
+        if gemm::bf16_available() {
+            "available"
+        } else {
+            "unavailable"
+        }
     );
 }
 
-criterion_group!(benches, isa_note, bench_peak, bench_gemm, bench_attention, bench_elementwise, bench_patch);
+criterion_group!(
+    benches,
+    isa_note,
+    bench_peak,
+    bench_gemm,
+    bench_attention,
+    bench_elementwise,
+    bench_patch
+);
 criterion_main!(benches);

@@ -109,13 +109,26 @@ crate::multiversion! {
         let mut dinp = dinp;
         for (r, (g_row, x)) in dout.chunks_exact(d).zip(inp.chunks_exact(d)).enumerate() {
             let (m, s) = (mean[r], rstd[r]);
-            // Σ g and Σ g·x̂ with g = dout·w, in 16 lanes so they vectorise.
+            // Σ g and Σ g·x̂ with g = dout·w, in 16 lanes so they vectorise:
+            // whole blocks of 16 first, then the tail into the first lanes.
             let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
-            for i in 0..d {
+            let whole = d - d % LANES;
+            for i0 in (0..whole).step_by(LANES) {
+                for l in 0..LANES {
+                    let i = i0 + l;
+                    let xhat = (x[i] - m) * s;
+                    let g = g_row[i] * w[i];
+                    sg[l] += g;
+                    sgx[l] += g * xhat;
+                    dw[i] += g_row[i] * xhat;
+                    db[i] += g_row[i];
+                }
+            }
+            for i in whole..d {
                 let xhat = (x[i] - m) * s;
                 let g = g_row[i] * w[i];
-                sg[i % LANES] += g;
-                sgx[i % LANES] += g * xhat;
+                sg[i - whole] += g;
+                sgx[i - whole] += g * xhat;
                 dw[i] += g_row[i] * xhat;
                 db[i] += g_row[i];
             }

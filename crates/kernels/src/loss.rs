@@ -35,9 +35,16 @@ crate::multiversion! {
         for (r, out) in e.iter_mut().enumerate() {
             let (xr, tr) = (&x[r * p..(r + 1) * p], &t[r * p..(r + 1) * p]);
             let mut acc = [0f32; 16];
-            for j in 0..p {
+            let whole = p - p % 16;
+            for j0 in (0..whole).step_by(16) {
+                for l in 0..16 {
+                    let d = xr[j0 + l] - tr[j0 + l];
+                    acc[l] += if squared { d * d } else { d.abs() };
+                }
+            }
+            for j in whole..p {
                 let d = xr[j] - tr[j];
-                acc[j % 16] += if squared { d * d } else { d.abs() };
+                acc[j - whole] += if squared { d * d } else { d.abs() };
             }
             *out = acc.iter().sum::<f32>() / p as f32;
         }
@@ -68,8 +75,14 @@ crate::multiversion! {
         for (l, row) in lse.iter_mut().zip(logits.chunks_exact(k)) {
             let m = math::max(row);
             let mut acc = [0f32; 16];
-            for (j, &v) in row.iter().enumerate() {
-                acc[j % 16] += math::exp(v - m);
+            let whole = row.len() - row.len() % 16;
+            for j0 in (0..whole).step_by(16) {
+                for l in 0..16 {
+                    acc[l] += math::exp(row[j0 + l] - m);
+                }
+            }
+            for (l, &v) in row[whole..].iter().enumerate() {
+                acc[l] += math::exp(v - m);
             }
             *l = m + acc.iter().sum::<f32>().ln();
         }
