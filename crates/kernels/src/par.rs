@@ -61,9 +61,17 @@ pub fn sum_squares(x: &[f32]) -> f64 {
     let partial: Vec<f64> = x
         .par_chunks(CHUNK)
         .map(|c| {
+            // Whole blocks of 16 lanes (vectorised), then the tail.
             let mut acc = [0f32; 16];
-            for (i, &v) in c.iter().enumerate() {
-                acc[i % 16] += v * v;
+            let blocks = c.chunks_exact(16);
+            let tail = blocks.remainder();
+            for b in blocks {
+                for l in 0..16 {
+                    acc[l] += b[l] * b[l];
+                }
+            }
+            for (l, &v) in tail.iter().enumerate() {
+                acc[l] += v * v;
             }
             acc.iter().map(|&a| a as f64).sum::<f64>()
         })
