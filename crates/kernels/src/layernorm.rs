@@ -107,21 +107,26 @@ crate::multiversion! {
         let d = w.len();
         let (dw, db) = acc.split_at_mut(d);
         let mut dinp = dinp;
+        let whole = d - d % LANES;
         for (r, (g_row, x)) in dout.chunks_exact(d).zip(inp.chunks_exact(d)).enumerate() {
             let (m, s) = (mean[r], rstd[r]);
             // Σ g and Σ g·x̂ with g = dout·w, in 16 lanes so they vectorise:
-            // whole blocks of 16 first, then the tail into the first lanes.
+            // whole blocks of 16 first (zipped chunks: no bounds checks in the
+            // loop), then the tail into the first lanes.
             let (mut sg, mut sgx) = ([0f32; LANES], [0f32; LANES]);
-            let whole = d - d % LANES;
-            for i0 in (0..whole).step_by(LANES) {
+            let blocks = g_row[..whole]
+                .chunks_exact(LANES)
+                .zip(x[..whole].chunks_exact(LANES))
+                .zip(w[..whole].chunks_exact(LANES))
+                .zip(dw[..whole].chunks_exact_mut(LANES).zip(db[..whole].chunks_exact_mut(LANES)));
+            for (((gb, xb), wb), (dwb, dbb)) in blocks {
                 for l in 0..LANES {
-                    let i = i0 + l;
-                    let xhat = (x[i] - m) * s;
-                    let g = g_row[i] * w[i];
+                    let xhat = (xb[l] - m) * s;
+                    let g = gb[l] * wb[l];
                     sg[l] += g;
                     sgx[l] += g * xhat;
-                    dw[i] += g_row[i] * xhat;
-                    db[i] += g_row[i];
+                    dwb[l] += gb[l] * xhat;
+                    dbb[l] += gb[l];
                 }
             }
             for i in whole..d {
@@ -136,10 +141,12 @@ crate::multiversion! {
                 let mg = sg.iter().sum::<f32>() / d as f32;
                 let mgx = sgx.iter().sum::<f32>() / d as f32;
                 let di = &mut dinp[r * d..(r + 1) * d];
-                for i in 0..d {
-                    let xhat = (x[i] - m) * s;
-                    let g = s * (g_row[i] * w[i] - mg - xhat * mgx);
-                    di[i] = if add { di[i] + g } else { g };
+                let grad = |gi: f32, xi: f32, wi: f32| s * (gi * wi - mg - (xi - m) * s * mgx);
+                let terms = di.iter_mut().zip(g_row).zip(x).zip(w);
+                if add {
+                    terms.for_each(|(((o, &gi), &xi), &wi)| *o += grad(gi, xi, wi));
+                } else {
+                    terms.for_each(|(((o, &gi), &xi), &wi)| *o = grad(gi, xi, wi));
                 }
             }
         }

@@ -34,17 +34,27 @@ crate::multiversion! {
         let p = x.len() / e.len().max(1);
         for (r, out) in e.iter_mut().enumerate() {
             let (xr, tr) = (&x[r * p..(r + 1) * p], &t[r * p..(r + 1) * p]);
+            // 16 lanes over whole blocks (zipped chunks: no bounds checks), then the tail.
             let mut acc = [0f32; 16];
-            let whole = p - p % 16;
-            for j0 in (0..whole).step_by(16) {
-                for l in 0..16 {
-                    let d = xr[j0 + l] - tr[j0 + l];
-                    acc[l] += if squared { d * d } else { d.abs() };
+            let (xb, tb) = (xr.chunks_exact(16), tr.chunks_exact(16));
+            let (xt, tt) = (xb.remainder(), tb.remainder());
+            if squared {
+                for (xs, ts) in xb.zip(tb) {
+                    for l in 0..16 {
+                        let d = xs[l] - ts[l];
+                        acc[l] += d * d;
+                    }
+                }
+            } else {
+                for (xs, ts) in xb.zip(tb) {
+                    for l in 0..16 {
+                        acc[l] += (xs[l] - ts[l]).abs();
+                    }
                 }
             }
-            for j in whole..p {
-                let d = xr[j] - tr[j];
-                acc[j - whole] += if squared { d * d } else { d.abs() };
+            for (l, (&xj, &tj)) in xt.iter().zip(tt).enumerate() {
+                let d = xj - tj;
+                acc[l] += if squared { d * d } else { d.abs() };
             }
             *out = acc.iter().sum::<f32>() / p as f32;
         }

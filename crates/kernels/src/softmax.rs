@@ -33,10 +33,13 @@ pub fn softmax_row_in_place(row: &mut [f32]) -> f32 {
 }
 
 crate::multiversion! {
-    /// Softmax of every row of a block, in place.
-    fn forward_rows(rows: &mut [f32], n: usize) {
-        for row in rows.chunks_exact_mut(n) {
-            softmax_row_in_place(row);
+    /// Softmax of every row of a block: each input row is copied into its
+    /// output row and normalized there while it is still in L1, so memory sees
+    /// one read of `inp` and one write of `out`.
+    fn forward_rows(out: &mut [f32], inp: &[f32], n: usize) {
+        for (o, x) in out.chunks_exact_mut(n).zip(inp.chunks_exact(n)) {
+            o.copy_from_slice(x);
+            softmax_row_in_place(o);
         }
     }
 }
@@ -69,9 +72,9 @@ pub fn forward_with(isa: Isa, out: &mut [f32], inp: &[f32], rows: usize, n: usiz
     if rows == 0 || n == 0 {
         return;
     }
-    out.copy_from_slice(inp);
     out.par_chunks_mut(ROW_CHUNK * n)
-        .for_each(|block| forward_rows::run(isa, block, n));
+        .zip(inp.par_chunks(ROW_CHUNK * n))
+        .for_each(|(o, x)| forward_rows::run(isa, o, x, n));
 }
 
 /// `dinp += out ⊙ (dout − rowsum(dout ⊙ out))`.
