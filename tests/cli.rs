@@ -42,8 +42,8 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// A tiny model on 16×16 synthetic images.
-const TINY: &[&str] = &[
+/// A tiny model on 16×16 images.
+const TINY_MODEL: &[&str] = &[
     "--img-size",
     "16",
     "--patch",
@@ -60,16 +60,18 @@ const TINY: &[&str] = &[
     "1",
     "--decoder-heads",
     "2",
-    "--synthetic-len",
-    "96",
-    "--batch",
-    "8",
-    "--quiet",
 ];
+
+/// [`TINY_MODEL`] on 96 synthetic images, batches of 8, no progress bar.
+fn tiny() -> Vec<&'static str> {
+    let mut args = TINY_MODEL.to_vec();
+    args.extend_from_slice(&["--synthetic-len", "96", "--batch", "8", "--quiet"]);
+    args
+}
 
 fn pretrain(out: &Path, extra: &[&str]) -> String {
     let mut args = vec!["pretrain", "--out", out.to_str().unwrap()];
-    args.extend_from_slice(TINY);
+    args.extend_from_slice(&tiny());
     args.extend_from_slice(extra);
     ok(&args)
 }
@@ -238,31 +240,10 @@ fn probe_prints_accuracies_with_baselines() {
 
 #[test]
 fn bench_prints_one_json_line() {
-    let out = ok(&[
-        "bench",
-        "--img-size",
-        "16",
-        "--patch",
-        "4",
-        "--dim",
-        "32",
-        "--depth",
-        "2",
-        "--heads",
-        "2",
-        "--decoder-dim",
-        "32",
-        "--decoder-depth",
-        "1",
-        "--decoder-heads",
-        "2",
-        "--batch",
-        "4",
-        "--warmup",
-        "1",
-        "--steps",
-        "2",
-    ]);
+    let mut args = vec!["bench"];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&["--batch", "4", "--warmup", "1", "--steps", "2"]);
+    let out = ok(&args);
     assert_eq!(out.trim().lines().count(), 1);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     for field in [
@@ -480,7 +461,7 @@ fn checkpoints_of_another_configuration_and_corrupt_checkpoints_are_refused() {
     let dir = tmp("otherckpt");
     pretrain(&dir, &["--steps", "1"]);
     let mut args = vec!["pretrain", "--out", dir.to_str().unwrap()];
-    args.extend_from_slice(TINY);
+    args.extend_from_slice(&tiny());
     args.extend_from_slice(&["--steps", "2", "--resume"]);
     let pos = args.iter().position(|a| *a == "32").unwrap();
     args[pos] = "64"; // --dim 64

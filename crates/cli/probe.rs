@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use std::path::PathBuf;
-use tessera_mim::data::Split;
+use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::{Features, ProbeConfig, encoder_features, knn, linear_probe, pixel_features};
 use tessera_mim::train::load_model;
 use tessera_mim::{MimModel, MimRng, Pool};
@@ -97,35 +97,19 @@ pub fn run(args: Args) -> Result<()> {
         lr: args.lr,
         ..Default::default()
     };
+    // Features of one split, with a progress bar.
+    let split_features = |label: String, m: &MimModel, ds: &dyn Dataset, limit| -> Result<Features> {
+        let b = bar(&label, args.json);
+        let f = encoder_features(m, ds, &t, pool, args.batch, limit, &mut |d, n| {
+            b.set_length(n as u64);
+            b.set_position(d as u64)
+        })?;
+        b.finish_and_clear();
+        Ok(f)
+    };
     let extract = |label: &str, m: &MimModel| -> Result<(Features, Features)> {
-        let b = bar(&format!("{label}: train"), args.json);
-        let tr = encoder_features(
-            m,
-            train_ds.as_ref(),
-            &t,
-            pool,
-            args.batch,
-            args.train_limit,
-            &mut |d, n| {
-                b.set_length(n as u64);
-                b.set_position(d as u64)
-            },
-        )?;
-        b.finish_and_clear();
-        let b = bar(&format!("{label}: test"), args.json);
-        let te = encoder_features(
-            m,
-            test_ds.as_ref(),
-            &t,
-            pool,
-            args.batch,
-            args.test_limit,
-            &mut |d, n| {
-                b.set_length(n as u64);
-                b.set_position(d as u64)
-            },
-        )?;
-        b.finish_and_clear();
+        let tr = split_features(format!("{label}: train"), m, train_ds.as_ref(), args.train_limit)?;
+        let te = split_features(format!("{label}: test"), m, test_ds.as_ref(), args.test_limit)?;
         Ok((tr, te))
     };
     let score = |tr: &Features, te: &Features| -> Result<(f32, f32)> {
