@@ -13,16 +13,8 @@ fn bench(name: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
         let t = Instant::now();
         for r in 0..reps {
             let s = if hot { 0 } else { r % sets };
-            let av = if ta {
-                MatRef::row_major(&a[s], k, m).t()
-            } else {
-                MatRef::row_major(&a[s], m, k)
-            };
-            let bv = if tb {
-                MatRef::row_major(&b[s], n, k).t()
-            } else {
-                MatRef::row_major(&b[s], k, n)
-            };
+            let av = MatRef::stored(&a[s], m, k, ta);
+            let bv = MatRef::stored(&b[s], k, n, tb);
             gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut c[s], m, n));
         }
         out.push(flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9);

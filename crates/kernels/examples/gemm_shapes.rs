@@ -4,16 +4,8 @@ fn bench(name: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
     let mut c = vec![0f32; m * n];
-    let av = if ta {
-        MatRef::row_major(&a, k, m).t()
-    } else {
-        MatRef::row_major(&a, m, k)
-    };
-    let bv = if tb {
-        MatRef::row_major(&b, n, k).t()
-    } else {
-        MatRef::row_major(&b, k, n)
-    };
+    let av = MatRef::stored(&a, m, k, ta);
+    let bv = MatRef::stored(&b, k, n, tb);
     let flops = 2.0 * (m * n * k) as f64;
     let reps = ((2e10 / flops) as usize).clamp(3, 2000);
     let mut run = |par: bool| {

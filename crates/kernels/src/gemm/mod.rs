@@ -145,6 +145,17 @@ impl<'a> MatRef<'a> {
         MatRef::new(data, rows, cols, cols, 1)
     }
 
+    /// A `rows × cols` view of `data` stored row-major as `(rows, cols)`, or, if
+    /// `transposed`, as `(cols, rows)` and read through swapped strides: how a
+    /// product's operand arrives either way (`x·W` or `x·Wᵀ`).
+    pub fn stored(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
+        if transposed {
+            MatRef::row_major(data, cols, rows).t()
+        } else {
+            MatRef::row_major(data, rows, cols)
+        }
+    }
+
     /// The transpose, by swapping strides (no copy).
     pub fn t(self) -> Self {
         MatRef {
@@ -599,16 +610,8 @@ mod tests {
                     let a_data = random(m * k, &mut rng);
                     let b_data = random(k * n, &mut rng);
                     // A stored as (M, K) or as (K, M) and transposed by strides.
-                    let a = if ta {
-                        MatRef::row_major(&a_data, k, m).t()
-                    } else {
-                        MatRef::row_major(&a_data, m, k)
-                    };
-                    let b = if tb {
-                        MatRef::row_major(&b_data, n, k).t()
-                    } else {
-                        MatRef::row_major(&b_data, k, n)
-                    };
+                    let a = MatRef::stored(&a_data, m, k, ta);
+                    let b = MatRef::stored(&b_data, k, n, tb);
                     let c0 = random(m * n, &mut rng);
                     let want = expected(alpha, &a, &b, beta, &c0, |i, j| i * n + j);
                     let mut fast = c0.clone();
@@ -699,16 +702,8 @@ mod tests {
                     (0..len).map(|_| rng.random_range(-8i32..=8) as f32 / 4.0).collect()
                 };
                 let (a, b) = (exact(m * k, &mut rng), exact(k * n, &mut rng));
-                let av = if ta {
-                    MatRef::row_major(&a, k, m).t()
-                } else {
-                    MatRef::row_major(&a, m, k)
-                };
-                let bv = if tb {
-                    MatRef::row_major(&b, n, k).t()
-                } else {
-                    MatRef::row_major(&b, k, n)
-                };
+                let av = MatRef::stored(&a, m, k, ta);
+                let bv = MatRef::stored(&b, k, n, tb);
                 let bias = exact(n, &mut rng);
                 let mut c = vec![0f32; m * n];
                 gemm_bias(1.0, av, bv, &bias, 0.0, MatMut::row_major(&mut c, m, n));
@@ -719,16 +714,8 @@ mod tests {
                 }
                 // General values: within bf16 rounding.
                 let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
-                let av = if ta {
-                    MatRef::row_major(&a, k, m).t()
-                } else {
-                    MatRef::row_major(&a, m, k)
-                };
-                let bv = if tb {
-                    MatRef::row_major(&b, n, k).t()
-                } else {
-                    MatRef::row_major(&b, k, n)
-                };
+                let av = MatRef::stored(&a, m, k, ta);
+                let bv = MatRef::stored(&b, k, n, tb);
                 let c0 = random(m * n, &mut rng);
                 let mut c = c0.clone();
                 gemm(0.5, av, bv, 1.0, MatMut::row_major(&mut c, m, n));
