@@ -23,7 +23,7 @@
 
 use crate::GradOut;
 use crate::cpu::Isa;
-use crate::gemm::{MatRef, sgemm_raw};
+use crate::gemm::{MatRef, Precision, product_raw};
 use crate::math;
 use crate::par::SendPtr;
 use crate::softmax::softmax_row_in_place;
@@ -99,6 +99,18 @@ crate::multiversion! {
     }
 }
 
+/// One product of a head's task, on the calling thread:
+/// `C = α·A·B + β·C`, C at `c` with rows `rsc` apart and contiguous columns.
+///
+/// # Safety
+/// `c` covers `A.rows × B.cols` with that row stride, is valid for reads and
+/// writes, and is touched by no other task during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_product(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, rsc: usize) {
+    // SAFETY: `cpu::isa()` never exceeds the CPU's level; the caller vouches for C.
+    unsafe { product_raw(prec, crate::cpu::isa(), alpha, a, b, beta, None, c, rsc, 1, 1) }
+}
+
 /// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.
 fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) -> MatRef<'a> {
     let (n, d) = (dims.n, dims.d);
@@ -150,26 +162,12 @@ pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dim
             let v = head(qkv, &dims, bi, hi, 2);
             let s_ptr = scores.as_mut_ptr();
             // SAFETY: `scores` is this task's own N×N buffer.
-            unsafe { sgemm_raw(prec, scale, q, k.t(), 0.0, None, s_ptr, n, n, n, 1) };
+            unsafe { head_product(prec, scale, q, k.t(), 0.0, s_ptr, n) };
             softmax_rows::run(isa, scores, lse_row);
             let p = MatRef::row_major(scores, n, n);
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
             // is written by this task only; it lies inside `out` (checked above).
-            unsafe {
-                sgemm_raw(
-                    prec,
-                    1.0,
-                    p,
-                    v,
-                    0.0,
-                    None,
-                    out_ptr.get().add(bi * n * d + hi * dh),
-                    n,
-                    dh,
-                    d,
-                    1,
-                )
-            };
+            unsafe { head_product(prec, 1.0, p, v, 0.0, out_ptr.get().add(bi * n * d + hi * dh), d) };
         },
     );
 }
@@ -231,50 +229,22 @@ pub fn backward_with(isa: Isa, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[
             let lse_rows = &lse[task * n..(task + 1) * n];
             // P = exp(scale·Q Kᵀ − lse), recomputed.
             // SAFETY: `p` and `dp` are this task's own N×N buffers.
-            unsafe { sgemm_raw(prec, scale, q, k.t(), 0.0, None, p.as_mut_ptr(), n, n, n, 1) };
+            unsafe { head_product(prec, scale, q, k.t(), 0.0, p.as_mut_ptr(), n) };
             probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
-            unsafe { sgemm_raw(prec, 1.0, d_o, v.t(), 0.0, None, dp.as_mut_ptr(), n, n, n, 1) };
+            unsafe { head_product(prec, 1.0, d_o, v.t(), 0.0, dp.as_mut_ptr(), n) };
             let base = dqkv_ptr;
             let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
             let pm = MatRef::row_major(p, n, n);
             // SAFETY (this and the two products below): the (N, Dh) blocks of head
             // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
             // this task only, and lie inside `dqkv` (lengths checked above).
-            unsafe {
-                sgemm_raw(
-                    prec,
-                    1.0,
-                    pm.t(),
-                    d_o,
-                    beta,
-                    None,
-                    base.get().add(slot(2)),
-                    n,
-                    dh,
-                    3 * d,
-                    1,
-                )
-            };
+            unsafe { head_product(prec, 1.0, pm.t(), d_o, beta, base.get().add(slot(2)), 3 * d) };
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
             softmax_grad_rows::run(isa, p, dp, n, scale);
             let ds = MatRef::row_major(dp, n, n);
-            unsafe { sgemm_raw(prec, 1.0, ds, k, beta, None, base.get().add(slot(0)), n, dh, 3 * d, 1) };
-            unsafe {
-                sgemm_raw(
-                    prec,
-                    1.0,
-                    ds.t(),
-                    q,
-                    beta,
-                    None,
-                    base.get().add(slot(1)),
-                    n,
-                    dh,
-                    3 * d,
-                    1,
-                )
-            };
+            unsafe { head_product(prec, 1.0, ds, k, beta, base.get().add(slot(0)), 3 * d) };
+            unsafe { head_product(prec, 1.0, ds.t(), q, beta, base.get().add(slot(1)), 3 * d) };
         },
     );
 }

@@ -26,6 +26,7 @@
 //! says no, and callers then use the f32 path.
 
 use super::MatRef;
+use super::driver::Product;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -138,10 +139,10 @@ fn pack_a_panel(dst: &mut [u16], a: &MatRef, r0: usize, rows: usize, pc: usize, 
     if rows < BM || !kc.is_multiple_of(TK) {
         dst.fill(0);
     }
-    if a.cs == 1 {
+    if a.cs() == 1 {
         // Rows of A are contiguous in k: convert 32 values at a time.
         for i in 0..rows {
-            let row = &a.data[(r0 + i) * a.rs + pc..(r0 + i) * a.rs + pc + kc];
+            let row = &a.data()[(r0 + i) * a.rs() + pc..(r0 + i) * a.rs() + pc + kc];
             for (q, part) in row.chunks(TK).enumerate() {
                 convert(&mut dst[q * CHUNK + i * TK..q * CHUNK + i * TK + part.len()], part);
             }
@@ -153,12 +154,12 @@ fn pack_a_panel(dst: &mut [u16], a: &MatRef, r0: usize, rows: usize, pc: usize, 
         for q in 0..chunks {
             let kn = TK.min(kc - q * TK);
             for (kk, line) in block.iter_mut().enumerate().take(kn) {
-                let base = r0 * a.rs + (pc + q * TK + kk) * a.cs;
-                if a.rs == 1 {
-                    convert(&mut line[..rows], &a.data[base..base + rows]);
+                let base = r0 * a.rs() + (pc + q * TK + kk) * a.cs();
+                if a.rs() == 1 {
+                    convert(&mut line[..rows], &a.data()[base..base + rows]);
                 } else {
                     for (i, v) in line[..rows].iter_mut().enumerate() {
-                        *v = to_bf16(a.data[base + i * a.rs]);
+                        *v = to_bf16(a.data()[base + i * a.rs()]);
                     }
                 }
             }
@@ -190,13 +191,13 @@ fn pack_b_panel(dst: &mut [u32], b: &MatRef, c0: usize, cols: usize, pc: usize, 
         dst.fill(0);
     }
     const PAIRS: usize = TK / 2; // pair-rows per tile
-    if b.cs == 1 {
+    if b.cs() == 1 {
         // Rows of B are contiguous over the columns: combine two rows (k, k+1)
         // lane by lane into pairs, 16 columns (one tile row) at a time.
         for kp in 0..kc / 2 {
             let (k, q, pr) = (2 * kp, (2 * kp) / TK, kp % PAIRS);
-            let r0 = &b.data[(pc + k) * b.rs + c0..(pc + k) * b.rs + c0 + cols];
-            let r1 = &b.data[(pc + k + 1) * b.rs + c0..(pc + k + 1) * b.rs + c0 + cols];
+            let r0 = &b.data()[(pc + k) * b.rs() + c0..(pc + k) * b.rs() + c0 + cols];
+            let r1 = &b.data()[(pc + k + 1) * b.rs() + c0..(pc + k + 1) * b.rs() + c0 + cols];
             for t in 0..2 {
                 let (lo, hi) = (16 * t, (16 * t + 16).min(cols));
                 if lo >= hi {
@@ -213,7 +214,7 @@ fn pack_b_panel(dst: &mut [u32], b: &MatRef, c0: usize, cols: usize, pc: usize, 
             let (q, pr) = (k / TK, (k % TK) / 2);
             for j in 0..cols {
                 dst[((q * 2 + j / 16) * PAIRS + pr) * 16 + j % 16] =
-                    pair(b.data[(pc + k) * b.rs + (c0 + j) * b.cs], 0.0);
+                    pair(b.data()[(pc + k) * b.rs() + (c0 + j) * b.cs()], 0.0);
             }
         }
     } else {
@@ -225,12 +226,12 @@ fn pack_b_panel(dst: &mut [u32], b: &MatRef, c0: usize, cols: usize, pc: usize, 
             let (t, cc) = (j / 16, j % 16);
             for q in 0..chunks {
                 let kn = TK.min(kc - q * TK);
-                let base = (c0 + j) * b.cs + (pc + q * TK) * b.rs;
-                if b.rs == 1 {
-                    convert(&mut col[..kn], &b.data[base..base + kn]);
+                let base = (c0 + j) * b.cs() + (pc + q * TK) * b.rs();
+                if b.rs() == 1 {
+                    convert(&mut col[..kn], &b.data()[base..base + kn]);
                 } else {
                     for (k, v) in col[..kn].iter_mut().enumerate() {
-                        *v = to_bf16(b.data[base + k * b.rs]);
+                        *v = to_bf16(b.data()[base + k * b.rs()]);
                     }
                 }
                 col[kn..].fill(0);
@@ -344,20 +345,18 @@ unsafe fn write_back(
 ///
 /// # Safety
 /// [`available`] must have returned true; `c` must be valid for writes of the
-/// `a.rows × b.cols` region with strides `(rsc, csc)`, written by no one
-/// else; `bias`, if given, has `b.cols` values.
+/// `a.rows() × b.cols()` region with strides `(rsc, csc)`, written by no one
+/// else; `bias`, if given, has `b.cols()` values.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_bf16(
-    alpha: f32,
-    a: MatRef,
-    b: MatRef,
-    beta: f32,
-    bias: Option<&[f32]>,
-    c: *mut f32,
-    rsc: usize,
-    csc: usize,
-) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+pub(crate) unsafe fn sgemm_bf16(p: &Product, c: *mut f32, rsc: usize, csc: usize) {
+    let Product {
+        alpha,
+        a,
+        b,
+        beta,
+        bias,
+    } = *p;
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if m == 0 || n == 0 || k == 0 {
         return;
     }

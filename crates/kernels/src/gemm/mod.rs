@@ -7,22 +7,39 @@
 //! C[i][j] = α · Σ_k A[i][k] · B[k][j] + β · C[i][j]
 //! ```
 //!
-//! Matrices are *views*: element `(i, j)` lives at `data[i*rs + j*cs]`, so a
-//! transpose is just swapped strides ([`MatRef::t`]), never a copy. The products
-//! run through `matrixmultiply::sgemm` (packing + an AVX-512/AVX2 micro-kernel,
-//! selected at run time by that crate). Large products are split over rayon
-//! threads by rows (or columns) of `C`; every part is a single-threaded sgemm,
-//! so there is exactly one level of parallelism.
+//! Matrices are *views* ([`view`]): element `(i, j)` lives at `data[i*rs + j*cs]`,
+//! so a transpose is just swapped strides ([`MatRef::t`]), never a copy.
+//!
+//! The module is split by role, in reading order:
+//! * [`view`]: `MatRef` / `MatMut`, bounds-checked strided views;
+//! * `kernel`: the register-blocked micro-kernels (AVX-512 12 × 32, AVX2 6 × 16);
+//! * `pack`: copying blocks of A and B into the kernels' panel order;
+//! * `driver`: the BLIS loop nest (KC / NC blocking) and the 2-D thread split;
+//! * [`amx`]: the opt-in bf16 path on Intel AMX tiles.
+//!
+//! Which path runs: f32 products on AVX-512 or AVX2+FMA CPUs go through
+//! Tessera's own driver; on CPUs without AVX2 (or with `TESSERA_ISA=scalar`)
+//! they go through `matrixmultiply`, which is also the oracle the driver is
+//! tested against, next to the plain triple loop in [`reference`].
 //!
 //! β = 0 means `C` is write-only (its old contents, even NaN, are ignored);
-//! β = 1 accumulates, which is how every backward pass adds into gradients.
+//! β = 1 accumulates, which is how backward passes add into gradients.
+//! Results do not depend on the number of threads.
 
+use crate::cpu::{self, Isa};
 use crate::par::SendPtr;
 use rayon::prelude::*;
 use std::cell::Cell;
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+mod driver;
+mod kernel;
+mod pack;
+pub mod view;
+
+use view::extent;
+pub use view::{MatMut, MatRef};
 
 /// The arithmetic of matrix products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,367 +102,250 @@ pub fn set_precision(p: Precision) -> Precision {
     p
 }
 
-/// A read-only strided matrix view: element `(i, j)` is `data[i*rs + j*cs]`.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    /// Row stride (distance between `(i, j)` and `(i+1, j)`).
-    pub rs: usize,
-    /// Column stride (distance between `(i, j)` and `(i, j+1)`).
-    pub cs: usize,
-}
-
-/// A mutable strided matrix view; see [`MatRef`].
-#[derive(Debug)]
-pub struct MatMut<'a> {
-    pub data: &'a mut [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub rs: usize,
-    pub cs: usize,
-}
-
-/// One past the largest offset a `rows × cols` view with these strides touches.
-fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
-    }
-}
-
-impl<'a> MatRef<'a> {
-    /// A strided view; panics if it would reach past the end of `data`.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        let need = extent(rows, cols, rs, cs);
-        assert!(
-            need <= data.len(),
-            "MatRef: a {rows}x{cols} view with strides ({rs}, {cs}) needs {need} values, slice has {}",
-            data.len()
-        );
-        MatRef {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
-    }
-
-    /// A dense row-major `rows × cols` matrix.
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "MatRef::row_major: slice has {} values, want {rows}x{cols}",
-            data.len()
-        );
-        MatRef::new(data, rows, cols, cols, 1)
-    }
-
-    /// A `rows × cols` view of `data` stored row-major as `(rows, cols)`, or, if
-    /// `transposed`, as `(cols, rows)` and read through swapped strides: how a
-    /// product's operand arrives either way (`x·W` or `x·Wᵀ`).
-    pub fn stored(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
-        if transposed {
-            MatRef::row_major(data, cols, rows).t()
-        } else {
-            MatRef::row_major(data, rows, cols)
-        }
-    }
-
-    /// The transpose, by swapping strides (no copy).
-    pub fn t(self) -> Self {
-        MatRef {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    /// Element `(i, j)`.
-    #[inline]
-    pub fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.rs + j * self.cs]
-    }
-}
-
-impl<'a> MatMut<'a> {
-    /// A strided mutable view; panics if it would reach past the end of `data`.
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        let need = extent(rows, cols, rs, cs);
-        assert!(
-            need <= data.len(),
-            "MatMut: a {rows}x{cols} view with strides ({rs}, {cs}) needs {need} values, slice has {}",
-            data.len()
-        );
-        MatMut {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
-    }
-
-    /// A dense row-major `rows × cols` matrix.
-    pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "MatMut::row_major: slice has {} values, want {rows}x{cols}",
-            data.len()
-        );
-        MatMut::new(data, rows, cols, cols, 1)
-    }
-
-    /// The transpose, by swapping strides (no copy).
-    pub fn t(self) -> Self {
-        MatMut {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    /// Reborrows as a read-only view.
-    pub fn as_ref(&self) -> MatRef<'_> {
-        MatRef {
-            data: self.data,
-            rows: self.rows,
-            cols: self.cols,
-            rs: self.rs,
-            cs: self.cs,
-        }
-    }
-
-    /// True if no two elements share an offset (the only layouts we write to
-    /// in parallel): rows laid out one after another, or columns.
-    fn is_non_overlapping(&self) -> bool {
-        self.rows <= 1
-            || self.cols <= 1
-            || (self.cs >= 1 && self.rs >= self.cols * self.cs)
-            || (self.rs >= 1 && self.cs >= self.rows * self.rs)
-    }
-}
-
 fn check_dims(op: &str, a: &MatRef, b: &MatRef, c: &MatMut) {
     assert!(
-        a.cols == b.rows && a.rows == c.rows && b.cols == c.cols,
+        a.cols() == b.rows() && a.rows() == c.rows() && b.cols() == c.cols(),
         "{op}: A is {}x{}, B is {}x{}, C is {}x{}",
-        a.rows,
-        a.cols,
-        b.rows,
-        b.cols,
-        c.rows,
-        c.cols
+        a.rows(),
+        a.cols(),
+        b.rows(),
+        b.cols(),
+        c.rows(),
+        c.cols()
     );
 }
-
-/// Rows/columns per parallel part are a multiple of this, so every part's tiles
-/// line up with the tiles of the undivided product (64 is a multiple of every
-/// micro-kernel size in matrixmultiply). Elements then see identical arithmetic
-/// whatever the split, and results do not depend on the thread count.
-const SPLIT_ALIGN: usize = 64;
 
 /// `C = α·A·B + β·C` (see the module docs), using every rayon thread when the
 /// product is large enough to pay for it.
 pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
-    check_dims("gemm", &a, &b, &c);
-    gemm_impl(alpha, a, b, beta, None, c)
+    gemm_with(cpu::isa(), alpha, a, b, beta, c)
 }
 
-/// The threaded product behind [`gemm`] and [`gemm_bias`].
-///
-/// C is cut into one aligned part per thread along its longer side: rows when
-/// `M ≥ N` (each part packs all of B and its own rows of A), columns otherwise
-/// (each part packs all of A and its own columns of B). Either way the operand
-/// whose packing is repeated is the smaller one.
-fn gemm_impl(alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, c: MatMut) {
-    let (m, n) = (a.rows, b.cols);
-    let threads = rayon::current_num_threads();
-    let work = m * n * a.cols;
-    let split_rows = m >= n;
-    let len = if split_rows { m } else { n };
-    let parts = threads.min(len.div_ceil(SPLIT_ALIGN));
-    let (rsc, csc) = (c.rs, c.cs);
-    let prec = precision();
-    if threads <= 1 || work < (1 << 21) || !c.is_non_overlapping() || parts <= 1 {
-        // SAFETY: `MatMut::new` checked that the view fits in `c.data`.
-        unsafe { sgemm_raw(prec, alpha, a, b, beta, bias, c.data.as_mut_ptr(), m, n, rsc, csc) };
-        return;
-    }
-    let step = len.div_ceil(parts).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
-    let cptr = SendPtr(c.data.as_mut_ptr());
-    (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
-        let lo = p * step;
-        let hi = (lo + step).min(len);
-        // SAFETY: C's layout is non-overlapping (checked above) and the parts
-        // cover disjoint row (or column) ranges, so no element is written twice;
-        // every offset is within the slice checked by `MatMut::new`.
-        unsafe {
-            if split_rows {
-                let a_part = MatRef {
-                    data: &a.data[lo * a.rs..],
-                    rows: hi - lo,
-                    ..a
-                };
-                sgemm_raw(
-                    prec,
-                    alpha,
-                    a_part,
-                    b,
-                    beta,
-                    bias,
-                    cptr.get().add(lo * rsc),
-                    hi - lo,
-                    n,
-                    rsc,
-                    csc,
-                );
-            } else {
-                let b_part = MatRef {
-                    data: &b.data[lo * b.cs..],
-                    cols: hi - lo,
-                    ..b
-                };
-                let bias_part = bias.map(|v| &v[lo..hi]);
-                sgemm_raw(
-                    prec,
-                    alpha,
-                    a,
-                    b_part,
-                    beta,
-                    bias_part,
-                    cptr.get().add(lo * csc),
-                    m,
-                    hi - lo,
-                    rsc,
-                    csc,
-                );
-            }
-        }
-    });
+/// [`gemm`] on a chosen instruction set, for tests and benchmarks of each
+/// path. A level above the CPU's is lowered to the CPU's best (never run).
+pub fn gemm_with(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
+    check_dims("gemm", &a, &b, &c);
+    product(isa, alpha, a, b, beta, None, c, rayon::current_num_threads())
 }
 
 /// `C = α·A·B + β·C` on the calling thread only. Use inside rayon tasks
 /// (attention heads, batches) to keep one level of parallelism.
 pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm_serial", &a, &b, &c);
-    let (rows, cols, rs, cs) = (c.rows, c.cols, c.rs, c.cs);
-    // SAFETY: `MatMut::new` checked that the view fits in `c.data`.
-    unsafe {
-        sgemm_raw(
-            precision(),
-            alpha,
-            a,
-            b,
-            beta,
-            None,
-            c.data.as_mut_ptr(),
-            rows,
-            cols,
-            rs,
-            cs,
-        )
-    }
+    product(cpu::isa(), alpha, a, b, beta, None, c, 1)
 }
 
 /// `C = α·A·B + β·C + bias` with `bias (N)` added to every row of C: a linear
-/// layer. C is pre-filled with the bias rows and the product accumulated onto
-/// them (β = 0), so each thread writes its own part of C in one go.
+/// layer. The bias is added in the kernel's epilogue, as the tile is stored,
+/// so C is written once.
 pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: MatMut) {
     check_dims("gemm_bias", &a, &b, &c);
     assert_eq!(
         bias.len(),
-        c.cols,
+        c.cols(),
         "gemm_bias: bias has {} values for {} columns",
         bias.len(),
-        c.cols
+        c.cols()
     );
-    gemm_impl(alpha, a, b, beta, Some(bias), c)
+    product(
+        cpu::isa(),
+        alpha,
+        a,
+        b,
+        beta,
+        Some(bias),
+        c,
+        rayon::current_num_threads(),
+    )
 }
 
-/// Runs the product on views whose bounds were already checked, in precision
-/// `prec`: `C = α·A·B + β·C (+ bias on every row)`.
+/// The checked entry of every product: picks the path and the thread count.
+#[allow(clippy::too_many_arguments)]
+fn product(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, mut c: MatMut, threads: usize) {
+    let threads = if c.is_non_overlapping() { threads } else { 1 };
+    let (rsc, csc) = (c.rs(), c.cs());
+    // SAFETY: `MatMut`'s constructor checked that the view fits in its slice,
+    // which `c` borrows mutably for the whole call; parallel writes only
+    // happen on non-overlapping layouts (checked above).
+    unsafe {
+        product_raw(
+            precision(),
+            isa.min(cpu::detected()),
+            alpha,
+            a,
+            b,
+            beta,
+            bias,
+            c.as_mut_ptr(),
+            rsc,
+            csc,
+            threads,
+        )
+    }
+}
+
+/// Runs a product on views whose bounds were already checked:
+/// `C = α·A·B + β·C (+ bias on every row)`, C being `A.rows × B.cols` at `c`
+/// with strides `(rsc, csc)`, in precision `prec` on instruction set `isa`,
+/// on at most `threads` threads.
 ///
 /// # Safety
-/// `c` must point to a `rows × cols` region with strides `(rsc, csc)` that is
-/// valid for writes and not written by anyone else during the call; `bias`,
-/// if given, has `cols` values.
+/// `isa` ≤ `cpu::detected()`; `c` points to a region of that shape that is
+/// valid for reads and writes and not touched by anyone else during the call,
+/// whose elements do not overlap if `threads > 1`; `bias`, if given, has
+/// `B.cols` values.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_raw(
+pub(crate) unsafe fn product_raw(
     prec: Precision,
+    isa: Isa,
     alpha: f32,
     a: MatRef,
     b: MatRef,
     beta: f32,
     bias: Option<&[f32]>,
     c: *mut f32,
-    rows: usize,
-    cols: usize,
     rsc: usize,
     csc: usize,
+    threads: usize,
 ) {
-    debug_assert!(a.rows == rows && b.cols == cols && a.cols == b.rows);
-    let k = a.cols;
+    debug_assert!(a.cols() == b.rows() && isa <= cpu::detected());
+    let (rows, cols, k) = (a.rows(), b.cols(), a.cols());
     if rows == 0 || cols == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if prec == Precision::Bf16 && k > 0 && amx::available() {
-        // SAFETY: AMX is available; the caller vouches for C and the bias.
-        unsafe { amx::sgemm_bf16(alpha, a, b, beta, bias, c, rsc, csc) };
-        return;
-    }
-    // SAFETY (every dereference below): (i, j) lies in the region the caller vouched for.
-    let at = |i: usize, j: usize| unsafe { c.add(i * rsc + j * csc) };
-    let mut beta = beta;
-    if let Some(bias) = bias.filter(|_| beta == 0.0) {
-        // Pre-fill C with the bias and let the product accumulate onto it.
-        for i in 0..rows {
-            for (j, &v) in bias.iter().enumerate() {
-                unsafe { *at(i, j) = v };
-            }
-        }
-        beta = 1.0;
-    } else if let Some(bias) = bias {
-        // β ≠ 0: scale C first, add the bias, then accumulate the product.
-        for i in 0..rows {
-            for (j, &v) in bias.iter().enumerate() {
-                unsafe { *at(i, j) = beta * *at(i, j) + v };
-            }
-        }
-        beta = 1.0;
-    }
     if k == 0 {
-        // No products: C = β·C (β = 0 overwrites, so stale NaNs vanish).
+        // No products: C = β·C + bias (β = 0 overwrites, so stale NaNs vanish).
         for i in 0..rows {
             for j in 0..cols {
-                unsafe { *at(i, j) = if beta == 0.0 { 0.0 } else { beta * *at(i, j) } };
+                // SAFETY: (i, j) lies in the region the caller vouched for.
+                unsafe {
+                    let dst = c.add(i * rsc + j * csc);
+                    let old = if beta == 0.0 { 0.0 } else { beta * *dst };
+                    *dst = old + bias.map_or(0.0, |v| v[j]);
+                }
             }
         }
         return;
     }
+    let p = driver::Product {
+        alpha,
+        a,
+        b,
+        beta,
+        bias,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if prec == Precision::Bf16 && amx::available() {
+            // SAFETY: AMX is available; the caller vouches for C and the bias.
+            unsafe {
+                split_among_threads(&p, c, rsc, csc, threads, |q, c, rsc, csc| {
+                    amx::sgemm_bf16(q, c, rsc, csc)
+                })
+            };
+            return;
+        }
+        match isa {
+            // SAFETY: the caller vouches for the CPU (isa ≤ detected), C and the bias.
+            Isa::Avx512 => return unsafe { driver::run::<kernel::Avx512>(&p, c, rsc, csc, threads) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { driver::run::<kernel::Avx2>(&p, c, rsc, csc, threads) },
+            Isa::Scalar => {}
+        }
+    }
+    let _ = (prec, isa);
+    // SAFETY: the caller vouches for C and the bias.
+    unsafe {
+        split_among_threads(&p, c, rsc, csc, threads, |q, c, rsc, csc| {
+            reference_sgemm(q, c, rsc, csc)
+        })
+    }
+}
+
+/// Rows/columns per parallel part are a multiple of this, so every part's tiles
+/// line up with the tiles of the undivided product (64 is a multiple of every
+/// micro-kernel size in matrixmultiply and of the AMX blocks). Elements then
+/// see identical arithmetic whatever the split.
+const SPLIT_ALIGN: usize = 64;
+
+/// Runs `run` (a single-threaded product: matrixmultiply or AMX) on parts of
+/// C cut along its longer side, one aligned part per thread; each part packs
+/// its own copy of the other operand. Tessera's driver does better (shared
+/// packing, 2-D split); this serves the paths that have no driver of their own.
+///
+/// # Safety
+/// As [`product_raw`]; `run` must be safe to call on any part of the product.
+unsafe fn split_among_threads(
+    p: &driver::Product,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    threads: usize,
+    run: impl Fn(&driver::Product, *mut f32, usize, usize) + Sync,
+) {
+    let (m, n, k) = (p.a.rows(), p.b.cols(), p.a.cols());
+    let split_rows = m >= n;
+    let len = if split_rows { m } else { n };
+    let parts = threads.min(len.div_ceil(SPLIT_ALIGN));
+    if parts <= 1 || m * n * k < (1 << 21) {
+        return run(p, c, rsc, csc);
+    }
+    let step = len.div_ceil(parts).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
+    let cptr = SendPtr(c);
+    (0..len.div_ceil(step)).into_par_iter().for_each(|part| {
+        let lo = part * step;
+        let hi = (lo + step).min(len);
+        let q = if split_rows {
+            driver::Product {
+                a: p.a.rows_range(lo, hi - lo),
+                ..*p
+            }
+        } else {
+            driver::Product {
+                b: p.b.cols_range(lo, hi - lo),
+                bias: p.bias.map(|v| &v[lo..hi]),
+                ..*p
+            }
+        };
+        let off = if split_rows { lo * rsc } else { lo * csc };
+        // SAFETY: C's elements do not overlap (the caller's promise when
+        // threads > 1) and the parts cover disjoint row (or column) ranges.
+        run(&q, unsafe { cptr.get().add(off) }, rsc, csc)
+    });
+}
+
+/// matrixmultiply's sgemm on one thread, with the bias added by pre-filling C.
+///
+/// # Safety
+/// As [`product_raw`], with `k ≥ 1`.
+unsafe fn reference_sgemm(p: &driver::Product, c: *mut f32, rsc: usize, csc: usize) {
+    let (rows, cols, k) = (p.a.rows(), p.b.cols(), p.a.cols());
+    // SAFETY (every dereference below): (i, j) lies in the region the caller vouched for.
+    let at = |i: usize, j: usize| unsafe { c.add(i * rsc + j * csc) };
+    let mut beta = p.beta;
+    if let Some(bias) = p.bias {
+        // C = β·C + bias first (β = 0 ignores the old contents), then accumulate.
+        for i in 0..rows {
+            for (j, &v) in bias.iter().enumerate() {
+                unsafe { *at(i, j) = if beta == 0.0 { v } else { beta * *at(i, j) + v } };
+            }
+        }
+        beta = 1.0;
+    }
+    let (a, b) = (&p.a, &p.b);
     // SAFETY: A and B were bounds-checked by their constructors; C by the caller.
     unsafe {
         matrixmultiply::sgemm(
             rows,
             k,
             cols,
-            alpha,
-            a.data.as_ptr(),
-            a.rs as isize,
-            a.cs as isize,
-            b.data.as_ptr(),
-            b.rs as isize,
-            b.cs as isize,
+            p.alpha,
+            a.data().as_ptr(),
+            a.rs() as isize,
+            a.cs() as isize,
+            b.data().as_ptr(),
+            b.rs() as isize,
+            b.cs() as isize,
             beta,
             c,
             rsc as isize,
@@ -459,7 +359,7 @@ pub(crate) unsafe fn sgemm_raw(
 /// Each view describes item 0; item `i` starts `i * stride` values further on.
 /// A stride of 0 shares one matrix across the batch (a weight, say). The items
 /// of `C` must not overlap. Large batches run one item per rayon task (each a
-/// serial sgemm); small batches run items in turn, each product threaded.
+/// serial product); small batches run items in turn, each product threaded.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_batched(
     batch: usize,
@@ -469,76 +369,72 @@ pub fn gemm_batched(
     b: MatRef,
     b_stride: usize,
     beta: f32,
-    c: MatMut,
+    mut c: MatMut,
     c_stride: usize,
 ) {
     check_dims("gemm_batched", &a, &b, &c);
     if batch == 0 {
         return;
     }
-    let item_c = extent(c.rows, c.cols, c.rs, c.cs);
+    let item_c = extent(c.rows(), c.cols(), c.rs(), c.cs());
     assert!(
         batch == 1 || c_stride >= item_c,
         "gemm_batched: C items overlap (stride {c_stride} < {item_c})"
     );
     let last = batch - 1;
-    for (name, len, need) in [
-        ("A", a.data.len(), last * a_stride + extent(a.rows, a.cols, a.rs, a.cs)),
-        ("B", b.data.len(), last * b_stride + extent(b.rows, b.cols, b.rs, b.cs)),
-        ("C", c.data.len(), last * c_stride + item_c),
+    // The last item of each operand must fit (shifted views check it too;
+    // this names the operand and the batch).
+    for (name, len, view_len, stride) in [
+        (
+            "A",
+            a.data().len(),
+            extent(a.rows(), a.cols(), a.rs(), a.cs()),
+            a_stride,
+        ),
+        (
+            "B",
+            b.data().len(),
+            extent(b.rows(), b.cols(), b.rs(), b.cs()),
+            b_stride,
+        ),
     ] {
+        let need = last * stride + view_len;
         assert!(
             need <= len,
             "gemm_batched: {name} needs {need} values for {batch} items, slice has {len}"
         );
     }
-    let item = |i: usize| {
-        (
-            MatRef {
-                data: &a.data[i * a_stride..],
-                ..a
-            },
-            MatRef {
-                data: &b.data[i * b_stride..],
-                ..b
-            },
-        )
-    };
-    let (rows, cols, rs, cs) = (c.rows, c.cols, c.rs, c.cs);
     let threads = rayon::current_num_threads();
-    let prec = precision();
-    if threads > 1 && batch >= threads && batch * rows * cols * a.cols >= (1 << 18) {
-        let cptr = SendPtr(c.data.as_mut_ptr());
+    let (rows, cols) = (c.rows(), c.cols());
+    if threads > 1 && batch >= threads && batch * rows * cols * a.cols() >= (1 << 18) {
+        let (rsc, csc) = (c.rs(), c.cs());
+        let _ = c.shifted(last * c_stride); // panics unless the last item fits
+        let cptr = SendPtr(c.as_mut_ptr());
+        let (prec, isa) = (precision(), cpu::isa());
         (0..batch).into_par_iter().for_each(|i| {
-            let (ai, bi) = item(i);
-            // SAFETY: items are `c_stride >= item_c` apart, so disjoint; bounds checked above.
+            let (ai, bi) = (a.shifted(i * a_stride), b.shifted(i * b_stride));
+            // SAFETY: items are `c_stride >= item_c` apart, so disjoint, and the
+            // last one fits in C's slice (checked above); each runs serially.
             unsafe {
-                sgemm_raw(
+                product_raw(
                     prec,
+                    isa,
                     alpha,
                     ai,
                     bi,
                     beta,
                     None,
                     cptr.get().add(i * c_stride),
-                    rows,
-                    cols,
-                    rs,
-                    cs,
+                    rsc,
+                    csc,
+                    1,
                 )
             }
         });
     } else {
         for i in 0..batch {
-            let (ai, bi) = item(i);
-            let ci = MatMut {
-                data: &mut c.data[i * c_stride..],
-                rows,
-                cols,
-                rs,
-                cs,
-            };
-            gemm(alpha, ai, bi, beta, ci);
+            let (ai, bi) = (a.shifted(i * a_stride), b.shifted(i * b_stride));
+            gemm(alpha, ai, bi, beta, c.shifted(i * c_stride));
         }
     }
 }
@@ -550,13 +446,14 @@ pub mod reference {
     /// `C = α·A·B + β·C`, one dot product per element, accumulated in f32.
     pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
         super::check_dims("reference::gemm", &a, &b, &c);
-        for i in 0..c.rows {
-            for j in 0..c.cols {
+        let mut c = c;
+        for i in 0..c.rows() {
+            for j in 0..c.cols() {
                 let mut acc = 0f32;
-                for p in 0..a.cols {
+                for p in 0..a.cols() {
                     acc += a.at(i, p) * b.at(p, j);
                 }
-                let dst = &mut c.data[i * c.rs + j * c.cs];
+                let dst = c.at_mut(i, j);
                 *dst = if beta == 0.0 {
                     alpha * acc
                 } else {
@@ -588,9 +485,9 @@ mod tests {
         c_at: impl Fn(usize, usize) -> usize,
     ) -> Vec<(usize, f64)> {
         let mut out = Vec::new();
-        for i in 0..a.rows {
-            for j in 0..b.cols {
-                let dot: f64 = (0..a.cols).map(|p| a.at(i, p) as f64 * b.at(p, j) as f64).sum();
+        for i in 0..a.rows() {
+            for j in 0..b.cols() {
+                let dot: f64 = (0..a.cols()).map(|p| a.at(i, p) as f64 * b.at(p, j) as f64).sum();
                 let idx = c_at(i, j);
                 out.push((idx, alpha as f64 * dot + beta as f64 * c0[idx] as f64));
             }
@@ -629,6 +526,131 @@ mod tests {
                             (slow[idx] as f64 - w).abs() <= tol * (1.0 + w.abs()),
                             "reference m{m} k{k} n{n}: {} vs {w}",
                             slow[idx]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every path (Tessera's driver on each instruction set this CPU has,
+    /// matrixmultiply for `Scalar`) against f64 dot products, on shapes that
+    /// cross every blocking edge: K past one and several KC blocks, N past one
+    /// column block (512), M past one packed group of row panels (768), ragged
+    /// tiles, all four transposes, β ∈ {0 with NaN in C, 1, ½}, with a bias.
+    #[test]
+    fn every_path_matches_f64_across_blocking_edges() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
+        let shapes = [
+            (1, 1, 1),
+            (13, 300, 37),
+            (25, 513, 70),
+            (12, 256, 32),
+            (100, 17, 1100),
+            (800, 40, 33),
+            (37, 1, 65),
+        ];
+        for isa in cpu::available() {
+            for (t, &(m, k, n)) in shapes.iter().enumerate() {
+                let (ta, tb) = (t % 2 == 1, t % 4 >= 2);
+                let a_data = random(m * k, &mut rng);
+                let b_data = random(k * n, &mut rng);
+                let bias = random(n, &mut rng);
+                let a = MatRef::stored(&a_data, m, k, ta);
+                let b = MatRef::stored(&b_data, k, n, tb);
+                for &(alpha, beta, with_bias) in &[
+                    (1.0f32, 0.0f32, false),
+                    (0.5, 1.0, true),
+                    (-2.0, 0.5, false),
+                    (1.0, 0.0, true),
+                ] {
+                    let c0 = if beta == 0.0 {
+                        vec![f32::NAN; m * n]
+                    } else {
+                        random(m * n, &mut rng)
+                    };
+                    let zeros = vec![0f32; m * n];
+                    let want = expected(alpha, &a, &b, beta, if beta == 0.0 { &zeros } else { &c0 }, |i, j| {
+                        i * n + j
+                    });
+                    let mut got = c0.clone();
+                    let bias = with_bias.then_some(&bias[..]);
+                    product(isa, alpha, a, b, beta, bias, MatMut::row_major(&mut got, m, n), 4);
+                    for (idx, w) in want {
+                        let w = w + bias.map_or(0.0, |v| v[idx % n] as f64);
+                        let tol = 1e-5 * (k as f64).sqrt() * 4.0 + 1e-6;
+                        assert!(
+                            (got[idx] as f64 - w).abs() <= tol * (1.0 + w.abs()),
+                            "{} m{m} k{k} n{n} ta{ta} tb{tb} α{alpha} β{beta} bias {with_bias}: [{idx}] {} vs {w}",
+                            isa.name(),
+                            got[idx]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The driver's split of C among tasks (1 to 16, more tasks than this
+    /// machine has cores) never changes a bit of the result, on every path,
+    /// and a strided (column-major) C is written through the same arithmetic.
+    #[test]
+    fn results_do_not_depend_on_the_split() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(23);
+        for isa in cpu::available() {
+            for &(m, k, n) in &[(400, 300, 230), (1088, 64, 96), (50, 600, 1030)] {
+                let a = random(m * k, &mut rng);
+                let b = random(k * n, &mut rng);
+                let bias = random(n, &mut rng);
+                let c0 = random(m * n, &mut rng);
+                let run = |tasks: usize| {
+                    let mut c = c0.clone();
+                    let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k).t());
+                    product(
+                        isa,
+                        1.0,
+                        av,
+                        bv,
+                        1.0,
+                        Some(&bias),
+                        MatMut::row_major(&mut c, m, n),
+                        tasks,
+                    );
+                    c
+                };
+                let one = run(1);
+                for tasks in [2, 3, 7, 16] {
+                    assert!(
+                        one.iter().zip(run(tasks)).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{} m{m} k{k} n{n}: {tasks} tasks differ from one",
+                        isa.name()
+                    );
+                }
+                // The same product into a column-major C: Cᵀ stored row-major.
+                let mut ct = vec![0f32; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        ct[j * m + i] = c0[i * n + j];
+                    }
+                }
+                let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k).t());
+                product(
+                    isa,
+                    1.0,
+                    av,
+                    bv,
+                    1.0,
+                    Some(&bias),
+                    MatMut::row_major(&mut ct, n, m).t(),
+                    3,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(
+                            ct[j * m + i].to_bits(),
+                            one[i * n + j].to_bits(),
+                            "{} column-major C",
+                            isa.name()
                         );
                     }
                 }

@@ -1,0 +1,244 @@
+//! The GEMM driver: the BLIS loop nest around a micro-kernel, and how the
+//! threads share it.
+//!
+//! ```text
+//! pack all of B once, in NR-column panels (KC-deep slices, in parallel)   // shared, read-only
+//! split C into units: (row panel of MR rows) × (column block of ≤ NC_MAX columns)
+//! each thread takes one contiguous run of units (±1 unit of the others), and for
+//! each column block in its run:
+//!   for each k block pc of KC values                  // the same blocks for every thread
+//!     for each row panel rp of its run
+//!       pack A[rp rows, pc block] into an MR × KC micro-panel   // L1-resident
+//!       for each NR panel jp of the column block               // B block KC × NC_MAX in L2
+//!         micro-kernel: C[rp, jp] (+)= α · A_panel · B_panel (epilogue on the first block)
+//! ```
+//!
+//! Why this split scales: B is packed once for all threads (not once per
+//! thread), A once per column block, and C is cut in two dimensions, so 16
+//! threads get equal work both on `400 × 768 · 768 × 2304` (34 row panels × 5
+//! column blocks = 170 units) and on `1088 × 768 · 768 × 192` (91 × 1).
+//!
+//! Determinism: an element's value depends only on its k blocks (fixed KC)
+//! and the kernel's k-ordered multiply-adds, never on the tile it falls in or
+//! on which thread computed it, so results are bit-identical for any thread
+//! count.
+
+use super::kernel::{APanel, Epilogue, MicroKernel, store_edge};
+use super::pack::{pack_a, pack_b};
+use super::view::MatRef;
+use crate::par::SendPtr;
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Depth of a k block: an A micro-panel (12 × 256 × 4 B = 12 KiB) stays in L1.
+pub(crate) const KC: usize = 256;
+/// Widest column block: its packed B slice (KC × 512 × 4 B = 512 KiB) stays in L2.
+const NC_MAX: usize = 512;
+/// Micro-panels of A packed at once (768 rows × KC, 768 KiB). A transposed A
+/// (the dW products) is then read in runs of 768 values per k instead of a
+/// few cache lines per row, which the prefetchers follow: 512 × 4160 · 4160 ×
+/// 128 ran at 82, 83, 86 and 92 GFLOP/s with 8, 16, 32 and 64 panels.
+const MC_PANELS: usize = 64;
+/// Below this many FLOPs per thread the fork/join costs more than it saves.
+const MIN_FLOPS_PER_TASK: usize = 1 << 21;
+/// Largest tile of any kernel (for the stack buffers).
+const MAX_MR: usize = 16;
+const MAX_NR: usize = 32;
+
+/// One product: `C = α·A·B + β·C (+ bias on every row)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub alpha: f32,
+    pub a: MatRef<'a>,
+    pub b: MatRef<'a>,
+    pub beta: f32,
+    /// `N` values, or none.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Runs `p` with kernel `K` on at most `threads` threads (1: on the caller only).
+///
+/// # Safety
+/// The CPU supports `K`'s instruction set; `c` points to a `rows × cols`
+/// region (rows = A's rows, cols = B's columns) with strides `(rsc, csc)` that
+/// is valid for reads and writes, whose elements do not overlap if
+/// `threads > 1`, and that no one else touches during the call. `p.a` and
+/// `p.b` have matching inner dimensions ≥ 1; the bias, if any, has `cols` values.
+pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, csc: usize, threads: usize) {
+    let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
+    debug_assert!(k >= 1 && p.b.rows() == k && K::MR <= MAX_MR && K::NR <= MAX_NR);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let flops = 2 * m * n * k;
+    let threads = threads.min(flops / MIN_FLOPS_PER_TASK).max(1);
+
+    // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K, NR).
+    let panels = n.div_ceil(K::NR);
+    let mut packed = Scratch::take(panels * k * K::NR);
+    let bufs = packed.as_mut_slice();
+    let pack_panel = |jp: usize, panel: &mut [f32]| {
+        let cols = K::NR.min(n - jp * K::NR);
+        let slice = |(kb, dst): (usize, &mut [f32])| {
+            pack_b(dst, &p.b, jp * K::NR, cols, kb * KC, dst.len() / K::NR, K::NR);
+        };
+        if threads > 1 {
+            panel.par_chunks_mut(KC * K::NR).enumerate().for_each(slice);
+        } else {
+            panel.chunks_mut(KC * K::NR).enumerate().for_each(slice);
+        }
+    };
+    if threads > 1 {
+        bufs.par_chunks_mut(k * K::NR)
+            .enumerate()
+            .for_each(|(jp, panel)| pack_panel(jp, panel));
+    } else {
+        bufs.chunks_mut(k * K::NR)
+            .enumerate()
+            .for_each(|(jp, panel)| pack_panel(jp, panel));
+    }
+    let packed_b: &[f32] = bufs;
+
+    // Units: (column block, row panel), column-block major.
+    let row_panels = m.div_ceil(K::MR);
+    let col_blocks = (panels * K::NR).div_ceil(NC_MAX);
+    let block_panels = panels.div_ceil(col_blocks);
+    let col_blocks = panels.div_ceil(block_panels);
+    let units = col_blocks * row_panels;
+    let tasks = threads.min(units);
+    let cptr = SendPtr(c);
+    let task = |t: usize| {
+        let (u0, u1) = (t * units / tasks, (t + 1) * units / tasks);
+        let mut cb = u0 / row_panels;
+        while cb * row_panels < u1 {
+            let lo = u0.max(cb * row_panels) - cb * row_panels;
+            let hi = u1.min((cb + 1) * row_panels) - cb * row_panels;
+            let jps = cb * block_panels..((cb + 1) * block_panels).min(panels);
+            // SAFETY: tasks own disjoint runs of units, hence disjoint tiles of C;
+            // the caller vouches for C, the CPU and the operands.
+            unsafe { block::<K>(p, packed_b, lo..hi, jps, cptr.get(), rsc, csc) };
+            cb += 1;
+        }
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+}
+
+/// Row panels `rps` × NR panels `jps` of C, every k block.
+///
+/// # Safety
+/// As [`run`]; no one else writes these tiles of C during the call.
+unsafe fn block<K: MicroKernel>(
+    p: &Product,
+    packed_b: &[f32],
+    rps: std::ops::Range<usize>,
+    jps: std::ops::Range<usize>,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+) {
+    let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
+    let (mr, nr) = (K::MR, K::NR);
+    // A row-major A is read in place (no packing pass); anything else is
+    // packed MC_PANELS micro-panels at a time. (A transposed A could be read in
+    // place too, but its power-of-two strides map every k to the same few L1
+    // sets: measured 75 against 88–95 GFLOP/s packed.)
+    let in_place = p.a.cs() == 1;
+    let mut apack_buf = Scratch::take(MC_PANELS * MAX_MR * KC);
+    let apack = apack_buf.as_mut_slice();
+    let mut tile = [0f32; MAX_MR * MAX_NR];
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let first = Epilogue {
+            alpha: p.alpha,
+            beta: p.beta,
+            bias: p.bias,
+        };
+        let later = Epilogue {
+            alpha: p.alpha,
+            beta: 1.0,
+            bias: None,
+        };
+        for g0 in rps.clone().step_by(MC_PANELS) {
+            let group = g0..(g0 + MC_PANELS).min(rps.end);
+            let r0 = g0 * mr;
+            let group_rows = (group.len() * mr).min(m - r0);
+            if !in_place {
+                pack_a(apack, &p.a, r0, group_rows, pc, kc, mr);
+            }
+            for (q, rp) in group.enumerate() {
+                let rows = mr.min(m - rp * mr);
+                let a = if in_place && rows == mr {
+                    let offset = rp * mr * p.a.rs() + pc;
+                    debug_assert!(offset + (mr - 1) * p.a.rs() + kc <= p.a.data().len());
+                    APanel::Rows(p.a.data()[offset..].as_ptr(), p.a.rs())
+                } else if in_place {
+                    // The ragged last panel: packed with zero rows.
+                    pack_a(apack, &p.a, rp * mr, rows, pc, kc, mr);
+                    APanel::Packed(apack.as_ptr(), mr)
+                } else {
+                    APanel::Packed(apack[q * kc * mr..].as_ptr(), mr)
+                };
+                for jp in jps.clone() {
+                    let cols = nr.min(n - jp * nr);
+                    let b = &packed_b[jp * k * nr + pc * nr..][..kc * nr];
+                    let ep = if pc == 0 { first } else { later };
+                    let ep = Epilogue {
+                        bias: ep.bias.map(|v| &v[jp * nr..]),
+                        ..ep
+                    };
+                    // SAFETY: the tile at (rp, jp) lies inside C (rows and cols
+                    // clipped to the edge) and belongs to this call; the A panel
+                    // covers MR rows × kc and the B panel kc·NR values; the caller
+                    // vouches for the CPU.
+                    unsafe {
+                        let ct = c.add(rp * mr * rsc + jp * nr * csc);
+                        if rows == mr && cols == nr && csc == 1 {
+                            K::full(kc, a, b, ct, rsc, &ep);
+                        } else {
+                            K::raw(kc, a, b, &mut tile);
+                            store_edge(&tile, nr, rows, cols, ct, rsc, csc, &ep);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reusable packing buffers: a process-wide free list, so that concurrent
+/// products (a rayon task inside another's wait) each get their own buffer,
+/// and no product allocates once the list holds enough buffers.
+struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+impl Scratch {
+    /// A buffer of at least `len` values (contents unspecified), 64-byte aligned.
+    fn take(len: usize) -> Scratch {
+        let mut buf = FREE.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        if buf.len() < len + 16 {
+            buf.resize(len + 16, 0.0);
+        }
+        Scratch { buf, len }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        let off = self.buf.as_ptr().align_offset(64).min(15);
+        &mut self.buf[off..off + self.len]
+    }
+}
+
+impl Drop for Scratch {
+    /// Returns the buffer to the free list.
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        FREE.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    }
+}

@@ -1,0 +1,320 @@
+//! Register-blocked micro-kernels: one `MR × NR` tile of C from packed panels.
+//!
+//! ```text
+//! a: packed A micro-panel, (kc, MR)   a[p·MR + i] = A[i][p]
+//! b: packed B micro-panel, (kc, NR)   b[p·NR + j] = B[p][j]
+//! acc[i][j] = Σ_{p < kc} a[p·MR + i] · b[p·NR + j]        (k in increasing order)
+//! ```
+//! The tile lives in registers for the whole `kc` loop: per step of `p`, the
+//! kernel loads one row of `b` (NR values, `NR/lanes` vectors), broadcasts
+//! each of the MR values of `a` and issues `MR · NR/lanes` fused multiply-adds.
+//! AVX-512: 12 × 32 (24 accumulators + 2 `b` vectors of the 32 zmm registers);
+//! AVX2: 6 × 16 (12 accumulators + 2 `b` vectors of the 16 ymm registers).
+//!
+//! Epilogue ([`Epilogue`]), applied when the tile is stored, in this order and
+//! with separately rounded multiplies and adds (never fused), so that a full
+//! tile written by vectors and an edge tile written by [`store_edge`] give
+//! bit-identical elements:
+//! ```text
+//! t = α·acc;   if β ≠ 0: t = t + β·C;   if bias: t = t + bias[j];   C = t
+//! ```
+
+/// How a finished tile is combined with C.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epilogue<'a> {
+    pub alpha: f32,
+    /// 0 means C is write-only (its old contents, even NaN, are ignored).
+    pub beta: f32,
+    /// NR values (zero-padded past the last real column), added to every row.
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    /// The scalar form of the epilogue for one element.
+    #[inline(always)]
+    pub fn apply(&self, acc: f32, c: f32, j: usize) -> f32 {
+        let mut t = self.alpha * acc;
+        if self.beta != 0.0 {
+            t += self.beta * c;
+        }
+        if let Some(bias) = self.bias {
+            t += bias[j];
+        }
+        t
+    }
+}
+
+/// Where a kernel reads its `MR × kc` block of A.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum APanel {
+    /// Packed `(kc, MR)`, or a transposed A read in place: `a[p·ld + i]`
+    /// (`ld = MR` for a packed panel).
+    Packed(*const f32, usize),
+    /// Straight from a row-major A: row `i` at `a + i·lda`, contiguous in k
+    /// (no packing pass: A's rows are read as they are).
+    Rows(*const f32, usize),
+}
+
+/// A micro-kernel: its tile shape and two entry points.
+///
+/// # Safety (both methods)
+/// The CPU must support the kernel's instruction set (the driver only picks a
+/// kernel at or below `cpu::detected()`); `a` reaches `MR` rows × `kc`
+/// values of k and `b` holds `kc·NR` values.
+pub(crate) trait MicroKernel {
+    const MR: usize;
+    const NR: usize;
+    /// Computes the tile and writes it into a full `MR × NR` block of C whose
+    /// rows are `rsc` apart and whose columns are contiguous.
+    ///
+    /// # Safety
+    /// As the trait, and `c + i·rsc + j` is valid for reads and writes for every
+    /// `i < MR`, `j < NR`, and written by no one else during the call.
+    unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, ep: &Epilogue);
+    /// Computes the tile into `tile` (row-major `MR × NR`), with no epilogue.
+    ///
+    /// # Safety
+    /// As the trait; `tile` holds `MR·NR` values.
+    unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]);
+}
+
+/// Writes the valid `rows × cols` corner of a raw tile into C (any strides),
+/// through the scalar epilogue.
+///
+/// # Safety
+/// `c + i·rsc + j·csc` is valid for reads and writes for `i < rows`, `j < cols`,
+/// and written by no one else during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store_edge(
+    tile: &[f32],
+    nr: usize,
+    rows: usize,
+    cols: usize,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    ep: &Epilogue,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: (i, j) lies in the region the caller vouched for.
+            unsafe {
+                let dst = c.add(i * rsc + j * csc);
+                let old = if ep.beta != 0.0 { *dst } else { 0.0 };
+                *dst = ep.apply(tile[i * nr + j], old, j);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{APanel, Epilogue, MicroKernel};
+    use std::arch::x86_64::*;
+
+    /// The AVX-512 12 × 32 kernel.
+    pub(crate) struct Avx512;
+
+    const MR16: usize = 12;
+
+    /// `acc[i][v]` = row `i`, columns `16v .. 16v+16` of the tile.
+    #[inline(always)]
+    unsafe fn accumulate16(kc: usize, a: APanel, b: *const f32) -> [[__m512; 2]; MR16] {
+        // SAFETY (whole body): the caller guarantees AVX-512F and that `a`
+        // covers 12 rows × kc and `b` kc·32 values; every load stays inside them.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR16];
+            let mut b = b;
+            match a {
+                APanel::Packed(mut a, ld) => {
+                    for _ in 0..kc {
+                        let b0 = _mm512_loadu_ps(b);
+                        let b1 = _mm512_loadu_ps(b.add(16));
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let ai = _mm512_set1_ps(*a.add(i));
+                            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                        }
+                        a = a.add(ld);
+                        b = b.add(32);
+                    }
+                }
+                APanel::Rows(a, lda) => {
+                    for p in 0..kc {
+                        let b0 = _mm512_loadu_ps(b);
+                        let b1 = _mm512_loadu_ps(b.add(16));
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let ai = _mm512_set1_ps(*a.add(i * lda + p));
+                            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                        }
+                        b = b.add(32);
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    impl MicroKernel for Avx512 {
+        const MR: usize = MR16;
+        const NR: usize = 32;
+
+        #[inline]
+        unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, ep: &Epilogue) {
+            debug_assert!(b.len() >= kc * Self::NR);
+            // SAFETY: the caller vouches for the CPU, the panels and C.
+            unsafe { full16(kc, a, b.as_ptr(), c, rsc, ep) }
+        }
+
+        #[inline]
+        unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]) {
+            debug_assert!(b.len() >= kc * Self::NR);
+            assert!(tile.len() >= Self::MR * Self::NR);
+            // SAFETY: the caller vouches for the CPU and the panels; `tile` was checked.
+            unsafe { raw16(kc, a, b.as_ptr(), tile.as_mut_ptr()) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn full16(kc: usize, a: APanel, b: *const f32, c: *mut f32, rsc: usize, ep: &Epilogue) {
+        // SAFETY: see `MicroKernel::full`.
+        unsafe {
+            let acc = accumulate16(kc, a, b);
+            let alpha = _mm512_set1_ps(ep.alpha);
+            let beta = _mm512_set1_ps(ep.beta);
+            let bias = ep
+                .bias
+                .map(|v| [_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16))]);
+            for (i, row) in acc.iter().enumerate() {
+                for (v, &x) in row.iter().enumerate() {
+                    let dst = c.add(i * rsc + 16 * v);
+                    let mut t = _mm512_mul_ps(alpha, x);
+                    if ep.beta != 0.0 {
+                        t = _mm512_add_ps(t, _mm512_mul_ps(beta, _mm512_loadu_ps(dst)));
+                    }
+                    if let Some(bias) = &bias {
+                        t = _mm512_add_ps(t, bias[v]);
+                    }
+                    _mm512_storeu_ps(dst, t);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn raw16(kc: usize, a: APanel, b: *const f32, tile: *mut f32) {
+        // SAFETY: see `MicroKernel::raw`.
+        unsafe {
+            let acc = accumulate16(kc, a, b);
+            for (i, row) in acc.iter().enumerate() {
+                _mm512_storeu_ps(tile.add(i * 32), row[0]);
+                _mm512_storeu_ps(tile.add(i * 32 + 16), row[1]);
+            }
+        }
+    }
+
+    /// The AVX2 + FMA 6 × 16 kernel.
+    pub(crate) struct Avx2;
+
+    const MR8: usize = 6;
+
+    #[inline(always)]
+    unsafe fn accumulate8(kc: usize, a: APanel, b: *const f32) -> [[__m256; 2]; MR8] {
+        // SAFETY (whole body): the caller guarantees AVX2 + FMA and that `a`
+        // covers 6 rows × kc and `b` kc·16 values; every load stays inside them.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR8];
+            let mut b = b;
+            match a {
+                APanel::Packed(mut a, ld) => {
+                    for _ in 0..kc {
+                        let b0 = _mm256_loadu_ps(b);
+                        let b1 = _mm256_loadu_ps(b.add(8));
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let ai = _mm256_broadcast_ss(&*a.add(i));
+                            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                        }
+                        a = a.add(ld);
+                        b = b.add(16);
+                    }
+                }
+                APanel::Rows(a, lda) => {
+                    for p in 0..kc {
+                        let b0 = _mm256_loadu_ps(b);
+                        let b1 = _mm256_loadu_ps(b.add(8));
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let ai = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                        }
+                        b = b.add(16);
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    impl MicroKernel for Avx2 {
+        const MR: usize = MR8;
+        const NR: usize = 16;
+
+        #[inline]
+        unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, ep: &Epilogue) {
+            debug_assert!(b.len() >= kc * Self::NR);
+            // SAFETY: the caller vouches for the CPU, the panels and C.
+            unsafe { full8(kc, a, b.as_ptr(), c, rsc, ep) }
+        }
+
+        #[inline]
+        unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]) {
+            debug_assert!(b.len() >= kc * Self::NR);
+            assert!(tile.len() >= Self::MR * Self::NR);
+            // SAFETY: the caller vouches for the CPU and the panels; `tile` was checked.
+            unsafe { raw8(kc, a, b.as_ptr(), tile.as_mut_ptr()) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn full8(kc: usize, a: APanel, b: *const f32, c: *mut f32, rsc: usize, ep: &Epilogue) {
+        // SAFETY: see `MicroKernel::full`.
+        unsafe {
+            let acc = accumulate8(kc, a, b);
+            let alpha = _mm256_set1_ps(ep.alpha);
+            let beta = _mm256_set1_ps(ep.beta);
+            let bias = ep
+                .bias
+                .map(|v| [_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8))]);
+            for (i, row) in acc.iter().enumerate() {
+                for (v, &x) in row.iter().enumerate() {
+                    let dst = c.add(i * rsc + 8 * v);
+                    let mut t = _mm256_mul_ps(alpha, x);
+                    if ep.beta != 0.0 {
+                        t = _mm256_add_ps(t, _mm256_mul_ps(beta, _mm256_loadu_ps(dst)));
+                    }
+                    if let Some(bias) = &bias {
+                        t = _mm256_add_ps(t, bias[v]);
+                    }
+                    _mm256_storeu_ps(dst, t);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn raw8(kc: usize, a: APanel, b: *const f32, tile: *mut f32) {
+        // SAFETY: see `MicroKernel::raw`.
+        unsafe {
+            let acc = accumulate8(kc, a, b);
+            for (i, row) in acc.iter().enumerate() {
+                _mm256_storeu_ps(tile.add(i * 16), row[0]);
+                _mm256_storeu_ps(tile.add(i * 16 + 8), row[1]);
+            }
+        }
+    }
+}
