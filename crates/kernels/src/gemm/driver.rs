@@ -29,6 +29,7 @@ use super::view::MatRef;
 use crate::par::SendPtr;
 use rayon::prelude::*;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Depth of a k block: an A micro-panel (12 × 256 × 4 B = 12 KiB) stays in L1.
 pub(crate) const KC: usize = 256;
@@ -39,6 +40,8 @@ const NC_MAX: usize = 512;
 /// few cache lines per row, which the prefetchers follow: 512 × 4160 · 4160 ×
 /// 128 ran at 82, 83, 86 and 92 GFLOP/s with 8, 16, 32 and 64 panels.
 const MC_PANELS: usize = 64;
+/// Units of work (row panel × column block) each task should get at least.
+const UNITS_PER_TASK: usize = 8;
 /// Below this many FLOPs per thread the fork/join costs more than it saves.
 const MIN_FLOPS_PER_TASK: usize = 1 << 21;
 /// Largest tile of any kernel (for the stack buffers).
@@ -65,6 +68,50 @@ pub(crate) struct Product<'a> {
 /// `threads > 1`, and that no one else touches during the call. `p.a` and
 /// `p.b` have matching inner dimensions ≥ 1; the bias, if any, has `cols` values.
 pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, csc: usize, threads: usize) {
+    // SAFETY: the caller's promises are `run_with`'s.
+    unsafe { run_with::<K>(p, c, rsc, csc, threads, None) }
+}
+
+/// What each part of a split costs, measured on one core (see [`run_profiled`]).
+#[derive(Clone, Debug, Default)]
+pub struct SplitTimes {
+    /// Packing B (shared; P threads would share it P ways).
+    pub pack: Duration,
+    /// Each thread's part of C, in task order.
+    pub parts: Vec<Duration>,
+}
+
+/// Runs `p` split as it would be for `threads` threads, but every part on
+/// the calling thread, one after another, timing the packing and each part:
+/// the per-thread work P threads would do, seen on a machine with fewer cores.
+///
+/// # Safety
+/// As [`run`].
+pub(crate) unsafe fn run_profiled<K: MicroKernel>(
+    p: &Product,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    threads: usize,
+) -> SplitTimes {
+    let mut times = SplitTimes::default();
+    // SAFETY: as `run`; the parts run one after another on this thread.
+    unsafe { run_with::<K>(p, c, rsc, csc, threads, Some(&mut times)) };
+    times
+}
+
+/// [`run`], or with `profile`, [`run_profiled`].
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_with<K: MicroKernel>(
+    p: &Product,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    threads: usize,
+    mut profile: Option<&mut SplitTimes>,
+) {
     let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
     debug_assert!(k >= 1 && p.b.rows() == k && K::MR <= MAX_MR && K::NR <= MAX_NR);
     if m == 0 || n == 0 {
@@ -72,6 +119,8 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, c
     }
     let flops = 2 * m * n * k;
     let threads = threads.min(flops / MIN_FLOPS_PER_TASK).max(1);
+    let parallel = threads > 1 && profile.is_none();
+    let start = Instant::now();
 
     // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K, NR).
     let panels = n.div_ceil(K::NR);
@@ -82,13 +131,13 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, c
         let slice = |(kb, dst): (usize, &mut [f32])| {
             pack_b(dst, &p.b, jp * K::NR, cols, kb * KC, dst.len() / K::NR, K::NR);
         };
-        if threads > 1 {
+        if parallel {
             panel.par_chunks_mut(KC * K::NR).enumerate().for_each(slice);
         } else {
             panel.chunks_mut(KC * K::NR).enumerate().for_each(slice);
         }
     };
-    if threads > 1 {
+    if parallel {
         bufs.par_chunks_mut(k * K::NR)
             .enumerate()
             .for_each(|(jp, panel)| pack_panel(jp, panel));
@@ -98,10 +147,20 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, c
             .for_each(|(jp, panel)| pack_panel(jp, panel));
     }
     let packed_b: &[f32] = bufs;
+    if let Some(times) = profile.as_deref_mut() {
+        times.pack = start.elapsed();
+    }
 
     // Units: (column block, row panel), column-block major.
+    // Column blocks of at most NC_MAX columns, and narrower when there are
+    // few row panels, so each task gets ≥ UNITS_PER_TASK units and the tasks
+    // differ by at most 1/UNITS_PER_TASK (a narrower block only means A's
+    // rows are read once more).
     let row_panels = m.div_ceil(K::MR);
-    let col_blocks = (panels * K::NR).div_ceil(NC_MAX);
+    let col_blocks = (panels * K::NR)
+        .div_ceil(NC_MAX)
+        .max((UNITS_PER_TASK * threads).div_ceil(row_panels))
+        .min(panels);
     let block_panels = panels.div_ceil(col_blocks);
     let col_blocks = panels.div_ceil(block_panels);
     let units = col_blocks * row_panels;
@@ -120,7 +179,13 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, c
             cb += 1;
         }
     };
-    if tasks > 1 {
+    if let Some(times) = profile {
+        for t in 0..tasks {
+            let start = Instant::now();
+            task(t);
+            times.parts.push(start.elapsed());
+        }
+    } else if tasks > 1 {
         (0..tasks).into_par_iter().for_each(task);
     } else {
         task(0);
@@ -147,7 +212,8 @@ unsafe fn block<K: MicroKernel>(
     // place too, but its power-of-two strides map every k to the same few L1
     // sets: measured 75 against 88–95 GFLOP/s packed.)
     let in_place = p.a.cs() == 1;
-    let mut apack_buf = Scratch::take(MC_PANELS * MAX_MR * KC);
+    let group_panels = if in_place { 1 } else { MC_PANELS.min(rps.len()) };
+    let mut apack_buf = Scratch::take(group_panels * mr * KC.min(k));
     let apack = apack_buf.as_mut_slice();
     let mut tile = [0f32; MAX_MR * MAX_NR];
     for pc in (0..k).step_by(KC) {
@@ -220,11 +286,18 @@ struct Scratch {
 static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 impl Scratch {
-    /// A buffer of at least `len` values (contents unspecified), 64-byte aligned.
+    /// A buffer of at least `len` values (contents unspecified), 64-byte aligned:
+    /// the smallest free one that is large enough, else the largest, grown.
     fn take(len: usize) -> Scratch {
-        let mut buf = FREE.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-        if buf.len() < len + 16 {
-            buf.resize(len + 16, 0.0);
+        let need = len + 16;
+        let mut buf = {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            let fits = (0..free.len()).filter(|&i| free[i].len() >= need).min_by_key(|&i| free[i].len());
+            let pick = fits.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
+            pick.map(|i| free.swap_remove(i)).unwrap_or_default()
+        };
+        if buf.len() < need {
+            buf.resize(need, 0.0);
         }
         Scratch { buf, len }
     }

@@ -39,6 +39,7 @@ mod pack;
 pub mod view;
 
 use view::extent;
+pub use driver::SplitTimes;
 pub use view::{MatMut, MatRef};
 
 /// The arithmetic of matrix products.
@@ -157,6 +158,37 @@ pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: M
         c,
         rayon::current_num_threads(),
     )
+}
+
+/// Runs `C = α·A·B + β·C` split as the driver would split it for `threads`
+/// threads, but with every part on the calling thread, one after another,
+/// and returns what the shared packing and each part cost: how to see the
+/// per-thread work (imbalance, repeated packing) of 16 threads on 2 cores.
+/// `None` where the driver does not run (no AVX2, or `TESSERA_ISA=scalar`).
+pub fn split_profile(threads: usize, alpha: f32, a: MatRef, b: MatRef, beta: f32, mut c: MatMut) -> Option<SplitTimes> {
+    check_dims("split_profile", &a, &b, &c);
+    if a.cols() == 0 || c.rows() == 0 || c.cols() == 0 || precision() != Precision::F32 {
+        return None;
+    }
+    let p = driver::Product {
+        alpha,
+        a,
+        b,
+        beta,
+        bias: None,
+    };
+    let (rsc, csc) = (c.rs(), c.cs());
+    let ptr = c.as_mut_ptr();
+    match cpu::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `cpu::isa()` ≤ detected; C was bounds-checked by `MatMut`
+        // and is borrowed for the call; the parts run one after another.
+        Isa::Avx512 => Some(unsafe { driver::run_profiled::<kernel::Avx512>(&p, ptr, rsc, csc, threads) }),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => Some(unsafe { driver::run_profiled::<kernel::Avx2>(&p, ptr, rsc, csc, threads) }),
+        _ => None,
+    }
 }
 
 /// The checked entry of every product: picks the path and the thread count.
