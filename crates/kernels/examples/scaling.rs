@@ -26,7 +26,10 @@ fn best(runs: usize, f: &mut dyn FnMut() -> SplitTimes) -> SplitTimes {
 }
 
 fn main() {
-    println!("{:<22} {:>16} {:>9} {:>3} {:>6} {:>8} {:>10} {:>9}", "shape", "M K N", "T1 ms", "P", "parts", "extra", "imbalance", "overhead");
+    println!(
+        "{:<22} {:>16} {:>9} {:>3} {:>6} {:>8} {:>10} {:>9}",
+        "shape", "M K N", "T1 ms", "P", "parts", "extra", "imbalance", "overhead"
+    );
     for (name, m, k, n, ta, tb) in [
         ("tiny32 enc qkv fwd", 1088, 192, 576, false, true),
         ("tiny32 enc fc2 fwd", 1088, 768, 192, false, true),

@@ -262,8 +262,8 @@ unsafe fn block<K: MicroKernel>(
                     // vouches for the CPU.
                     unsafe {
                         let ct = c.add(rp * mr * rsc + jp * nr * csc);
-                        if rows == mr && cols == nr && csc == 1 {
-                            K::full(kc, a, b, ct, rsc, &ep);
+                        if csc == 1 {
+                            K::full(kc, a, b, ct, rsc, rows, cols, &ep);
                         } else {
                             K::raw(kc, a, b, &mut tile);
                             store_edge(&tile, nr, rows, cols, ct, rsc, csc, &ep);
@@ -292,7 +292,9 @@ impl Scratch {
         let need = len + 16;
         let mut buf = {
             let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-            let fits = (0..free.len()).filter(|&i| free[i].len() >= need).min_by_key(|&i| free[i].len());
+            let fits = (0..free.len())
+                .filter(|&i| free[i].len() >= need)
+                .min_by_key(|&i| free[i].len());
             let pick = fits.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
             pick.map(|i| free.swap_remove(i)).unwrap_or_default()
         };

@@ -12,9 +12,10 @@
 //! AVX2: 6 × 16 (12 accumulators + 2 `b` vectors of the 16 ymm registers).
 //!
 //! Epilogue ([`Epilogue`]), applied when the tile is stored, in this order and
-//! with separately rounded multiplies and adds (never fused), so that a full
-//! tile written by vectors and an edge tile written by [`store_edge`] give
-//! bit-identical elements:
+//! with separately rounded multiplies and adds (never fused), so that a tile
+//! written by vectors (masked at C's right edge, cut at its bottom edge) and
+//! one written element by element by [`store_edge`] (a C with strided
+//! columns) give bit-identical elements:
 //! ```text
 //! t = α·acc;   if β ≠ 0: t = t + β·C;   if bias: t = t + bias[j];   C = t
 //! ```
@@ -64,13 +65,16 @@ pub(crate) enum APanel {
 pub(crate) trait MicroKernel {
     const MR: usize;
     const NR: usize;
-    /// Computes the tile and writes it into a full `MR × NR` block of C whose
-    /// rows are `rsc` apart and whose columns are contiguous.
+    /// Computes the tile and writes its first `rows ≤ MR` rows and `cols ≤ NR`
+    /// columns into C, whose rows are `rsc` apart and whose columns are
+    /// contiguous (edge columns through masked loads and stores).
     ///
     /// # Safety
     /// As the trait, and `c + i·rsc + j` is valid for reads and writes for every
-    /// `i < MR`, `j < NR`, and written by no one else during the call.
-    unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, ep: &Epilogue);
+    /// `i < rows`, `j < cols`, and written by no one else during the call; the
+    /// epilogue's bias, if any, has at least `cols` values.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, rows: usize, cols: usize, ep: &Epilogue);
     /// Computes the tile into `tile` (row-major `MR × NR`), with no epilogue.
     ///
     /// # Safety
@@ -164,10 +168,20 @@ mod x86 {
         const NR: usize = 32;
 
         #[inline]
-        unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, ep: &Epilogue) {
-            debug_assert!(b.len() >= kc * Self::NR);
+        unsafe fn full(
+            kc: usize,
+            a: APanel,
+            b: &[f32],
+            c: *mut f32,
+            rsc: usize,
+            rows: usize,
+            cols: usize,
+            ep: &Epilogue,
+        ) {
+            debug_assert!(b.len() >= kc * Self::NR && rows <= Self::MR && cols <= Self::NR);
+            debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
             // SAFETY: the caller vouches for the CPU, the panels and C.
-            unsafe { full16(kc, a, b.as_ptr(), c, rsc, ep) }
+            unsafe { full16(kc, a, b.as_ptr(), c, rsc, rows, cols, ep) }
         }
 
         #[inline]
@@ -180,28 +194,51 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn full16(kc: usize, a: APanel, b: *const f32, c: *mut f32, rsc: usize, ep: &Epilogue) {
-        // SAFETY: see `MicroKernel::full`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn full16(
+        kc: usize,
+        a: APanel,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        ep: &Epilogue,
+    ) {
+        // SAFETY: see `MicroKernel::full`; masked lanes are neither read nor written.
         unsafe {
             let acc = accumulate16(kc, a, b);
             let alpha = _mm512_set1_ps(ep.alpha);
             let beta = _mm512_set1_ps(ep.beta);
-            let bias = ep
-                .bias
-                .map(|v| [_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16))]);
-            for (i, row) in acc.iter().enumerate() {
+            // Lanes of the two column vectors that lie inside C.
+            let lanes = |v: usize| cols.saturating_sub(16 * v).min(16);
+            let mask = [0, 1].map(|v| ((1u32 << lanes(v)) - 1) as __mmask16);
+            let bias = ep.bias.map(|v| mask_load2(v.as_ptr(), mask));
+            for (i, row) in acc.iter().enumerate().take(rows) {
                 for (v, &x) in row.iter().enumerate() {
                     let dst = c.add(i * rsc + 16 * v);
                     let mut t = _mm512_mul_ps(alpha, x);
                     if ep.beta != 0.0 {
-                        t = _mm512_add_ps(t, _mm512_mul_ps(beta, _mm512_loadu_ps(dst)));
+                        t = _mm512_add_ps(t, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(mask[v], dst)));
                     }
                     if let Some(bias) = &bias {
                         t = _mm512_add_ps(t, bias[v]);
                     }
-                    _mm512_storeu_ps(dst, t);
+                    _mm512_mask_storeu_ps(dst, mask[v], t);
                 }
             }
+        }
+    }
+
+    /// The two 16-lane vectors at `p` and `p + 16`, lanes outside `mask` zero.
+    #[inline(always)]
+    unsafe fn mask_load2(p: *const f32, mask: [__mmask16; 2]) -> [__m512; 2] {
+        // SAFETY: the caller guarantees AVX-512F and that the unmasked lanes are in bounds.
+        unsafe {
+            [
+                _mm512_maskz_loadu_ps(mask[0], p),
+                _mm512_maskz_loadu_ps(mask[1], p.add(16)),
+            ]
         }
     }
 
@@ -265,10 +302,20 @@ mod x86 {
         const NR: usize = 16;
 
         #[inline]
-        unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, ep: &Epilogue) {
-            debug_assert!(b.len() >= kc * Self::NR);
+        unsafe fn full(
+            kc: usize,
+            a: APanel,
+            b: &[f32],
+            c: *mut f32,
+            rsc: usize,
+            rows: usize,
+            cols: usize,
+            ep: &Epilogue,
+        ) {
+            debug_assert!(b.len() >= kc * Self::NR && rows <= Self::MR && cols <= Self::NR);
+            debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
             // SAFETY: the caller vouches for the CPU, the panels and C.
-            unsafe { full8(kc, a, b.as_ptr(), c, rsc, ep) }
+            unsafe { full8(kc, a, b.as_ptr(), c, rsc, rows, cols, ep) }
         }
 
         #[inline]
@@ -281,26 +328,42 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn full8(kc: usize, a: APanel, b: *const f32, c: *mut f32, rsc: usize, ep: &Epilogue) {
-        // SAFETY: see `MicroKernel::full`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn full8(
+        kc: usize,
+        a: APanel,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        ep: &Epilogue,
+    ) {
+        // SAFETY: see `MicroKernel::full`; masked lanes are neither read nor written.
         unsafe {
             let acc = accumulate8(kc, a, b);
             let alpha = _mm256_set1_ps(ep.alpha);
             let beta = _mm256_set1_ps(ep.beta);
-            let bias = ep
-                .bias
-                .map(|v| [_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8))]);
-            for (i, row) in acc.iter().enumerate() {
+            // Lane j of vector v is inside C if 8v + j < cols (all ones if so).
+            let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = [0, 1].map(|v| _mm256_cmpgt_epi32(_mm256_set1_epi32(cols as i32 - 8 * v), index));
+            let bias = ep.bias.map(|v| {
+                [
+                    _mm256_maskload_ps(v.as_ptr(), mask[0]),
+                    _mm256_maskload_ps(v.as_ptr().add(8), mask[1]),
+                ]
+            });
+            for (i, row) in acc.iter().enumerate().take(rows) {
                 for (v, &x) in row.iter().enumerate() {
                     let dst = c.add(i * rsc + 8 * v);
                     let mut t = _mm256_mul_ps(alpha, x);
                     if ep.beta != 0.0 {
-                        t = _mm256_add_ps(t, _mm256_mul_ps(beta, _mm256_loadu_ps(dst)));
+                        t = _mm256_add_ps(t, _mm256_mul_ps(beta, _mm256_maskload_ps(dst, mask[v])));
                     }
                     if let Some(bias) = &bias {
                         t = _mm256_add_ps(t, bias[v]);
                     }
-                    _mm256_storeu_ps(dst, t);
+                    _mm256_maskstore_ps(dst, mask[v], t);
                 }
             }
         }

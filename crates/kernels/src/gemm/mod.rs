@@ -38,8 +38,8 @@ mod kernel;
 mod pack;
 pub mod view;
 
-use view::extent;
 pub use driver::SplitTimes;
+use view::extent;
 pub use view::{MatMut, MatRef};
 
 /// The arithmetic of matrix products.
