@@ -207,11 +207,14 @@ unsafe fn block<K: MicroKernel>(
 ) {
     let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
     let (mr, nr) = (K::MR, K::NR);
-    // A row-major A is read in place (no packing pass); anything else is
-    // packed MC_PANELS micro-panels at a time. (A transposed A could be read in
-    // place too, but its power-of-two strides map every k to the same few L1
-    // sets: measured 75 against 88–95 GFLOP/s packed.)
-    let in_place = p.a.cs() == 1;
+    // A row-major A is read in place (no packing pass), unless its rows are a
+    // multiple of 4 KiB apart: then all MR rows fall into the same L1 sets and
+    // evict each other (400 × 3072 · 3072 × 768 on 2 threads: 165 in place,
+    // 175 GFLOP/s packed; 2 KiB apart is still better in place, 207 against
+    // 190). Anything else is packed MC_PANELS micro-panels at a time. (A
+    // transposed A could be read in place too, but its power-of-two strides
+    // map every k to the same few sets: measured 75 against 88–95 packed.)
+    let in_place = p.a.cs() == 1 && !p.a.rs().is_multiple_of(1024);
     let group_panels = if in_place { 1 } else { MC_PANELS.min(rps.len()) };
     let mut apack_buf = Scratch::take(group_panels * mr * KC.min(k));
     let apack = apack_buf.as_mut_slice();

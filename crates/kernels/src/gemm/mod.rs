@@ -569,7 +569,7 @@ mod tests {
     /// matrixmultiply for `Scalar`) against f64 dot products, on shapes that
     /// cross every blocking edge: K past one and several KC blocks, N past one
     /// column block (512), M past one packed group of row panels (768), ragged
-    /// tiles, all four transposes, β ∈ {0 with NaN in C, 1, ½}, with a bias.
+    /// tiles, A read in place and packed, all four transposes, β ∈ {0 with NaN in C, 1, ½}, with a bias.
     #[test]
     fn every_path_matches_f64_across_blocking_edges() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
@@ -580,6 +580,7 @@ mod tests {
             (12, 256, 32),
             (100, 17, 1100),
             (800, 40, 33),
+            (30, 1024, 40), // row-major A with 4 KiB rows: packed, not read in place
             (37, 1, 65),
         ];
         for isa in cpu::available() {

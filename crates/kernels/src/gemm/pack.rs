@@ -33,7 +33,31 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: us
     }
     for (q, panel) in dst.chunks_exact_mut(kc * mr).enumerate() {
         let (q0, qrows) = (r0 + q * mr, mr.min(rows - q * mr));
-        if cs == 1 {
+        if cs == 1 && qrows == mr && mr >= 8 && transpose::available() {
+            // Rows of A are contiguous in k: 8 × 8 register transposes, over
+            // rows 0..8, 8..16, …, and a last block ending at row mr (it may
+            // overlap the one before: those rows are written twice, the same).
+            let k8 = kc / 8 * 8;
+            let starts = (0..mr - 8).step_by(8).chain(std::iter::once(mr - 8));
+            for i0 in starts {
+                for p0 in (0..k8).step_by(8) {
+                    let src = &data[(q0 + i0) * rs + pc + p0..];
+                    assert!(src.len() > 7 * rs + 7, "pack_a: block past the end");
+                    let out = &mut panel[p0 * mr + i0..];
+                    assert!(out.len() >= 7 * mr + 8, "pack_a: block past the end");
+                    // SAFETY: AVX is available; the 8 rows of 8 values read
+                    // (`src[i·rs + q]`) and the 8 × 8 written (`out[q·mr + i]`)
+                    // lie inside the slices (asserted above).
+                    unsafe { transpose::block8(src.as_ptr(), rs, out.as_mut_ptr(), mr) };
+                }
+            }
+            for i in 0..mr {
+                let row = &data[(q0 + i) * rs + pc..][..kc];
+                for p in k8..kc {
+                    panel[p * mr + i] = row[p];
+                }
+            }
+        } else if cs == 1 {
             // Rows of A are contiguous in k: read each row once, scatter by mr.
             for i in 0..qrows {
                 let row = &data[(q0 + i) * rs + pc..][..kc];
