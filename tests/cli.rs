@@ -252,9 +252,14 @@ fn bench_prints_one_json_line() {
         "min_step_s",
         "gflops",
         "gflop_per_step",
+        "peak_gflops",
+        "mfu",
     ] {
         assert!(v[field].as_f64().unwrap() > 0.0, "{field}: {v}");
     }
+    let mfu = v["mfu"].as_f64().unwrap();
+    let want = v["gflops"].as_f64().unwrap() / v["peak_gflops"].as_f64().unwrap();
+    assert!((mfu - want).abs() < 1e-9 && mfu < 1.5, "mfu {mfu}: {v}");
     assert!(v["threads"].as_u64().unwrap() >= 1);
 }
 

@@ -6,7 +6,7 @@ use crate::common::{ModelArgs, PrecisionArg, peak_rss_mib};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 use rand::{RngExt, SeedableRng};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tessera_mim::train::{TrainConfig, Trainer};
 use tessera_mim::{
     DecoderConfig, MaskingConfig, Method, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig, flops,
@@ -135,12 +135,16 @@ pub fn run(args: Args) -> Result<()> {
     let l = e.num_patches();
     let len_keep = l - tessera_mim::masking::hidden_count(l, args.mask_ratio);
     let gflop = flops::train_step(&config.model, len_keep, batch) / 1e9;
+    // Model FLOPs utilisation: the step's useful GFLOP/s over this machine's
+    // f32 FMA peak on the same threads, measured now (after the timed steps).
+    let threads = rayon::current_num_threads();
+    let peak = tessera_kernels::peak::fma_gflops(tessera_kernels::cpu::isa(), threads, Duration::from_millis(400));
     let line = serde_json::json!({
         "engine": "tessera",
         "version": env!("CARGO_PKG_VERSION"),
         "workload": name,
         "batch": batch,
-        "threads": rayon::current_num_threads(),
+        "threads": threads,
         "isa": tessera_kernels::cpu::isa().name(),
         "precision": format!("{:?}", config.precision).to_lowercase(),
         "steps": args.steps,
@@ -149,6 +153,8 @@ pub fn run(args: Args) -> Result<()> {
         "min_step_s": min,
         "gflop_per_step": gflop,
         "gflops": gflop / med,
+        "peak_gflops": peak,
+        "mfu": gflop / med / peak,
         "peak_rss_mb": peak_rss_mib(),
     });
     println!("{line}");
