@@ -115,6 +115,68 @@ fn pretrain_writes_checkpoint_metrics_and_reconstructions_and_resumes_exactly() 
     );
 }
 
+/// Runs `prefix… tessera args…` and fails the test if it has not finished
+/// within `limit` (killing it); returns its output.
+fn within(limit: std::time::Duration, prefix: &[&str], args: &[&str]) -> Output {
+    let bin = env!("CARGO_BIN_EXE_tessera");
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{prefix:?} tessera {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `--threads 1`, and the default on a one-core machine, once hung forever at
+/// 0% CPU: the training loop held the pool's only worker while the data
+/// loader's work waited for that worker.
+#[test]
+fn pretrain_finishes_on_one_thread_and_on_one_core() {
+    let limit = std::time::Duration::from_secs(60);
+    let one = tmp("one-thread");
+    let mut args = vec![
+        "--threads",
+        "1",
+        "pretrain",
+        "--out",
+        one.to_str().unwrap(),
+        "--steps",
+        "3",
+    ];
+    args.extend_from_slice(&tiny());
+    let out = within(limit, &[], &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(losses(&one.join("metrics.jsonl")).len(), 3);
+    // A one-core CPU set: rayon's default pool then has one thread.
+    if Command::new("taskset").arg("--version").output().is_ok() {
+        let core = tmp("one-core");
+        let mut args = vec!["pretrain", "--out", core.to_str().unwrap(), "--steps", "3"];
+        args.extend_from_slice(&tiny());
+        let out = within(limit, &["taskset", "-c", "0"], &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(losses(&core.join("metrics.jsonl")).len(), 3);
+    } else {
+        eprintln!("pretrain on one core: skipping the taskset run (no taskset here)");
+    }
+}
+
 #[test]
 fn reconstruct_writes_four_panel_rows_and_a_dump() {
     let dir = tmp("recon");

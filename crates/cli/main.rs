@@ -17,16 +17,6 @@ mod reconstruct;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use std::sync::OnceLock;
-
-/// The worker threads every subcommand runs on.
-static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-
-/// The worker pool (threads started outside it, like the data loader, send
-/// their parallel work here instead of to a second pool).
-pub fn pool() -> &'static rayon::ThreadPool {
-    POOL.get().expect("the pool is built before any subcommand runs")
-}
 
 #[derive(Parser)]
 #[command(
@@ -79,7 +69,7 @@ fn main() -> ExitCode {
         .num_threads(cli.threads.unwrap_or(0))
         .build()
     {
-        Ok(p) => POOL.get_or_init(|| p),
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: cannot start the worker threads: {e}");
             return ExitCode::FAILURE;

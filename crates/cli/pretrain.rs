@@ -287,9 +287,18 @@ pub fn run(args: Args) -> Result<()> {
     let mut last = None;
     let mut rate = None::<f64>;
     let t0 = Instant::now();
+    // The loader has a pool of its own: the training loop below holds a
+    // worker of the main pool while it waits for the next batch, so work sent
+    // to that pool would wait forever when it has one thread (`--threads 1`,
+    // a one-core machine).
+    let loader_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .build()
+        .context("cannot start the data loader's threads")?;
     std::thread::scope(|scope| -> Result<()> {
         // Load the next batch while this one trains.
         let (tx, rx) = sync_channel(1);
+        let loader_pool = &loader_pool;
         let (ds, sampler, train_t) = (&train_ds, &sampler, &train_t);
         let end = args
             .stop_after
@@ -298,7 +307,7 @@ pub fn run(args: Args) -> Result<()> {
             for step in start..end {
                 let epoch = step / sampler.steps_per_epoch() as u64;
                 let aug_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
-                let batch = crate::pool()
+                let batch = loader_pool
                     .install(|| load_batch(ds, &sampler.indices(step), train_t, aug_seed))
                     .map(|b| b.0);
                 if tx.send((step, batch)).is_err() {

@@ -78,6 +78,13 @@ pub fn isa() -> Isa {
     })
 }
 
+/// `isa`, lowered to [`detected`] if it asks for more than the CPU has: what
+/// every `*_with(isa, …)` entry runs, so that forcing a level is always safe.
+#[inline]
+pub fn clamp(isa: Isa) -> Isa {
+    isa.min(detected())
+}
+
 /// Every level this CPU can run, from scalar up to [`detected`]; tests run each.
 pub fn available() -> Vec<Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Avx512]
@@ -101,7 +108,8 @@ pub fn available() -> Vec<Isa> {
 /// `avx512` and `avx2` (`#[target_feature]` functions that only call `body`,
 /// so the compiler inlines it and vectorises it at that width), and `run`,
 /// which picks one. This is the only place that calls a `#[target_feature]`
-/// function, and it does so only for an `Isa` that [`detected`] reported.
+/// function, and it does so only for an `Isa` at or below what [`detected`]
+/// reported ([`clamp`]).
 #[macro_export]
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
@@ -121,16 +129,17 @@ macro_rules! multiversion {
             #[target_feature(enable = "avx2,fma")]
             pub unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
 
-            /// Runs the copy compiled for `isa` (which must not exceed the CPU's).
+            /// Runs the copy compiled for `isa`, lowered to the CPU's best
+            /// level if it asks for more (so no safe call runs an instruction
+            /// set the CPU lacks).
             #[inline]
             pub fn run(isa: $crate::cpu::Isa, $($arg: $ty),*) $(-> $ret)? {
-                debug_assert!(isa <= $crate::cpu::detected());
-                match isa {
+                match $crate::cpu::clamp(isa) {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `isa` ≤ `cpu::detected()`, so the CPU has AVX-512F.
+                    // SAFETY: `clamp` returns at most `cpu::detected()`, so the CPU has AVX-512F.
                     $crate::cpu::Isa::Avx512 => unsafe { avx512($($arg),*) },
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `isa` ≤ `cpu::detected()`, so the CPU has AVX2 and FMA.
+                    // SAFETY: `clamp` returns at most `cpu::detected()`, so the CPU has AVX2 and FMA.
                     $crate::cpu::Isa::Avx2 => unsafe { avx2($($arg),*) },
                     _ => body($($arg),*),
                 }
@@ -149,6 +158,25 @@ mod tests {
             assert_eq!(Isa::parse(isa.name()), Some(isa));
         }
         assert_eq!(Isa::parse("neon"), None);
+    }
+
+    crate::multiversion! {
+        /// A body any level can run: the sum of a slice.
+        fn sum(x: &[f32]) -> f32 {
+            x.iter().sum()
+        }
+    }
+
+    /// Asking for more than the CPU has is lowered, never run: every level,
+    /// AVX-512 included, gives the detected level's answer on any machine.
+    #[test]
+    fn forced_levels_above_the_cpu_are_clamped() {
+        assert_eq!(clamp(Isa::Avx512), detected());
+        assert_eq!(clamp(Isa::Scalar), Isa::Scalar);
+        let x: Vec<f32> = (0..100).map(|i| i as f32 * 0.25).collect();
+        let best = sum::run(detected(), &x);
+        assert_eq!(sum::run(Isa::Avx512, &x).to_bits(), best.to_bits());
+        assert_eq!(sum::run(Isa::Scalar, &x), 1237.5);
     }
 
     #[test]
