@@ -258,7 +258,7 @@ impl ModelArgs {
 pub enum PrecisionArg {
     /// f32 products (matrixmultiply): MAE's numerics.
     F32,
-    /// bfloat16 inputs, f32 accumulation, on Intel AMX (mixed precision).
+    /// bfloat16 inputs, f32 accumulation, on Intel AMX or AVX512-BF16 (mixed precision).
     Bf16,
 }
 

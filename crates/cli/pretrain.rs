@@ -65,7 +65,7 @@ pub struct Args {
     /// Split each batch into this many accumulated micro-batches.
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
-    /// Arithmetic of matrix products: f32, or bf16 mixed precision on Intel AMX.
+    /// Arithmetic of matrix products: f32, or bf16 mixed precision (Intel AMX or AVX512-BF16).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
     /// Seed of initialisation, masks, data order and augmentation.

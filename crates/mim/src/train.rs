@@ -38,7 +38,7 @@ pub enum MatmulPrecision {
     #[default]
     F32,
     /// Mixed precision: matrix products take bfloat16 inputs and accumulate in
-    /// f32 (Intel AMX); weights, activations, gradients and AdamW stay f32.
+    /// f32 (Intel AMX, or AVX512-BF16); weights, activations, gradients and AdamW stay f32.
     Bf16,
 }
 
@@ -126,7 +126,7 @@ impl TrainConfig {
         }
         if self.precision == MatmulPrecision::Bf16 && !tessera_kernels::gemm::bf16_available() {
             return Err(config_err(
-                "bf16 matrix products need Intel AMX (Sapphire Rapids or newer) and a Linux kernel that allows it; use f32",
+                "bf16 matrix products need Intel AMX (Sapphire Rapids or newer, and a Linux kernel that allows it) or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake); use f32",
             ));
         }
         if let Some(c) = self.clip_grad

@@ -252,7 +252,7 @@ fn codebook_models_save_and_resume_their_vocabulary() {
 #[test]
 fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
     if !tessera_kernels::gemm::bf16_available() {
-        eprintln!("bf16 training: skipping: this CPU or OS has no AMX-BF16");
+        eprintln!("bf16 training: skipping: this CPU has neither AMX-BF16 (with OS support) nor AVX512-BF16");
         let mut c = config(2);
         c.precision = tessera_mim::MatmulPrecision::Bf16;
         let e = Trainer::new(c).err().unwrap().to_string();

@@ -24,7 +24,6 @@
 //! count.
 
 use super::kernel::{APanel, Epilogue, MicroKernel, store_edge};
-use super::pack::{pack_a, pack_b};
 use super::view::MatRef;
 use crate::par::SendPtr;
 use rayon::prelude::*;
@@ -122,27 +121,30 @@ unsafe fn run_with<K: MicroKernel>(
     let parallel = threads > 1 && profile.is_none();
     let start = Instant::now();
 
-    // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K, NR).
+    // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K/KU, NR)
+    // (KU values of k per packed step: 1 for f32, a pair for bf16).
     let panels = n.div_ceil(K::NR);
-    let mut packed = Scratch::take(panels * k * K::NR);
+    let panel_len = k.div_ceil(K::KU) * K::NR;
+    let mut packed = Scratch::take(panels * panel_len);
     let bufs = packed.as_mut_slice();
     let pack_panel = |jp: usize, panel: &mut [f32]| {
         let cols = K::NR.min(n - jp * K::NR);
         let slice = |(kb, dst): (usize, &mut [f32])| {
-            pack_b(dst, &p.b, jp * K::NR, cols, kb * KC, dst.len() / K::NR, K::NR);
+            let pc = kb * KC;
+            K::pack_b(dst, &p.b, jp * K::NR, cols, pc, KC.min(k - pc));
         };
         if parallel {
-            panel.par_chunks_mut(KC * K::NR).enumerate().for_each(slice);
+            panel.par_chunks_mut(KC / K::KU * K::NR).enumerate().for_each(slice);
         } else {
-            panel.chunks_mut(KC * K::NR).enumerate().for_each(slice);
+            panel.chunks_mut(KC / K::KU * K::NR).enumerate().for_each(slice);
         }
     };
     if parallel {
-        bufs.par_chunks_mut(k * K::NR)
+        bufs.par_chunks_mut(panel_len)
             .enumerate()
             .for_each(|(jp, panel)| pack_panel(jp, panel));
     } else {
-        bufs.chunks_mut(k * K::NR)
+        bufs.chunks_mut(panel_len)
             .enumerate()
             .for_each(|(jp, panel)| pack_panel(jp, panel));
     }
@@ -207,6 +209,7 @@ unsafe fn block<K: MicroKernel>(
 ) {
     let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
     let (mr, nr) = (K::MR, K::NR);
+    let panel_len = k.div_ceil(K::KU) * nr;
     // A row-major A is read in place (no packing pass), unless its rows are a
     // multiple of 4 KiB apart: then all MR rows fall into the same L1 sets and
     // evict each other (400 × 3072 · 3072 × 768 on 2 threads: 165 in place,
@@ -214,13 +217,14 @@ unsafe fn block<K: MicroKernel>(
     // 190). Anything else is packed MC_PANELS micro-panels at a time. (A
     // transposed A could be read in place too, but its power-of-two strides
     // map every k to the same few sets: measured 75 against 88–95 packed.)
-    let in_place = p.a.cs() == 1 && !p.a.rs().is_multiple_of(1024);
+    let in_place = K::IN_PLACE_A && p.a.cs() == 1 && !p.a.rs().is_multiple_of(1024);
     let group_panels = if in_place { 1 } else { MC_PANELS.min(rps.len()) };
-    let mut apack_buf = Scratch::take(group_panels * mr * KC.min(k));
+    let mut apack_buf = Scratch::take(group_panels * mr * KC.min(k).div_ceil(K::KU));
     let apack = apack_buf.as_mut_slice();
     let mut tile = [0f32; MAX_MR * MAX_NR];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
+        let steps = kc.div_ceil(K::KU); // packed rows of this k block
         let first = Epilogue {
             alpha: p.alpha,
             beta: p.beta,
@@ -236,7 +240,7 @@ unsafe fn block<K: MicroKernel>(
             let r0 = g0 * mr;
             let group_rows = (group.len() * mr).min(m - r0);
             if !in_place {
-                pack_a(apack, &p.a, r0, group_rows, pc, kc, mr);
+                K::pack_a(apack, &p.a, r0, group_rows, pc, kc);
             }
             for (q, rp) in group.enumerate() {
                 let rows = mr.min(m - rp * mr);
@@ -246,14 +250,14 @@ unsafe fn block<K: MicroKernel>(
                     APanel::Rows(p.a.data()[offset..].as_ptr(), p.a.rs())
                 } else if in_place {
                     // The ragged last panel: packed with zero rows.
-                    pack_a(apack, &p.a, rp * mr, rows, pc, kc, mr);
+                    K::pack_a(apack, &p.a, rp * mr, rows, pc, kc);
                     APanel::Packed(apack.as_ptr(), mr)
                 } else {
-                    APanel::Packed(apack[q * kc * mr..].as_ptr(), mr)
+                    APanel::Packed(apack[q * steps * mr..].as_ptr(), mr)
                 };
                 for jp in jps.clone() {
                     let cols = nr.min(n - jp * nr);
-                    let b = &packed_b[jp * k * nr + pc * nr..][..kc * nr];
+                    let b = &packed_b[jp * panel_len + pc / K::KU * nr..][..steps * nr];
                     let ep = if pc == 0 { first } else { later };
                     let ep = Epilogue {
                         bias: ep.bias.map(|v| &v[jp * nr..]),
@@ -281,7 +285,7 @@ unsafe fn block<K: MicroKernel>(
 /// Reusable packing buffers: a process-wide free list, so that concurrent
 /// products (a rayon task inside another's wait) each get their own buffer,
 /// and no product allocates once the list holds enough buffers.
-struct Scratch {
+pub(crate) struct Scratch {
     buf: Vec<f32>,
     len: usize,
 }
@@ -291,7 +295,7 @@ static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 impl Scratch {
     /// A buffer of at least `len` values (contents unspecified), 64-byte aligned:
     /// the smallest free one that is large enough, else the largest, grown.
-    fn take(len: usize) -> Scratch {
+    pub(crate) fn take(len: usize) -> Scratch {
         let need = len + 16;
         let mut buf = {
             let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
@@ -307,7 +311,7 @@ impl Scratch {
         Scratch { buf, len }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [f32] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
         let off = self.buf.as_ptr().align_offset(64).min(15);
         &mut self.buf[off..off + self.len]
     }

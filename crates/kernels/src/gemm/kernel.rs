@@ -45,6 +45,9 @@ impl Epilogue<'_> {
     }
 }
 
+use super::pack;
+use super::view::MatRef;
+
 /// Where a kernel reads its `MR × kc` block of A.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum APanel {
@@ -65,6 +68,23 @@ pub(crate) enum APanel {
 pub(crate) trait MicroKernel {
     const MR: usize;
     const NR: usize;
+    /// Values of k per packed step: 1 (f32), or 2 (a pair of bf16 in one u32).
+    const KU: usize = 1;
+    /// Whether the kernel can read a row-major f32 A in place ([`APanel::Rows`]).
+    const IN_PLACE_A: bool = true;
+
+    /// Packs `rows` rows of A from `r0`, k = `pc .. pc+kc`, into
+    /// `⌈rows / MR⌉` micro-panels of `⌈kc / KU⌉ · MR` values each.
+    fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: usize, kc: usize) {
+        pack::pack_a(dst, a, r0, rows, pc, kc, Self::MR)
+    }
+
+    /// Packs `cols ≤ NR` columns of B from `c0`, k = `pc .. pc+kc`, into
+    /// `⌈kc / KU⌉ · NR` values.
+    fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
+        pack::pack_b(dst, b, c0, cols, pc, kc, Self::NR)
+    }
+
     /// Computes the tile and writes its first `rows ≤ MR` rows and `cols ≤ NR`
     /// columns into C, whose rows are `rsc` apart and whose columns are
     /// contiguous (edge columns through masked loads and stores).
@@ -112,7 +132,7 @@ pub(crate) unsafe fn store_edge(
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512};
+pub(crate) use x86::{Avx2, Avx512, Avx512Bf16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -377,6 +397,123 @@ mod x86 {
             for (i, row) in acc.iter().enumerate() {
                 _mm256_storeu_ps(tile.add(i * 16), row[0]);
                 _mm256_storeu_ps(tile.add(i * 16 + 8), row[1]);
+            }
+        }
+    }
+
+    /// The AVX512-BF16 12 × 32 kernel: `vdpbf16ps` multiplies pairs of
+    /// bfloat16 values and adds both products to an f32 lane, so one
+    /// instruction does the work of two f32 FMAs. A and B are rounded to bf16
+    /// (nearest even) when packed, in pairs of consecutive k:
+    /// `a[s·MR + i] = (A[i][2s], A[i][2s+1])`, `b[s·NR + j] = (B[2s][j], B[2s+1][j])`,
+    /// each pair one u32 stored in the f32 buffers by its bits.
+    pub(crate) struct Avx512Bf16;
+
+    impl MicroKernel for Avx512Bf16 {
+        const MR: usize = MR16;
+        const NR: usize = 32;
+        const KU: usize = 2;
+        const IN_PLACE_A: bool = false;
+
+        fn pack_a(dst: &mut [f32], a: &super::MatRef, r0: usize, rows: usize, pc: usize, kc: usize) {
+            let panels = rows.div_ceil(MR16);
+            let mut buf = super::super::driver::Scratch::take(panels * kc * MR16);
+            let tmp = buf.as_mut_slice();
+            super::pack::pack_a(tmp, a, r0, rows, pc, kc, MR16);
+            let steps = kc.div_ceil(2);
+            for (q, panel) in tmp.chunks_exact(kc * MR16).enumerate() {
+                super::pack::bf16_pairs(&mut dst[q * steps * MR16..][..steps * MR16], panel, MR16);
+            }
+        }
+
+        fn pack_b(dst: &mut [f32], b: &super::MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
+            let mut tmp = [0f32; super::super::driver::KC * 32];
+            super::pack::pack_b(&mut tmp, b, c0, cols, pc, kc, 32);
+            super::pack::bf16_pairs(&mut dst[..kc.div_ceil(2) * 32], &tmp[..kc * 32], 32);
+        }
+
+        #[inline]
+        unsafe fn full(
+            kc: usize,
+            a: APanel,
+            b: &[f32],
+            c: *mut f32,
+            rsc: usize,
+            rows: usize,
+            cols: usize,
+            ep: &Epilogue,
+        ) {
+            debug_assert!(b.len() >= kc.div_ceil(2) * Self::NR && rows <= Self::MR && cols <= Self::NR);
+            debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
+            let APanel::Packed(a, ld) = a else {
+                unreachable!("bf16 panels are always packed")
+            };
+            // SAFETY: the caller vouches for the CPU (AVX512-BF16), the panels and C.
+            unsafe { full_bf16(kc.div_ceil(2), a, ld, b.as_ptr(), c, rsc, rows, cols, ep) }
+        }
+
+        #[inline]
+        unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]) {
+            assert!(tile.len() >= Self::MR * Self::NR);
+            // SAFETY: as `full`, into the whole (checked) tile: a 12 × 32 block
+            // with rows 32 apart, α = 1, β = 0, no bias.
+            unsafe {
+                let ep = Epilogue {
+                    alpha: 1.0,
+                    beta: 0.0,
+                    bias: None,
+                };
+                Self::full(kc, a, b, tile.as_mut_ptr(), 32, MR16, 32, &ep)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn full_bf16(
+        steps: usize,
+        a: *const f32,
+        ld: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        ep: &Epilogue,
+    ) {
+        // SAFETY: see `MicroKernel::full`: `a` holds steps·ld (≥ 12 per step)
+        // and `b` steps·32 values; masked lanes are neither read nor written.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR16];
+            let (mut a, mut b) = (a as *const u32, b as *const u32);
+            for _ in 0..steps {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const _));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const _));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32));
+                    row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                    row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+                }
+                a = a.add(ld);
+                b = b.add(32);
+            }
+            let alpha = _mm512_set1_ps(ep.alpha);
+            let beta = _mm512_set1_ps(ep.beta);
+            let lanes = |v: usize| cols.saturating_sub(16 * v).min(16);
+            let mask = [0, 1].map(|v| ((1u32 << lanes(v)) - 1) as __mmask16);
+            let bias = ep.bias.map(|v| mask_load2(v.as_ptr(), mask));
+            for (i, row) in acc.iter().enumerate().take(rows) {
+                for (v, &x) in row.iter().enumerate() {
+                    let dst = c.add(i * rsc + 16 * v);
+                    let mut t = _mm512_mul_ps(alpha, x);
+                    if ep.beta != 0.0 {
+                        t = _mm512_add_ps(t, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(mask[v], dst)));
+                    }
+                    if let Some(bias) = &bias {
+                        t = _mm512_add_ps(t, bias[v]);
+                    }
+                    _mm512_mask_storeu_ps(dst, mask[v], t);
+                }
             }
         }
     }

@@ -42,13 +42,21 @@ pub use driver::SplitTimes;
 use view::extent;
 pub use view::{MatMut, MatRef};
 
+/// True if this CPU has AVX-512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| cpu::detected() == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16"))
+}
+
 /// The arithmetic of matrix products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Precision {
-    /// f32 inputs and accumulation (matrixmultiply). The default.
+    /// f32 inputs and accumulation. The default.
     F32,
     /// Mixed precision: inputs rounded to bfloat16, products accumulated in
-    /// f32, on Intel AMX ([`amx`]). Like PyTorch's CPU autocast to bf16.
+    /// f32, on Intel AMX ([`amx`]) or with AVX512-BF16 (the driver's
+    /// `vdpbf16ps` kernel). Like PyTorch's CPU autocast to bf16.
     Bf16,
 }
 
@@ -61,11 +69,13 @@ impl Precision {
     }
 }
 
-/// True if this CPU and OS can run the bf16 AMX path.
+/// True if this CPU can run bf16 products: on AMX tiles (Intel Sapphire
+/// Rapids and later), or with AVX512-BF16's `vdpbf16ps` (AMD Zen 4, Intel
+/// Cooper Lake) through Tessera's driver.
 pub fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        amx::available()
+        amx::available() || avx512_bf16()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -276,6 +286,10 @@ pub(crate) unsafe fn product_raw(
                 })
             };
             return;
+        }
+        if prec == Precision::Bf16 && isa == Isa::Avx512 && avx512_bf16() {
+            // SAFETY: the CPU has AVX-512F and AVX512-BF16; the caller vouches for C and the bias.
+            return unsafe { driver::run::<kernel::Avx512Bf16>(&p, c, rsc, csc, threads) };
         }
         match isa {
             // SAFETY: the caller vouches for the CPU (isa ≤ detected), C and the bias.
@@ -625,12 +639,25 @@ mod tests {
     }
 
     /// The driver's split of C among tasks (1 to 16, more tasks than this
-    /// machine has cores) never changes a bit of the result, on every path,
-    /// and a strided (column-major) C is written through the same arithmetic.
+    /// machine has cores) never changes a bit of the result, on every path
+    /// (bf16 too, where the CPU has it), and a strided (column-major) C is
+    /// written through the same arithmetic.
     #[test]
     fn results_do_not_depend_on_the_split() {
+        let mut paths: Vec<(Isa, Precision)> = cpu::available().into_iter().map(|i| (i, Precision::F32)).collect();
+        if bf16_available() {
+            paths.push((cpu::detected(), Precision::Bf16));
+        }
+        for (isa, prec) in paths {
+            let previous = set_precision(prec);
+            split_is_invisible(isa);
+            set_precision(previous);
+        }
+    }
+
+    fn split_is_invisible(isa: Isa) {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(23);
-        for isa in cpu::available() {
+        {
             for &(m, k, n) in &[(400, 300, 230), (1088, 64, 96), (50, 600, 1030)] {
                 let a = random(m * k, &mut rng);
                 let b = random(k * n, &mut rng);
@@ -731,14 +758,15 @@ mod tests {
         }
     }
 
-    /// The bf16 path (skipped with a message where AMX is unavailable): exact on
+    /// The bf16 paths (AMX, or the driver's AVX512-BF16 kernel; skipped with a
+    /// message where neither is available): exact on
     /// inputs that bf16 represents exactly, and within bf16 rounding otherwise
     /// (each input rounded to 8 significant bits: relative error ≤ 2^-8 per
     /// factor, so |error| ≤ 2^-7 · Σ_p |a||b| plus f32 accumulation).
     #[test]
-    fn bf16_products_on_amx() {
+    fn bf16_products() {
         if !bf16_available() {
-            eprintln!("gemm bf16: skipping: this CPU or OS has no AMX-BF16");
+            eprintln!("gemm bf16: skipping: this CPU has neither AMX-BF16 nor AVX512-BF16");
             return;
         }
         let prev = set_precision(Precision::Bf16);

@@ -144,6 +144,28 @@ pub(crate) fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: us
     }
 }
 
+/// Rounds a packed f32 panel `(kc, width)` to bfloat16 (nearest even) and
+/// pairs consecutive k: `dst[s·width + j] = bf16(src[2s][j]) | bf16(src[2s+1][j]) << 16`
+/// (a zero high half past an odd `kc`), each u32 stored in `dst` by its bits.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn bf16_pairs(dst: &mut [f32], src: &[f32], width: usize) {
+    use super::amx::to_bf16;
+    let rows = src.len() / width;
+    for (s, out) in dst.chunks_exact_mut(width).enumerate() {
+        let lo = &src[2 * s * width..][..width];
+        if 2 * s + 1 < rows {
+            let hi = &src[(2 * s + 1) * width..][..width];
+            for ((o, &x), &y) in out.iter_mut().zip(lo).zip(hi) {
+                *o = f32::from_bits(to_bf16(x) as u32 | (to_bf16(y) as u32) << 16);
+            }
+        } else {
+            for (o, &x) in out.iter_mut().zip(lo) {
+                *o = f32::from_bits(to_bf16(x) as u32);
+            }
+        }
+    }
+}
+
 /// An 8 × 8 transpose in AVX registers.
 mod transpose {
     /// True if this CPU has AVX (every CPU that runs the driver's kernels does).
