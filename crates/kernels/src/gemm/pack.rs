@@ -149,18 +149,27 @@ pub(crate) fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: us
 /// (a zero high half past an odd `kc`), each u32 stored in `dst` by its bits.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn bf16_pairs(dst: &mut [f32], src: &[f32], width: usize) {
-    use super::amx::to_bf16;
-    let rows = src.len() / width;
-    for (s, out) in dst.chunks_exact_mut(width).enumerate() {
-        let lo = &src[2 * s * width..][..width];
-        if 2 * s + 1 < rows {
-            let hi = &src[(2 * s + 1) * width..][..width];
-            for ((o, &x), &y) in out.iter_mut().zip(lo).zip(hi) {
-                *o = f32::from_bits(to_bf16(x) as u32 | (to_bf16(y) as u32) << 16);
-            }
-        } else {
-            for (o, &x) in out.iter_mut().zip(lo) {
-                *o = f32::from_bits(to_bf16(x) as u32);
+    bf16_pairs_body::run(crate::cpu::isa(), dst, src, width)
+}
+
+#[cfg(target_arch = "x86_64")]
+crate::multiversion! {
+    /// [`bf16_pairs`], compiled per instruction set (the rounding is integer
+    /// arithmetic on the bits, which vectorises).
+    fn bf16_pairs_body(dst: &mut [f32], src: &[f32], width: usize) {
+        use crate::gemm::amx::to_bf16;
+        let rows = src.len() / width;
+        for (s, out) in dst.chunks_exact_mut(width).enumerate() {
+            let lo = &src[2 * s * width..][..width];
+            if 2 * s + 1 < rows {
+                let hi = &src[(2 * s + 1) * width..][..width];
+                for ((o, &x), &y) in out.iter_mut().zip(lo).zip(hi) {
+                    *o = f32::from_bits(to_bf16(x) as u32 | (to_bf16(y) as u32) << 16);
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(lo) {
+                    *o = f32::from_bits(to_bf16(x) as u32);
+                }
             }
         }
     }
