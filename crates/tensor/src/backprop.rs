@@ -85,9 +85,7 @@ impl Grads {
         debug_assert_eq!(g.len(), t.numel(), "gradient size for {:?}", t.shape());
         match self.map.get_mut(&t.id()) {
             Some(existing) => {
-                for (e, v) in existing.iter_mut().zip(&g) {
-                    *e += v;
-                }
+                tessera_kernels::par::add_assign(existing, &g);
                 crate::pool::recycle(g);
             }
             None => {

@@ -226,12 +226,8 @@ impl Optimizer for Sgd {
 /// squares in fixed chunks, combined in f64 in the order of `params`).
 pub fn grad_norm(grads: &GradStore, params: &[Tensor]) -> f32 {
     let _timer = crate::profile::scope("grad_norm", "step");
-    let sq: f64 = params
-        .iter()
-        .filter_map(|p| grads.get(p))
-        .map(tessera_kernels::par::sum_squares)
-        .sum();
-    sq.sqrt() as f32
+    let slices: Vec<&[f32]> = params.iter().filter_map(|p| grads.get(p)).collect();
+    tessera_kernels::par::sum_squares_many(&slices).sqrt() as f32
 }
 
 /// Scales the gradients of `params` so their global norm is at most

@@ -41,13 +41,11 @@ fn broadcast_apply(
     b: &[f32],
     sb: &[usize],
     out_shape: &[usize],
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
     let mut out = crate::pool::uninit(numel(out_shape)); // every element written below
     if sa == sb && a.len() == out.len() && b.len() == out.len() {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
+        tessera_kernels::par::zip_map(&mut out, a, b, f);
     } else {
         let ta = broadcast_strides(sa, out_shape);
         let tb = broadcast_strides(sb, out_shape);
@@ -59,7 +57,7 @@ fn broadcast_apply(
 /// A copy of `v` in a pooled buffer.
 fn copy_of(v: &[f32]) -> Vec<f32> {
     let mut out = crate::pool::uninit(v.len());
-    out.copy_from_slice(v);
+    tessera_kernels::par::copy(&mut out, v);
     out
 }
 
