@@ -27,7 +27,7 @@ use super::kernel::{APanel, Epilogue, MicroKernel, store_edge};
 use super::view::MatRef;
 use crate::par::SendPtr;
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 /// Depth of a k block: an A micro-panel (12 × 256 × 4 B = 12 KiB) stays in L1.
@@ -119,7 +119,7 @@ unsafe fn run_with<K: MicroKernel>(
     let flops = 2 * m * n * k;
     let threads = threads.min(flops / MIN_FLOPS_PER_TASK).max(1);
     let parallel = threads > 1 && profile.is_none();
-    let start = Instant::now();
+    let start = profile.is_some().then(Instant::now);
 
     // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K/KU, NR)
     // (KU values of k per packed step: 1 for f32, a pair for bf16).
@@ -149,7 +149,7 @@ unsafe fn run_with<K: MicroKernel>(
             .for_each(|(jp, panel)| pack_panel(jp, panel));
     }
     let packed_b: &[f32] = bufs;
-    if let Some(times) = profile.as_deref_mut() {
+    if let (Some(times), Some(start)) = (profile.as_deref_mut(), start) {
         times.pack = start.elapsed();
     }
 
@@ -282,29 +282,32 @@ unsafe fn block<K: MicroKernel>(
     }
 }
 
-/// Reusable packing buffers: a process-wide free list, so that concurrent
-/// products (a rayon task inside another's wait) each get their own buffer,
-/// and no product allocates once the list holds enough buffers.
+/// Reusable packing buffers, from a free list of this thread's: no lock, and
+/// no allocation once the list holds enough buffers. A buffer goes back to the
+/// list of the thread that drops it (the one that took it: packing buffers
+/// never cross threads). A rayon task that runs inside another product's wait
+/// simply takes a second buffer.
 pub(crate) struct Scratch {
     buf: Vec<f32>,
     len: usize,
 }
 
-static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+thread_local! {
+    static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
 
 impl Scratch {
     /// A buffer of at least `len` values (contents unspecified), 64-byte aligned:
     /// the smallest free one that is large enough, else the largest, grown.
     pub(crate) fn take(len: usize) -> Scratch {
         let need = len + 16;
-        let mut buf = {
-            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = FREE.with_borrow_mut(|free| {
             let fits = (0..free.len())
                 .filter(|&i| free[i].len() >= need)
                 .min_by_key(|&i| free[i].len());
             let pick = fits.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
             pick.map(|i| free.swap_remove(i)).unwrap_or_default()
-        };
+        });
         if buf.len() < need {
             buf.resize(need, 0.0);
         }
@@ -321,6 +324,7 @@ impl Drop for Scratch {
     /// Returns the buffer to the free list.
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        FREE.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+        // `try_with`: a thread being torn down has no list any more.
+        let _ = FREE.try_with(|free| free.borrow_mut().push(buf));
     }
 }

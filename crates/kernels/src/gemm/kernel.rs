@@ -144,23 +144,26 @@ mod x86 {
 
     const MR16: usize = 12;
 
-    /// `acc[i][v]` = row `i`, columns `16v .. 16v+16` of the tile.
+    /// `acc[i][v]` = row `i`, columns `16v .. 16v+16` of the tile, for the
+    /// first `V` (1 or 2) vectors of columns: `V = 1` is the narrow kernel for
+    /// a last panel of at most 16 columns (attention's N = 17, 65, 197), which
+    /// skips the half of the multiply-adds that would only meet zero padding.
     #[inline(always)]
-    unsafe fn accumulate16(kc: usize, a: APanel, b: *const f32) -> [[__m512; 2]; MR16] {
+    unsafe fn accumulate16<const V: usize>(kc: usize, a: APanel, b: *const f32) -> [[__m512; V]; MR16] {
         // SAFETY (whole body): the caller guarantees AVX-512F and that `a`
         // covers 12 rows × kc and `b` kc·32 values; every load stays inside them.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR16];
+            let mut acc = [[_mm512_setzero_ps(); V]; MR16];
             let mut b = b;
             match a {
                 APanel::Packed(mut a, ld) => {
                     for _ in 0..kc {
-                        let b0 = _mm512_loadu_ps(b);
-                        let b1 = _mm512_loadu_ps(b.add(16));
+                        let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
                         for (i, row) in acc.iter_mut().enumerate() {
                             let ai = _mm512_set1_ps(*a.add(i));
-                            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                            for v in 0..V {
+                                row[v] = _mm512_fmadd_ps(ai, bv[v], row[v]);
+                            }
                         }
                         a = a.add(ld);
                         b = b.add(32);
@@ -168,12 +171,12 @@ mod x86 {
                 }
                 APanel::Rows(a, lda) => {
                     for p in 0..kc {
-                        let b0 = _mm512_loadu_ps(b);
-                        let b1 = _mm512_loadu_ps(b.add(16));
+                        let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
                         for (i, row) in acc.iter_mut().enumerate() {
                             let ai = _mm512_set1_ps(*a.add(i * lda + p));
-                            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                            for v in 0..V {
+                                row[v] = _mm512_fmadd_ps(ai, bv[v], row[v]);
+                            }
                         }
                         b = b.add(32);
                     }
@@ -201,7 +204,13 @@ mod x86 {
             debug_assert!(b.len() >= kc * Self::NR && rows <= Self::MR && cols <= Self::NR);
             debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
             // SAFETY: the caller vouches for the CPU, the panels and C.
-            unsafe { full16(kc, a, b.as_ptr(), c, rsc, rows, cols, ep) }
+            unsafe {
+                if cols <= 16 {
+                    full16::<1>(kc, a, b.as_ptr(), c, rsc, rows, cols, ep)
+                } else {
+                    full16::<2>(kc, a, b.as_ptr(), c, rsc, rows, cols, ep)
+                }
+            }
         }
 
         #[inline]
@@ -215,7 +224,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn full16(
+    unsafe fn full16<const V: usize>(
         kc: usize,
         a: APanel,
         b: *const f32,
@@ -227,7 +236,7 @@ mod x86 {
     ) {
         // SAFETY: see `MicroKernel::full`; masked lanes are neither read nor written.
         unsafe {
-            let acc = accumulate16(kc, a, b);
+            let acc = accumulate16::<V>(kc, a, b);
             let alpha = _mm512_set1_ps(ep.alpha);
             let beta = _mm512_set1_ps(ep.beta);
             // Lanes of the two column vectors that lie inside C.
@@ -266,7 +275,7 @@ mod x86 {
     unsafe fn raw16(kc: usize, a: APanel, b: *const f32, tile: *mut f32) {
         // SAFETY: see `MicroKernel::raw`.
         unsafe {
-            let acc = accumulate16(kc, a, b);
+            let acc = accumulate16::<2>(kc, a, b);
             for (i, row) in acc.iter().enumerate() {
                 _mm512_storeu_ps(tile.add(i * 32), row[0]);
                 _mm512_storeu_ps(tile.add(i * 32 + 16), row[1]);
