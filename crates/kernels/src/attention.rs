@@ -108,7 +108,15 @@ crate::multiversion! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_product(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, rsc: usize) {
     // SAFETY: `cpu::isa()` never exceeds the CPU's level; the caller vouches for C.
-    unsafe { product_raw(prec, crate::cpu::isa(), alpha, a, b, beta, None, c, rsc, 1, 1) }
+    let p = crate::gemm::driver::Product {
+        alpha,
+        a,
+        b,
+        beta,
+        bias: None,
+        gelu_to: None,
+    };
+    unsafe { product_raw(prec, crate::cpu::isa(), &p, c, rsc, 1, 1) }
 }
 
 /// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.

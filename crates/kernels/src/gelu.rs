@@ -52,6 +52,25 @@ crate::multiversion! {
     }
 }
 
+/// `out = gelu(inp)` on the calling thread (a GEMM tile's epilogue).
+pub(crate) fn gelu_into(isa: crate::cpu::Isa, out: &mut [f32], inp: &[f32]) {
+    forward_chunk::run(isa, out, inp)
+}
+
+/// `x = gelu(x)` on the calling thread.
+pub(crate) fn gelu_in_place(isa: crate::cpu::Isa, x: &mut [f32]) {
+    gelu_in_place_chunk::run(isa, x)
+}
+
+crate::multiversion! {
+    /// `x = gelu(x)` on one chunk.
+    fn gelu_in_place_chunk(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu(*v);
+        }
+    }
+}
+
 /// `out = gelu(inp)`.
 pub fn forward(out: &mut [f32], inp: &[f32]) {
     forward_with(crate::cpu::isa(), out, inp)

@@ -14,7 +14,7 @@
 //! while writing `out`, so the output is written once and never re-read.
 
 use crate::GradOut;
-use crate::gemm::{MatMut, MatRef, gemm, gemm_bias};
+use crate::gemm::{MatMut, MatRef, gemm, gemm_bias, gemm_bias_gelu};
 use crate::par::{col_sum_add, col_sum_into};
 
 fn check(name: &str, what: &str, len: usize, want: usize) {
@@ -34,6 +34,30 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
         }
         None => gemm(1.0, x, wt, 0.0, MatMut::row_major(out, m, n)),
     }
+}
+
+/// `pre = inp · weightᵀ + bias` and `act = gelu(pre)`: an MLP's first layer
+/// in one pass over the output ([`gemm_bias_gelu`]: each tile's GELU is taken
+/// while the tile is in cache). `pre` is what the backward needs. Bit-identical
+/// to [`forward`] followed by `gelu::forward`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_gelu(
+    pre: &mut [f32],
+    act: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check("forward_gelu", "pre (M, N)", pre.len(), m * n);
+    check("forward_gelu", "act (M, N)", act.len(), m * n);
+    check("forward_gelu", "inp (M, K)", inp.len(), m * k);
+    check("forward_gelu", "weight (N, K)", weight.len(), n * k);
+    check("forward_gelu", "bias (N)", bias.len(), n);
+    let (x, wt) = (MatRef::row_major(inp, m, k), MatRef::row_major(weight, n, k).t());
+    gemm_bias_gelu(x, wt, bias, MatMut::row_major(pre, m, n), act);
 }
 
 /// The gradients of [`forward`], into whichever of `dinp`, `dweight`,
@@ -207,6 +231,23 @@ mod tests {
             assert_close(&ox, &zx, 1e-4, "linear dinp overwrite");
             assert_close(&ow, &zw, 1e-4, "linear dweight overwrite");
             assert_close(&ob, &zb, 1e-4, "linear dbias overwrite");
+        }
+    }
+
+    #[test]
+    fn forward_gelu_is_forward_then_gelu_bit_for_bit() {
+        for &(m, k, n) in &[(1, 1, 1), (7, 17, 65), (197, 64, 33)] {
+            let inp = random_vec(m * k, 1);
+            let w = random_vec(n * k, 2);
+            let b = random_vec(n, 3);
+            let (mut pre, mut act) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+            forward_gelu(&mut pre, &mut act, &inp, &w, &b, m, k, n);
+            let mut want = vec![0.0; m * n];
+            forward(&mut want, &inp, &w, Some(&b), m, k, n);
+            let mut want_act = vec![0.0; m * n];
+            crate::gelu::forward(&mut want_act, &want);
+            assert_eq!(pre, want, "pre m{m} k{k} n{n}");
+            assert_eq!(act, want_act, "act m{m} k{k} n{n}");
         }
     }
 

@@ -133,7 +133,12 @@ impl Mlp {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu())
+        let h = match &self.fc1.bias {
+            // fc1 and its GELU in one op (the GELU taken tile by tile in the product).
+            Some(b) => x.linear_gelu(&self.fc1.weight, b)?,
+            None => self.fc1.forward(x)?.gelu(),
+        };
+        self.fc2.forward(&h)
     }
 }
 

@@ -117,6 +117,14 @@ fn linear_and_matmul_on_odd_sizes() {
 }
 
 #[test]
+fn linear_gelu_on_odd_sizes() {
+    for (m, k, n) in [(1, 1, 1), (3, 7, 17), (17, 65, 3)] {
+        let (x, w, b) = (param(&[m, k], 21), param(&[n, k], 22), param(&[n], 23));
+        ok(vec![x, w, b], |t| t[0].linear_gelu(&t[1], &t[2]));
+    }
+}
+
+#[test]
 fn layer_norm_gelu_softmax() {
     for d in [1, 3, 7, 17, 65] {
         let x = param(&[3, d], 20);
@@ -213,6 +221,20 @@ fn fused_ops_equal_their_composition_from_primitives() {
         }
     }
 
+    // linear_gelu == linear then gelu: the same bits forward, the same gradients.
+    let x = param(&[2, 5, 17], 76);
+    let (w, b) = (param(&[33, 17], 77), param(&[33], 78));
+    let fused = x.linear_gelu(&w, &b).unwrap();
+    let composed = x.linear(&w, Some(&b)).unwrap().gelu();
+    assert_eq!(fused.shape(), composed.shape());
+    assert_eq!(fused.to_vec(), composed.to_vec());
+    let r = param(&[2, 5, 33], 79).detach();
+    let gf = fused.mul(&r).unwrap().sum_all().backward().unwrap();
+    let gc = composed.mul(&r).unwrap().sum_all().backward().unwrap();
+    for t in [&x, &w, &b] {
+        assert_eq!(gf.get(t).unwrap(), gc.get(t).unwrap());
+    }
+
     // attention == per-head softmax(q kᵀ / √Dh) v built from matmul, softmax, permute.
     let (bsz, n, d, h) = (2, 5, 8, 2);
     let qkv = param(&[bsz, n, 3 * d], 74);
@@ -260,6 +282,7 @@ fn every_fused_op_gives_every_parameter_a_nonzero_gradient() {
     let (lw, lb) = (param(&[18, 6], 83), param(&[18], 84));
     let (pw, pb) = (param(&[6, 1, 2, 2], 85), param(&[6], 86));
     let img = param(&[2, 1, 4, 4], 87);
+    let (gw, gb) = (param(&[6, 6], 88), param(&[6], 89));
     let y = x
         .layer_norm(&w, &b, 1e-6)
         .unwrap()
@@ -267,7 +290,9 @@ fn every_fused_op_gives_every_parameter_a_nonzero_gradient() {
         .unwrap()
         .attention(2)
         .unwrap()
-        .gelu();
+        .gelu()
+        .linear_gelu(&gw, &gb)
+        .unwrap();
     let z = img.patch_embed(&pw, &pb).unwrap();
     let loss = y.add(&z).unwrap().mse_loss(&Tensor::zeros(&[2, 4, 6]), None).unwrap();
     let g = loss.backward().unwrap();
@@ -277,6 +302,8 @@ fn every_fused_op_gives_every_parameter_a_nonzero_gradient() {
         ("ln.b", &b),
         ("fc.w", &lw),
         ("fc.b", &lb),
+        ("fc_gelu.w", &gw),
+        ("fc_gelu.b", &gb),
         ("pe.w", &pw),
         ("pe.b", &pb),
         ("img", &img),

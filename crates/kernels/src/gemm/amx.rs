@@ -347,14 +347,15 @@ unsafe fn write_back(
 /// [`available`] must have returned true; `c` must be valid for writes of the
 /// `a.rows() × b.cols()` region with strides `(rsc, csc)`, written by no one
 /// else; `bias`, if given, has `b.cols()` values.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_bf16(p: &Product, c: *mut f32, rsc: usize, csc: usize) {
+    // (`p.gelu_to` is applied by the caller after this path.)
     let Product {
         alpha,
         a,
         b,
         beta,
         bias,
+        ..
     } = *p;
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if m == 0 || n == 0 || k == 0 {

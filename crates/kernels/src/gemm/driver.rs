@@ -56,6 +56,10 @@ pub(crate) struct Product<'a> {
     pub beta: f32,
     /// `N` values, or none.
     pub bias: Option<&'a [f32]>,
+    /// Also write `gelu(C)` here (rows this far apart, columns contiguous),
+    /// tile by tile as C's tiles get their last k block: the fc1 layer of an
+    /// MLP, without a second pass over C.
+    pub gelu_to: Option<(SendPtr, usize)>,
 }
 
 /// Runs `p` with kernel `K` on at most `threads` threads (1: on the caller only).
@@ -264,13 +268,25 @@ unsafe fn block<K: MicroKernel>(
                         ..ep
                     };
                     // SAFETY: the tile at (rp, jp) lies inside C (rows and cols
-                    // clipped to the edge) and belongs to this call; the A panel
-                    // covers MR rows × kc and the B panel kc·NR values; the caller
-                    // vouches for the CPU.
+                    // clipped to the edge) and belongs to this call, as does the
+                    // same block of `gelu_to` (the caller vouches for its shape);
+                    // the A panel covers MR rows × kc and the B panel kc·NR
+                    // values; the caller vouches for the CPU. (The edge path
+                    // below, C with strided columns, never has `gelu_to`:
+                    // `product_raw` applies it after.)
                     unsafe {
                         let ct = c.add(rp * mr * rsc + jp * nr * csc);
                         if csc == 1 {
                             K::full(kc, a, b, ct, rsc, rows, cols, &ep);
+                            if let (Some((out, ors)), true) = (p.gelu_to, pc + kc == k) {
+                                // The tile is final and still in L1: its GELU now.
+                                let (r0, c0) = (rp * mr, jp * nr);
+                                for i in 0..rows {
+                                    let src = std::slice::from_raw_parts(ct.add(i * rsc), cols);
+                                    let dst = std::slice::from_raw_parts_mut(out.get().add((r0 + i) * ors + c0), cols);
+                                    crate::gelu::gelu_into(crate::cpu::isa(), dst, src);
+                                }
+                            }
                         } else {
                             K::raw(kc, a, b, &mut tile);
                             store_edge(&tile, nr, rows, cols, ct, rsc, csc, &ep);

@@ -33,7 +33,7 @@ use std::cell::Cell;
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
-mod driver;
+pub(crate) mod driver;
 mod kernel;
 mod pack;
 pub mod view;
@@ -136,14 +136,14 @@ pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
 /// path. A level above the CPU's is lowered to the CPU's best (never run).
 pub fn gemm_with(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm", &a, &b, &c);
-    product(isa, alpha, a, b, beta, None, c, rayon::current_num_threads())
+    product(isa, plain(alpha, a, b, beta), c, rayon::current_num_threads())
 }
 
 /// `C = α·A·B + β·C` on the calling thread only. Use inside rayon tasks
 /// (attention heads, batches) to keep one level of parallelism.
 pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm_serial", &a, &b, &c);
-    product(cpu::isa(), alpha, a, b, beta, None, c, 1)
+    product(cpu::isa(), plain(alpha, a, b, beta), c, 1)
 }
 
 /// `C = α·A·B + β·C + bias` with `bias (N)` added to every row of C: a linear
@@ -158,16 +158,42 @@ pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: M
         bias.len(),
         c.cols()
     );
-    product(
-        cpu::isa(),
-        alpha,
-        a,
-        b,
-        beta,
-        Some(bias),
-        c,
-        rayon::current_num_threads(),
-    )
+    let p = driver::Product {
+        bias: Some(bias),
+        ..plain(alpha, a, b, beta)
+    };
+    product(cpu::isa(), p, c, rayon::current_num_threads())
+}
+
+/// `pre = A·B + bias` (a linear layer, β = 0) and `act = gelu(pre)` (exact
+/// erf GELU): an MLP's first layer. On the driver's paths the GELU is applied
+/// to each tile of `pre` as it gets its last k block, while it is in L1, so
+/// `pre` is not read back from memory; elsewhere in a pass afterwards. Both
+/// give the bits of [`gemm_bias`] followed by `gelu::forward`.
+pub fn gemm_bias_gelu(a: MatRef, b: MatRef, bias: &[f32], pre: MatMut, act: &mut [f32]) {
+    check_dims("gemm_bias_gelu", &a, &b, &pre);
+    assert_eq!(
+        bias.len(),
+        pre.cols(),
+        "gemm_bias_gelu: bias has {} values for {} columns",
+        bias.len(),
+        pre.cols()
+    );
+    let (rows, cols) = (pre.rows(), pre.cols());
+    assert_eq!(
+        act.len(),
+        rows * cols,
+        "gemm_bias_gelu: act has {} values, want {rows}x{cols}",
+        act.len()
+    );
+    let p = driver::Product {
+        bias: Some(bias),
+        gelu_to: Some((SendPtr(act.as_mut_ptr()), cols)),
+        ..plain(1.0, a, b, 0.0)
+    };
+    // `act` is borrowed mutably for the call and holds rows × cols values,
+    // contiguous rows `cols` apart: what `product_raw` needs of `gelu_to`.
+    product(cpu::isa(), p, pre, rayon::current_num_threads())
 }
 
 /// Runs `C = α·A·B + β·C` split as the driver would split it for `threads`
@@ -180,13 +206,7 @@ pub fn split_profile(threads: usize, alpha: f32, a: MatRef, b: MatRef, beta: f32
     if a.cols() == 0 || c.rows() == 0 || c.cols() == 0 || precision() != Precision::F32 {
         return None;
     }
-    let p = driver::Product {
-        alpha,
-        a,
-        b,
-        beta,
-        bias: None,
-    };
+    let p = plain(alpha, a, b, beta);
     let (rsc, csc) = (c.rs(), c.cs());
     let ptr = c.as_mut_ptr();
     match cpu::isa() {
@@ -202,22 +222,18 @@ pub fn split_profile(threads: usize, alpha: f32, a: MatRef, b: MatRef, beta: f32
 }
 
 /// The checked entry of every product: picks the path and the thread count.
-#[allow(clippy::too_many_arguments)]
-fn product(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&[f32]>, mut c: MatMut, threads: usize) {
+fn product(isa: Isa, p: driver::Product, mut c: MatMut, threads: usize) {
     let threads = if c.is_non_overlapping() { threads } else { 1 };
     let (rsc, csc) = (c.rs(), c.cs());
     // SAFETY: `MatMut`'s constructor checked that the view fits in its slice,
     // which `c` borrows mutably for the whole call; parallel writes only
-    // happen on non-overlapping layouts (checked above).
+    // happen on non-overlapping layouts (checked above); the callers check the
+    // bias and the activation output against C's shape.
     unsafe {
         product_raw(
             precision(),
             isa.min(cpu::detected()),
-            alpha,
-            a,
-            b,
-            beta,
-            bias,
+            &p,
             c.as_mut_ptr(),
             rsc,
             csc,
@@ -226,35 +242,99 @@ fn product(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, bias: Option<&
     }
 }
 
+/// The operands of a product with the defaults: no bias, no activation.
+fn plain<'a>(alpha: f32, a: MatRef<'a>, b: MatRef<'a>, beta: f32) -> driver::Product<'a> {
+    driver::Product {
+        alpha,
+        a,
+        b,
+        beta,
+        bias: None,
+        gelu_to: None,
+    }
+}
+
 /// Runs a product on views whose bounds were already checked:
-/// `C = α·A·B + β·C (+ bias on every row)`, C being `A.rows × B.cols` at `c`
-/// with strides `(rsc, csc)`, in precision `prec` on instruction set `isa`,
-/// on at most `threads` threads.
+/// `C = α·A·B + β·C (+ bias on every row)`, then `gelu(C)` into `p.gelu_to`
+/// if asked; C is `A.rows × B.cols` at `c` with strides `(rsc, csc)`, in
+/// precision `prec` on instruction set `isa`, on at most `threads` threads.
 ///
 /// # Safety
 /// `isa` ≤ `cpu::detected()`; `c` points to a region of that shape that is
 /// valid for reads and writes and not touched by anyone else during the call,
-/// whose elements do not overlap if `threads > 1`; `bias`, if given, has
-/// `B.cols` values.
-#[allow(clippy::too_many_arguments)]
+/// whose elements do not overlap if `threads > 1`; the bias, if given, has
+/// `B.cols` values; `p.gelu_to`, if given, is valid for writes of the same
+/// shape with its row stride and contiguous rows, and touched by no one else.
 pub(crate) unsafe fn product_raw(
     prec: Precision,
     isa: Isa,
-    alpha: f32,
-    a: MatRef,
-    b: MatRef,
-    beta: f32,
-    bias: Option<&[f32]>,
+    p: &driver::Product,
     c: *mut f32,
     rsc: usize,
     csc: usize,
     threads: usize,
 ) {
+    let (a, b) = (&p.a, &p.b);
     debug_assert!(a.cols() == b.rows() && isa <= cpu::detected());
     let (rows, cols, k) = (a.rows(), b.cols(), a.cols());
     if rows == 0 || cols == 0 {
         return;
     }
+    // The driver applies GELU to each tile as it finishes (it needs C's
+    // columns contiguous); every other path does it in a pass afterwards.
+    let driver_path = cfg!(target_arch = "x86_64")
+        && k > 0
+        && csc == 1
+        && isa != Isa::Scalar
+        && !(prec == Precision::Bf16 && bf16_on_amx());
+    let q = if driver_path {
+        *p
+    } else {
+        driver::Product { gelu_to: None, ..*p }
+    };
+    // SAFETY: the caller's promises, passed on.
+    unsafe { product_unfused(prec, isa, &q, c, rsc, csc, threads) };
+    if let (Some((out, ors)), false) = (p.gelu_to, driver_path) {
+        for i in 0..rows {
+            // SAFETY: row i of C (cols values `csc` apart) and of the output
+            // (contiguous) lie in the regions the caller vouched for.
+            unsafe {
+                let dst = std::slice::from_raw_parts_mut(out.get().add(i * ors), cols);
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = *c.add(i * rsc + j * csc);
+                }
+                crate::gelu::gelu_in_place(isa, dst);
+            }
+        }
+    }
+}
+
+/// True where bf16 products run on AMX (which has no fused activation).
+fn bf16_on_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`product_raw`] with the activation left to the driver (if any).
+///
+/// # Safety
+/// As [`product_raw`]; `p.gelu_to` is only honoured on the driver's paths.
+unsafe fn product_unfused(
+    prec: Precision,
+    isa: Isa,
+    p: &driver::Product,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+    threads: usize,
+) {
+    let (rows, cols, k) = (p.a.rows(), p.b.cols(), p.a.cols());
     if k == 0 {
         // No products: C = β·C + bias (β = 0 overwrites, so stale NaNs vanish).
         for i in 0..rows {
@@ -262,26 +342,19 @@ pub(crate) unsafe fn product_raw(
                 // SAFETY: (i, j) lies in the region the caller vouched for.
                 unsafe {
                     let dst = c.add(i * rsc + j * csc);
-                    let old = if beta == 0.0 { 0.0 } else { beta * *dst };
-                    *dst = old + bias.map_or(0.0, |v| v[j]);
+                    let old = if p.beta == 0.0 { 0.0 } else { p.beta * *dst };
+                    *dst = old + p.bias.map_or(0.0, |v| v[j]);
                 }
             }
         }
         return;
     }
-    let p = driver::Product {
-        alpha,
-        a,
-        b,
-        beta,
-        bias,
-    };
     #[cfg(target_arch = "x86_64")]
     {
         if prec == Precision::Bf16 && amx::available() {
             // SAFETY: AMX is available; the caller vouches for C and the bias.
             unsafe {
-                split_among_threads(&p, c, rsc, csc, threads, |q, c, rsc, csc| {
+                split_among_threads(p, c, rsc, csc, threads, |q, c, rsc, csc| {
                     amx::sgemm_bf16(q, c, rsc, csc)
                 })
             };
@@ -289,20 +362,20 @@ pub(crate) unsafe fn product_raw(
         }
         if prec == Precision::Bf16 && isa == Isa::Avx512 && avx512_bf16() {
             // SAFETY: the CPU has AVX-512F and AVX512-BF16; the caller vouches for C and the bias.
-            return unsafe { driver::run::<kernel::Avx512Bf16>(&p, c, rsc, csc, threads) };
+            return unsafe { driver::run::<kernel::Avx512Bf16>(p, c, rsc, csc, threads) };
         }
         match isa {
             // SAFETY: the caller vouches for the CPU (isa ≤ detected), C and the bias.
-            Isa::Avx512 => return unsafe { driver::run::<kernel::Avx512>(&p, c, rsc, csc, threads) },
+            Isa::Avx512 => return unsafe { driver::run::<kernel::Avx512>(p, c, rsc, csc, threads) },
             // SAFETY: as above.
-            Isa::Avx2 => return unsafe { driver::run::<kernel::Avx2>(&p, c, rsc, csc, threads) },
+            Isa::Avx2 => return unsafe { driver::run::<kernel::Avx2>(p, c, rsc, csc, threads) },
             Isa::Scalar => {}
         }
     }
     let _ = (prec, isa);
     // SAFETY: the caller vouches for C and the bias.
     unsafe {
-        split_among_threads(&p, c, rsc, csc, threads, |q, c, rsc, csc| {
+        split_among_threads(p, c, rsc, csc, threads, |q, c, rsc, csc| {
             reference_sgemm(q, c, rsc, csc)
         })
     }
@@ -465,11 +538,7 @@ pub fn gemm_batched(
                 product_raw(
                     prec,
                     isa,
-                    alpha,
-                    ai,
-                    bi,
-                    beta,
-                    None,
+                    &plain(alpha, ai, bi, beta),
                     cptr.get().add(i * c_stride),
                     rsc,
                     csc,
@@ -512,6 +581,7 @@ pub mod reference {
 
 #[cfg(test)]
 mod tests {
+    use super::driver::Product;
     use super::*;
     use approx::assert_relative_eq;
     use rand::rngs::Xoshiro256PlusPlus;
@@ -622,7 +692,15 @@ mod tests {
                     });
                     let mut got = c0.clone();
                     let bias = with_bias.then_some(&bias[..]);
-                    product(isa, alpha, a, b, beta, bias, MatMut::row_major(&mut got, m, n), 4);
+                    product(
+                        isa,
+                        Product {
+                            bias,
+                            ..plain(alpha, a, b, beta)
+                        },
+                        MatMut::row_major(&mut got, m, n),
+                        4,
+                    );
                     for (idx, w) in want {
                         let w = w + bias.map_or(0.0, |v| v[idx % n] as f64);
                         let tol = 1e-5 * (k as f64).sqrt() * 4.0 + 1e-6;
@@ -668,11 +746,10 @@ mod tests {
                     let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k).t());
                     product(
                         isa,
-                        1.0,
-                        av,
-                        bv,
-                        1.0,
-                        Some(&bias),
+                        Product {
+                            bias: Some(&bias),
+                            ..plain(1.0, av, bv, 1.0)
+                        },
                         MatMut::row_major(&mut c, m, n),
                         tasks,
                     );
@@ -696,11 +773,10 @@ mod tests {
                 let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k).t());
                 product(
                     isa,
-                    1.0,
-                    av,
-                    bv,
-                    1.0,
-                    Some(&bias),
+                    Product {
+                        bias: Some(&bias),
+                        ..plain(1.0, av, bv, 1.0)
+                    },
                     MatMut::row_major(&mut ct, n, m).t(),
                     3,
                 );
@@ -714,6 +790,69 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The fused fc1 product gives the bits of the product followed by the
+    /// GELU pass, on every path (the driver's in-tile GELU, matrixmultiply's
+    /// pass after, bf16 where the CPU has it), ragged shapes included.
+    #[test]
+    fn gemm_bias_gelu_equals_product_then_gelu() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(29);
+        let mut paths: Vec<(Isa, Precision)> = cpu::available().into_iter().map(|i| (i, Precision::F32)).collect();
+        if bf16_available() {
+            paths.push((cpu::detected(), Precision::Bf16));
+        }
+        for (isa, prec) in paths {
+            let previous = set_precision(prec);
+            for &(m, k, n) in &[(1, 1, 1), (13, 300, 37), (100, 64, 530), (25, 1024, 17)] {
+                let x = random(m * k, &mut rng);
+                let w = random(n * k, &mut rng);
+                let bias = random(n, &mut rng);
+                let (xv, wt) = (MatRef::row_major(&x, m, k), MatRef::row_major(&w, n, k).t());
+                let mut pre = vec![f32::NAN; m * n];
+                let mut act = vec![f32::NAN; m * n];
+                let p = Product {
+                    bias: Some(&bias),
+                    gelu_to: Some((SendPtr(act.as_mut_ptr()), n)),
+                    ..plain(1.0, xv, wt, 0.0)
+                };
+                product(isa, p, MatMut::row_major(&mut pre, m, n), 3);
+                let mut want_pre = vec![0f32; m * n];
+                let p = Product {
+                    bias: Some(&bias),
+                    ..plain(1.0, xv, wt, 0.0)
+                };
+                product(isa, p, MatMut::row_major(&mut want_pre, m, n), 1);
+                let mut want_act = vec![0f32; m * n];
+                crate::gelu::forward_with(isa, &mut want_act, &want_pre);
+                let name = format!("{} {prec:?} m{m} k{k} n{n}", isa.name());
+                assert!(
+                    pre.iter().zip(&want_pre).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "pre {name}"
+                );
+                assert!(
+                    act.iter().zip(&want_act).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "act {name}"
+                );
+            }
+            set_precision(previous);
+        }
+        // The public entry on a column-major `pre` (GELU in a pass after).
+        let (m, k, n) = (9, 40, 21);
+        let x = random(m * k, &mut rng);
+        let w = random(n * k, &mut rng);
+        let bias = random(n, &mut rng);
+        let (xv, wt) = (MatRef::row_major(&x, m, k), MatRef::row_major(&w, n, k).t());
+        let mut pre_t = vec![0f32; m * n];
+        let mut act = vec![0f32; m * n];
+        gemm_bias_gelu(xv, wt, &bias, MatMut::row_major(&mut pre_t, n, m).t(), &mut act);
+        for i in 0..m {
+            for j in 0..n {
+                let mut g = [0f32];
+                crate::gelu::forward(&mut g, &[pre_t[j * m + i]]);
+                assert_eq!(act[i * n + j].to_bits(), g[0].to_bits(), "column-major pre ({i}, {j})");
             }
         }
     }

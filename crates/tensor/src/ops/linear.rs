@@ -3,6 +3,7 @@
 use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, shape_err};
 use crate::tensor::Tensor;
+use tessera_kernels::GradOut;
 use tessera_kernels::gemm::{MatMut, MatRef, gemm, gemm_batched};
 use tessera_kernels::linear as klinear;
 
@@ -43,6 +44,51 @@ impl Backward for LinearBackward {
         if let Some(b) = &self.b {
             g.put(b, db.map(|b| b.0));
         }
+        Ok(())
+    }
+}
+
+/// `gelu(x · wᵀ + b)`: saves the pre-activation for the backward.
+struct LinearGeluBackward {
+    x: Tensor,
+    w: Tensor,
+    b: Tensor,
+    /// `x · wᵀ + b`, a constant tensor (its buffer returns to the pool with it).
+    pre: Tensor,
+}
+
+impl Backward for LinearGeluBackward {
+    fn name(&self) -> &'static str {
+        "linear_gelu"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.x, &self.w, &self.b]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
+        let m = self.x.numel() / k.max(1);
+        // dpre = dout ⊙ gelu'(pre).
+        let mut dpre = crate::pool::uninit(dout.len()); // overwritten below
+        tessera_kernels::gelu::backward(GradOut::overwrite(&mut dpre), &dout, &self.pre.data());
+        crate::pool::recycle(dout);
+        let mut dx = g.take_out(&self.x);
+        let mut dw = g.take_out(&self.w);
+        let mut db = g.take_out(&self.b);
+        klinear::backward(
+            grad_out(&mut dx),
+            grad_out(&mut dw),
+            grad_out(&mut db),
+            &dpre,
+            &self.x.data(),
+            &self.w.data(),
+            m,
+            k,
+            n,
+        );
+        crate::pool::recycle(dpre);
+        g.put(&self.x, dx.map(|b| b.0));
+        g.put(&self.w, dw.map(|b| b.0));
+        g.put(&self.b, db.map(|b| b.0));
         Ok(())
     }
 }
@@ -127,36 +173,42 @@ impl Backward for MatmulBackward {
     }
 }
 
+/// `(M, K, N)` of `x (…, K) · weight (N, K)ᵀ + bias (N)`, or the error
+/// naming the shapes.
+fn linear_dims(op: &'static str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<(usize, usize, usize)> {
+    let [n, k] = *weight.shape() else {
+        return Err(shape_err(
+            op,
+            format!("weight must be (out, in), got {:?}", weight.shape()),
+        ));
+    };
+    if x.rank() == 0 || x.shape()[x.rank() - 1] != k {
+        return Err(shape_err(
+            op,
+            format!(
+                "input {:?} does not end in the weight's {k} input features (weight {:?})",
+                x.shape(),
+                weight.shape()
+            ),
+        ));
+    }
+    if let Some(b) = bias
+        && b.shape() != [n]
+    {
+        return Err(shape_err(
+            op,
+            format!("bias {:?} does not match weight {:?}", b.shape(), weight.shape()),
+        ));
+    }
+    Ok((x.numel() / k.max(1), k, n))
+}
+
 impl Tensor {
     /// A fully connected layer: `self (…, in) · weightᵀ + bias` with PyTorch's
     /// layouts, `weight (out, in)` and `bias (out)`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear", "forward");
-        let [n, k] = *weight.shape() else {
-            return Err(shape_err(
-                "linear",
-                format!("weight must be (out, in), got {:?}", weight.shape()),
-            ));
-        };
-        if self.rank() == 0 || self.shape()[self.rank() - 1] != k {
-            return Err(shape_err(
-                "linear",
-                format!(
-                    "input {:?} does not end in the weight's {k} input features (weight {:?})",
-                    self.shape(),
-                    weight.shape()
-                ),
-            ));
-        }
-        if let Some(b) = bias
-            && b.shape() != [n]
-        {
-            return Err(shape_err(
-                "linear",
-                format!("bias {:?} does not match weight {:?}", b.shape(), weight.shape()),
-            ));
-        }
-        let m = self.numel() / k.max(1);
+        let (m, k, n) = linear_dims("linear", self, weight, bias)?;
         let mut out = crate::pool::uninit(m * n); // overwritten by the bias fill or β = 0
         {
             let bias_data = bias.map(|b| b.data());
@@ -171,6 +223,31 @@ impl Tensor {
                 x: self.clone(),
                 w: weight.clone(),
                 b: bias.cloned(),
+            })
+        }))
+    }
+
+    /// `gelu(self · weightᵀ + bias)`, an MLP's first layer, as one op: the
+    /// product's kernel takes each output tile's GELU while the tile is in
+    /// cache (`linear::forward_gelu`). Values and gradients equal
+    /// `self.linear(weight, Some(bias))?.gelu()`.
+    pub fn linear_gelu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let _timer = crate::profile::scope("linear_gelu", "forward");
+        let (m, k, n) = linear_dims("linear_gelu", self, weight, Some(bias))?;
+        let mut pre = crate::pool::uninit(m * n); // β = 0 overwrites
+        let mut act = crate::pool::uninit(m * n); // written tile by tile
+        klinear::forward_gelu(&mut pre, &mut act, &self.data(), &weight.data(), &bias.data(), m, k, n);
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        // Kept by the backward if one is recorded; otherwise dropped here,
+        // which returns its buffer to the pool.
+        let pre = Tensor::new(pre, &shape)?;
+        Ok(Tensor::from_op(act, shape, &[self, weight, bias], || {
+            Box::new(LinearGeluBackward {
+                x: self.clone(),
+                w: weight.clone(),
+                b: bias.clone(),
+                pre,
             })
         }))
     }
