@@ -108,14 +108,7 @@ crate::multiversion! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_product(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, rsc: usize) {
     // SAFETY: `cpu::isa()` never exceeds the CPU's level; the caller vouches for C.
-    let p = crate::gemm::driver::Product {
-        alpha,
-        a,
-        b,
-        beta,
-        bias: None,
-        gelu_to: None,
-    };
+    let p = crate::gemm::plain(alpha, a, b, beta);
     unsafe { product_raw(prec, crate::cpu::isa(), &p, c, rsc, 1, 1) }
 }
 

@@ -14,7 +14,7 @@
 //! while writing `out`, so the output is written once and never re-read.
 
 use crate::GradOut;
-use crate::gemm::{MatMut, MatRef, gemm, gemm_bias, gemm_bias_gelu};
+use crate::gemm::{MatMut, MatRef, gemm, gemm_bias, gemm_bias_gelu, gemm_bias_residual};
 use crate::par::{col_sum_add, col_sum_into};
 
 fn check(name: &str, what: &str, len: usize, want: usize) {
@@ -58,6 +58,36 @@ pub fn forward_gelu(
     check("forward_gelu", "bias (N)", bias.len(), n);
     let (x, wt) = (MatRef::row_major(inp, m, k), MatRef::row_major(weight, n, k).t());
     gemm_bias_gelu(x, wt, bias, MatMut::row_major(pre, m, n), act);
+}
+
+/// `out = residual + inp · weightᵀ + bias`: a linear layer and the residual
+/// connection around it in one pass over `out` ([`gemm_bias_residual`]).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_residual(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check("forward_residual", "out (M, N)", out.len(), m * n);
+    check("forward_residual", "inp (M, K)", inp.len(), m * k);
+    check("forward_residual", "weight (N, K)", weight.len(), n * k);
+    check("forward_residual", "residual (M, N)", residual.len(), m * n);
+    if let Some(b) = bias {
+        check("forward_residual", "bias (N)", b.len(), n);
+    }
+    let (x, wt) = (MatRef::row_major(inp, m, k), MatRef::row_major(weight, n, k).t());
+    gemm_bias_residual(
+        x,
+        wt,
+        bias,
+        MatRef::row_major(residual, m, n),
+        MatMut::row_major(out, m, n),
+    );
 }
 
 /// The gradients of [`forward`], into whichever of `dinp`, `dweight`,
@@ -248,6 +278,26 @@ mod tests {
             crate::gelu::forward(&mut want_act, &want);
             assert_eq!(pre, want, "pre m{m} k{k} n{n}");
             assert_eq!(act, want_act, "act m{m} k{k} n{n}");
+        }
+    }
+
+    #[test]
+    fn forward_residual_is_forward_plus_the_residual() {
+        for &(m, k, n) in &[(1, 1, 1), (7, 17, 65), (197, 64, 33)] {
+            let inp = random_vec(m * k, 4);
+            let w = random_vec(n * k, 5);
+            let b = random_vec(n, 6);
+            let r = random_vec(m * n, 7);
+            for bias in [Some(&b[..]), None] {
+                let mut out = vec![f32::NAN; m * n];
+                forward_residual(&mut out, &inp, &w, bias, &r, m, k, n);
+                let mut want = vec![0.0; m * n];
+                reference::forward(&mut want, &inp, &w, bias, m, k, n);
+                for (x, y) in want.iter_mut().zip(&r) {
+                    *x += y;
+                }
+                assert_close(&out, &want, 1e-4, "linear forward_residual");
+            }
         }
     }
 

@@ -106,9 +106,17 @@ impl Attention {
     }
     /// `x (B, N, D)` → `(B, N, D)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.heads(x)?)
+    }
+    /// `residual + forward(x)`, the residual added by the projection's product.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.heads(x)?
+            .linear_residual(&self.proj.weight, self.proj.bias.as_ref(), residual)
+    }
+    /// The heads' outputs before the projection, `(B, N, D)`.
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?; // (B, N, 3D)
-        let heads = qkv.attention(self.num_heads)?; // (B, N, D)
-        self.proj.forward(&heads)
+        qkv.attention(self.num_heads)
     }
 }
 
@@ -133,12 +141,19 @@ impl Mlp {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = match &self.fc1.bias {
-            // fc1 and its GELU in one op (the GELU taken tile by tile in the product).
-            Some(b) => x.linear_gelu(&self.fc1.weight, b)?,
-            None => self.fc1.forward(x)?.gelu(),
-        };
-        self.fc2.forward(&h)
+        self.fc2.forward(&self.hidden(x)?)
+    }
+    /// `residual + forward(x)`, the residual added by fc2's product.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.hidden(x)?
+            .linear_residual(&self.fc2.weight, self.fc2.bias.as_ref(), residual)
+    }
+    /// `gelu(fc1(x))`, as one op (the GELU taken tile by tile in the product).
+    fn hidden(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.fc1.bias {
+            Some(b) => x.linear_gelu(&self.fc1.weight, b),
+            None => Ok(self.fc1.forward(x)?.gelu()),
+        }
     }
 }
 
@@ -168,8 +183,10 @@ impl Block {
     }
     /// `x (B, N, D)` → `(B, N, D)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.add(&self.attn.forward(&self.norm1.forward(x)?)?)?;
-        x.add(&self.mlp.forward(&self.norm2.forward(&x)?)?)
+        // x + attn(norm1(x)), then x + mlp(norm2(x)); each residual is added
+        // by the product that ends its branch.
+        let x = self.attn.forward_residual(&self.norm1.forward(x)?, x)?;
+        self.mlp.forward_residual(&self.norm2.forward(&x)?, &x)
     }
 }
 

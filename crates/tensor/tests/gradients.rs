@@ -125,6 +125,26 @@ fn linear_gelu_on_odd_sizes() {
 }
 
 #[test]
+fn linear_residual_on_odd_sizes() {
+    for (m, k, n) in [(1, 1, 1), (3, 7, 17), (17, 65, 3)] {
+        let (x, w, b, r) = (
+            param(&[m, k], 31),
+            param(&[n, k], 32),
+            param(&[n], 33),
+            param(&[m, n], 34),
+        );
+        ok(vec![x.clone(), w.clone(), b, r.clone()], |t| {
+            t[0].linear_residual(&t[1], Some(&t[2]), &t[3])
+        });
+        ok(vec![x, w, r], |t| t[0].linear_residual(&t[1], None, &t[2]));
+    }
+    // The residual is the input itself (x + x·Wᵀ): both gradients add up.
+    let x = param(&[4, 5], 35);
+    let w = param(&[5, 5], 36);
+    ok(vec![x, w], |t| t[0].linear_residual(&t[1], None, &t[0]));
+}
+
+#[test]
 fn layer_norm_gelu_softmax() {
     for d in [1, 3, 7, 17, 65] {
         let x = param(&[3, d], 20);
@@ -293,6 +313,8 @@ fn every_fused_op_gives_every_parameter_a_nonzero_gradient() {
         .gelu()
         .linear_gelu(&gw, &gb)
         .unwrap();
+    let (rw, rb) = (param(&[6, 6], 90), param(&[6], 91));
+    let y = y.linear_residual(&rw, Some(&rb), &x).unwrap();
     let z = img.patch_embed(&pw, &pb).unwrap();
     let loss = y.add(&z).unwrap().mse_loss(&Tensor::zeros(&[2, 4, 6]), None).unwrap();
     let g = loss.backward().unwrap();
@@ -304,6 +326,8 @@ fn every_fused_op_gives_every_parameter_a_nonzero_gradient() {
         ("fc.b", &lb),
         ("fc_gelu.w", &gw),
         ("fc_gelu.b", &gb),
+        ("fc_res.w", &rw),
+        ("fc_res.b", &rb),
         ("pe.w", &pw),
         ("pe.b", &pb),
         ("img", &img),

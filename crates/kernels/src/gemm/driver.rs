@@ -60,6 +60,10 @@ pub(crate) struct Product<'a> {
     /// tile by tile as C's tiles get their last k block: the fc1 layer of an
     /// MLP, without a second pass over C.
     pub gelu_to: Option<(SendPtr, usize)>,
+    /// Added to C with the first k block (C's old contents are ignored:
+    /// `β` must be 0): a residual connection `x + h·Wᵀ + b` without a pass of
+    /// its own. Same shape as C.
+    pub residual: Option<MatRef<'a>>,
 }
 
 /// Runs `p` with kernel `K` on at most `threads` threads (1: on the caller only).
@@ -229,9 +233,11 @@ unsafe fn block<K: MicroKernel>(
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         let steps = kc.div_ceil(K::KU); // packed rows of this k block
+        // With a residual, its tile is copied into C just before the first
+        // k block, which then accumulates onto it (β = 1).
         let first = Epilogue {
             alpha: p.alpha,
-            beta: p.beta,
+            beta: if p.residual.is_some() { 1.0 } else { p.beta },
             bias: p.bias,
         };
         let later = Epilogue {
@@ -276,6 +282,9 @@ unsafe fn block<K: MicroKernel>(
                     // `product_raw` applies it after.)
                     unsafe {
                         let ct = c.add(rp * mr * rsc + jp * nr * csc);
+                        if let (Some(r), 0) = (p.residual, pc) {
+                            copy_tile(&r, rp * mr, jp * nr, rows, cols, ct, rsc, csc);
+                        }
                         if csc == 1 {
                             K::full(kc, a, b, ct, rsc, rows, cols, &ep);
                             if let (Some((out, ors)), true) = (p.gelu_to, pc + kc == k) {
@@ -294,6 +303,30 @@ unsafe fn block<K: MicroKernel>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Copies the `rows × cols` block of `r` at `(r0, c0)` into C at `c`.
+///
+/// # Safety
+/// `c + i·rsc + j·csc` is valid for writes for `i < rows`, `j < cols`, and
+/// written by no one else during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn copy_tile(
+    r: &MatRef,
+    r0: usize,
+    c0: usize,
+    rows: usize,
+    cols: usize,
+    c: *mut f32,
+    rsc: usize,
+    csc: usize,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: (i, j) lies in the region the caller vouched for.
+            unsafe { *c.add(i * rsc + j * csc) = r.at(r0 + i, c0 + j) };
         }
     }
 }

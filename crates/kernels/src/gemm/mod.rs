@@ -196,6 +196,36 @@ pub fn gemm_bias_gelu(a: MatRef, b: MatRef, bias: &[f32], pre: MatMut, act: &mut
     product(cpu::isa(), p, pre, rayon::current_num_threads())
 }
 
+/// `C = R + A·B + bias`: a linear layer and the residual connection around
+/// it in one pass over C (`R`, of C's shape, is copied into each tile of C
+/// just before the product accumulates onto it). C's old contents are ignored.
+pub fn gemm_bias_residual(a: MatRef, b: MatRef, bias: Option<&[f32]>, residual: MatRef, c: MatMut) {
+    check_dims("gemm_bias_residual", &a, &b, &c);
+    assert!(
+        residual.rows() == c.rows() && residual.cols() == c.cols(),
+        "gemm_bias_residual: residual is {}x{}, C is {}x{}",
+        residual.rows(),
+        residual.cols(),
+        c.rows(),
+        c.cols()
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            c.cols(),
+            "gemm_bias_residual: bias has {} values for {} columns",
+            bias.len(),
+            c.cols()
+        );
+    }
+    let p = driver::Product {
+        bias,
+        residual: Some(residual),
+        ..plain(1.0, a, b, 0.0)
+    };
+    product(cpu::isa(), p, c, rayon::current_num_threads())
+}
+
 /// Runs `C = α·A·B + β·C` split as the driver would split it for `threads`
 /// threads, but with every part on the calling thread, one after another,
 /// and returns what the shared packing and each part cost: how to see the
@@ -242,8 +272,9 @@ fn product(isa: Isa, p: driver::Product, mut c: MatMut, threads: usize) {
     }
 }
 
-/// The operands of a product with the defaults: no bias, no activation.
-fn plain<'a>(alpha: f32, a: MatRef<'a>, b: MatRef<'a>, beta: f32) -> driver::Product<'a> {
+/// The operands of a product with the defaults: no bias, no activation, no
+/// residual.
+pub(crate) fn plain<'a>(alpha: f32, a: MatRef<'a>, b: MatRef<'a>, beta: f32) -> driver::Product<'a> {
     driver::Product {
         alpha,
         a,
@@ -251,6 +282,7 @@ fn plain<'a>(alpha: f32, a: MatRef<'a>, b: MatRef<'a>, beta: f32) -> driver::Pro
         beta,
         bias: None,
         gelu_to: None,
+        residual: None,
     }
 }
 
@@ -287,11 +319,16 @@ pub(crate) unsafe fn product_raw(
         && csc == 1
         && isa != Isa::Scalar
         && !(prec == Precision::Bf16 && bf16_on_amx());
-    let q = if driver_path {
-        *p
-    } else {
-        driver::Product { gelu_to: None, ..*p }
-    };
+    let mut q = *p;
+    if !driver_path {
+        q.gelu_to = None;
+        if let Some(r) = q.residual.take() {
+            // C = R first, then the product accumulates onto it.
+            // SAFETY: C is the region the caller vouched for.
+            unsafe { driver::copy_tile(&r, 0, 0, rows, cols, c, rsc, csc) };
+            q.beta = 1.0;
+        }
+    }
     // SAFETY: the caller's promises, passed on.
     unsafe { product_unfused(prec, isa, &q, c, rsc, csc, threads) };
     if let (Some((out, ors)), false) = (p.gelu_to, driver_path) {
@@ -853,6 +890,52 @@ mod tests {
                 let mut g = [0f32];
                 crate::gelu::forward(&mut g, &[pre_t[j * m + i]]);
                 assert_eq!(act[i * n + j].to_bits(), g[0].to_bits(), "column-major pre ({i}, {j})");
+            }
+        }
+    }
+
+    /// `R + A·B + bias` on every path, against f64, and bit-identical for
+    /// any split; NaN in C's old contents is ignored.
+    #[test]
+    fn gemm_bias_residual_adds_the_residual() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(31);
+        for isa in cpu::available() {
+            for &(m, k, n) in &[(1, 1, 1), (13, 300, 37), (100, 64, 530)] {
+                let x = random(m * k, &mut rng);
+                let w = random(n * k, &mut rng);
+                let bias = random(n, &mut rng);
+                let res = random(m * n, &mut rng);
+                let (xv, wt) = (MatRef::row_major(&x, m, k), MatRef::row_major(&w, n, k).t());
+                let run = |tasks: usize| {
+                    let mut c = vec![f32::NAN; m * n];
+                    let p = Product {
+                        bias: Some(&bias),
+                        residual: Some(MatRef::row_major(&res, m, n)),
+                        ..plain(1.0, xv, wt, 0.0)
+                    };
+                    product(isa, p, MatMut::row_major(&mut c, m, n), tasks);
+                    c
+                };
+                let c = run(1);
+                for i in 0..m {
+                    for j in 0..n {
+                        let dot: f64 = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum();
+                        let want = dot + bias[j] as f64 + res[i * n + j] as f64;
+                        let tol = 1e-5 * (k as f64).sqrt() * 4.0 + 1e-6;
+                        assert!(
+                            (c[i * n + j] as f64 - want).abs() <= tol * (1.0 + want.abs()),
+                            "{} m{m} k{k} n{n} ({i}, {j}): {} vs {want}",
+                            isa.name(),
+                            c[i * n + j]
+                        );
+                    }
+                }
+                let split = run(5);
+                assert!(
+                    c.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} split",
+                    isa.name()
+                );
             }
         }
     }

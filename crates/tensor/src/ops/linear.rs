@@ -93,6 +93,56 @@ impl Backward for LinearGeluBackward {
     }
 }
 
+/// `r + x · wᵀ + b`: the residual receives `dout` itself.
+struct LinearResidualBackward {
+    x: Tensor,
+    w: Tensor,
+    b: Option<Tensor>,
+    r: Tensor,
+}
+
+impl Backward for LinearResidualBackward {
+    fn name(&self) -> &'static str {
+        "linear_residual"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.x, &self.w];
+        v.extend(self.b.as_ref());
+        v.push(&self.r);
+        v
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
+        let m = self.x.numel() / k.max(1);
+        let mut dx = g.take_out(&self.x);
+        let mut dw = g.take_out(&self.w);
+        let mut db = self.b.as_ref().and_then(|b| g.take_out(b));
+        klinear::backward(
+            grad_out(&mut dx),
+            grad_out(&mut dw),
+            grad_out(&mut db),
+            &dout,
+            &self.x.data(),
+            &self.w.data(),
+            m,
+            k,
+            n,
+        );
+        g.put(&self.x, dx.map(|b| b.0));
+        g.put(&self.w, dw.map(|b| b.0));
+        if let Some(b) = &self.b {
+            g.put(b, db.map(|b| b.0));
+        }
+        // The residual's gradient is dout unchanged: hand the buffer over.
+        if g.wants(&self.r) {
+            g.add(&self.r, dout);
+        } else {
+            crate::pool::recycle(dout);
+        }
+        Ok(())
+    }
+}
+
 struct MatmulBackward {
     a: Tensor,
     b: Tensor,
@@ -248,6 +298,50 @@ impl Tensor {
                 w: weight.clone(),
                 b: bias.clone(),
                 pre,
+            })
+        }))
+    }
+
+    /// `residual + self · weightᵀ + bias`: a linear layer and the residual
+    /// connection around it (a transformer block's `x + proj(…)`,
+    /// `x + fc2(…)`) as one op, whose product adds the residual as it writes
+    /// each output tile. `residual` has the output's shape. Equals
+    /// `residual.add(&self.linear(weight, bias)?)` up to rounding (the bias is
+    /// added after the residual).
+    pub fn linear_residual(&self, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+        let _timer = crate::profile::scope("linear_residual", "forward");
+        let (m, k, n) = linear_dims("linear_residual", self, weight, bias)?;
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        if residual.shape() != shape.as_slice() {
+            return Err(shape_err(
+                "linear_residual",
+                format!("residual {:?} is not the output's shape {shape:?}", residual.shape()),
+            ));
+        }
+        let mut out = crate::pool::uninit(m * n); // every element written
+        {
+            let bias_data = bias.map(|b| b.data());
+            klinear::forward_residual(
+                &mut out,
+                &self.data(),
+                &weight.data(),
+                bias_data.as_deref(),
+                &residual.data(),
+                m,
+                k,
+                n,
+            );
+        }
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        inputs.push(residual);
+        Ok(Tensor::from_op(out, shape, &inputs, || {
+            Box::new(LinearResidualBackward {
+                x: self.clone(),
+                w: weight.clone(),
+                b: bias.cloned(),
+                r: residual.clone(),
             })
         }))
     }
