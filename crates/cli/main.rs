@@ -8,6 +8,8 @@
 //! tessera bench        timed training steps, as one JSON line
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod common;
 mod info;

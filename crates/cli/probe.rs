@@ -20,7 +20,7 @@ use tessera_mim::{MimModel, MimRng, Pool};
 pub enum PoolArg {
     /// Mean of the patch tokens.
     Mean,
-    /// The [CLS] token.
+    /// The \[CLS\] token.
     Cls,
 }
 

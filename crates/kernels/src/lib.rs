@@ -13,9 +13,14 @@
 //!   (rayon over independent rows, heads or batches; SIMD where it pays).
 //!
 //! Argument order follows llm.c: `forward(out, saved.., inp, params.., dims)` and
-//! `backward(dinp, dparams.., dout, saved.., inp, params.., dims)`. Every backward
-//! *accumulates* (`+=`) into its gradient buffers, so a tensor used twice simply
-//! receives both contributions.
+//! `backward(dinp, dparams.., dout, saved.., inp, params.., dims)`. A backward
+//! either overwrites a gradient buffer (a fresh one, no zeroing needed) or
+//! accumulates into it (`+=`, a tensor that already received a gradient from
+//! another consumer): each gradient argument is a [`GradOut`] that says which.
+//!
+//! `unsafe` lives only here, in this crate: SIMD intrinsics behind runtime
+//! detection ([`cpu`]), and the GEMM driver's raw tile pointers; every block
+//! says why it is sound. The crates above forbid it.
 //!
 //! Results never depend on the number of threads: reductions are split into
 //! fixed-size chunks whose partial sums are combined in a fixed order.

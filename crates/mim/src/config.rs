@@ -17,7 +17,7 @@ pub enum PosEmbedKind {
 }
 
 /// A Vision Transformer encoder, as in the seed document: patch embedding by a
-/// convolution with kernel = stride = patch, a [CLS] token, positional
+/// convolution with kernel = stride = patch, a \[CLS\] token, positional
 /// embeddings, `depth` pre-norm blocks, final LayerNorm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {

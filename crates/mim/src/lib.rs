@@ -6,7 +6,7 @@
 //! 1. **masking strategy** ([`masking`]): random (MAE), block-wise (BEiT),
 //!    square, grid, SimMIM's coarse random masking;
 //! 2. **encoder** ([`vit`]): a Vision Transformer (conv patch embedding,
-//!    [CLS] token, positional embeddings, pre-norm blocks, final LayerNorm);
+//!    \[CLS\] token, positional embeddings, pre-norm blocks, final LayerNorm);
 //! 3. **prediction head** ([`model`]): MAE's transformer decoder or SimMIM's
 //!    linear head;
 //! 4. **prediction target and loss** ([`target`]): pixels (MSE or L1,
@@ -14,6 +14,8 @@
 //!
 //! Any combination is one [`ModelConfig`]; [`train::Trainer`] trains it with
 //! MAE's recipe and writes safetensors checkpoints with MAE's tensor names.
+
+#![forbid(unsafe_code)]
 
 pub mod checkpoint;
 pub mod config;

@@ -1,7 +1,7 @@
 //! Positional embeddings: MAE's fixed 2-D sine-cosine table, and resizing a
 //! table to another patch grid (a checkpoint used at another image size).
 //!
-//! Layout: `(1 + L, D)` rows, row 0 for the [CLS] token (zeros in the sin-cos
+//! Layout: `(1 + L, D)` rows, row 0 for the \[CLS\] token (zeros in the sin-cos
 //! table), then the `L = Gh·Gw` patches in row-major grid order.
 
 use crate::config::PosEmbedKind;
@@ -77,7 +77,7 @@ pub fn bicubic_resize(src: &[f32], from: [usize; 2], to: [usize; 2], channels: u
 }
 
 /// A positional table `(1 + L_old, D)` for grid `from`, resized for grid `to`:
-/// sin-cos tables are regenerated, learned ones keep their [CLS] row and have
+/// sin-cos tables are regenerated, learned ones keep their \[CLS\] row and have
 /// the patch rows resized bicubically (as MAE's `interpolate_pos_embed`).
 pub fn resize(table: &[f32], dim: usize, from: [usize; 2], to: [usize; 2], kind: PosEmbedKind) -> Vec<f32> {
     if from == to {

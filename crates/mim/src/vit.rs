@@ -24,7 +24,7 @@ use tessera_tensor::init::{normal, trunc_normal};
 /// How to turn the encoder's tokens into one vector per image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
-    /// The [CLS] token's output.
+    /// The \[CLS\] token's output.
     Cls,
     /// The mean of the patch tokens' outputs.
     Mean,
@@ -94,7 +94,7 @@ impl VisionTransformer {
         Ok(x.add(&pos)?)
     }
 
-    /// Prepends the [CLS] token (with its positional embedding) to `x (B, N, D)`.
+    /// Prepends the \[CLS\] token (with its positional embedding) to `x (B, N, D)`.
     pub fn prepend_cls(&self, x: &Tensor) -> Result<Tensor> {
         let b = x.shape()[0];
         let cls = self.cls_token.add(&self.pos_embed.narrow(1, 0, 1)?)?; // (1, 1, D)

@@ -25,6 +25,8 @@
 //! # Ok::<(), tessera_tensor::TensorError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod backprop;
 mod error;
 pub mod gradcheck;

@@ -79,7 +79,8 @@ pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, c
     unsafe { run_with::<K>(p, c, rsc, csc, threads, None) }
 }
 
-/// What each part of a split costs, measured on one core (see [`run_profiled`]).
+/// What each part of a split costs, measured on one core (see
+/// [`split_profile`](super::split_profile)).
 #[derive(Clone, Debug, Default)]
 pub struct SplitTimes {
     /// Packing B (shared; P threads would share it P ways).

@@ -20,7 +20,7 @@
 //! Which path runs: f32 products on AVX-512 or AVX2+FMA CPUs go through
 //! Tessera's own driver; on CPUs without AVX2 (or with `TESSERA_ISA=scalar`)
 //! they go through `matrixmultiply`, which is also the oracle the driver is
-//! tested against, next to the plain triple loop in [`reference`].
+//! tested against, next to the plain triple loop in [`mod@reference`].
 //!
 //! β = 0 means `C` is write-only (its old contents, even NaN, are ignored);
 //! β = 1 accumulates, which is how backward passes add into gradients.
