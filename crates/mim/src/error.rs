@@ -27,9 +27,12 @@ pub enum MimError {
     /// A checkpoint that cannot be used (corrupt, truncated, another model).
     #[error("checkpoint {}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
-    /// The loss became NaN or infinite; training stops before updating anything.
-    #[error("loss is not finite ({loss}) at step {step}; stopping before the update (the last checkpoint is intact)")]
-    NonFinite { step: u64, loss: f32 },
+    /// The loss or the gradients' norm became NaN or infinite; training stops
+    /// before updating anything. `what` names which ("loss", "gradient norm").
+    #[error(
+        "{what} is not finite ({value}) at step {step}; stopping before the update (the last checkpoint is intact)"
+    )]
+    NonFinite { step: u64, what: &'static str, value: f32 },
 }
 
 /// Result of a MIM operation.

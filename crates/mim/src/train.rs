@@ -289,7 +289,8 @@ impl Trainer {
             if !loss.is_finite() {
                 return Err(MimError::NonFinite {
                     step: self.step + 1,
-                    loss,
+                    what: "loss",
+                    value: loss,
                 });
             }
             loss_sum += loss as f64;
@@ -309,7 +310,8 @@ impl Trainer {
         if !norm.is_finite() {
             return Err(MimError::NonFinite {
                 step: self.step + 1,
-                loss: norm,
+                what: "gradient norm",
+                value: norm,
             });
         }
         self.optimizer.step(&grads)?;

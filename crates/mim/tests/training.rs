@@ -200,7 +200,10 @@ fn a_non_finite_loss_stops_before_the_update_and_names_the_step() {
     bad[5] = f32::NAN;
     let bad = Tensor::new(bad, &[4, 3, 16, 16]).unwrap();
     match t.train_step(&bad) {
-        Err(MimError::NonFinite { step, .. }) => assert_eq!(step, 2),
+        Err(e @ MimError::NonFinite { step, what, .. }) => {
+            assert_eq!((step, what), (2, "loss"));
+            assert!(e.to_string().starts_with("loss is not finite"), "{e}");
+        }
         other => panic!("expected a non-finite error, got {:?}", other.map(|s| s.loss)),
     }
     assert_eq!(t.step, 1);
