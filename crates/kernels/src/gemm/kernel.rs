@@ -234,9 +234,29 @@ mod x86 {
         cols: usize,
         ep: &Epilogue,
     ) {
-        // SAFETY: see `MicroKernel::full`; masked lanes are neither read nor written.
+        // SAFETY: see `MicroKernel::full`.
+        unsafe { store16(&accumulate16::<V>(kc, a, b), c, rsc, rows, cols, ep) }
+    }
+
+    /// The AVX-512 epilogue: writes the first `rows` rows and `cols` columns
+    /// of a tile (`V` vectors of 16 columns) into C, masking the columns past
+    /// C's edge: `t = α·acc; t += β·C (β ≠ 0); t += bias`.
+    ///
+    /// # Safety
+    /// AVX-512F; C as in `MicroKernel::full` (masked lanes are neither read
+    /// nor written, so only `rows × cols` must be valid); the bias, if any,
+    /// has at least `cols` values.
+    #[inline(always)]
+    unsafe fn store16<const V: usize>(
+        acc: &[[__m512; V]; MR16],
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        ep: &Epilogue,
+    ) {
+        // SAFETY: as the function's contract.
         unsafe {
-            let acc = accumulate16::<V>(kc, a, b);
             let alpha = _mm512_set1_ps(ep.alpha);
             let beta = _mm512_set1_ps(ep.beta);
             // Lanes of the two column vectors that lie inside C.
@@ -506,24 +526,7 @@ mod x86 {
                 a = a.add(ld);
                 b = b.add(32);
             }
-            let alpha = _mm512_set1_ps(ep.alpha);
-            let beta = _mm512_set1_ps(ep.beta);
-            let lanes = |v: usize| cols.saturating_sub(16 * v).min(16);
-            let mask = [0, 1].map(|v| ((1u32 << lanes(v)) - 1) as __mmask16);
-            let bias = ep.bias.map(|v| mask_load2(v.as_ptr(), mask));
-            for (i, row) in acc.iter().enumerate().take(rows) {
-                for (v, &x) in row.iter().enumerate() {
-                    let dst = c.add(i * rsc + 16 * v);
-                    let mut t = _mm512_mul_ps(alpha, x);
-                    if ep.beta != 0.0 {
-                        t = _mm512_add_ps(t, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(mask[v], dst)));
-                    }
-                    if let Some(bias) = &bias {
-                        t = _mm512_add_ps(t, bias[v]);
-                    }
-                    _mm512_mask_storeu_ps(dst, mask[v], t);
-                }
-            }
+            store16(&acc, c, rsc, rows, cols, ep)
         }
     }
 }

@@ -23,28 +23,34 @@ impl Backward for LinearBackward {
         v
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
-        let m = self.x.numel() / k.max(1);
-        let mut dx = g.take_out(&self.x);
-        let mut dw = g.take_out(&self.w);
-        let mut db = self.b.as_ref().and_then(|b| g.take_out(b));
-        klinear::backward(
-            grad_out(&mut dx),
-            grad_out(&mut dw),
-            grad_out(&mut db),
-            &dout,
-            &self.x.data(),
-            &self.w.data(),
-            m,
-            k,
-            n,
-        );
-        g.put(&self.x, dx.map(|b| b.0));
-        g.put(&self.w, dw.map(|b| b.0));
-        if let Some(b) = &self.b {
-            g.put(b, db.map(|b| b.0));
-        }
+        linear_grads(&self.x, &self.w, self.b.as_ref(), &dout, g);
         Ok(())
+    }
+}
+
+/// The gradients of `x · wᵀ + b` from `dout`, into `g` (each overwritten or
+/// accumulated as `g` says): the backward every linear op shares.
+fn linear_grads(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dout: &[f32], g: &mut Grads) {
+    let (n, k) = (w.shape()[0], w.shape()[1]);
+    let m = x.numel() / k.max(1);
+    let mut dx = g.take_out(x);
+    let mut dw = g.take_out(w);
+    let mut db = b.and_then(|b| g.take_out(b));
+    klinear::backward(
+        grad_out(&mut dx),
+        grad_out(&mut dw),
+        grad_out(&mut db),
+        dout,
+        &x.data(),
+        &w.data(),
+        m,
+        k,
+        n,
+    );
+    g.put(x, dx.map(|b| b.0));
+    g.put(w, dw.map(|b| b.0));
+    if let Some(b) = b {
+        g.put(b, db.map(|b| b.0));
     }
 }
 
@@ -65,30 +71,12 @@ impl Backward for LinearGeluBackward {
         vec![&self.x, &self.w, &self.b]
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
-        let m = self.x.numel() / k.max(1);
         // dpre = dout ⊙ gelu'(pre).
         let mut dpre = crate::pool::uninit(dout.len()); // overwritten below
         tessera_kernels::gelu::backward(GradOut::overwrite(&mut dpre), &dout, &self.pre.data());
         crate::pool::recycle(dout);
-        let mut dx = g.take_out(&self.x);
-        let mut dw = g.take_out(&self.w);
-        let mut db = g.take_out(&self.b);
-        klinear::backward(
-            grad_out(&mut dx),
-            grad_out(&mut dw),
-            grad_out(&mut db),
-            &dpre,
-            &self.x.data(),
-            &self.w.data(),
-            m,
-            k,
-            n,
-        );
+        linear_grads(&self.x, &self.w, Some(&self.b), &dpre, g);
         crate::pool::recycle(dpre);
-        g.put(&self.x, dx.map(|b| b.0));
-        g.put(&self.w, dw.map(|b| b.0));
-        g.put(&self.b, db.map(|b| b.0));
         Ok(())
     }
 }
@@ -112,27 +100,7 @@ impl Backward for LinearResidualBackward {
         v
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        let (n, k) = (self.w.shape()[0], self.w.shape()[1]);
-        let m = self.x.numel() / k.max(1);
-        let mut dx = g.take_out(&self.x);
-        let mut dw = g.take_out(&self.w);
-        let mut db = self.b.as_ref().and_then(|b| g.take_out(b));
-        klinear::backward(
-            grad_out(&mut dx),
-            grad_out(&mut dw),
-            grad_out(&mut db),
-            &dout,
-            &self.x.data(),
-            &self.w.data(),
-            m,
-            k,
-            n,
-        );
-        g.put(&self.x, dx.map(|b| b.0));
-        g.put(&self.w, dw.map(|b| b.0));
-        if let Some(b) = &self.b {
-            g.put(b, db.map(|b| b.0));
-        }
+        linear_grads(&self.x, &self.w, self.b.as_ref(), &dout, g);
         // The residual's gradient is dout unchanged: hand the buffer over.
         if g.wants(&self.r) {
             g.add(&self.r, dout);
