@@ -32,9 +32,31 @@ pub trait MaskingStrategy: Send + Sync {
     fn sample(&self, grid: [usize; 2], rng: &mut MimRng, hidden: &mut [bool]);
 }
 
-/// Number of hidden patches for a ratio, as MAE: `L − ⌊L·(1 − ratio)⌋`.
+/// Denominator of [`ratio_parts`]: ratios are exact to six decimals.
+const RATIO_DENOM: u64 = 1_000_000;
+
+/// A mask ratio as the decimal it was written as: `ratio ≈ p / 10⁶`, `p`
+/// rounded to the nearest integer. An f32 ratio is not that decimal (0.6 is
+/// stored as 0.6000000238…), and multiplying by it before a floor or a
+/// ceiling can cross an integer: 25 cells at 0.6 gave 16 hidden, not 15.
+/// Counts below use this rational in integer arithmetic instead.
+fn ratio_parts(ratio: f32) -> u64 {
+    ((ratio as f64) * RATIO_DENOM as f64)
+        .round()
+        .clamp(0.0, RATIO_DENOM as f64) as u64
+}
+
+/// Number of hidden patches for a ratio, as MAE: `L − ⌊L·(1 − ratio)⌋`,
+/// computed exactly on the ratio's decimal value (to six decimals).
 pub fn hidden_count(l: usize, ratio: f32) -> usize {
-    l - ((l as f64) * (1.0 - ratio as f64)).floor() as usize
+    let keep = (l as u64 * (RATIO_DENOM - ratio_parts(ratio))) / RATIO_DENOM;
+    l - keep as usize
+}
+
+/// `⌈n·ratio⌉`, exactly on the ratio's decimal value: SimMIM's count of
+/// hidden cells.
+pub fn ceil_count(n: usize, ratio: f32) -> usize {
+    (n as u64 * ratio_parts(ratio)).div_ceil(RATIO_DENOM) as usize
 }
 
 /// `count` distinct indices below `n`, chosen by MAE's rule: the positions of
@@ -230,7 +252,7 @@ impl MaskingStrategy for SimMimMasking {
     fn sample(&self, grid: [usize; 2], rng: &mut MimRng, hidden: &mut [bool]) {
         let [ch, cw] = [grid[0] / self.cell, grid[1] / self.cell];
         let cells = ch * cw;
-        let count = ((cells as f64) * self.ratio as f64).ceil() as usize;
+        let count = ceil_count(cells, self.ratio);
         hidden.fill(false);
         for cell in random_subset(cells, count.min(cells), rng) {
             let (cr, cc) = (cell / cw, cell % cw);

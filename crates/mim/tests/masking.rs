@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use rand::SeedableRng;
-use tessera_mim::masking::{has_hidden_neighbour, hidden_count};
+use tessera_mim::masking::{ceil_count, has_hidden_neighbour, hidden_count};
 use tessera_mim::{Mask, MaskingConfig, MimRng};
 
 fn sample(cfg: &MaskingConfig, patch: usize, grid: [usize; 2], batch: usize, seed: u64) -> Mask {
@@ -32,10 +32,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_masking_hides_exactly_the_mae_count(gh in 2usize..15, gw in 2usize..15, ratio in 0.0f32..0.95, seed in any::<u64>()) {
+    fn random_masking_hides_exactly_the_mae_count(gh in 2usize..15, gw in 2usize..15, pct in 0usize..95, seed in any::<u64>()) {
+        let ratio = pct as f32 / 100.0;
         let m = sample(&MaskingConfig::Random { ratio }, 4, [gh, gw], 4, seed);
         let l = gh * gw;
-        let want = l - ((l as f64) * (1.0 - ratio as f64)).floor() as usize;
+        let want = l - l * (100 - pct) / 100; // MAE's L − ⌊L·(1 − ratio)⌋, exactly
         prop_assert_eq!(want, hidden_count(l, ratio));
         for b in 0..4 {
             prop_assert_eq!(m.hidden_in(b), want);
@@ -94,10 +95,11 @@ proptest! {
     }
 
     #[test]
-    fn simmim_masks_whole_cells(cell in 1usize..4, cells in 2usize..6, ratio in 0.1f32..0.9, seed in any::<u64>()) {
+    fn simmim_masks_whole_cells(cell in 1usize..4, cells in 2usize..6, pct in 10usize..90, seed in any::<u64>()) {
+        let ratio = pct as f32 / 100.0;
         let g = cell * cells;
         let m = sample(&MaskingConfig::SimMim { ratio, cell_px: cell * 4 }, 4, [g, g], 2, seed);
-        let want_cells = ((cells * cells) as f64 * ratio as f64).ceil() as usize;
+        let want_cells = (cells * cells * pct).div_ceil(100); // ⌈cells·ratio⌉, exactly
         for b in 0..2 {
             prop_assert_eq!(m.hidden_in(b), want_cells * cell * cell);
             for r in 0..g {
@@ -108,6 +110,35 @@ proptest! {
             }
         }
         check_indices(&m);
+    }
+}
+
+/// Mask counts are exact rationals of the ratio as written: every patch
+/// count up to 400 against every ratio in hundredths and a sweep of
+/// thousandths, for MAE's `L − ⌊L·(1 − r)⌋` and SimMIM's `⌈n·r⌉`. The f32
+/// product these replaced got 25 cells at 0.6 wrong (16, not 15).
+#[test]
+fn mask_counts_are_exact_for_decimal_ratios() {
+    assert_eq!(ceil_count(25, 0.6), 15);
+    assert_eq!(ceil_count(100, 0.6), 60);
+    assert_eq!(hidden_count(25, 0.6), 15);
+    assert_eq!(hidden_count(10, 0.9), 9);
+    for (den, step) in [(100usize, 1usize), (1000, 7)] {
+        for num in (0..den).step_by(step) {
+            let ratio = num as f32 / den as f32;
+            for n in 1..=400usize {
+                assert_eq!(
+                    hidden_count(n, ratio),
+                    n - n * (den - num) / den,
+                    "hidden_count({n}, {num}/{den})"
+                );
+                assert_eq!(
+                    ceil_count(n, ratio),
+                    (n * num).div_ceil(den),
+                    "ceil_count({n}, {num}/{den})"
+                );
+            }
+        }
     }
 }
 
