@@ -552,3 +552,55 @@ fn checkpoints_of_another_configuration_and_corrupt_checkpoints_are_refused() {
     // The failed resume left the checkpoint untouched.
     assert_eq!(std::fs::read(dir.join("checkpoint.safetensors")).unwrap(), before);
 }
+
+/// An MAE `state_dict` without Tessera's metadata (what converting MAE's
+/// released `.pth` gives) works with `reconstruct` and `probe`; a width that is
+/// no preset needs `--heads`, and says so in one line.
+#[test]
+fn official_mae_state_dicts_reconstruct_and_probe() {
+    let dir = tmp("official");
+    pretrain(&dir, &["--steps", "2"]);
+    // Keep the model's tensors, drop the optimizer's and every metadata entry.
+    let bytes = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("optimizer."))
+        .collect();
+    let official = dir.join("mae.safetensors");
+    std::fs::write(&official, safetensors::serialize(kept, None).unwrap()).unwrap();
+    let png = dir.join("r.png");
+    let ckpt = official.to_str().unwrap();
+    let out = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt,
+        "--heads",
+        "2",
+        "--decoder-heads",
+        "2",
+        "--synthetic-len",
+        "96",
+        "--count",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.contains("loss") && png.exists(), "{out}");
+    let out = ok(&[
+        "probe",
+        "--checkpoint",
+        ckpt,
+        "--heads",
+        "2",
+        "--synthetic-len",
+        "100",
+        "--epochs",
+        "2",
+        "--json",
+    ]);
+    assert!(out.contains("linear_probe"), "{out}");
+    let e = fails(&["reconstruct", "--checkpoint", ckpt, "--synthetic-len", "96"]);
+    assert!(e.contains("--heads") && e.contains("mae.safetensors"), "{e}");
+}

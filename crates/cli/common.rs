@@ -285,6 +285,32 @@ pub enum MaskKind {
     Simmim,
 }
 
+/// What a checkpoint without Tessera's metadata (MAE's released weights,
+/// converted to safetensors) cannot say about its model.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OfficialArgs {
+    /// Encoder heads of such a checkpoint (default: the ViT preset of its width).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Decoder heads of such a checkpoint (default: 16 for MAE's 512-wide decoder).
+    #[arg(long)]
+    pub decoder_heads: Option<usize>,
+    /// Such a checkpoint was trained on raw pixels, not per-patch normalised
+    /// ones (MAE's "visualize" weights).
+    #[arg(long)]
+    pub raw_pixels: bool,
+}
+
+impl OfficialArgs {
+    pub fn hints(&self) -> tessera_mim::official::ModelHints {
+        tessera_mim::official::ModelHints {
+            heads: self.heads,
+            decoder_heads: self.decoder_heads,
+            norm_pix: Some(!self.raw_pixels),
+        }
+    }
+}
+
 /// The masking strategy.
 #[derive(clap::Args, Clone, Debug)]
 pub struct MaskArgs {

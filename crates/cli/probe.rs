@@ -5,7 +5,7 @@
 //! `--baselines` adds the same two scores on raw pixels and on a randomly
 //! initialised encoder of the same shape, in the same run.
 
-use crate::common::{DataArgs, eval_transform};
+use crate::common::{DataArgs, OfficialArgs, eval_transform};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use std::path::PathBuf;
 use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::{Features, ProbeConfig, encoder_features, knn, linear_probe, pixel_features};
-use tessera_mim::train::load_model;
+use tessera_mim::train::load_model_with;
 use tessera_mim::{MimModel, MimRng, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,9 +26,12 @@ pub enum PoolArg {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint written by `tessera pretrain`.
+    /// Checkpoint written by `tessera pretrain`, or an MAE `state_dict` in
+    /// safetensors (pre-training model or encoder alone).
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub official: OfficialArgs,
     #[command(flatten)]
     pub data: DataArgs,
     /// How tokens become one feature vector.
@@ -78,7 +81,7 @@ fn bar(label: &str, json: bool) -> ProgressBar {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = load_model(&args.checkpoint, None)?;
+    let model = load_model_with(&args.checkpoint, None, &args.official.hints(), false)?;
     let e = &model.config.encoder;
     let (size, chans) = (e.img_size, e.in_chans);
     let train_ds = args.data.open(Split::Train, size, chans)?;

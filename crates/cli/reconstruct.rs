@@ -9,7 +9,7 @@
 //! (1 = hidden) and the model inputs `images (N, C, H, W)` as safetensors, to
 //! compare number by number with PyTorch.
 
-use crate::common::{DataArgs, MaskArgs, eval_transform};
+use crate::common::{DataArgs, MaskArgs, OfficialArgs, eval_transform};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use image::RgbImage;
@@ -19,7 +19,7 @@ use tessera_kernels::patch::PatchDims;
 use tessera_mim::checkpoint::TensorFile;
 use tessera_mim::data::transform::load_batch;
 use tessera_mim::data::{Normalization, RawImage, Split};
-use tessera_mim::train::{TrainConfig, load_model, parse_meta};
+use tessera_mim::train::{TrainConfig, load_model_with, parse_meta};
 use tessera_mim::viz::{NormPixView, grid, masked, reconstruct, save_png, to_rgb, upscale};
 use tessera_mim::{Mask, MimModel, MimRng};
 use tessera_tensor::{Tensor, no_grad};
@@ -34,9 +34,12 @@ pub enum ViewArg {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint written by `tessera pretrain`.
+    /// Checkpoint written by `tessera pretrain`, or an MAE pre-training
+    /// `state_dict` in safetensors.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub official: OfficialArgs,
     /// Image files (PNG/JPEG) to reconstruct; without them, images of --data.
     pub images: Vec<PathBuf>,
     #[command(flatten)]
@@ -155,8 +158,15 @@ fn load_mask_file(path: &Path, n: usize, l: usize) -> Result<Mask> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = load_model(&args.checkpoint, None)?;
-    let file_cfg: TrainConfig = parse_meta(&TensorFile::load(&args.checkpoint)?, "tessera.config", &args.checkpoint)?;
+    let model = load_model_with(&args.checkpoint, None, &args.official.hints(), true)?;
+    // The masking it was trained with, where the checkpoint says (MAE's own
+    // weights do not: random masking at 0.75, MAE's recipe).
+    let file = TensorFile::load(&args.checkpoint)?;
+    let trained_masking = if file.metadata.contains_key("tessera.config") {
+        parse_meta::<TrainConfig>(&file, "tessera.config", &args.checkpoint)?.masking
+    } else {
+        tessera_mim::MaskingConfig::Random { ratio: 0.75 }
+    };
     let e = model.config.encoder.clone();
     let (size, chans) = (e.img_size, e.in_chans);
     let (imgs, norm) = if args.images.is_empty() {
@@ -196,7 +206,7 @@ pub fn run(args: Args) -> Result<()> {
         None => {
             // The checkpoint's strategy unless one is given on the command line.
             let cfg = if args.mask.mask == crate::common::MaskKind::Random && args.mask.mask_ratio == 0.75 {
-                file_cfg.masking.clone()
+                trained_masking.clone()
             } else {
                 args.mask.build(&model.config)?
             };

@@ -26,6 +26,7 @@ pub mod flops;
 pub mod layers;
 pub mod masking;
 pub mod model;
+pub mod official;
 pub mod pos_embed;
 pub mod target;
 pub mod train;

@@ -271,11 +271,26 @@ impl MimModel {
         path: &std::path::Path,
         file_grid: Option<[usize; 2]>,
     ) -> Result<()> {
+        self.load_state_where(file, path, file_grid, |_| true)
+    }
+
+    /// [`MimModel::load_state`] for the tensors whose names `wanted` accepts
+    /// (an encoder-only checkpoint leaves the decoder as it is).
+    pub fn load_state_where(
+        &mut self,
+        file: &crate::checkpoint::TensorFile,
+        path: &std::path::Path,
+        file_grid: Option<[usize; 2]>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         use crate::config::PosEmbedKind;
         use crate::pos_embed::resize;
         let grid = self.config.encoder.grid();
         let enc_kind = self.config.encoder.pos_embed;
         for (name, t) in self.state() {
+            if !wanted(&name) {
+                continue;
+            }
             let stored = file.get(&name, path)?;
             let is_pos = name == "pos_embed" || name == "decoder_pos_embed";
             let data = if stored.shape == t.shape() {

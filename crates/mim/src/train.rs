@@ -22,6 +22,7 @@ use crate::config::{ModelConfig, is_positive};
 use crate::error::{MimError, Result, config_err};
 use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 use crate::model::MimModel;
+use crate::official::{self, ModelHints};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -406,17 +407,53 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("configuration and state serialise to JSON")
 }
 
-/// Loads a model (for evaluation or reconstruction) from a Tessera checkpoint,
-/// optionally at another image size (positional tables are resized).
+/// Loads a model (for evaluation or reconstruction) from a checkpoint,
+/// optionally at another image size (positional tables are resized): a
+/// Tessera checkpoint, or an official MAE pre-training `state_dict` in
+/// safetensors (see [`load_model_with`]).
 pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel> {
+    load_model_with(path, img_size, &ModelHints::default(), true)
+}
+
+/// [`load_model`], also for checkpoints without Tessera's metadata (MAE's
+/// released weights): their configuration is read off the tensors' shapes,
+/// with `hints` for what shapes cannot say ([`crate::official`]). With
+/// `need_decoder` false an encoder-only file is accepted (for features); its
+/// decoder stays randomly initialised.
+pub fn load_model_with(
+    path: &Path,
+    img_size: Option<[usize; 2]>,
+    hints: &ModelHints,
+    need_decoder: bool,
+) -> Result<MimModel> {
     let file = TensorFile::load(path)?;
-    let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
-    let trained_grid = config.model.encoder.grid();
-    let mut model_config = config.model;
+    let official = !file.metadata.contains_key("tessera.config");
+    let model_config = if official {
+        let config = official::infer_config(&file, path, hints, need_decoder)?;
+        if need_decoder && !official::has_decoder(&file) {
+            return Err(MimError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: "holds an encoder alone (no decoder_* tensors); this needs MAE's pre-training weights".into(),
+            });
+        }
+        config
+    } else {
+        parse_meta::<TrainConfig>(&file, "tessera.config", path)?.model
+    };
+    let trained_grid = model_config.encoder.grid();
+    let mut model_config = model_config;
     if let Some(size) = img_size {
         model_config.encoder.img_size = size;
     }
     let mut model = MimModel::new(model_config, &mut MimRng::seed_from_u64(0))?;
-    model.load_state(&file, path, Some(trained_grid))?;
+    if official {
+        let encoder_only = !official::has_decoder(&file);
+        let wanted = |name: &str| !encoder_only || official::is_encoder_tensor(name);
+        let names: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
+        official::check_names(&file, path, &names, wanted)?;
+        model.load_state_where(&file, path, Some(trained_grid), wanted)?;
+    } else {
+        model.load_state(&file, path, Some(trained_grid))?;
+    }
     Ok(model)
 }

@@ -286,3 +286,71 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
         tessera_kernels::gemm::Precision::F32
     );
 }
+
+/// An MAE `state_dict` without Tessera's metadata (what converting MAE's
+/// released `.pth` gives): the configuration comes from the shapes and the
+/// hints, and the loaded model computes exactly what the saved one did.
+#[test]
+fn official_state_dicts_load_by_shape_with_clear_errors() {
+    use tessera_mim::checkpoint::TensorFile;
+    use tessera_mim::official::ModelHints;
+    use tessera_mim::train::load_model_with;
+    let dir = tmp("official");
+    let mut t = Trainer::new(config(2)).unwrap();
+    t.train_step(&batches(1)[0]).unwrap();
+    let mut file = TensorFile::default();
+    t.model.store_state(&mut file);
+    let full = dir.join("mae.safetensors");
+    file.save(&full).unwrap();
+    let hints = ModelHints {
+        heads: Some(2),
+        decoder_heads: Some(2),
+        norm_pix: Some(true),
+    };
+    let loaded = load_model_with(&full, None, &hints, true).unwrap();
+    assert_eq!(loaded.config, t.model.config);
+    let imgs = images(2, 3, 16, 16, 9);
+    let mask = t.sample_mask(2);
+    let mut r = <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0);
+    assert_eq!(
+        t.model.predict(&imgs, &mask, false, &mut r).unwrap().to_vec(),
+        loaded.predict(&imgs, &mask, false, &mut r).unwrap().to_vec()
+    );
+    // A 32-wide encoder is no preset: without hints the error asks for the heads.
+    let e = load_model(&full, None).err().unwrap().to_string();
+    assert!(e.contains("--heads") && e.contains("32-wide"), "{e}");
+
+    // The encoder alone: fine for features, refused where the decoder is needed.
+    let mut enc = file.clone();
+    enc.tensors
+        .retain(|name, _| tessera_mim::official::is_encoder_tensor(name));
+    let enc_path = dir.join("encoder.safetensors");
+    enc.save(&enc_path).unwrap();
+    let e_model = load_model_with(&enc_path, None, &hints, false).unwrap();
+    assert_eq!(
+        e_model.features(&imgs, Pool::Mean).unwrap().to_vec(),
+        t.model.features(&imgs, Pool::Mean).unwrap().to_vec()
+    );
+    let e = load_model_with(&enc_path, None, &hints, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("encoder alone"), "{e}");
+
+    // Missing and unexpected tensors are listed by name in one error.
+    let mut bad = file.clone();
+    bad.tensors.remove("blocks.1.attn.proj.bias");
+    let head = bad.tensors["norm.bias"].clone();
+    bad.tensors.insert("head.weight".into(), head);
+    let bad_path = dir.join("bad.safetensors");
+    bad.save(&bad_path).unwrap();
+    let e = load_model_with(&bad_path, None, &hints, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("missing 1 tensor(s): blocks.1.attn.proj.bias") && e.contains("unexpected 1 tensor(s): head.weight"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,205 @@
+//! Checkpoints without Tessera's metadata: MAE's released `state_dict`s
+//! (converted to safetensors, see the README), the pre-training model or the
+//! encoder alone.
+//!
+//! The model's configuration is read off the tensors' shapes:
+//!
+//! ```text
+//! patch_embed.proj.weight  (D, C, p, p)   width D, channels C, patch p
+//! pos_embed                (1, 1+L, D)    L patches: a √L × √L grid, image √L·p
+//! blocks.{i}.…             i < depth
+//! blocks.0.mlp.fc1.weight  (r·D, D)       MLP ratio r
+//! decoder_embed.weight     (Dd, D)        decoder width (absent: encoder only)
+//! decoder_blocks.{i}.…     decoder depth; decoder_blocks.0.mlp.fc1 its MLP ratio
+//! ```
+//! What shapes cannot say comes from [`ModelHints`]: the number of heads
+//! (default: the ViT preset of that width — 3, 6, 12, 16, 16 for 192, 384, 768,
+//! 1024, 1280 — and MAE's 16 for a 512-wide decoder) and whether the target
+//! was normalised per patch (`norm_pix_loss`, default true as in MAE's
+//! pre-training recipe).
+
+use crate::checkpoint::TensorFile;
+use crate::config::{DecoderConfig, Method, ModelConfig, PRESETS, PixelLoss, TargetConfig, VitConfig};
+use crate::error::{MimError, Result};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// What a state dict cannot say about its model (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct ModelHints {
+    /// Encoder heads (default: the preset of the encoder's width).
+    pub heads: Option<usize>,
+    /// Decoder heads (default: 16 for MAE's 512-wide decoder).
+    pub decoder_heads: Option<usize>,
+    /// Per-patch normalised pixel target (default: true).
+    pub norm_pix: Option<bool>,
+}
+
+fn err(path: &Path, msg: impl Into<String>) -> MimError {
+    MimError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The shape of `name`, or an error naming it.
+fn shape<'a>(file: &'a TensorFile, name: &str, path: &Path) -> Result<&'a [usize]> {
+    file.tensors
+        .get(name)
+        .map(|t| t.shape.as_slice())
+        .ok_or_else(|| err(path, format!("has no tensor '{name}' (not an MAE state dict?)")))
+}
+
+/// How many `{prefix}.{i}.` blocks the file holds (0, 1, … without a gap).
+fn count_blocks(file: &TensorFile, prefix: &str) -> usize {
+    (0..)
+        .take_while(|i| file.tensors.contains_key(&format!("{prefix}.{i}.norm1.weight")))
+        .count()
+}
+
+/// The MLP ratio of block 0 of `prefix`, from its fc1's `(hidden, width)`.
+fn mlp_ratio(file: &TensorFile, prefix: &str, width: usize, path: &Path) -> Result<f32> {
+    let fc1 = shape(file, &format!("{prefix}.0.mlp.fc1.weight"), path)?;
+    Ok(fc1[0] as f32 / width as f32)
+}
+
+/// True if the file holds MAE's decoder (a pre-training checkpoint).
+pub fn has_decoder(file: &TensorFile) -> bool {
+    file.tensors.contains_key("decoder_embed.weight")
+}
+
+/// The model configuration a state dict without metadata describes. With
+/// `need_decoder` false (features only: the decoder is loaded but never run)
+/// an unknown decoder head count is no error.
+pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_decoder: bool) -> Result<ModelConfig> {
+    let pe = shape(file, "patch_embed.proj.weight", path)?;
+    let [d, c, p, p2] = *pe else {
+        return Err(err(
+            path,
+            format!("'patch_embed.proj.weight' has shape {pe:?}, want (D, C, p, p)"),
+        ));
+    };
+    if p != p2 {
+        return Err(err(
+            path,
+            format!("'patch_embed.proj.weight' has a {p}x{p2} kernel; only square patches are supported"),
+        ));
+    }
+    let pos = shape(file, "pos_embed", path)?;
+    let l = match *pos {
+        [1, n, w] if w == d && n >= 2 => n - 1,
+        _ => {
+            return Err(err(
+                path,
+                format!("'pos_embed' has shape {pos:?}, want (1, 1 + L, {d})"),
+            ));
+        }
+    };
+    let g = (l as f64).sqrt().round() as usize;
+    if g * g != l {
+        return Err(err(
+            path,
+            format!("'pos_embed' has {l} patch positions, not a square grid"),
+        ));
+    }
+    let depth = count_blocks(file, "blocks");
+    if depth == 0 {
+        return Err(err(path, "has no 'blocks.0.*' tensors"));
+    }
+    let heads = match hints.heads {
+        Some(h) => h,
+        None => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
+            err(
+                path,
+                format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
+            )
+        })?,
+    };
+    let mut encoder = VitConfig::preset("vit-base", [g * p, g * p], p, c)?;
+    encoder.embed_dim = d;
+    encoder.depth = depth;
+    encoder.num_heads = heads;
+    encoder.mlp_ratio = mlp_ratio(file, "blocks", d, path)?;
+    let decoder = if has_decoder(file) {
+        let de = shape(file, "decoder_embed.weight", path)?;
+        let dd = de[0];
+        let ddepth = count_blocks(file, "decoder_blocks");
+        let dheads = match hints.decoder_heads {
+            Some(h) => h,
+            None if dd == 512 => 16,
+            None if !need_decoder => 1,
+            None => {
+                return Err(err(
+                    path,
+                    format!("has a {dd}-wide decoder (MAE's is 512): give its number of heads (--decoder-heads)"),
+                ));
+            }
+        };
+        DecoderConfig {
+            embed_dim: dd,
+            depth: ddepth,
+            num_heads: dheads,
+            mlp_ratio: if ddepth > 0 {
+                mlp_ratio(file, "decoder_blocks", dd, path)?
+            } else {
+                4.0
+            },
+        }
+    } else {
+        // An encoder alone: a default decoder stands in (never loaded, never used
+        // by feature extraction).
+        DecoderConfig::mae_default()
+    };
+    let config = ModelConfig {
+        encoder,
+        method: Method::Mae { decoder },
+        target: TargetConfig::Pixels {
+            loss: PixelLoss::Mse,
+            norm_pix: hints.norm_pix.unwrap_or(true),
+        },
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Checks that `file` holds exactly the tensors the model needs: every name of
+/// `wanted` and nothing else (the decoder's names are not wanted from an
+/// encoder-only file). One error lists what is missing and what is extra.
+pub fn check_names(file: &TensorFile, path: &Path, model: &[String], wanted: impl Fn(&str) -> bool) -> Result<()> {
+    let have: BTreeSet<&str> = file.tensors.keys().map(String::as_str).collect();
+    let known: BTreeSet<&str> = model.iter().map(String::as_str).collect();
+    let missing: Vec<&str> = model
+        .iter()
+        .map(String::as_str)
+        .filter(|n| wanted(n) && !have.contains(n))
+        .collect();
+    let extra: Vec<&str> = have.iter().copied().filter(|n| !known.contains(n)).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    let list = |v: &[&str]| {
+        let shown: Vec<&str> = v.iter().take(8).copied().collect();
+        let more = if v.len() > 8 {
+            format!(" and {} more", v.len() - 8)
+        } else {
+            String::new()
+        };
+        format!("{}{more}", shown.join(", "))
+    };
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing {} tensor(s): {}", missing.len(), list(&missing)));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("unexpected {} tensor(s): {}", extra.len(), list(&extra)));
+    }
+    Err(err(
+        path,
+        format!("does not match the model it describes: {}", parts.join("; ")),
+    ))
+}
+
+/// True for the names of the encoder's tensors (what an encoder-only file holds).
+pub fn is_encoder_tensor(name: &str) -> bool {
+    !(name.starts_with("decoder_") || name == "mask_token")
+}
