@@ -1,4 +1,5 @@
-//! `tessera pretrain`: MAE / SimMIM pre-training.
+//! `tessera pretrain`: MAE / SimMIM pre-training — options in, a progress bar
+//! out; the run itself is `tessera_mim::pretrain::Pretrainer`.
 //!
 //! Writes into `--out`: `checkpoint.safetensors` (atomically, every
 //! `--ckpt-every` steps and at the end), `metrics.jsonl` (one JSON object per
@@ -6,22 +7,15 @@
 //! test images every `--recon-every` steps. `--resume` continues from the
 //! checkpoint in `--out` along the exact trajectory of an uninterrupted run.
 
-use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg, eval_transform};
-use crate::reconstruct::render_rows;
+use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::SeedableRng;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::sync_channel;
-use std::time::Instant;
-use tessera_mim::data::transform::{Augment, EpochSampler, Transform, load_batch};
+use tessera_mim::data::transform::EpochSampler;
 use tessera_mim::data::{Dataset, Split};
-use tessera_mim::train::{TrainConfig, Trainer};
-use tessera_mim::viz::{NormPixView, save_png};
-use tessera_mim::{Mask, MimModel, MimRng, TargetConfig};
-use tessera_tensor::Tensor;
+use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
+use tessera_mim::train::TrainConfig;
+use tessera_mim::{StepStats, TargetConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -145,20 +139,12 @@ pub fn run(args: Args) -> Result<()> {
         inner: full.as_ref(),
     };
     let test_ds = args.data.open(Split::Test, size, chans)?;
-    if args.batch == 0 || train_ds.len() < args.batch {
-        bail!(
-            "the batch of {} images is larger than the {} training images of {}",
-            args.batch,
-            train_ds.len(),
-            train_ds.name()
-        );
-    }
-    let sampler = EpochSampler {
+    let spe = EpochSampler {
         n: train_ds.len(),
         batch: args.batch,
         seed: args.seed,
-    };
-    let spe = sampler.steps_per_epoch() as f64;
+    }
+    .steps_per_epoch() as f64;
     let total_steps = match args.epochs {
         Some(e) if e > 0.0 => (e * spe).round().max(1.0) as u64,
         Some(e) => bail!("--epochs must be positive, got {e}"),
@@ -169,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(s)) => s,
         (None, None) => total_steps / 20,
     };
-    let mut config = TrainConfig::mae(model_cfg.clone(), args.batch, total_steps);
+    let mut config = TrainConfig::mae(model_cfg, args.batch, total_steps);
     config.masking = masking;
     config.base_lr = args.lr.map_or(args.blr, |lr| lr * 256.0 / args.batch as f32);
     config.min_lr = args.min_lr;
@@ -179,192 +165,97 @@ pub fn run(args: Args) -> Result<()> {
     config.accum_steps = args.accum;
     config.seed = args.seed;
     config.precision = args.precision.config();
-    config.validate()?;
-
-    let ckpt = args.out.join("checkpoint.safetensors");
-    let mut trainer = if args.resume {
-        if !ckpt.exists() {
-            bail!("--resume: no checkpoint at {}", ckpt.display());
-        }
-        let t = Trainer::resume_checked(&ckpt, &model_cfg)?;
-        if t.config.batch_size != args.batch {
-            bail!(
-                "{}: was trained with batch {}, not {}",
-                ckpt.display(),
-                t.config.batch_size,
-                args.batch
-            );
-        }
-        t
-    } else {
-        let mut model = MimModel::new(config.model.clone(), &mut MimRng::seed_from_u64(config.seed))?;
-        if let TargetConfig::Codebook { size, .. } = config.model.target {
-            let n = train_ds.len().min(4096);
-            let (imgs, _) = load_batch(
-                &train_ds,
-                &(0..n).collect::<Vec<_>>(),
-                &eval_transform(size_of(&config), chans, &train_ds.normalization()),
-                0,
-            )?;
-            eprintln!("fitting a codebook of {size} entries on the patches of {n} images");
-            model.fit_codebook(&imgs, 10, &mut MimRng::seed_from_u64(config.seed))?;
-        }
-        Trainer::with_model(config, model)?
+    if let (TargetConfig::Codebook { size, .. }, false) = (&config.model.target, args.resume) {
+        eprintln!(
+            "fitting a codebook of {size} entries on the patches of {} images",
+            train_ds.len().min(4096)
+        );
+    }
+    let options = RunOptions {
+        out: args.out.clone(),
+        resume: args.resume,
+        ckpt_every: args.ckpt_every,
+        recon_every: args.recon_every,
+        recon_count: args.recon_count,
+        augment: !args.no_augment,
+        stop_after: args.stop_after,
     };
-    let config = trainer.config.clone();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    std::fs::write(args.out.join("config.json"), serde_json::to_string_pretty(&config)?)
-        .with_context(|| format!("cannot write {}", args.out.join("config.json").display()))?;
-
-    // Fixed test images and masks for the reconstruction pictures.
-    let norm = train_ds.normalization().for_channels(chans);
-    let eval_t = eval_transform(size, chans, &norm);
-    let n_recon = args.recon_count.min(test_ds.len());
-    let (recon_imgs, _) = load_batch(test_ds.as_ref(), &(0..n_recon).collect::<Vec<_>>(), &eval_t, 0)?;
-    let recon_mask = Mask::sample(
-        trainer.masking(),
-        n_recon,
-        config.model.encoder.grid(),
-        &mut MimRng::seed_from_u64(1234),
-    );
-    let write_recon = |trainer: &Trainer, step: u64| -> Result<PathBuf> {
-        let img = render_rows(
-            &trainer.model,
-            &recon_imgs,
-            &recon_mask,
-            &norm,
-            NormPixView::VisibleStats,
-            None,
-        )?;
-        let path = args.out.join("recon").join(format!("step-{step:06}.png"));
-        save_png(&img, &path)?;
-        Ok(path)
-    };
-
-    let train_t = Transform {
-        size,
-        channels: chans,
-        augment: (!args.no_augment).then(Augment::mae),
-        norm: norm.clone(),
-    };
-    let start = trainer.step;
-    if start >= config.total_steps {
+    let mut run = Pretrainer::new(config, &train_ds, test_ds.as_ref(), options)?;
+    let config = run.trainer.config.clone();
+    if run.trainer.step >= config.total_steps {
         println!(
-            "{} is already at step {start} of {}; nothing to do",
-            ckpt.display(),
+            "{} is already at step {} of {}; nothing to do",
+            run.options().checkpoint().display(),
+            run.trainer.step,
             config.total_steps
         );
         return Ok(());
     }
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(args.out.join("metrics.jsonl"))
-        .with_context(|| format!("cannot open {}", args.out.join("metrics.jsonl").display()))?;
-    let bar = ProgressBar::new(config.total_steps);
-    if args.quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(start);
-    println!(
-        "pre-training {} on {} ({} images, {} steps of {}, {} per epoch), masking {}, output {}",
-        describe(&config),
-        train_ds.name(),
-        train_ds.len(),
-        config.total_steps,
-        config.batch_size,
-        sampler.steps_per_epoch(),
-        trainer.masking().describe(),
-        args.out.display()
-    );
-
-    let seed = config.seed;
-    let mut last = None;
-    let mut rate = None::<f64>;
-    let t0 = Instant::now();
-    // The loader has a pool of its own: the training loop below holds a
-    // worker of the main pool while it waits for the next batch, so work sent
-    // to that pool would wait forever when it has one thread (`--threads 1`,
-    // a one-core machine).
-    let loader_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(rayon::current_num_threads())
-        .build()
-        .context("cannot start the data loader's threads")?;
-    std::thread::scope(|scope| -> Result<()> {
-        // Load the next batch while this one trains.
-        let (tx, rx) = sync_channel(1);
-        let loader_pool = &loader_pool;
-        let (ds, sampler, train_t) = (&train_ds, &sampler, &train_t);
-        let end = args
-            .stop_after
-            .map_or(config.total_steps, |s| s.clamp(start, config.total_steps));
-        scope.spawn(move || {
-            for step in start..end {
-                let epoch = step / sampler.steps_per_epoch() as u64;
-                let aug_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
-                let batch = loader_pool
-                    .install(|| load_batch(ds, &sampler.indices(step), train_t, aug_seed))
-                    .map(|b| b.0);
-                if tx.send((step, batch)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut tick = Instant::now();
-        for (step, batch) in rx {
-            let batch: Tensor = batch?;
-            let stats = trainer.train_step(&batch)?;
-            let dt = tick.elapsed().as_secs_f64();
-            tick = Instant::now();
-            let ips = config.batch_size as f64 / dt;
-            let r = rate.map_or(ips, |r| 0.9 * r + 0.1 * ips);
-            rate = Some(r);
-            bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} img/s", stats.loss, stats.lr, r));
-            bar.set_position(stats.step);
-            let line = serde_json::json!({
-                "step": stats.step,
-                "epoch": step as f64 / sampler.steps_per_epoch() as f64,
-                "loss": stats.loss,
-                "lr": stats.lr,
-                "grad_norm": stats.grad_norm,
-                "images_per_s": ips,
-                "time_s": t0.elapsed().as_secs_f64(),
-            });
-            writeln!(metrics, "{line}").context("cannot append to metrics.jsonl")?;
-            if stats.step % args.ckpt_every.max(1) == 0
-                || stats.step == config.total_steps
-                || Some(stats.step) == args.stop_after
-            {
-                trainer.save(&ckpt)?;
-            }
-            if args.recon_every > 0 && stats.step % args.recon_every == 0 {
-                write_recon(&trainer, stats.step)?;
-            }
-            last = Some(stats);
-        }
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    let stats = last.context("no step ran")?;
-    let recon = write_recon(&trainer, stats.step)?;
+    let mut progress = Progress::new(&config, &args);
+    let end = run.run(&mut progress)?;
+    progress.bar.finish_and_clear();
+    let stats = end.last.context("no step ran")?;
     println!(
         "done: step {}, loss {:.4}, {:.0} images/s; checkpoint {}; reconstructions {}",
         stats.step,
         stats.loss,
-        rate.unwrap_or(0.0),
-        ckpt.display(),
-        recon.display()
+        end.images_per_s,
+        end.checkpoint.display(),
+        end.picture.map_or_else(String::new, |p| p.display().to_string())
     );
     Ok(())
 }
 
-fn size_of(config: &TrainConfig) -> [usize; 2] {
-    config.model.encoder.img_size
+/// The progress bar and the opening line.
+struct Progress {
+    bar: ProgressBar,
+    description: String,
+    out: PathBuf,
+    batch: usize,
+}
+
+impl Progress {
+    fn new(config: &TrainConfig, args: &Args) -> Progress {
+        let bar = ProgressBar::new(config.total_steps);
+        if args.quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        Progress {
+            bar,
+            description: describe(config),
+            out: args.out.clone(),
+            batch: config.batch_size,
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn started(&mut self, run: &RunStart) {
+        self.bar.set_position(run.start_step);
+        println!(
+            "pre-training {} on {} ({} images, {} steps of {}, {} per epoch), masking {}, output {}",
+            self.description,
+            run.data_name,
+            run.train_images,
+            run.total_steps,
+            self.batch,
+            run.steps_per_epoch,
+            run.masking,
+            self.out.display()
+        );
+    }
+    fn step(&mut self, stats: &StepStats, images_per_s: f64) {
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} img/s",
+            stats.loss, stats.lr, images_per_s
+        ));
+        self.bar.set_position(stats.step);
+    }
 }
 
 /// "MAE vit (192/12/3, patch 4, 32x32x3), decoder 128/4/4, target norm-pix".

@@ -12,16 +12,14 @@
 use crate::common::{DataArgs, MaskArgs, OfficialArgs, eval_transform};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use image::RgbImage;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
-use tessera_kernels::patch::PatchDims;
 use tessera_mim::checkpoint::TensorFile;
 use tessera_mim::data::transform::load_batch;
 use tessera_mim::data::{Normalization, RawImage, Split};
 use tessera_mim::train::{TrainConfig, load_model_with, parse_meta};
-use tessera_mim::viz::{NormPixView, grid, masked, reconstruct, save_png, to_rgb, upscale};
-use tessera_mim::{Mask, MimModel, MimRng};
+use tessera_mim::viz::{NormPixView, render_rows, save_png};
+use tessera_mim::{Mask, MimRng};
 use tessera_tensor::{Tensor, no_grad};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,48 +77,6 @@ pub struct Args {
 pub enum SplitArg {
     Train,
     Test,
-}
-
-/// Renders the four-panel rows for `imgs (N, C, H, W)` under `mask`.
-pub fn render_rows(
-    model: &MimModel,
-    imgs: &Tensor,
-    mask: &Mask,
-    norm: &Normalization,
-    view: NormPixView,
-    scale: Option<u32>,
-) -> Result<RgbImage> {
-    let e = &model.config.encoder;
-    let (n, c, [h, w]) = (imgs.shape()[0], e.in_chans, e.img_size);
-    let pred = no_grad(|| model.predict(imgs, mask, false, &mut MimRng::seed_from_u64(0)))?;
-    let (pred, data) = (pred.data(), imgs.data());
-    let out = pred.len() / n.max(1);
-    let l = e.num_patches();
-    let dims = PatchDims::new(1, c, h, w, e.patch_size);
-    let factor = scale.unwrap_or_else(|| 96u32.div_ceil(h.min(w) as u32).max(1));
-    let mut rows = Vec::with_capacity(n);
-    for i in 0..n {
-        let img = &data[i * c * h * w..(i + 1) * c * h * w];
-        let hidden = &mask.hidden[i * l..(i + 1) * l];
-        let (rec, pasted) = reconstruct(
-            img,
-            &pred[i * out..(i + 1) * out],
-            hidden,
-            dims,
-            &model.config.target,
-            model.codebook.as_ref(),
-            view,
-        )?;
-        let original = to_rgb(img, c, h, w, norm);
-        let row = [
-            original.clone(),
-            masked(&original, hidden, e.grid()[1], e.patch_size as u32),
-            to_rgb(&rec, c, h, w, norm),
-            to_rgb(&pasted, c, h, w, norm),
-        ];
-        rows.push(row.iter().map(|p| upscale(p, factor)).collect());
-    }
-    Ok(grid(&rows, 4))
 }
 
 /// Reads image files and applies the evaluation transform.

@@ -28,6 +28,7 @@ pub mod masking;
 pub mod model;
 pub mod official;
 pub mod pos_embed;
+pub mod pretrain;
 pub mod target;
 pub mod train;
 pub mod vit;

@@ -1,13 +1,18 @@
 //! Pictures: images back from normalised tensors, reconstructions from
 //! predictions, the four-panel rows of MAE's demo, and the seed's patched image.
 
+use crate::MimRng;
 use crate::config::TargetConfig;
 use crate::data::Normalization;
 use crate::error::{MimError, Result};
+use crate::masking::Mask;
+use crate::model::MimModel;
 use crate::target::{Codebook, patch_stats};
 use image::{Rgb, RgbImage};
+use rand::SeedableRng;
 use std::path::Path;
 use tessera_kernels::patch::{PatchDims, patchify, unpatchify};
+use tessera_tensor::{Tensor, no_grad};
 
 /// A `(C, H, W)` image in normalised input space → 8-bit RGB (grey repeated).
 pub fn to_rgb(chw: &[f32], c: usize, h: usize, w: usize, norm: &Normalization) -> RgbImage {
@@ -207,6 +212,51 @@ pub fn reconstruct(
         out
     };
     Ok((to_img(&guess), to_img(&pasted)))
+}
+
+/// Renders the four-panel rows for `imgs (N, C, H, W)` under `mask`:
+/// original | masked | reconstruction | reconstruction with the visible
+/// patches pasted back, each panel upscaled by `scale` (default: to at least
+/// 96 pixels).
+pub fn render_rows(
+    model: &MimModel,
+    imgs: &Tensor,
+    mask: &Mask,
+    norm: &Normalization,
+    view: NormPixView,
+    scale: Option<u32>,
+) -> Result<RgbImage> {
+    let e = &model.config.encoder;
+    let (n, c, [h, w]) = (imgs.shape()[0], e.in_chans, e.img_size);
+    let pred = no_grad(|| model.predict(imgs, mask, false, &mut MimRng::seed_from_u64(0)))?;
+    let (pred, data) = (pred.data(), imgs.data());
+    let out = pred.len() / n.max(1);
+    let l = e.num_patches();
+    let dims = PatchDims::new(1, c, h, w, e.patch_size);
+    let factor = scale.unwrap_or_else(|| 96u32.div_ceil(h.min(w) as u32).max(1));
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let img = &data[i * c * h * w..(i + 1) * c * h * w];
+        let hidden = &mask.hidden[i * l..(i + 1) * l];
+        let (rec, pasted) = reconstruct(
+            img,
+            &pred[i * out..(i + 1) * out],
+            hidden,
+            dims,
+            &model.config.target,
+            model.codebook.as_ref(),
+            view,
+        )?;
+        let original = to_rgb(img, c, h, w, norm);
+        let row = [
+            original.clone(),
+            masked(&original, hidden, e.grid()[1], e.patch_size as u32),
+            to_rgb(&rec, c, h, w, norm),
+            to_rgb(&pasted, c, h, w, norm),
+        ];
+        rows.push(row.iter().map(|p| upscale(p, factor)).collect());
+    }
+    Ok(grid(&rows, 4))
 }
 
 #[cfg(test)]

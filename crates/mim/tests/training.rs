@@ -354,3 +354,103 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Pre-training as a library call: the observer sees every step, checkpoint
+/// and picture; a run stopped halfway and resumed writes the same metrics as
+/// one that was not.
+#[test]
+fn pretrainer_runs_observes_and_resumes_exactly() {
+    use std::path::Path;
+    use tessera_mim::data::Split;
+    use tessera_mim::data::synthetic::SyntheticDataset;
+    use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
+    #[derive(Default)]
+    struct Seen {
+        started: Vec<u64>,
+        steps: Vec<u64>,
+        checkpoints: Vec<u64>,
+        pictures: Vec<u64>,
+    }
+    impl Observer for Seen {
+        fn started(&mut self, run: &RunStart) {
+            self.started.push(run.start_step);
+        }
+        fn step(&mut self, s: &tessera_mim::StepStats, _: f64) {
+            self.steps.push(s.step);
+        }
+        fn checkpoint(&mut self, _: &Path, step: u64) {
+            self.checkpoints.push(step);
+        }
+        fn picture(&mut self, p: &Path, step: u64) {
+            assert!(p.exists());
+            self.pictures.push(step);
+        }
+    }
+    let train = SyntheticDataset::new(48, [16, 16], 3, 0, Split::Train).unwrap();
+    let test = SyntheticDataset::new(8, [16, 16], 3, 0, Split::Test).unwrap();
+    let options = |dir: &Path| RunOptions {
+        ckpt_every: 2,
+        recon_every: 2,
+        recon_count: 2,
+        ..RunOptions::new(dir)
+    };
+    let straight = tmp("pretrainer-straight");
+    let mut seen = Seen::default();
+    let end = Pretrainer::new(config(4), &train, &test, options(&straight))
+        .unwrap()
+        .run(&mut seen)
+        .unwrap();
+    assert_eq!(end.last.unwrap().step, 4);
+    assert_eq!(seen.started, vec![0]);
+    assert_eq!(seen.steps, vec![1, 2, 3, 4]);
+    assert_eq!(seen.checkpoints, vec![2, 4]);
+    assert_eq!(seen.pictures, vec![2, 4, 4]);
+    for f in [
+        "checkpoint.safetensors",
+        "metrics.jsonl",
+        "config.json",
+        "recon/step-000002.png",
+    ] {
+        assert!(straight.join(f).exists(), "missing {f}");
+    }
+
+    let split = tmp("pretrainer-split");
+    let mut first = options(&split);
+    first.stop_after = Some(2);
+    Pretrainer::new(config(4), &train, &test, first)
+        .unwrap()
+        .run(&mut ())
+        .unwrap();
+    let mut again = options(&split);
+    again.resume = true;
+    let mut seen = Seen::default();
+    Pretrainer::new(config(4), &train, &test, again)
+        .unwrap()
+        .run(&mut seen)
+        .unwrap();
+    assert_eq!(seen.started, vec![2]);
+    let losses = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {}", v["step"], v["loss"])
+            })
+            .collect()
+    };
+    assert_eq!(losses(&split), losses(&straight));
+    // A batch larger than the data set is refused before anything is written.
+    let empty = tmp("pretrainer-refused");
+    let mut big = config(4);
+    big.batch_size = 64;
+    let e = Pretrainer::new(big, &train, &test, options(&empty.join("out")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("larger than the 48 training images"), "{e}");
+    assert!(!empty.join("out").exists());
+    for d in [straight, split, empty] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

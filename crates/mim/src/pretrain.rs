@@ -1,0 +1,368 @@
+//! Pre-training as a library call: the loop around [`Trainer`] — data order
+//! and augmentation, loading the next batch while one trains, resuming,
+//! checkpoints, metrics and reconstruction pictures. `tessera pretrain` is
+//! argument parsing and a progress bar on top of [`Pretrainer`].
+//!
+//! ```no_run
+//! use tessera_mim::data::Split;
+//! use tessera_mim::data::synthetic::SyntheticDataset;
+//! use tessera_mim::pretrain::{Pretrainer, RunOptions};
+//! use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, TargetConfig, TrainConfig, VitConfig};
+//! # fn main() -> tessera_mim::Result<()> {
+//! let model = ModelConfig {
+//!     encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3)?,
+//!     method: Method::Mae { decoder: DecoderConfig::small() },
+//!     target: TargetConfig::Pixels { loss: PixelLoss::Mse, norm_pix: true },
+//! };
+//! let train = SyntheticDataset::new(2000, [32, 32], 3, 0, Split::Train)?;
+//! let test = SyntheticDataset::new(200, [32, 32], 3, 0, Split::Test)?;
+//! let config = TrainConfig::mae(model, 64, 1000);
+//! let mut run = Pretrainer::new(config, &train, &test, RunOptions::new("runs/mae"))?;
+//! let end = run.run(&mut ())?; // `()` observes nothing; implement `Observer` for progress
+//! println!("final loss {:?}", end.last.map(|s| s.loss));
+//! # Ok(()) }
+//! ```
+//!
+//! An output folder holds `checkpoint.safetensors` (written atomically every
+//! `ckpt_every` steps and at the end), `metrics.jsonl` (one JSON object per
+//! step), `config.json`, and `recon/step-NNNNNN.png` (fixed test images, every
+//! `recon_every` steps and at the end). With `resume`, a run continues from
+//! its checkpoint along the exact trajectory of an uninterrupted run.
+
+use crate::data::Dataset;
+use crate::data::transform::{Augment, EpochSampler, Transform, load_batch};
+use crate::error::{MimError, Result};
+use crate::masking::Mask;
+use crate::model::MimModel;
+use crate::train::{StepStats, TrainConfig, Trainer};
+use crate::viz::{NormPixView, render_rows, save_png};
+use crate::{MimRng, TargetConfig};
+use rand::SeedableRng;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+use tessera_tensor::Tensor;
+
+/// Where a run writes and how often.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The output folder.
+    pub out: PathBuf,
+    /// Continue from `out/checkpoint.safetensors`.
+    pub resume: bool,
+    /// A checkpoint every this many steps (and at the end).
+    pub ckpt_every: u64,
+    /// Reconstruction pictures every this many steps (0: only at the end).
+    pub recon_every: u64,
+    /// Test images in each picture.
+    pub recon_count: usize,
+    /// MAE's random resized crops and flips on the training images.
+    pub augment: bool,
+    /// Stop (with a checkpoint) after this step, as if interrupted.
+    pub stop_after: Option<u64>,
+}
+
+impl RunOptions {
+    /// Defaults: checkpoints and pictures every 100 steps, 6 pictured images,
+    /// augmentation on, a fresh run.
+    pub fn new(out: impl Into<PathBuf>) -> RunOptions {
+        RunOptions {
+            out: out.into(),
+            resume: false,
+            ckpt_every: 100,
+            recon_every: 100,
+            recon_count: 6,
+            augment: true,
+            stop_after: None,
+        }
+    }
+
+    /// `out/checkpoint.safetensors`.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.out.join("checkpoint.safetensors")
+    }
+}
+
+/// What a run is about to do, for [`Observer::started`].
+#[derive(Clone, Debug)]
+pub struct RunStart {
+    pub data_name: String,
+    pub train_images: usize,
+    pub steps_per_epoch: usize,
+    /// The step the run starts from (0, or the checkpoint's).
+    pub start_step: u64,
+    pub total_steps: u64,
+    /// The masking strategy, as `Mask` describes it.
+    pub masking: String,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    /// The last step's statistics (`None`: the run was already complete).
+    pub last: Option<StepStats>,
+    /// Smoothed images per second over the run.
+    pub images_per_s: f64,
+    pub checkpoint: PathBuf,
+    /// The final reconstruction picture.
+    pub picture: Option<PathBuf>,
+}
+
+/// What a run reports as it goes; every method does nothing by default, and
+/// `()` observes nothing.
+pub trait Observer {
+    /// Before the first step.
+    fn started(&mut self, _run: &RunStart) {}
+    /// After every step, with the smoothed throughput.
+    fn step(&mut self, _stats: &StepStats, _images_per_s: f64) {}
+    /// After a checkpoint was written.
+    fn checkpoint(&mut self, _path: &Path, _step: u64) {}
+    /// After a reconstruction picture was written.
+    fn picture(&mut self, _path: &Path, _step: u64) {}
+}
+
+impl Observer for () {}
+
+/// A pre-training run: a [`Trainer`], its data and its output folder.
+pub struct Pretrainer<'a> {
+    pub trainer: Trainer,
+    train: &'a dyn Dataset,
+    test: &'a dyn Dataset,
+    options: RunOptions,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> MimError {
+    MimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl<'a> Pretrainer<'a> {
+    /// A fresh run of `config` on `train` (pictures of `test` images), or with
+    /// `options.resume` the run saved in `options.out` (its model must be
+    /// `config`'s, its batch the same). A codebook target's codebook is fitted
+    /// here, on the patches of up to 4096 training images. Nothing is written
+    /// until [`Pretrainer::run`].
+    pub fn new(
+        config: TrainConfig,
+        train: &'a dyn Dataset,
+        test: &'a dyn Dataset,
+        options: RunOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        if config.batch_size == 0 || train.len() < config.batch_size {
+            return Err(MimError::Input(format!(
+                "the batch of {} images is larger than the {} training images of {}",
+                config.batch_size,
+                train.len(),
+                train.name()
+            )));
+        }
+        let ckpt = options.checkpoint();
+        let trainer = if options.resume {
+            if !ckpt.exists() {
+                return Err(MimError::Input(format!(
+                    "--resume: no checkpoint at {}",
+                    ckpt.display()
+                )));
+            }
+            let t = Trainer::resume_checked(&ckpt, &config.model)?;
+            if t.config.batch_size != config.batch_size {
+                return Err(MimError::Checkpoint {
+                    path: ckpt,
+                    msg: format!(
+                        "was trained with batch {}, not {}",
+                        t.config.batch_size, config.batch_size
+                    ),
+                });
+            }
+            t
+        } else {
+            let mut model = MimModel::new(config.model.clone(), &mut MimRng::seed_from_u64(config.seed))?;
+            if let TargetConfig::Codebook { .. } = config.model.target {
+                let e = &config.model.encoder;
+                let n = train.len().min(4096);
+                let t = Transform {
+                    size: e.img_size,
+                    channels: e.in_chans,
+                    augment: None,
+                    norm: train.normalization().for_channels(e.in_chans),
+                };
+                let (imgs, _) = load_batch(train, &(0..n).collect::<Vec<_>>(), &t, 0)?;
+                model.fit_codebook(&imgs, 10, &mut MimRng::seed_from_u64(config.seed))?;
+            }
+            Trainer::with_model(config, model)?
+        };
+        Ok(Pretrainer {
+            trainer,
+            train,
+            test,
+            options,
+        })
+    }
+
+    /// The run's output options.
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+
+    /// Trains to the configured number of steps (or `stop_after`), writing
+    /// the output folder as it goes and reporting to `observer`.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<RunEnd> {
+        let opts = self.options.clone();
+        let config = self.trainer.config.clone();
+        let ckpt = opts.checkpoint();
+        let (train, test) = (self.train, self.test);
+        let e = &config.model.encoder;
+        let (size, chans) = (e.img_size, e.in_chans);
+        let start = self.trainer.step;
+        if start >= config.total_steps {
+            return Ok(RunEnd {
+                last: None,
+                images_per_s: 0.0,
+                checkpoint: ckpt,
+                picture: None,
+            });
+        }
+        std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
+        let config_json = opts.out.join("config.json");
+        let text = serde_json::to_string_pretty(&config).expect("a configuration serialises to JSON");
+        std::fs::write(&config_json, text).map_err(|e| io_err(&config_json, e))?;
+
+        // Fixed test images and masks for the pictures.
+        let norm = train.normalization().for_channels(chans);
+        let eval_t = Transform {
+            size,
+            channels: chans,
+            augment: None,
+            norm: norm.clone(),
+        };
+        let n_recon = opts.recon_count.min(test.len());
+        let (recon_imgs, _) = load_batch(test, &(0..n_recon).collect::<Vec<_>>(), &eval_t, 0)?;
+        let recon_mask = Mask::sample(
+            self.trainer.masking(),
+            n_recon,
+            e.grid(),
+            &mut MimRng::seed_from_u64(1234),
+        );
+        let write_picture = |trainer: &Trainer, step: u64| -> Result<PathBuf> {
+            let img = render_rows(
+                &trainer.model,
+                &recon_imgs,
+                &recon_mask,
+                &norm,
+                NormPixView::VisibleStats,
+                None,
+            )?;
+            let path = opts.out.join("recon").join(format!("step-{step:06}.png"));
+            save_png(&img, &path)?;
+            Ok(path)
+        };
+
+        let sampler = EpochSampler {
+            n: train.len(),
+            batch: config.batch_size,
+            seed: config.seed,
+        };
+        let train_t = Transform {
+            size,
+            channels: chans,
+            augment: opts.augment.then(Augment::mae),
+            norm: norm.clone(),
+        };
+        let metrics_path = opts.out.join("metrics.jsonl");
+        let mut metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| io_err(&metrics_path, e))?;
+        observer.started(&RunStart {
+            data_name: train.name(),
+            train_images: train.len(),
+            steps_per_epoch: sampler.steps_per_epoch(),
+            start_step: start,
+            total_steps: config.total_steps,
+            masking: self.trainer.masking().describe(),
+        });
+
+        let seed = config.seed;
+        let mut last = None;
+        let mut rate = None::<f64>;
+        let t0 = Instant::now();
+        // The loader has a pool of its own: this loop holds a worker of the
+        // caller's pool while it waits for the next batch, so work sent to
+        // that pool would wait forever when it has one thread (`--threads 1`,
+        // a one-core machine).
+        let loader_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .build()
+            .map_err(|e| MimError::Input(format!("cannot start the data loader's threads: {e}")))?;
+        let end = opts
+            .stop_after
+            .map_or(config.total_steps, |s| s.clamp(start, config.total_steps));
+        let trainer = &mut self.trainer;
+        std::thread::scope(|scope| -> Result<()> {
+            // Load the next batch while this one trains.
+            let (tx, rx) = sync_channel(1);
+            let (loader_pool, sampler, train_t) = (&loader_pool, &sampler, &train_t);
+            scope.spawn(move || {
+                for step in start..end {
+                    let epoch = step / sampler.steps_per_epoch() as u64;
+                    let aug_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
+                    let batch = loader_pool
+                        .install(|| load_batch(train, &sampler.indices(step), train_t, aug_seed))
+                        .map(|b| b.0);
+                    if tx.send((step, batch)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut tick = Instant::now();
+            for (step, batch) in rx {
+                let batch: Tensor = batch?;
+                let stats = trainer.train_step(&batch)?;
+                let dt = tick.elapsed().as_secs_f64();
+                tick = Instant::now();
+                let ips = config.batch_size as f64 / dt;
+                let r = rate.map_or(ips, |r| 0.9 * r + 0.1 * ips);
+                rate = Some(r);
+                observer.step(&stats, r);
+                let line = serde_json::json!({
+                    "step": stats.step,
+                    "epoch": step as f64 / sampler.steps_per_epoch() as f64,
+                    "loss": stats.loss,
+                    "lr": stats.lr,
+                    "grad_norm": stats.grad_norm,
+                    "images_per_s": ips,
+                    "time_s": t0.elapsed().as_secs_f64(),
+                });
+                writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
+                if stats.step % opts.ckpt_every.max(1) == 0
+                    || stats.step == config.total_steps
+                    || Some(stats.step) == opts.stop_after
+                {
+                    trainer.save(&ckpt)?;
+                    observer.checkpoint(&ckpt, stats.step);
+                }
+                if opts.recon_every > 0 && stats.step % opts.recon_every == 0 {
+                    let p = write_picture(trainer, stats.step)?;
+                    observer.picture(&p, stats.step);
+                }
+                last = Some(stats);
+            }
+            Ok(())
+        })?;
+        let stats = last.ok_or_else(|| MimError::Input("no step ran".into()))?;
+        let picture = write_picture(&self.trainer, stats.step)?;
+        observer.picture(&picture, stats.step);
+        Ok(RunEnd {
+            last: Some(stats),
+            images_per_s: rate.unwrap_or(0.0),
+            checkpoint: ckpt,
+            picture: Some(picture),
+        })
+    }
+}
