@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use tessera_mim::data::transform::EpochSampler;
-use tessera_mim::data::{Dataset, Split};
+use tessera_mim::data::{Dataset, First, Split};
 use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
 use tessera_mim::train::TrainConfig;
 use tessera_mim::{StepStats, TargetConfig};
@@ -94,39 +94,6 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// The first `limit` images of a data set.
-struct Limited<'a> {
-    inner: &'a dyn Dataset,
-    len: usize,
-}
-
-impl Dataset for Limited<'_> {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn channels(&self) -> usize {
-        self.inner.channels()
-    }
-    fn native_size(&self) -> Option<[usize; 2]> {
-        self.inner.native_size()
-    }
-    fn class_names(&self) -> Vec<String> {
-        self.inner.class_names()
-    }
-    fn label(&self, i: usize) -> Option<u32> {
-        self.inner.label(i)
-    }
-    fn get(&self, i: usize) -> tessera_mim::Result<tessera_mim::data::RawImage> {
-        self.inner.get(i)
-    }
-    fn normalization(&self) -> tessera_mim::data::Normalization {
-        self.inner.normalization()
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     // Everything that can be wrong with the options is checked before the
     // output folder is touched.
@@ -134,10 +101,7 @@ pub fn run(args: Args) -> Result<()> {
     let masking = args.mask.build(&model_cfg)?;
     let (size, chans) = (model_cfg.encoder.img_size, model_cfg.encoder.in_chans);
     let full = args.data.open(Split::Train, size, chans)?;
-    let train_ds = Limited {
-        len: args.limit.map_or(full.len(), |l| l.min(full.len())),
-        inner: full.as_ref(),
-    };
+    let train_ds = First::new(full.as_ref(), args.limit.unwrap_or(usize::MAX));
     let test_ds = args.data.open(Split::Test, size, chans)?;
     let spe = EpochSampler {
         n: train_ds.len(),
@@ -227,7 +191,7 @@ impl Progress {
         );
         Progress {
             bar,
-            description: describe(config),
+            description: config.describe(),
             out: args.out.clone(),
             batch: config.batch_size,
         }
@@ -256,26 +220,4 @@ impl Observer for Progress {
         ));
         self.bar.set_position(stats.step);
     }
-}
-
-/// "MAE vit (192/12/3, patch 4, 32x32x3), decoder 128/4/4, target norm-pix".
-pub fn describe(config: &TrainConfig) -> String {
-    let e = &config.model.encoder;
-    let method = match &config.model.method {
-        tessera_mim::Method::Mae { decoder } => format!(
-            "MAE, decoder {}/{}/{}",
-            decoder.embed_dim, decoder.depth, decoder.num_heads
-        ),
-        tessera_mim::Method::SimMim => "SimMIM".to_string(),
-    };
-    let target = match config.model.target {
-        TargetConfig::Pixels { loss, norm_pix } => {
-            format!("{}{:?} on pixels", if norm_pix { "normalised " } else { "" }, loss)
-        }
-        TargetConfig::Codebook { size, .. } => format!("codebook of {size}"),
-    };
-    format!(
-        "ViT {}/{}/{} (patch {}, {}x{}x{}), {method}, target {target}, {:?} products",
-        e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size[0], e.img_size[1], e.in_chans, config.precision
-    )
 }

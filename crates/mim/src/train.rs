@@ -402,6 +402,31 @@ pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, 
     })
 }
 
+impl TrainConfig {
+    /// One line for logs: "ViT 192/12/3 (patch 4, 32x32x3), MAE, decoder
+    /// 128/4/4, target normalised Mse on pixels, F32 products".
+    pub fn describe(&self) -> String {
+        let e = &self.model.encoder;
+        let method = match &self.model.method {
+            crate::Method::Mae { decoder } => format!(
+                "MAE, decoder {}/{}/{}",
+                decoder.embed_dim, decoder.depth, decoder.num_heads
+            ),
+            crate::Method::SimMim => "SimMIM".to_string(),
+        };
+        let target = match self.model.target {
+            crate::TargetConfig::Pixels { loss, norm_pix } => {
+                format!("{}{:?} on pixels", if norm_pix { "normalised " } else { "" }, loss)
+            }
+            crate::TargetConfig::Codebook { size, .. } => format!("codebook of {size}"),
+        };
+        format!(
+            "ViT {}/{}/{} (patch {}, {}x{}x{}), {method}, target {target}, {:?} products",
+            e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size[0], e.img_size[1], e.in_chans, self.precision
+        )
+    }
+}
+
 /// A metadata value as JSON.
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("configuration and state serialise to JSON")

@@ -182,6 +182,49 @@ pub enum DataSpec {
     Folder { dir: PathBuf },
 }
 
+/// The first `len` images of a data set (`--limit`): a view, nothing copied.
+pub struct First<'a> {
+    inner: &'a dyn Dataset,
+    len: usize,
+}
+
+impl<'a> First<'a> {
+    /// The first `min(len, inner.len())` images of `inner`.
+    pub fn new(inner: &'a dyn Dataset, len: usize) -> Self {
+        First {
+            len: len.min(inner.len()),
+            inner,
+        }
+    }
+}
+
+impl Dataset for First<'_> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn channels(&self) -> usize {
+        self.inner.channels()
+    }
+    fn native_size(&self) -> Option<[usize; 2]> {
+        self.inner.native_size()
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.inner.class_names()
+    }
+    fn label(&self, i: usize) -> Option<u32> {
+        self.inner.label(i)
+    }
+    fn get(&self, i: usize) -> Result<RawImage> {
+        self.inner.get(i)
+    }
+    fn normalization(&self) -> Normalization {
+        self.inner.normalization()
+    }
+}
+
 /// Opens one split of the data set a user asked for.
 pub fn open(spec: &DataSpec, split: Split) -> Result<Box<dyn Dataset>> {
     Ok(match spec {
