@@ -8,10 +8,10 @@
 
 use rand::SeedableRng;
 use std::path::PathBuf;
+use tessera_mim::checkpoint::load_model_with;
 use tessera_mim::data::Normalization;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::official::ModelHints;
-use tessera_mim::train::load_model_with;
 use tessera_mim::viz::{NormPixView, render_rows, save_png};
 use tessera_mim::{Mask, MaskingConfig, MimRng};
 use tessera_tensor::Tensor;

@@ -11,9 +11,9 @@ use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use std::path::PathBuf;
+use tessera_mim::checkpoint::load_model_with;
 use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::{Features, ProbeConfig, encoder_features, knn, linear_probe, pixel_features};
-use tessera_mim::train::load_model_with;
 use tessera_mim::{MimModel, MimRng, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -7,17 +7,32 @@
 //! metadata the full training configuration, the step, each parameter's
 //! optimizer step and the random generator's state.
 //!
+//! Everything about checkpoints lives here: the file format ([`TensorFile`]),
+//! a model's tensors in and out ([`MimModel::load_state`], [`MimModel::store_state`]),
+//! a training run's save and resume ([`Trainer::save`], [`Trainer::resume`]),
+//! and loading a model for use ([`load_model`], [`load_model_with`]; MAE's
+//! own `state_dict`s through [`crate::official`]).
+//!
 //! Files are written atomically: to a temporary file in the same folder,
 //! flushed to disk, then renamed over the target. A crash leaves either the old
 //! checkpoint or the new one, never half of one.
 
 use crate::error::{MimError, Result};
+use crate::masking::MimRng;
+use crate::model::MimModel;
+use crate::official::{self, ModelHints};
+use crate::target::Codebook;
+use crate::train::{TrainConfig, Trainer};
+use crate::{ModelConfig, TargetConfig};
+use rand::SeedableRng;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tessera_tensor::Tensor;
+use tessera_tensor::optim::{AdamState, Optimizer};
 
 /// A tensor read from a file: shape and values.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,6 +193,237 @@ impl TensorFile {
             .map(|s| s.as_str())
             .ok_or_else(|| ckpt_err(path, format!("has no '{key}' metadata (not written by Tessera?)")))
     }
+}
+
+// ------------------------------------------------------------- models
+
+impl MimModel {
+    /// Copies tensors from a checkpoint file into this model. Every tensor of
+    /// the model must be present with the same shape, except positional
+    /// tables, which are resized from `file_grid` (the patch grid they were
+    /// trained on; a square grid is assumed if `None`).
+    pub fn load_state(
+        &mut self,
+        file: &TensorFile,
+        path: &std::path::Path,
+        file_grid: Option<[usize; 2]>,
+    ) -> Result<()> {
+        self.load_state_where(file, path, file_grid, |_| true)
+    }
+
+    /// [`MimModel::load_state`] for the tensors whose names `wanted` accepts
+    /// (an encoder-only checkpoint leaves the decoder as it is).
+    pub fn load_state_where(
+        &mut self,
+        file: &TensorFile,
+        path: &std::path::Path,
+        file_grid: Option<[usize; 2]>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        use crate::config::PosEmbedKind;
+        use crate::pos_embed::resize;
+        let grid = self.config.encoder.grid();
+        let enc_kind = self.config.encoder.pos_embed;
+        for (name, t) in self.state() {
+            if !wanted(&name) {
+                continue;
+            }
+            let stored = file.get(&name, path)?;
+            let is_pos = name == "pos_embed" || name == "decoder_pos_embed";
+            let data = if stored.shape == t.shape() {
+                stored.data.clone()
+            } else if is_pos && stored.shape.len() == 3 && stored.shape[2] == t.shape()[2] {
+                let old_l = stored.shape[1] - 1;
+                let old = file_grid.unwrap_or_else(|| {
+                    let s = (old_l as f64).sqrt().round() as usize;
+                    [s, s]
+                });
+                if old[0] * old[1] != old_l {
+                    return Err(MimError::Checkpoint {
+                        path: path.to_path_buf(),
+                        msg: format!(
+                            "'{name}' has {old_l} patch positions, which is not a {}x{} grid",
+                            old[0], old[1]
+                        ),
+                    });
+                }
+                let kind = if name == "pos_embed" {
+                    enc_kind
+                } else {
+                    PosEmbedKind::SinCos
+                };
+                resize(&stored.data, t.shape()[2], old, grid, kind)
+            } else {
+                return Err(MimError::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "tensor '{name}' has shape {:?} in the file but {:?} in this model (a checkpoint of another configuration?)",
+                        stored.shape,
+                        t.shape()
+                    ),
+                });
+            };
+            t.set_data(&data)?;
+        }
+        if let TargetConfig::Codebook { size, normalize } = self.config.target {
+            let c = file.get("codebook", path)?;
+            self.codebook = Some(Codebook::from_centroids(
+                c.data.clone(),
+                size,
+                self.config.encoder.patch_dim(),
+                normalize,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Adds this model's tensors (and codebook) to a file.
+    pub fn store_state(&self, file: &mut TensorFile) {
+        for (name, t) in self.state() {
+            file.insert(name, &t);
+        }
+        if let Some(book) = &self.codebook {
+            file.insert_raw("codebook", vec![book.size, book.dim], book.centroids.clone());
+        }
+    }
+}
+
+// ------------------------------------------------------------- training runs
+
+impl Trainer {
+    /// Writes a checkpoint atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut file = TensorFile::default();
+        self.model.store_state(&mut file);
+        let mut steps = BTreeMap::new();
+        for (name, t) in &self.params {
+            if let Some(st) = self.optimizer.state(t) {
+                file.insert_raw(format!("optimizer.exp_avg.{name}"), t.shape().to_vec(), st.m.clone());
+                file.insert_raw(format!("optimizer.exp_avg_sq.{name}"), t.shape().to_vec(), st.v.clone());
+                steps.insert(name.clone(), st.step);
+            }
+        }
+        let meta = &mut file.metadata;
+        meta.insert("format".into(), "pt".into());
+        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
+        meta.insert("tessera.config".into(), json(&self.config));
+        meta.insert("tessera.step".into(), self.step.to_string());
+        meta.insert("tessera.rng".into(), json(&self.rng));
+        meta.insert("tessera.optimizer_steps".into(), json(&steps));
+        file.save(path)
+    }
+
+    /// Continues a run from a checkpoint: same weights, optimizer moments,
+    /// step and random state, so the loss trajectory is that of an
+    /// uninterrupted run.
+    pub fn resume(path: &Path) -> Result<Trainer> {
+        let file = TensorFile::load(path)?;
+        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+        let mut trainer = Trainer::new(config)?;
+        trainer.restore(&file, path)?;
+        Ok(trainer)
+    }
+
+    /// Like [`Trainer::resume`], refusing a checkpoint whose model differs from `expected`.
+    pub fn resume_checked(path: &Path, expected: &ModelConfig) -> Result<Trainer> {
+        let file = TensorFile::load(path)?;
+        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+        if &config.model != expected {
+            return Err(MimError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: "was written for another model configuration than the one requested".into(),
+            });
+        }
+        let mut trainer = Trainer::new(config)?;
+        trainer.restore(&file, path)?;
+        Ok(trainer)
+    }
+
+    fn restore(&mut self, file: &TensorFile, path: &Path) -> Result<()> {
+        self.model.load_state(file, path, None)?;
+        self.step = parse_meta(file, "tessera.step", path)?;
+        self.rng = parse_meta(file, "tessera.rng", path)?;
+        let steps: BTreeMap<String, u64> = parse_meta(file, "tessera.optimizer_steps", path)?;
+        for (name, t) in &self.params {
+            let Some(&step) = steps.get(name) else { continue };
+            let m = file.get(&format!("optimizer.exp_avg.{name}"), path)?.data.clone();
+            let v = file.get(&format!("optimizer.exp_avg_sq.{name}"), path)?.data.clone();
+            self.optimizer
+                .set_state(t, AdamState { step, m, v })
+                .map_err(|e| MimError::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("optimizer state of '{name}': {e}"),
+                })?;
+        }
+        self.optimizer.set_lr(self.config.lr_at(self.step));
+        Ok(())
+    }
+}
+
+/// Reads a JSON metadata entry of a checkpoint.
+pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, path: &Path) -> Result<T> {
+    serde_json::from_str(file.meta(key, path)?).map_err(|e| MimError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: format!("metadata '{key}' is malformed: {e}"),
+    })
+}
+
+/// A metadata value as JSON.
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("configuration and state serialise to JSON")
+}
+
+// ------------------------------------------------------------- loading for use
+
+/// Loads a model (for evaluation or reconstruction) from a checkpoint,
+/// optionally at another image size (positional tables are resized): a
+/// Tessera checkpoint, or an official MAE pre-training `state_dict` in
+/// safetensors (see [`load_model_with`]).
+pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel> {
+    load_model_with(path, img_size, &ModelHints::default(), true)
+}
+
+/// [`load_model`], also for checkpoints without Tessera's metadata (MAE's
+/// released weights): their configuration is read off the tensors' shapes,
+/// with `hints` for what shapes cannot say ([`crate::official`]). With
+/// `need_decoder` false an encoder-only file is accepted (for features); its
+/// decoder stays randomly initialised.
+pub fn load_model_with(
+    path: &Path,
+    img_size: Option<[usize; 2]>,
+    hints: &ModelHints,
+    need_decoder: bool,
+) -> Result<MimModel> {
+    let file = TensorFile::load(path)?;
+    let official = !file.metadata.contains_key("tessera.config");
+    let model_config = if official {
+        let config = official::infer_config(&file, path, hints, need_decoder)?;
+        if need_decoder && !official::has_decoder(&file) {
+            return Err(MimError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: "holds an encoder alone (no decoder_* tensors); this needs MAE's pre-training weights".into(),
+            });
+        }
+        config
+    } else {
+        parse_meta::<TrainConfig>(&file, "tessera.config", path)?.model
+    };
+    let trained_grid = model_config.encoder.grid();
+    let mut model_config = model_config;
+    if let Some(size) = img_size {
+        model_config.encoder.img_size = size;
+    }
+    let mut model = MimModel::new(model_config, &mut MimRng::seed_from_u64(0))?;
+    if official {
+        let encoder_only = !official::has_decoder(&file);
+        let wanted = |name: &str| !encoder_only || official::is_encoder_tensor(name);
+        let names: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
+        official::check_names(&file, path, &names, wanted)?;
+        model.load_state_where(&file, path, Some(trained_grid), wanted)?;
+    } else {
+        model.load_state(&file, path, Some(trained_grid))?;
+    }
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -17,18 +17,14 @@
 //! finds its part in its own cache — about 10% faster than driving the pool
 //! from another thread.
 
-use crate::checkpoint::TensorFile;
 use crate::config::{ModelConfig, is_positive};
 use crate::error::{MimError, Result, config_err};
 use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 use crate::model::MimModel;
-use crate::official::{self, ModelHints};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::Path;
 use tessera_kernels::gemm::{Precision, precision, set_precision};
-use tessera_tensor::optim::{AdamState, AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
+use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
 use tessera_tensor::{GradStore, Tensor};
 
 /// The arithmetic of matrix products during training.
@@ -186,7 +182,7 @@ pub struct Trainer {
     /// Draws masks (and dropout); saved in checkpoints.
     pub rng: MimRng,
     masking: Box<dyn MaskingStrategy>,
-    params: Vec<(String, Tensor)>,
+    pub(crate) params: Vec<(String, Tensor)>,
 }
 
 impl Trainer {
@@ -324,82 +320,6 @@ impl Trainer {
             grad_norm: norm,
         })
     }
-
-    /// Writes a checkpoint atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let mut file = TensorFile::default();
-        self.model.store_state(&mut file);
-        let mut steps = BTreeMap::new();
-        for (name, t) in &self.params {
-            if let Some(st) = self.optimizer.state(t) {
-                file.insert_raw(format!("optimizer.exp_avg.{name}"), t.shape().to_vec(), st.m.clone());
-                file.insert_raw(format!("optimizer.exp_avg_sq.{name}"), t.shape().to_vec(), st.v.clone());
-                steps.insert(name.clone(), st.step);
-            }
-        }
-        let meta = &mut file.metadata;
-        meta.insert("format".into(), "pt".into());
-        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
-        meta.insert("tessera.config".into(), json(&self.config));
-        meta.insert("tessera.step".into(), self.step.to_string());
-        meta.insert("tessera.rng".into(), json(&self.rng));
-        meta.insert("tessera.optimizer_steps".into(), json(&steps));
-        file.save(path)
-    }
-
-    /// Continues a run from a checkpoint: same weights, optimizer moments,
-    /// step and random state, so the loss trajectory is that of an
-    /// uninterrupted run.
-    pub fn resume(path: &Path) -> Result<Trainer> {
-        let file = TensorFile::load(path)?;
-        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
-        let mut trainer = Trainer::new(config)?;
-        trainer.restore(&file, path)?;
-        Ok(trainer)
-    }
-
-    /// Like [`Trainer::resume`], refusing a checkpoint whose model differs from `expected`.
-    pub fn resume_checked(path: &Path, expected: &ModelConfig) -> Result<Trainer> {
-        let file = TensorFile::load(path)?;
-        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
-        if &config.model != expected {
-            return Err(MimError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: "was written for another model configuration than the one requested".into(),
-            });
-        }
-        let mut trainer = Trainer::new(config)?;
-        trainer.restore(&file, path)?;
-        Ok(trainer)
-    }
-
-    fn restore(&mut self, file: &TensorFile, path: &Path) -> Result<()> {
-        self.model.load_state(file, path, None)?;
-        self.step = parse_meta(file, "tessera.step", path)?;
-        self.rng = parse_meta(file, "tessera.rng", path)?;
-        let steps: BTreeMap<String, u64> = parse_meta(file, "tessera.optimizer_steps", path)?;
-        for (name, t) in &self.params {
-            let Some(&step) = steps.get(name) else { continue };
-            let m = file.get(&format!("optimizer.exp_avg.{name}"), path)?.data.clone();
-            let v = file.get(&format!("optimizer.exp_avg_sq.{name}"), path)?.data.clone();
-            self.optimizer
-                .set_state(t, AdamState { step, m, v })
-                .map_err(|e| MimError::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!("optimizer state of '{name}': {e}"),
-                })?;
-        }
-        self.optimizer.set_lr(self.config.lr_at(self.step));
-        Ok(())
-    }
-}
-
-/// Reads a JSON metadata entry of a checkpoint.
-pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, path: &Path) -> Result<T> {
-    serde_json::from_str(file.meta(key, path)?).map_err(|e| MimError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: format!("metadata '{key}' is malformed: {e}"),
-    })
 }
 
 impl TrainConfig {
@@ -425,60 +345,4 @@ impl TrainConfig {
             e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size[0], e.img_size[1], e.in_chans, self.precision
         )
     }
-}
-
-/// A metadata value as JSON.
-fn json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("configuration and state serialise to JSON")
-}
-
-/// Loads a model (for evaluation or reconstruction) from a checkpoint,
-/// optionally at another image size (positional tables are resized): a
-/// Tessera checkpoint, or an official MAE pre-training `state_dict` in
-/// safetensors (see [`load_model_with`]).
-pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel> {
-    load_model_with(path, img_size, &ModelHints::default(), true)
-}
-
-/// [`load_model`], also for checkpoints without Tessera's metadata (MAE's
-/// released weights): their configuration is read off the tensors' shapes,
-/// with `hints` for what shapes cannot say ([`crate::official`]). With
-/// `need_decoder` false an encoder-only file is accepted (for features); its
-/// decoder stays randomly initialised.
-pub fn load_model_with(
-    path: &Path,
-    img_size: Option<[usize; 2]>,
-    hints: &ModelHints,
-    need_decoder: bool,
-) -> Result<MimModel> {
-    let file = TensorFile::load(path)?;
-    let official = !file.metadata.contains_key("tessera.config");
-    let model_config = if official {
-        let config = official::infer_config(&file, path, hints, need_decoder)?;
-        if need_decoder && !official::has_decoder(&file) {
-            return Err(MimError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: "holds an encoder alone (no decoder_* tensors); this needs MAE's pre-training weights".into(),
-            });
-        }
-        config
-    } else {
-        parse_meta::<TrainConfig>(&file, "tessera.config", path)?.model
-    };
-    let trained_grid = model_config.encoder.grid();
-    let mut model_config = model_config;
-    if let Some(size) = img_size {
-        model_config.encoder.img_size = size;
-    }
-    let mut model = MimModel::new(model_config, &mut MimRng::seed_from_u64(0))?;
-    if official {
-        let encoder_only = !official::has_decoder(&file);
-        let wanted = |name: &str| !encoder_only || official::is_encoder_tensor(name);
-        let names: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
-        official::check_names(&file, path, &names, wanted)?;
-        model.load_state_where(&file, path, Some(trained_grid), wanted)?;
-    } else {
-        model.load_state(&file, path, Some(trained_grid))?;
-    }
-    Ok(model)
 }

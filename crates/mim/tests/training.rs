@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use std::path::PathBuf;
-use tessera_mim::train::{TrainConfig, Trainer, decays, load_model};
+use tessera_mim::checkpoint::load_model;
+use tessera_mim::train::{TrainConfig, Trainer, decays};
 use tessera_mim::{MaskingConfig, MimError, Pool, TargetConfig};
 use tessera_tensor::Tensor;
 
@@ -293,8 +294,8 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
 #[test]
 fn official_state_dicts_load_by_shape_with_clear_errors() {
     use tessera_mim::checkpoint::TensorFile;
+    use tessera_mim::checkpoint::load_model_with;
     use tessera_mim::official::ModelHints;
-    use tessera_mim::train::load_model_with;
     let dir = tmp("official");
     let mut t = Trainer::new(config(2)).unwrap();
     t.train_step(&batches(1)[0]).unwrap();
