@@ -135,7 +135,8 @@ pub enum PosArg {
 /// The model: encoder, method (head) and target.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Encoder preset: vit-tiny (192/12/3), vit-small (384/12/6), vit-base (768/12/12), vit-large (1024/24/16), vit-huge.
+    /// Encoder preset: vit-tiny (192/12/3), vit-small (384/12/6), vit-base
+    /// (768/12/12), vit-large (1024/24/16), vit-huge.
     #[arg(long, default_value = "vit-tiny")]
     pub preset: String,
     /// Image size, `N` or `HxW` (default: the data set's, 32 for synthetic).

@@ -148,7 +148,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(name, dim, lin, nn)| serde_json::json!({"features": name, "dim": dim, "linear_probe": lin, "knn": nn}))
+            .map(|(name, dim, lin, nn)| {
+                serde_json::json!({"features": name, "dim": dim, "linear_probe": lin, "knn": nn})
+            })
             .collect();
         println!(
             "{}",

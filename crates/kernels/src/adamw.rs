@@ -31,7 +31,18 @@ pub struct AdamWStep {
 crate::multiversion! {
     /// AdamW on one chunk: `decay = 1 − lr·λ`, `step_size = lr / (1 − β1^t)`,
     /// `inv_bc2_sqrt = 1 / √(1 − β2^t)`.
-    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], beta1: f32, beta2: f32, eps: f32, decay: f32, step_size: f32, inv_bc2_sqrt: f32) {
+    fn adamw_chunk(
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        decay: f32,
+        step_size: f32,
+        inv_bc2_sqrt: f32,
+    ) {
         for i in 0..p.len() {
             let gi = g[i];
             m[i] += (1.0 - beta1) * (gi - m[i]);

@@ -103,7 +103,16 @@ const LANES: usize = 16;
 crate::multiversion! {
     /// The backward over a block of rows: `dinp` rows (if given) and this
     /// block's share of `dw`, `db` added into `acc` (`2·D`: dw then db).
-    fn backward_rows(dinp: Option<&mut [f32]>, add: bool, acc: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], mean: &[f32], rstd: &[f32]) {
+    fn backward_rows(
+        dinp: Option<&mut [f32]>,
+        add: bool,
+        acc: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        w: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+    ) {
         let d = w.len();
         let (dw, db) = acc.split_at_mut(d);
         let mut dinp = dinp;

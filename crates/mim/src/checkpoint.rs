@@ -257,7 +257,8 @@ impl MimModel {
                 return Err(MimError::Checkpoint {
                     path: path.to_path_buf(),
                     msg: format!(
-                        "tensor '{name}' has shape {:?} in the file but {:?} in this model (a checkpoint of another configuration?)",
+                        "tensor '{name}' has shape {:?} in the file but {:?} in this model \
+                         (a checkpoint of another configuration?)",
                         stored.shape,
                         t.shape()
                     ),

@@ -416,7 +416,11 @@ impl Mask {
     /// same number of visible patches in every image.
     pub fn ids_keep(&self) -> Result<Vec<usize>> {
         let k = self.len_keep.ok_or_else(|| {
-            MimError::Input("images of this batch have different numbers of visible patches; MAE's encoder needs the same number in every image (use SimMIM, or a strategy with a fixed count)".into())
+            MimError::Input(
+                "images of this batch have different numbers of visible patches; MAE's encoder needs the same \
+                 number in every image (use SimMIM, or a strategy with a fixed count)"
+                    .into(),
+            )
         })?;
         Ok(self
             .ids_shuffle

@@ -123,7 +123,8 @@ impl TrainConfig {
         }
         if self.precision == MatmulPrecision::Bf16 && !tessera_kernels::gemm::bf16_available() {
             return Err(config_err(
-                "bf16 matrix products need Intel AMX (Sapphire Rapids or newer, and a Linux kernel that allows it) or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake); use f32",
+                "bf16 matrix products need Intel AMX (Sapphire Rapids or newer, and a Linux kernel that allows \
+                 it) or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake); use f32",
             ));
         }
         if let Some(c) = self.clip_grad

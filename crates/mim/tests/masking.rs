@@ -32,7 +32,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_masking_hides_exactly_the_mae_count(gh in 2usize..15, gw in 2usize..15, pct in 0usize..95, seed in any::<u64>()) {
+    fn random_masking_hides_exactly_the_mae_count(
+        gh in 2usize..15,
+        gw in 2usize..15,
+        pct in 0usize..95,
+        seed in any::<u64>(),
+    ) {
         let ratio = pct as f32 / 100.0;
         let m = sample(&MaskingConfig::Random { ratio }, 4, [gh, gw], 4, seed);
         let l = gh * gw;
@@ -45,7 +50,12 @@ proptest! {
     }
 
     #[test]
-    fn block_masking_hits_the_count_with_no_isolated_patch(gh in 3usize..15, gw in 3usize..15, ratio in 0.1f32..0.9, seed in any::<u64>()) {
+    fn block_masking_hits_the_count_with_no_isolated_patch(
+        gh in 3usize..15,
+        gw in 3usize..15,
+        ratio in 0.1f32..0.9,
+        seed in any::<u64>(),
+    ) {
         let m = sample(&MaskingConfig::Block { ratio, min_patches: 16 }, 16, [gh, gw], 3, seed);
         let l = gh * gw;
         for b in 0..3 {
@@ -53,7 +63,12 @@ proptest! {
             let row = &m.hidden[b * l..(b + 1) * l];
             if m.hidden_in(b) >= 2 {
                 for i in 0..l {
-                    prop_assert!(!row[i] || has_hidden_neighbour([gh, gw], row, i), "isolated hidden patch {} in\n{}", i, m.ascii(b, [gh, gw]));
+                    prop_assert!(
+                        !row[i] || has_hidden_neighbour([gh, gw], row, i),
+                        "isolated hidden patch {} in\n{}",
+                        i,
+                        m.ascii(b, [gh, gw])
+                    );
                 }
             }
         }
@@ -61,7 +76,12 @@ proptest! {
     }
 
     #[test]
-    fn square_masks_are_one_square(g in 3usize..15, side_frac in 0.1f64..0.9, centered in any::<bool>(), seed in any::<u64>()) {
+    fn square_masks_are_one_square(
+        g in 3usize..15,
+        side_frac in 0.1f64..0.9,
+        centered in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
         let side = ((g as f64 * side_frac) as usize).clamp(1, g - 1);
         let m = sample(&MaskingConfig::Square { side, centered }, 8, [g, g], 3, seed);
         for b in 0..3 {
@@ -86,7 +106,9 @@ proptest! {
             prop_assert_eq!(m.hidden_in(b), g * g - cells * cells);
             for cr in 0..cells {
                 for cc in 0..cells {
-                    let visible = (0..k * k).filter(|&o| !m.hidden[b * g * g + (cr * k + o / k) * g + cc * k + o % k]).count();
+                    let visible = (0..k * k)
+                        .filter(|&o| !m.hidden[b * g * g + (cr * k + o / k) * g + cc * k + o % k])
+                        .count();
                     prop_assert_eq!(visible, 1);
                 }
             }

@@ -49,7 +49,8 @@ pub fn read_batch(path: &Path, classes: usize) -> Result<(Vec<u8>, Vec<u8>)> {
     })?;
     if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
         return Err(MimError::Input(format!(
-            "{}: {} bytes is not a whole number of CIFAR-10 records ({RECORD_BYTES} bytes each: 1 label + 3x32x32 pixels)",
+            "{}: {} bytes is not a whole number of CIFAR-10 records \
+             ({RECORD_BYTES} bytes each: 1 label + 3x32x32 pixels)",
             path.display(),
             bytes.len()
         )));

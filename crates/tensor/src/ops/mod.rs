@@ -1,7 +1,9 @@
 //! Operations on tensors. Each file keeps an operation's forward and its
-//! backward side by side: the public method computes the output with the
+//! backward in the same place: the public method computes the output with the
 //! kernels of `tessera-kernels` and records a small struct implementing
-//! `Backward`, whose `backward` is written right below it.
+//! `Backward`, named after the op (`GeluBackward` belongs to `Tensor::gelu`)
+//! and kept in the same file; search for that name to go from one to the
+//! other.
 
 mod elementwise;
 mod layout;
