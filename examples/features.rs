@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use tessera_mim::Pool;
-use tessera_mim::checkpoint::load_model_with;
+use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::Dataset;
 use tessera_mim::data::Split;
 use tessera_mim::data::folder::ImageFolder;
@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: features CHECKPOINT DIR OUT.csv".into());
     };
     // Features only: an encoder-only checkpoint is fine.
-    let model = load_model_with(ckpt.as_ref(), None, &ModelHints::default(), false)?;
+    let model = load_model_hinted(ckpt.as_ref(), None, &ModelHints::default(), false)?;
     let e = &model.config.encoder;
     let data = ImageFolder::open(dir.as_ref(), Split::Train)?;
     let t = Transform {

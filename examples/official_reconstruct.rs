@@ -8,7 +8,7 @@
 
 use rand::SeedableRng;
 use std::path::PathBuf;
-use tessera_mim::checkpoint::load_model_with;
+use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::Normalization;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::official::ModelHints;
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let ckpt = files.remove(0);
     // MAE's released weights: shapes give the model; ViT presets give the heads.
-    let model = load_model_with(&ckpt, None, &ModelHints::default(), true)?;
+    let model = load_model_hinted(&ckpt, None, &ModelHints::default(), true)?;
     let e = &model.config.encoder;
     let norm = Normalization::imagenet().for_channels(e.in_chans);
     let t = Transform {

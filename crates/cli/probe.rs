@@ -11,7 +11,7 @@ use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use std::path::PathBuf;
-use tessera_mim::checkpoint::load_model_with;
+use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::{Features, ProbeConfig, encoder_features, knn, linear_probe, pixel_features};
 use tessera_mim::{MimModel, MimRng, Pool};
@@ -81,7 +81,7 @@ fn bar(label: &str, json: bool) -> ProgressBar {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = load_model_with(&args.checkpoint, None, &args.official.hints(), false)?;
+    let model = load_model_hinted(&args.checkpoint, None, &args.official.hints(), false)?;
     let e = &model.config.encoder;
     let (size, chans) = (e.img_size, e.in_chans);
     let train_ds = args.data.open(Split::Train, size, chans)?;

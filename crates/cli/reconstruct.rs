@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use tessera_mim::checkpoint::TensorFile;
-use tessera_mim::checkpoint::{load_model_with, parse_meta};
+use tessera_mim::checkpoint::{load_model_hinted, parse_meta};
 use tessera_mim::data::transform::load_batch;
 use tessera_mim::data::{Normalization, RawImage, Split};
 use tessera_mim::train::TrainConfig;
@@ -115,7 +115,7 @@ fn load_mask_file(path: &Path, n: usize, l: usize) -> Result<Mask> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = load_model_with(&args.checkpoint, None, &args.official.hints(), true)?;
+    let model = load_model_hinted(&args.checkpoint, None, &args.official.hints(), true)?;
     // The masking it was trained with, where the checkpoint says (MAE's own
     // weights do not: random masking at 0.75, MAE's recipe).
     let file = TensorFile::load(&args.checkpoint)?;

@@ -10,7 +10,7 @@
 //! Everything about checkpoints lives here: the file format ([`TensorFile`]),
 //! a model's tensors in and out ([`MimModel::load_state`], [`MimModel::store_state`]),
 //! a training run's save and resume ([`Trainer::save`], [`Trainer::resume`]),
-//! and loading a model for use ([`load_model`], [`load_model_with`]; MAE's
+//! and loading a model for use ([`load_model`], [`load_model_hinted`]; MAE's
 //! own `state_dict`s through [`crate::official`]).
 //!
 //! Files are written atomically: to a temporary file in the same folder,
@@ -379,9 +379,9 @@ fn json<T: Serialize>(v: &T) -> String {
 /// Loads a model (for evaluation or reconstruction) from a checkpoint,
 /// optionally at another image size (positional tables are resized): a
 /// Tessera checkpoint, or an official MAE pre-training `state_dict` in
-/// safetensors (see [`load_model_with`]).
+/// safetensors (see [`load_model_hinted`]).
 pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel> {
-    load_model_with(path, img_size, &ModelHints::default(), true)
+    load_model_hinted(path, img_size, &ModelHints::default(), true)
 }
 
 /// [`load_model`], also for checkpoints without Tessera's metadata (MAE's
@@ -389,7 +389,7 @@ pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel>
 /// with `hints` for what shapes cannot say ([`crate::official`]). With
 /// `need_decoder` false an encoder-only file is accepted (for features); its
 /// decoder stays randomly initialised.
-pub fn load_model_with(
+pub fn load_model_hinted(
     path: &Path,
     img_size: Option<[usize; 2]>,
     hints: &ModelHints,

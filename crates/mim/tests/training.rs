@@ -294,7 +294,7 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
 #[test]
 fn official_state_dicts_load_by_shape_with_clear_errors() {
     use tessera_mim::checkpoint::TensorFile;
-    use tessera_mim::checkpoint::load_model_with;
+    use tessera_mim::checkpoint::load_model_hinted;
     use tessera_mim::official::ModelHints;
     let dir = tmp("official");
     let mut t = Trainer::new(config(2)).unwrap();
@@ -308,7 +308,7 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
         decoder_heads: Some(2),
         norm_pix: Some(true),
     };
-    let loaded = load_model_with(&full, None, &hints, true).unwrap();
+    let loaded = load_model_hinted(&full, None, &hints, true).unwrap();
     assert_eq!(loaded.config, t.model.config);
     let imgs = images(2, 3, 16, 16, 9);
     let mask = t.sample_mask(2);
@@ -327,12 +327,12 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
         .retain(|name, _| tessera_mim::official::is_encoder_tensor(name));
     let enc_path = dir.join("encoder.safetensors");
     enc.save(&enc_path).unwrap();
-    let e_model = load_model_with(&enc_path, None, &hints, false).unwrap();
+    let e_model = load_model_hinted(&enc_path, None, &hints, false).unwrap();
     assert_eq!(
         e_model.features(&imgs, Pool::Mean).unwrap().to_vec(),
         t.model.features(&imgs, Pool::Mean).unwrap().to_vec()
     );
-    let e = load_model_with(&enc_path, None, &hints, true)
+    let e = load_model_hinted(&enc_path, None, &hints, true)
         .err()
         .unwrap()
         .to_string();
@@ -345,7 +345,7 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     bad.tensors.insert("head.weight".into(), head);
     let bad_path = dir.join("bad.safetensors");
     bad.save(&bad_path).unwrap();
-    let e = load_model_with(&bad_path, None, &hints, true)
+    let e = load_model_hinted(&bad_path, None, &hints, true)
         .err()
         .unwrap()
         .to_string();

@@ -51,7 +51,7 @@ impl Grads {
         Some(
             self.map
                 .remove(&t.id())
-                .unwrap_or_else(|| crate::pool::zeroed(t.numel())),
+                .unwrap_or_else(|| crate::buffers::zeroed(t.numel())),
         )
     }
 
@@ -65,7 +65,7 @@ impl Grads {
         }
         Some(match self.map.remove(&t.id()) {
             Some(g) => (g, true),
-            None => (crate::pool::uninit(t.numel()), false),
+            None => (crate::buffers::uninit(t.numel()), false),
         })
     }
 
@@ -86,7 +86,7 @@ impl Grads {
         match self.map.get_mut(&t.id()) {
             Some(existing) => {
                 tessera_kernels::par::add_assign(existing, &g);
-                crate::pool::recycle(g);
+                crate::buffers::recycle(g);
             }
             None => {
                 self.map.insert(t.id(), g);
@@ -110,7 +110,7 @@ impl Drop for GradStore {
     /// Gradient buffers go back to the pool for the next backward pass.
     fn drop(&mut self) {
         for (_, g) in self.map.drain() {
-            crate::pool::recycle(g);
+            crate::buffers::recycle(g);
         }
     }
 }
@@ -167,7 +167,7 @@ impl GradStore {
     /// Drops every gradient.
     pub fn clear(&mut self) {
         for (_, g) in self.map.drain() {
-            crate::pool::recycle(g);
+            crate::buffers::recycle(g);
         }
     }
 
@@ -182,7 +182,7 @@ impl GradStore {
         match self.map.get_mut(&id) {
             Some(existing) => {
                 existing.iter_mut().zip(&g).for_each(|(e, v)| *e += v);
-                crate::pool::recycle(g);
+                crate::buffers::recycle(g);
             }
             None => {
                 self.map.insert(id, g);
@@ -205,15 +205,15 @@ impl Tensor {
     pub fn backward_into(&self, store: &mut GradStore) -> Result<()> {
         if self.numel() != 1 {
             return Err(TensorError::Backward(format!(
-                "backward() starts from a single value, this tensor has shape {:?}; use backward_with_grad",
+                "backward() starts from a single value, this tensor has shape {:?}; use backward_from",
                 self.shape()
             )));
         }
-        self.backward_with_grad(vec![1.0], store)
+        self.backward_from(vec![1.0], store)
     }
 
     /// Back-propagates a given output gradient `dout` (of this tensor's size).
-    pub fn backward_with_grad(&self, dout: Vec<f32>, store: &mut GradStore) -> Result<()> {
+    pub fn backward_from(&self, dout: Vec<f32>, store: &mut GradStore) -> Result<()> {
         if dout.len() != self.numel() {
             return Err(TensorError::Backward(format!(
                 "output gradient has {} values, the tensor has shape {:?}",

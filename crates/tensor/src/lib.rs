@@ -28,12 +28,12 @@
 #![forbid(unsafe_code)]
 
 mod backprop;
+pub mod buffers;
 mod error;
 pub mod gradcheck;
 pub mod init;
 mod ops;
 pub mod optim;
-pub mod pool;
 pub mod profile;
 pub mod shape;
 mod tensor;

@@ -36,7 +36,7 @@ impl Drop for Storage {
             Storage::Const(v) => std::mem::take(v),
             Storage::Var(lock) => std::mem::take(lock.get_mut().unwrap_or_else(|e| e.into_inner())),
         };
-        crate::pool::recycle(v);
+        crate::buffers::recycle(v);
     }
 }
 
@@ -209,7 +209,7 @@ impl Tensor {
 
     /// All zeros.
     pub fn zeros(shape: &[usize]) -> Tensor {
-        Self::build(crate::pool::zeroed(numel(shape)), shape.to_vec(), false, false)
+        Self::build(crate::buffers::zeroed(numel(shape)), shape.to_vec(), false, false)
     }
 
     /// All ones.

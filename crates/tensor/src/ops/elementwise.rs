@@ -43,7 +43,7 @@ fn broadcast_apply(
     out_shape: &[usize],
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
-    let mut out = crate::pool::uninit(numel(out_shape)); // every element written below
+    let mut out = crate::buffers::uninit(numel(out_shape)); // every element written below
     if sa == sb && a.len() == out.len() && b.len() == out.len() {
         tessera_kernels::par::zip_map(&mut out, a, b, f);
     } else {
@@ -56,7 +56,7 @@ fn broadcast_apply(
 
 /// A copy of `v` in a pooled buffer.
 fn copy_of(v: &[f32]) -> Vec<f32> {
-    let mut out = crate::pool::uninit(v.len());
+    let mut out = crate::buffers::uninit(v.len());
     tessera_kernels::par::copy(&mut out, v);
     out
 }
@@ -67,7 +67,7 @@ pub(crate) fn sum_to(grad: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
     if from == to {
         return grad.to_vec();
     }
-    let mut out = crate::pool::zeroed(numel(to));
+    let mut out = crate::buffers::zeroed(numel(to));
     let st = broadcast_strides(to, from);
     let zeros = vec![0; from.len()];
     for_each_broadcast(from, &st, &zeros, |o, it, _| out[it] += grad[o]);
@@ -79,7 +79,7 @@ pub(crate) fn expand(data: &[f32], from: &[usize], to: &[usize]) -> Vec<f32> {
     if from == to {
         return data.to_vec();
     }
-    let mut out = crate::pool::uninit(numel(to)); // every element written below
+    let mut out = crate::buffers::uninit(numel(to)); // every element written below
     let sf = broadcast_strides(from, to);
     let zeros = vec![0; to.len()];
     for_each_broadcast(to, &sf, &zeros, |o, i, _| out[o] = data[i]);
@@ -307,7 +307,7 @@ impl Tensor {
     /// Applies an element-wise function.
     pub fn unary(&self, kind: Unary) -> Tensor {
         let _timer = crate::profile::scope(kind.name(), "forward");
-        let mut out = crate::pool::uninit(self.numel());
+        let mut out = crate::buffers::uninit(self.numel());
         for (o, &x) in out.iter_mut().zip(self.data().iter()) {
             *o = kind.apply(x);
         }

@@ -35,7 +35,7 @@ fn permute_data(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let in_strides = strides(shape);
     let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let mut out = crate::pool::uninit(x.len()); // a permutation: every element written
+    let mut out = crate::buffers::uninit(x.len()); // a permutation: every element written
     let zeros = vec![0; out_shape.len()];
     crate::shape::for_each_broadcast(&out_shape, &src_strides, &zeros, |o, i, _| out[o] = x[i]);
     out
@@ -168,7 +168,7 @@ fn check_rows(op: &'static str, b: usize, n: usize, idx: &[usize], k: usize) -> 
 
 /// `out[b, k, :] = x[b, idx[b, k], :]`.
 fn gather(x: &[f32], idx: &[usize], b: usize, n: usize, k: usize, d: usize) -> Vec<f32> {
-    let mut out = crate::pool::uninit(b * k * d); // every row copied
+    let mut out = crate::buffers::uninit(b * k * d); // every row copied
     for bi in 0..b {
         for ki in 0..k {
             let src = (bi * n + idx[bi * k + ki]) * d;
@@ -306,7 +306,7 @@ impl Tensor {
         }
         let outer: usize = shape[..a].iter().product();
         let inner: usize = shape[a + 1..].iter().product();
-        let mut out = crate::pool::uninit(numel(&shape)); // every block copied below
+        let mut out = crate::buffers::uninit(numel(&shape)); // every block copied below
         let datas: Vec<_> = xs.iter().map(|x| x.data()).collect();
         let mut at = 0;
         for o in 0..outer {
@@ -337,7 +337,7 @@ impl Tensor {
         let outer: usize = self.shape()[..a].iter().product();
         let inner: usize = self.shape()[a + 1..].iter().product();
         let data = self.data();
-        let mut out = crate::pool::uninit(outer * len * inner); // every block copied below
+        let mut out = crate::buffers::uninit(outer * len * inner); // every block copied below
         for (o, dst) in out.chunks_exact_mut((len * inner).max(1)).enumerate() {
             dst.copy_from_slice(&data[(o * size + start) * inner..(o * size + start + len) * inner]);
         }
@@ -400,7 +400,7 @@ impl Tensor {
             ));
         };
         check_rows("scatter_rows", b, n, idx, k)?;
-        let mut out = crate::pool::zeroed(b * n * d);
+        let mut out = crate::buffers::zeroed(b * n * d);
         scatter_add(&mut out, &self.data(), idx, b, n, k, d);
         Ok(Tensor::from_op(out, vec![b, n, d], &[self], || {
             Box::new(ScatterBackward {

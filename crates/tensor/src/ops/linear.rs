@@ -72,11 +72,11 @@ impl Backward for LinearGeluBackward {
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         // dpre = dout ⊙ gelu'(pre).
-        let mut dpre = crate::pool::uninit(dout.len()); // overwritten below
+        let mut dpre = crate::buffers::uninit(dout.len()); // overwritten below
         tessera_kernels::gelu::backward(GradOut::overwrite(&mut dpre), &dout, &self.pre.data());
-        crate::pool::recycle(dout);
+        crate::buffers::recycle(dout);
         linear_grads(&self.x, &self.w, Some(&self.b), &dpre, g);
-        crate::pool::recycle(dpre);
+        crate::buffers::recycle(dpre);
         Ok(())
     }
 }
@@ -105,7 +105,7 @@ impl Backward for LinearResidualBackward {
         if g.wants(&self.r) {
             g.add(&self.r, dout);
         } else {
-            crate::pool::recycle(dout);
+            crate::buffers::recycle(dout);
         }
         Ok(())
     }
@@ -227,7 +227,7 @@ impl Tensor {
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear", "forward");
         let (m, k, n) = linear_dims("linear", self, weight, bias)?;
-        let mut out = crate::pool::uninit(m * n); // overwritten by the bias fill or β = 0
+        let mut out = crate::buffers::uninit(m * n); // overwritten by the bias fill or β = 0
         {
             let bias_data = bias.map(|b| b.data());
             klinear::forward(&mut out, &self.data(), &weight.data(), bias_data.as_deref(), m, k, n);
@@ -252,8 +252,8 @@ impl Tensor {
     pub fn linear_gelu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear_gelu", "forward");
         let (m, k, n) = linear_dims("linear_gelu", self, weight, Some(bias))?;
-        let mut pre = crate::pool::uninit(m * n); // β = 0 overwrites
-        let mut act = crate::pool::uninit(m * n); // written tile by tile
+        let mut pre = crate::buffers::uninit(m * n); // β = 0 overwrites
+        let mut act = crate::buffers::uninit(m * n); // written tile by tile
         klinear::forward_gelu(&mut pre, &mut act, &self.data(), &weight.data(), &bias.data(), m, k, n);
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -287,7 +287,7 @@ impl Tensor {
                 format!("residual {:?} is not the output's shape {shape:?}", residual.shape()),
             ));
         }
-        let mut out = crate::pool::uninit(m * n); // every element written
+        let mut out = crate::buffers::uninit(m * n); // every element written
         {
             let bias_data = bias.map(|b| b.data());
             klinear::forward_residual(
@@ -319,7 +319,7 @@ impl Tensor {
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("matmul", "forward");
         let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
-        let mut out = crate::pool::uninit(batch * m * n); // β = 0 overwrites
+        let mut out = crate::buffers::uninit(batch * m * n); // β = 0 overwrites
         gemm_batched(
             batch,
             1.0,

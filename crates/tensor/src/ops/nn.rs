@@ -170,7 +170,7 @@ impl Backward for PatchEmbedBackward {
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         let dim = self.w.shape()[0];
-        let mut cols = crate::pool::uninit(self.img.numel()); // im2col overwrites
+        let mut cols = crate::buffers::uninit(self.img.numel()); // im2col overwrites
         let mut dimg = g.take(&self.img);
         let mut dw = g.take(&self.w);
         let mut db = g.take(&self.b);
@@ -185,7 +185,7 @@ impl Backward for PatchEmbedBackward {
             self.dims,
             dim,
         );
-        crate::pool::recycle(cols);
+        crate::buffers::recycle(cols);
         g.put(&self.img, dimg);
         g.put(&self.w, dw);
         g.put(&self.b, db);
@@ -213,7 +213,7 @@ impl Tensor {
             ));
         }
         let rows = self.numel() / d.max(1);
-        let mut out = crate::pool::uninit(self.numel()); // every row normalised
+        let mut out = crate::buffers::uninit(self.numel()); // every row normalised
         let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
         kln::forward(
             &mut out,
@@ -245,7 +245,7 @@ impl Tensor {
     /// GELU with the exact error function.
     pub fn gelu(&self) -> Tensor {
         let _timer = crate::profile::scope("gelu", "forward");
-        let mut out = crate::pool::uninit(self.numel()); // element-wise, all written
+        let mut out = crate::buffers::uninit(self.numel()); // element-wise, all written
         kgelu::forward(&mut out, &self.data());
         Tensor::from_op(out, self.shape().to_vec(), &[self], || {
             Box::new(GeluBackward { x: self.clone() })
@@ -259,7 +259,7 @@ impl Tensor {
             .shape()
             .last()
             .ok_or_else(|| shape_err("softmax", "input is a scalar"))?;
-        let mut out = crate::pool::uninit(self.numel()); // copied, then normalised in place
+        let mut out = crate::buffers::uninit(self.numel()); // copied, then normalised in place
         ksoftmax::forward(&mut out, &self.data(), self.numel() / n.max(1), n);
         Ok(Tensor::from_op(out, self.shape().to_vec(), &[self], || {
             Box::new(SoftmaxBackward { x: self.clone() })
@@ -287,7 +287,7 @@ impl Tensor {
             ));
         }
         let dims = AttnDims::new(b, n, d3 / 3, heads);
-        let mut out = crate::pool::uninit(b * n * dims.d); // each head writes its columns (β = 0)
+        let mut out = crate::buffers::uninit(b * n * dims.d); // each head writes its columns (β = 0)
         let mut lse = vec![0f32; b * heads * n];
         kattn::forward(&mut out, &mut lse, &self.data(), dims);
         Ok(Tensor::from_op(out, vec![b, n, dims.d], &[self], || {

@@ -1,4 +1,7 @@
-//! A pool of f32 buffers, reused from one training step to the next.
+//! Reused f32 buffers: a cache of freed buffers by length, handed to the next
+//! request of that length, from one training step to the next. (Named
+//! `buffers`, not "pool", so that "pool" means only rayon's thread pools and
+//! a ViT's feature pooling.)
 //!
 //! Every step allocates the same buffers in the same order: activations in the
 //! forward, gradients in the backward. Fresh memory of that size comes from
@@ -19,13 +22,13 @@ use std::sync::{Mutex, OnceLock};
 /// Smallest pooled buffer: 16 Ki values (64 KiB).
 pub const MIN_LEN: usize = 1 << 14;
 
-struct Pool {
+struct FreeLists {
     /// Free buffers by exact length.
     free: HashMap<usize, Vec<Vec<f32>>>,
     bytes: usize,
 }
 
-static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+static POOL: Mutex<Option<FreeLists>> = Mutex::new(None);
 static HITS: AtomicUsize = AtomicUsize::new(0);
 static MISSES: AtomicUsize = AtomicUsize::new(0);
 
@@ -83,7 +86,7 @@ pub fn recycle(mut v: Vec<f32>) {
         return;
     }
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let pool = guard.get_or_insert_with(|| Pool {
+    let pool = guard.get_or_insert_with(|| FreeLists {
         free: HashMap::new(),
         bytes: 0,
     });
