@@ -96,10 +96,10 @@ fn bench_gemm(c: &mut Criterion) {
         let mut dw = vec![0f32; n * k];
         g.throughput(Throughput::Elements(2 * (m * k * n) as u64));
         for &p in &precisions {
-            gemm::set_precision(p);
             g.bench_function(BenchmarkId::new(format!("{name}_fwd"), p.name()), |b| {
                 b.iter(|| {
-                    gemm::gemm(
+                    gemm::gemm_in(
+                        p,
                         1.0,
                         MatRef::row_major(&x, m, k),
                         MatRef::row_major(&w, n, k).t(),
@@ -110,7 +110,8 @@ fn bench_gemm(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new(format!("{name}_dx"), p.name()), |b| {
                 b.iter(|| {
-                    gemm::gemm(
+                    gemm::gemm_in(
+                        p,
                         1.0,
                         MatRef::row_major(&dy, m, n),
                         MatRef::row_major(&w, n, k),
@@ -121,7 +122,8 @@ fn bench_gemm(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new(format!("{name}_dw"), p.name()), |b| {
                 b.iter(|| {
-                    gemm::gemm(
+                    gemm::gemm_in(
+                        p,
                         1.0,
                         MatRef::row_major(&dy, m, n).t(),
                         MatRef::row_major(&x, m, k),
@@ -131,7 +133,6 @@ fn bench_gemm(c: &mut Criterion) {
                 })
             });
         }
-        gemm::set_precision(Precision::F32);
     }
     g.finish();
 }
@@ -151,17 +152,19 @@ fn bench_attention(c: &mut Criterion) {
         let mut out = vec![0f32; d.b * d.n * d.d];
         let mut lse = vec![0f32; d.b * d.h * d.n];
         let mut dqkv = vec![0f32; qkv.len()];
-        attention::forward(&mut out, &mut lse, &qkv, d);
+        attention::forward(Precision::F32, &mut out, &mut lse, &qkv, d);
         for isa in cpu::available() {
             // Forward: QKᵀ and PV, 2·(2·N²·Dh) per head.
             g.throughput(Throughput::Elements(2 * d.forward_macs() as u64));
             g.bench_function(BenchmarkId::new(format!("{name}_fwd"), isa.name()), |b| {
-                b.iter(|| attention::forward_with(isa, &mut out, &mut lse, &qkv, d))
+                b.iter(|| attention::forward_with(isa, Precision::F32, &mut out, &mut lse, &qkv, d))
             });
             // Backward: five products of the same size (S recomputed, dP, dV, dQ, dK).
             g.throughput(Throughput::Elements(5 * d.forward_macs() as u64));
             g.bench_function(BenchmarkId::new(format!("{name}_bwd"), isa.name()), |b| {
-                b.iter(|| attention::backward_with(isa, GradOut::overwrite(&mut dqkv), &dout, &qkv, &lse, d))
+                b.iter(|| {
+                    attention::backward_with(isa, Precision::F32, GradOut::overwrite(&mut dqkv), &dout, &qkv, &lse, d)
+                })
             });
         }
     }
@@ -295,10 +298,23 @@ fn bench_patch(c: &mut Criterion) {
     let flops = 2 * (d.b * d.l() * d.patch_len() * dim) as u64;
     g.throughput(Throughput::Elements(flops));
     g.bench_function("vitb16_fwd", |b| {
-        b.iter(|| patch::embed_forward(&mut out, &mut cols, &img, &w, Some(&bias), d, dim))
+        b.iter(|| patch::embed_forward(Precision::F32, &mut out, &mut cols, &img, &w, Some(&bias), d, dim))
     });
     g.bench_function("vitb16_bwd_weights", |b| {
-        b.iter(|| patch::embed_backward(None, Some(&mut dw), Some(&mut db), &mut cols, &dout, &img, &w, d, dim))
+        b.iter(|| {
+            patch::embed_backward(
+                Precision::F32,
+                None,
+                Some(&mut dw),
+                Some(&mut db),
+                &mut cols,
+                &dout,
+                &img,
+                &w,
+                d,
+                dim,
+            )
+        })
     });
     let mut patches = vec![0f32; img.len()];
     g.throughput(Throughput::Bytes(8 * img.len() as u64));

@@ -1,5 +1,6 @@
 use std::time::Instant;
 use tessera_kernels::attention::{AttnDims, backward, forward};
+use tessera_kernels::gemm::Precision;
 fn main() {
     for (name, b, n, d, h) in [
         ("tiny32 enc", 64, 17, 192, 3),
@@ -18,16 +19,30 @@ fn main() {
         let mut dqkv = vec![0f32; qkv.len()];
         let fl = 2.0 * dims.forward_macs() as f64; // 2 FLOPs per multiply-add
         let reps = 20;
-        forward(&mut out, &mut lse, &qkv, dims);
+        forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
         let t = Instant::now();
         for _ in 0..reps {
-            forward(&mut out, &mut lse, &qkv, dims);
+            forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
         }
         let tf = t.elapsed().as_secs_f64() / reps as f64;
-        backward(tessera_kernels::GradOut::add(&mut dqkv), &dout, &qkv, &lse, dims);
+        backward(
+            Precision::F32,
+            tessera_kernels::GradOut::add(&mut dqkv),
+            &dout,
+            &qkv,
+            &lse,
+            dims,
+        );
         let t = Instant::now();
         for _ in 0..reps {
-            backward(tessera_kernels::GradOut::add(&mut dqkv), &dout, &qkv, &lse, dims);
+            backward(
+                Precision::F32,
+                tessera_kernels::GradOut::add(&mut dqkv),
+                &dout,
+                &qkv,
+                &lse,
+                dims,
+            );
         }
         let tb = t.elapsed().as_secs_f64() / reps as f64;
         println!(

@@ -107,9 +107,12 @@ crate::multiversion! {
 /// writes, and is touched by no other task during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn head_product(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, rsc: usize) {
+    let p = crate::gemm::driver::Product {
+        prec,
+        ..crate::gemm::plain(alpha, a, b, beta)
+    };
     // SAFETY: `cpu::isa()` never exceeds the CPU's level; the caller vouches for C.
-    let p = crate::gemm::plain(alpha, a, b, beta);
-    unsafe { product_raw(prec, crate::cpu::isa(), &p, c, rsc, 1, 1) }
+    unsafe { product_raw(crate::cpu::isa(), &p, c, rsc, 1, 1) }
 }
 
 /// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.
@@ -120,13 +123,14 @@ fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) ->
 }
 
 /// `out (B, N, D)` and `lse (B, H, N)` from `qkv (B, N, 3D)`.
-pub fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
-    forward_with(crate::cpu::isa(), out, lse, qkv, dims)
+/// Its five products run in `prec` (bf16 where the CPU can, else f32).
+pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
+    forward_with(crate::cpu::isa(), prec, out, lse, qkv, dims)
 }
 
 /// [`forward`] on a chosen instruction set (for the element-wise parts; the
 /// products go through matrixmultiply, which picks its own kernel).
-pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
+pub fn forward_with(isa: Isa, prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
     let AttnDims { b, n, d, h } = dims;
     assert_eq!(
         qkv.len(),
@@ -152,7 +156,6 @@ pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dim
     }
     let dh = dims.dh();
     let scale = dims.scale();
-    let prec = crate::gemm::precision();
     let out_ptr = SendPtr(out.as_mut_ptr());
     lse.par_chunks_mut(n).enumerate().for_each_init(
         || vec![0f32; n * n],
@@ -175,12 +178,13 @@ pub fn forward_with(isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dim
 
 /// `dqkv (B, N, 3D)` (overwritten or accumulated, see [`GradOut`]) from
 /// `dout (B, N, D)`, the forward's inputs and its saved `lse`.
-pub fn backward(dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
-    backward_with(crate::cpu::isa(), dqkv, dout, qkv, lse, dims)
+pub fn backward(prec: Precision, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+    backward_with(crate::cpu::isa(), prec, dqkv, dout, qkv, lse, dims)
 }
 
 /// [`backward`] on a chosen instruction set.
-pub fn backward_with(isa: Isa, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
     let beta = dqkv.beta();
     let dqkv = dqkv.data;
     let AttnDims { b, n, d, h } = dims;
@@ -217,7 +221,6 @@ pub fn backward_with(isa: Isa, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[
     }
     let dh = dims.dh();
     let scale = dims.scale();
-    let prec = crate::gemm::precision();
     let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
     (0..b * h).into_par_iter().for_each_init(
         || (vec![0f32; n * n], vec![0f32; n * n]),
@@ -372,7 +375,7 @@ mod tests {
                     .collect();
                 let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
                 let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-                forward_with(isa, &mut out, &mut lse, &qkv, dims);
+                forward_with(isa, Precision::F32, &mut out, &mut lse, &qkv, dims);
                 let mut want = vec![0.0; out.len()];
                 reference::forward(&mut want, &qkv, dims);
                 assert_close(&out, &want, 1e-5, &format!("attention forward {dims:?}"));
@@ -380,12 +383,20 @@ mod tests {
                 let dout = random_vec(out.len(), 100 + s as u64);
                 let g0 = random_vec(qkv.len(), 200 + s as u64);
                 let mut fast = g0.clone();
-                backward_with(isa, GradOut::add(&mut fast), &dout, &qkv, &lse, dims);
+                backward_with(isa, Precision::F32, GradOut::add(&mut fast), &dout, &qkv, &lse, dims);
                 let mut slow = g0;
                 reference::backward(&mut slow, &dout, &qkv, dims);
                 assert_close(&fast, &slow, 1e-4, &format!("attention backward {dims:?}"));
                 let mut over = vec![f32::NAN; qkv.len()];
-                backward_with(isa, GradOut::overwrite(&mut over), &dout, &qkv, &lse, dims);
+                backward_with(
+                    isa,
+                    Precision::F32,
+                    GradOut::overwrite(&mut over),
+                    &dout,
+                    &qkv,
+                    &lse,
+                    dims,
+                );
                 let mut zero = vec![0.0; qkv.len()];
                 reference::backward(&mut zero, &dout, &qkv, dims);
                 assert_close(&over, &zero, 1e-4, &format!("attention backward overwrite {dims:?}"));
@@ -400,7 +411,7 @@ mod tests {
         let qkv = [0.3, -0.1, 0.7, 2.0, 1.0, 1.0, 1.0, 1.0, 5.0, 6.0, 7.0, 8.0];
         let mut out = [0.0; 4];
         let mut lse = [0.0; 2];
-        forward(&mut out, &mut lse, &qkv, dims);
+        forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
         assert_eq!(out, [5.0, 6.0, 7.0, 8.0]);
     }
 
@@ -414,9 +425,9 @@ mod tests {
             pool.install(|| {
                 let mut out = vec![0.0; dout.len()];
                 let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-                forward(&mut out, &mut lse, &qkv, dims);
+                forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
                 let mut d = vec![0.0; qkv.len()];
-                backward(GradOut::add(&mut d), &dout, &qkv, &lse, dims);
+                backward(Precision::F32, GradOut::add(&mut d), &dout, &qkv, &lse, dims);
                 (out, d)
             })
         };

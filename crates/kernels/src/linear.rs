@@ -14,15 +14,27 @@
 //! while writing `out`, so the output is written once and never re-read.
 
 use crate::GradOut;
-use crate::gemm::{MatMut, MatRef, gemm, gemm_bias, gemm_bias_gelu, gemm_bias_residual};
+use crate::gemm::{MatMut, MatRef, Precision, gemm_bias, gemm_bias_gelu, gemm_bias_residual, gemm_in};
 use crate::par::{col_sum_add, col_sum_into};
 
 fn check(name: &str, what: &str, len: usize, want: usize) {
     assert_eq!(len, want, "linear::{name}: {what} has {len} values, want {want}");
 }
 
-/// `out = inp · weightᵀ + bias` (see the module docs for shapes).
-pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) {
+/// `out = inp · weightᵀ + bias` (see the module docs for shapes), the product
+/// in `prec` (bf16 where the CPU can, else f32; the same for every function
+/// here).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    prec: Precision,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     check("forward", "out (M, N)", out.len(), m * n);
     check("forward", "inp (M, K)", inp.len(), m * k);
     check("forward", "weight (N, K)", weight.len(), n * k);
@@ -30,9 +42,9 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
     match bias {
         Some(bias) => {
             check("forward", "bias (N)", bias.len(), n);
-            gemm_bias(1.0, x, wt, bias, 0.0, MatMut::row_major(out, m, n));
+            gemm_bias(prec, 1.0, x, wt, bias, 0.0, MatMut::row_major(out, m, n));
         }
-        None => gemm(1.0, x, wt, 0.0, MatMut::row_major(out, m, n)),
+        None => gemm_in(prec, 1.0, x, wt, 0.0, MatMut::row_major(out, m, n)),
     }
 }
 
@@ -42,6 +54,7 @@ pub fn forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]
 /// to [`forward`] followed by `gelu::forward`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_gelu(
+    prec: Precision,
     pre: &mut [f32],
     act: &mut [f32],
     inp: &[f32],
@@ -57,13 +70,14 @@ pub fn forward_gelu(
     check("forward_gelu", "weight (N, K)", weight.len(), n * k);
     check("forward_gelu", "bias (N)", bias.len(), n);
     let (x, wt) = (MatRef::row_major(inp, m, k), MatRef::row_major(weight, n, k).t());
-    gemm_bias_gelu(x, wt, bias, MatMut::row_major(pre, m, n), act);
+    gemm_bias_gelu(prec, x, wt, bias, MatMut::row_major(pre, m, n), act);
 }
 
 /// `out = residual + inp · weightᵀ + bias`: a linear layer and the residual
 /// connection around it in one pass over `out` ([`gemm_bias_residual`]).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_residual(
+    prec: Precision,
     out: &mut [f32],
     inp: &[f32],
     weight: &[f32],
@@ -82,6 +96,7 @@ pub fn forward_residual(
     }
     let (x, wt) = (MatRef::row_major(inp, m, k), MatRef::row_major(weight, n, k).t());
     gemm_bias_residual(
+        prec,
         x,
         wt,
         bias,
@@ -94,6 +109,7 @@ pub fn forward_residual(
 /// `dbias` are given (each overwritten or accumulated, see [`GradOut`]).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    prec: Precision,
     dinp: Option<GradOut>,
     dweight: Option<GradOut>,
     dbias: Option<GradOut>,
@@ -110,7 +126,8 @@ pub fn backward(
     if let Some(g) = dinp {
         check("backward", "dinp (M, K)", g.data.len(), m * k);
         let beta = g.beta();
-        gemm(
+        gemm_in(
+            prec,
             1.0,
             MatRef::row_major(dout, m, n),
             MatRef::row_major(weight, n, k),
@@ -121,7 +138,8 @@ pub fn backward(
     if let Some(g) = dweight {
         check("backward", "dweight (N, K)", g.data.len(), n * k);
         let beta = g.beta();
-        gemm(
+        gemm_in(
+            prec,
             1.0,
             MatRef::row_major(dout, m, n).t(),
             MatRef::row_major(inp, m, k),
@@ -215,7 +233,7 @@ mod tests {
             let dout = random_vec(m * n, seed + 30);
             for bias in [Some(&b[..]), None] {
                 let mut fast = vec![f32::NAN; m * n];
-                forward(&mut fast, &inp, &w, bias, m, k, n);
+                forward(Precision::F32, &mut fast, &inp, &w, bias, m, k, n);
                 let mut slow = vec![0.0; m * n];
                 reference::forward(&mut slow, &inp, &w, bias, m, k, n);
                 assert_close(&fast, &slow, 1e-4, "linear forward");
@@ -228,6 +246,7 @@ mod tests {
             );
             let (mut dx, mut dw, mut db) = (g0.clone(), w0.clone(), b0.clone());
             backward(
+                Precision::F32,
                 Some(GradOut::add(&mut dx)),
                 Some(GradOut::add(&mut dw)),
                 Some(GradOut::add(&mut db)),
@@ -246,6 +265,7 @@ mod tests {
             // Overwriting ignores whatever the buffers held (even NaN).
             let (mut ox, mut ow, mut ob) = (vec![f32::NAN; m * k], vec![f32::NAN; n * k], vec![f32::NAN; n]);
             backward(
+                Precision::F32,
                 Some(GradOut::overwrite(&mut ox)),
                 Some(GradOut::overwrite(&mut ow)),
                 Some(GradOut::overwrite(&mut ob)),
@@ -271,9 +291,9 @@ mod tests {
             let w = random_vec(n * k, 2);
             let b = random_vec(n, 3);
             let (mut pre, mut act) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
-            forward_gelu(&mut pre, &mut act, &inp, &w, &b, m, k, n);
+            forward_gelu(Precision::F32, &mut pre, &mut act, &inp, &w, &b, m, k, n);
             let mut want = vec![0.0; m * n];
-            forward(&mut want, &inp, &w, Some(&b), m, k, n);
+            forward(Precision::F32, &mut want, &inp, &w, Some(&b), m, k, n);
             let mut want_act = vec![0.0; m * n];
             crate::gelu::forward(&mut want_act, &want);
             assert_eq!(pre, want, "pre m{m} k{k} n{n}");
@@ -290,7 +310,7 @@ mod tests {
             let r = random_vec(m * n, 7);
             for bias in [Some(&b[..]), None] {
                 let mut out = vec![f32::NAN; m * n];
-                forward_residual(&mut out, &inp, &w, bias, &r, m, k, n);
+                forward_residual(Precision::F32, &mut out, &inp, &w, bias, &r, m, k, n);
                 let mut want = vec![0.0; m * n];
                 reference::forward(&mut want, &inp, &w, bias, m, k, n);
                 for (x, y) in want.iter_mut().zip(&r) {
@@ -308,7 +328,7 @@ mod tests {
         let w = [0.1, 0.2, 0.3, 1.0, 0.0, -1.0, 2.0, 1.0, 0.0, -0.5, 0.5, 0.25];
         let b = [0.0, 0.0, 1.5, 0.0];
         let mut out = [0.0; 8];
-        forward(&mut out, &inp, &w, Some(&b), 2, 3, 4);
+        forward(Precision::F32, &mut out, &inp, &w, Some(&b), 2, 3, 4);
         assert!((out[4 + 2] - (-2.0 + 0.5 + 0.0 + 1.5)).abs() < 1e-6);
     }
 }

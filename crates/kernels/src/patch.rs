@@ -17,7 +17,7 @@
 //! `cols` holds each patch in conv order ("im2col" for a stride = kernel conv).
 
 use crate::GradOut;
-use crate::gemm::{MatMut, MatRef, gemm};
+use crate::gemm::{MatMut, MatRef, Precision, gemm_in};
 use crate::linear;
 use rayon::prelude::*;
 
@@ -164,11 +164,14 @@ pub fn col2im_add(dimg: &mut [f32], dcols: &[f32], d: PatchDims) {
     });
 }
 
-/// Patch embedding: `out (B, L, D) = conv(img, weight (D, C, p, p), stride p) + bias (D)`.
+/// Patch embedding: `out (B, L, D) = conv(img, weight (D, C, p, p), stride p) + bias (D)`,
+/// the product in `prec`.
 ///
 /// Computed as im2col followed by one GEMM with the weight viewed as
 /// `(D, C·p·p)`; `cols` is scratch of `B·L·C·p·p` values (the image's size).
+#[allow(clippy::too_many_arguments)]
 pub fn embed_forward(
+    prec: Precision,
     out: &mut [f32],
     cols: &mut [f32],
     img: &[f32],
@@ -179,13 +182,14 @@ pub fn embed_forward(
 ) {
     check("embed_forward", "out (B, L, D)", out.len(), d.b * d.l() * dim);
     im2col(cols, img, d);
-    linear::forward(out, cols, weight, bias, d.b * d.l(), d.patch_len(), dim);
+    linear::forward(prec, out, cols, weight, bias, d.b * d.l(), d.patch_len(), dim);
 }
 
 /// Gradients of [`embed_forward`], accumulated. `cols` is scratch as in the
 /// forward; it is recomputed from `img` rather than kept from the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn embed_backward(
+    prec: Precision,
     dimg: Option<&mut [f32]>,
     dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
@@ -199,6 +203,7 @@ pub fn embed_backward(
     let (m, k) = (d.b * d.l(), d.patch_len());
     im2col(cols, img, d);
     linear::backward(
+        prec,
         None,
         dweight.map(GradOut::add),
         dbias.map(GradOut::add),
@@ -212,7 +217,8 @@ pub fn embed_backward(
     if let Some(dimg) = dimg {
         // dcols (B·L, C·p·p) = dout (B·L, D) · weight (D, C·p·p), reusing the
         // scratch, then scattered back to pixels.
-        gemm(
+        gemm_in(
+            prec,
             1.0,
             MatRef::row_major(dout, m, dim),
             MatRef::row_major(weight, dim, k),
@@ -323,7 +329,7 @@ mod tests {
                 let b = random_vec(dim, 200 + s as u64);
                 let mut cols = vec![0.0; img.len()];
                 let mut fast = vec![0.0; d.b * d.l() * dim];
-                embed_forward(&mut fast, &mut cols, &img, &w, Some(&b), d, dim);
+                embed_forward(Precision::F32, &mut fast, &mut cols, &img, &w, Some(&b), d, dim);
                 let mut slow = vec![0.0; fast.len()];
                 reference::embed_forward(&mut slow, &img, &w, Some(&b), d, dim);
                 assert_close(&fast, &slow, 1e-4, "patch embed");
@@ -344,6 +350,7 @@ mod tests {
             let mut cols = vec![0.0; img.len()];
             let (mut di, mut dw, mut db) = (vec![0.0; img.len()], vec![0.0; w.len()], vec![0.0; dim]);
             embed_backward(
+                Precision::F32,
                 Some(&mut di),
                 Some(&mut dw),
                 Some(&mut db),

@@ -23,7 +23,7 @@ use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 use crate::model::MimModel;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use tessera_kernels::gemm::{Precision, precision, set_precision};
+use tessera_tensor::Precision;
 use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
 use tessera_tensor::{GradStore, Tensor};
 
@@ -259,13 +259,10 @@ impl Trainer {
             )));
         }
         self.model.encoder.check_images(imgs)?;
-        // Products of this step run at the configured precision; the caller's
-        // setting is restored afterwards (it is per thread).
-        let previous = precision();
-        set_precision(self.config.precision.kernel());
-        let result = self.step_inner(imgs, b);
-        set_precision(previous);
-        result
+        // Products of this step (forward and backward) run at the configured
+        // precision: the engine's ops take it from this scope and hand it to
+        // their kernels; the caller's setting is restored afterwards.
+        tessera_tensor::with_matmul_precision(self.config.precision.kernel(), || self.step_inner(imgs, b))
     }
 
     fn step_inner(&mut self, imgs: &Tensor, b: usize) -> Result<StepStats> {

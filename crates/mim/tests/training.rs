@@ -282,10 +282,7 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
         "f32 {a:?}\nbf16 {b:?}"
     );
     // The thread's precision is restored after each step.
-    assert_eq!(
-        tessera_kernels::gemm::precision(),
-        tessera_kernels::gemm::Precision::F32
-    );
+    assert_eq!(tessera_tensor::matmul_precision(), tessera_tensor::Precision::F32);
 }
 
 /// An MAE `state_dict` without Tessera's metadata (what converting MAE's

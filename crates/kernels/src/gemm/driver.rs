@@ -64,6 +64,8 @@ pub(crate) struct Product<'a> {
     /// `β` must be 0): a residual connection `x + h·Wᵀ + b` without a pass of
     /// its own. Same shape as C.
     pub residual: Option<MatRef<'a>>,
+    /// The arithmetic (bf16 falls back to f32 where the CPU has none).
+    pub prec: super::Precision,
 }
 
 /// Runs `p` with kernel `K` on at most `threads` threads (1: on the caller only).

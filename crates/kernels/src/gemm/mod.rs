@@ -29,7 +29,6 @@
 use crate::cpu::{self, Isa};
 use crate::par::SendPtr;
 use rayon::prelude::*;
-use std::cell::Cell;
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
@@ -83,34 +82,16 @@ pub fn bf16_available() -> bool {
     }
 }
 
-thread_local! {
-    /// The precision of products started from this thread (their rayon tasks
-    /// inherit it explicitly). Initialised from `TESSERA_MATMUL=bf16|f32`.
-    static PRECISION: Cell<Precision> = Cell::new(initial_precision());
-}
-
-fn initial_precision() -> Precision {
-    match std::env::var("TESSERA_MATMUL").ok().as_deref().map(str::trim) {
-        Some("bf16") if bf16_available() => Precision::Bf16,
-        _ => Precision::F32,
+impl Precision {
+    /// `self`, or f32 where this CPU cannot run bf16 products
+    /// ([`bf16_available`]): what a product asked for `self` runs in.
+    pub fn available(self) -> Precision {
+        if self == Precision::Bf16 && !bf16_available() {
+            Precision::F32
+        } else {
+            self
+        }
     }
-}
-
-/// The precision of products started from this thread.
-pub fn precision() -> Precision {
-    PRECISION.with(|p| p.get())
-}
-
-/// Sets the precision of products started from this thread; returns the one
-/// in effect (bf16 falls back to f32 where AMX is unavailable).
-pub fn set_precision(p: Precision) -> Precision {
-    let p = if p == Precision::Bf16 && !bf16_available() {
-        Precision::F32
-    } else {
-        p
-    };
-    PRECISION.with(|c| c.set(p));
-    p
 }
 
 fn check_dims(op: &str, a: &MatRef, b: &MatRef, c: &MatMut) {
@@ -139,6 +120,16 @@ pub fn gemm_with(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMu
     product(isa, plain(alpha, a, b, beta), c, rayon::current_num_threads())
 }
 
+/// [`gemm`] in a chosen [`Precision`] (bf16 where the CPU can, else f32).
+pub fn gemm_in(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
+    check_dims("gemm_in", &a, &b, &c);
+    let p = driver::Product {
+        prec,
+        ..plain(alpha, a, b, beta)
+    };
+    product(cpu::isa(), p, c, rayon::current_num_threads())
+}
+
 /// `C = α·A·B + β·C` on the calling thread only. Use inside rayon tasks
 /// (attention heads, batches) to keep one level of parallelism.
 pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
@@ -149,7 +140,7 @@ pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
 /// `C = α·A·B + β·C + bias` with `bias (N)` added to every row of C: a linear
 /// layer. The bias is added in the kernel's epilogue, as the tile is stored,
 /// so C is written once.
-pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: MatMut) {
+pub fn gemm_bias(prec: Precision, alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: MatMut) {
     check_dims("gemm_bias", &a, &b, &c);
     assert_eq!(
         bias.len(),
@@ -160,6 +151,7 @@ pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: M
     );
     let p = driver::Product {
         bias: Some(bias),
+        prec,
         ..plain(alpha, a, b, beta)
     };
     product(cpu::isa(), p, c, rayon::current_num_threads())
@@ -170,7 +162,7 @@ pub fn gemm_bias(alpha: f32, a: MatRef, b: MatRef, bias: &[f32], beta: f32, c: M
 /// to each tile of `pre` as it gets its last k block, while it is in L1, so
 /// `pre` is not read back from memory; elsewhere in a pass afterwards. Both
 /// give the bits of [`gemm_bias`] followed by `gelu::forward`.
-pub fn gemm_bias_gelu(a: MatRef, b: MatRef, bias: &[f32], pre: MatMut, act: &mut [f32]) {
+pub fn gemm_bias_gelu(prec: Precision, a: MatRef, b: MatRef, bias: &[f32], pre: MatMut, act: &mut [f32]) {
     check_dims("gemm_bias_gelu", &a, &b, &pre);
     assert_eq!(
         bias.len(),
@@ -189,6 +181,7 @@ pub fn gemm_bias_gelu(a: MatRef, b: MatRef, bias: &[f32], pre: MatMut, act: &mut
     let p = driver::Product {
         bias: Some(bias),
         gelu_to: Some((SendPtr(act.as_mut_ptr()), cols)),
+        prec,
         ..plain(1.0, a, b, 0.0)
     };
     // `act` is borrowed mutably for the call and holds rows × cols values,
@@ -199,7 +192,7 @@ pub fn gemm_bias_gelu(a: MatRef, b: MatRef, bias: &[f32], pre: MatMut, act: &mut
 /// `C = R + A·B + bias`: a linear layer and the residual connection around
 /// it in one pass over C (`R`, of C's shape, is copied into each tile of C
 /// just before the product accumulates onto it). C's old contents are ignored.
-pub fn gemm_bias_residual(a: MatRef, b: MatRef, bias: Option<&[f32]>, residual: MatRef, c: MatMut) {
+pub fn gemm_bias_residual(prec: Precision, a: MatRef, b: MatRef, bias: Option<&[f32]>, residual: MatRef, c: MatMut) {
     check_dims("gemm_bias_residual", &a, &b, &c);
     assert!(
         residual.rows() == c.rows() && residual.cols() == c.cols(),
@@ -221,6 +214,7 @@ pub fn gemm_bias_residual(a: MatRef, b: MatRef, bias: Option<&[f32]>, residual: 
     let p = driver::Product {
         bias,
         residual: Some(residual),
+        prec,
         ..plain(1.0, a, b, 0.0)
     };
     product(cpu::isa(), p, c, rayon::current_num_threads())
@@ -233,7 +227,7 @@ pub fn gemm_bias_residual(a: MatRef, b: MatRef, bias: Option<&[f32]>, residual: 
 /// `None` where the driver does not run (no AVX2, or `TESSERA_ISA=scalar`).
 pub fn split_profile(threads: usize, alpha: f32, a: MatRef, b: MatRef, beta: f32, mut c: MatMut) -> Option<SplitTimes> {
     check_dims("split_profile", &a, &b, &c);
-    if a.cols() == 0 || c.rows() == 0 || c.cols() == 0 || precision() != Precision::F32 {
+    if a.cols() == 0 || c.rows() == 0 || c.cols() == 0 {
         return None;
     }
     let p = plain(alpha, a, b, beta);
@@ -259,17 +253,7 @@ fn product(isa: Isa, p: driver::Product, mut c: MatMut, threads: usize) {
     // which `c` borrows mutably for the whole call; parallel writes only
     // happen on non-overlapping layouts (checked above); the callers check the
     // bias and the activation output against C's shape.
-    unsafe {
-        product_raw(
-            precision(),
-            isa.min(cpu::detected()),
-            &p,
-            c.as_mut_ptr(),
-            rsc,
-            csc,
-            threads,
-        )
-    }
+    unsafe { product_raw(isa.min(cpu::detected()), &p, c.as_mut_ptr(), rsc, csc, threads) }
 }
 
 /// The operands of a product with the defaults: no bias, no activation, no
@@ -283,6 +267,7 @@ pub(crate) fn plain<'a>(alpha: f32, a: MatRef<'a>, b: MatRef<'a>, beta: f32) -> 
         bias: None,
         gelu_to: None,
         residual: None,
+        prec: Precision::F32,
     }
 }
 
@@ -297,16 +282,9 @@ pub(crate) fn plain<'a>(alpha: f32, a: MatRef<'a>, b: MatRef<'a>, beta: f32) -> 
 /// whose elements do not overlap if `threads > 1`; the bias, if given, has
 /// `B.cols` values; `p.gelu_to`, if given, is valid for writes of the same
 /// shape with its row stride and contiguous rows, and touched by no one else.
-pub(crate) unsafe fn product_raw(
-    prec: Precision,
-    isa: Isa,
-    p: &driver::Product,
-    c: *mut f32,
-    rsc: usize,
-    csc: usize,
-    threads: usize,
-) {
+pub(crate) unsafe fn product_raw(isa: Isa, p: &driver::Product, c: *mut f32, rsc: usize, csc: usize, threads: usize) {
     let (a, b) = (&p.a, &p.b);
+    let prec = p.prec.available();
     debug_assert!(a.cols() == b.rows() && isa <= cpu::detected());
     let (rows, cols, k) = (a.rows(), b.cols(), a.cols());
     if rows == 0 || cols == 0 {
@@ -518,6 +496,7 @@ unsafe fn reference_sgemm(p: &driver::Product, c: *mut f32, rsc: usize, csc: usi
 /// serial product); small batches run items in turn, each product threaded.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_batched(
+    prec: Precision,
     batch: usize,
     alpha: f32,
     a: MatRef,
@@ -566,16 +545,18 @@ pub fn gemm_batched(
         let (rsc, csc) = (c.rs(), c.cs());
         let _ = c.shifted(last * c_stride); // panics unless the last item fits
         let cptr = SendPtr(c.as_mut_ptr());
-        let (prec, isa) = (precision(), cpu::isa());
+        let isa = cpu::isa();
         (0..batch).into_par_iter().for_each(|i| {
             let (ai, bi) = (a.shifted(i * a_stride), b.shifted(i * b_stride));
             // SAFETY: items are `c_stride >= item_c` apart, so disjoint, and the
             // last one fits in C's slice (checked above); each runs serially.
             unsafe {
                 product_raw(
-                    prec,
                     isa,
-                    &plain(alpha, ai, bi, beta),
+                    &driver::Product {
+                        prec,
+                        ..plain(alpha, ai, bi, beta)
+                    },
                     cptr.get().add(i * c_stride),
                     rsc,
                     csc,
@@ -586,7 +567,7 @@ pub fn gemm_batched(
     } else {
         for i in 0..batch {
             let (ai, bi) = (a.shifted(i * a_stride), b.shifted(i * b_stride));
-            gemm(alpha, ai, bi, beta, c.shifted(i * c_stride));
+            gemm_in(prec, alpha, ai, bi, beta, c.shifted(i * c_stride));
         }
     }
 }
@@ -764,13 +745,11 @@ mod tests {
             paths.push((cpu::detected(), Precision::Bf16));
         }
         for (isa, prec) in paths {
-            let previous = set_precision(prec);
-            split_is_invisible(isa);
-            set_precision(previous);
+            split_is_invisible(isa, prec);
         }
     }
 
-    fn split_is_invisible(isa: Isa) {
+    fn split_is_invisible(isa: Isa, prec: Precision) {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(23);
         {
             for &(m, k, n) in &[(400, 300, 230), (1088, 64, 96), (50, 600, 1030)] {
@@ -785,6 +764,7 @@ mod tests {
                         isa,
                         Product {
                             bias: Some(&bias),
+                            prec,
                             ..plain(1.0, av, bv, 1.0)
                         },
                         MatMut::row_major(&mut c, m, n),
@@ -812,6 +792,7 @@ mod tests {
                     isa,
                     Product {
                         bias: Some(&bias),
+                        prec,
                         ..plain(1.0, av, bv, 1.0)
                     },
                     MatMut::row_major(&mut ct, n, m).t(),
@@ -842,7 +823,6 @@ mod tests {
             paths.push((cpu::detected(), Precision::Bf16));
         }
         for (isa, prec) in paths {
-            let previous = set_precision(prec);
             for &(m, k, n) in &[(1, 1, 1), (13, 300, 37), (100, 64, 530), (25, 1024, 17)] {
                 let x = random(m * k, &mut rng);
                 let w = random(n * k, &mut rng);
@@ -853,12 +833,14 @@ mod tests {
                 let p = Product {
                     bias: Some(&bias),
                     gelu_to: Some((SendPtr(act.as_mut_ptr()), n)),
+                    prec,
                     ..plain(1.0, xv, wt, 0.0)
                 };
                 product(isa, p, MatMut::row_major(&mut pre, m, n), 3);
                 let mut want_pre = vec![0f32; m * n];
                 let p = Product {
                     bias: Some(&bias),
+                    prec,
                     ..plain(1.0, xv, wt, 0.0)
                 };
                 product(isa, p, MatMut::row_major(&mut want_pre, m, n), 1);
@@ -874,7 +856,6 @@ mod tests {
                     "act {name}"
                 );
             }
-            set_precision(previous);
         }
         // The public entry on a column-major `pre` (GELU in a pass after).
         let (m, k, n) = (9, 40, 21);
@@ -884,7 +865,14 @@ mod tests {
         let (xv, wt) = (MatRef::row_major(&x, m, k), MatRef::row_major(&w, n, k).t());
         let mut pre_t = vec![0f32; m * n];
         let mut act = vec![0f32; m * n];
-        gemm_bias_gelu(xv, wt, &bias, MatMut::row_major(&mut pre_t, n, m).t(), &mut act);
+        gemm_bias_gelu(
+            Precision::F32,
+            xv,
+            wt,
+            &bias,
+            MatMut::row_major(&mut pre_t, n, m).t(),
+            &mut act,
+        );
         for i in 0..m {
             for j in 0..n {
                 let mut g = [0f32];
@@ -951,6 +939,7 @@ mod tests {
             for beta in [0.0f32, 1.0, 0.5] {
                 let mut c = c0.clone();
                 gemm_bias(
+                    Precision::F32,
                     1.0,
                     MatRef::row_major(&a, m, k),
                     MatRef::row_major(&w, n, k).t(),
@@ -991,7 +980,6 @@ mod tests {
             eprintln!("gemm bf16: skipping: this CPU has neither AMX-BF16 nor AVX512-BF16");
             return;
         }
-        let prev = set_precision(Precision::Bf16);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
         for &(m, k, n) in &[
             (1, 1, 1),
@@ -1011,7 +999,15 @@ mod tests {
                 let bv = MatRef::stored(&b, k, n, tb);
                 let bias = exact(n, &mut rng);
                 let mut c = vec![0f32; m * n];
-                gemm_bias(1.0, av, bv, &bias, 0.0, MatMut::row_major(&mut c, m, n));
+                gemm_bias(
+                    Precision::Bf16,
+                    1.0,
+                    av,
+                    bv,
+                    &bias,
+                    0.0,
+                    MatMut::row_major(&mut c, m, n),
+                );
                 let mut want = vec![0f32; m * n];
                 reference::gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut want, m, n));
                 for i in 0..m * n {
@@ -1023,7 +1019,7 @@ mod tests {
                 let bv = MatRef::stored(&b, k, n, tb);
                 let c0 = random(m * n, &mut rng);
                 let mut c = c0.clone();
-                gemm(0.5, av, bv, 1.0, MatMut::row_major(&mut c, m, n));
+                gemm_in(Precision::Bf16, 0.5, av, bv, 1.0, MatMut::row_major(&mut c, m, n));
                 for i in 0..m {
                     for j in 0..n {
                         let exact: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum::<f64>() * 0.5
@@ -1039,7 +1035,6 @@ mod tests {
                 }
             }
         }
-        set_precision(prev);
     }
 
     #[test]
@@ -1151,6 +1146,7 @@ mod tests {
             let b_stride = if share_b { 0 } else { k * n };
             let mut c = c0.clone();
             gemm_batched(
+                Precision::F32,
                 batch,
                 1.0,
                 MatRef::new(&a, m, k, k, 1),

@@ -2,15 +2,17 @@
 
 use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, shape_err};
+use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
 use tessera_kernels::GradOut;
-use tessera_kernels::gemm::{MatMut, MatRef, gemm, gemm_batched};
+use tessera_kernels::gemm::{MatMut, MatRef, gemm_batched, gemm_in};
 use tessera_kernels::linear as klinear;
 
 struct LinearBackward {
     x: Tensor,
     w: Tensor,
     b: Option<Tensor>,
+    prec: Precision,
 }
 
 impl Backward for LinearBackward {
@@ -23,20 +25,21 @@ impl Backward for LinearBackward {
         v
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        linear_grads(&self.x, &self.w, self.b.as_ref(), &dout, g);
+        linear_grads(self.prec, &self.x, &self.w, self.b.as_ref(), &dout, g);
         Ok(())
     }
 }
 
 /// The gradients of `x · wᵀ + b` from `dout`, into `g` (each overwritten or
 /// accumulated as `g` says): the backward every linear op shares.
-fn linear_grads(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dout: &[f32], g: &mut Grads) {
+fn linear_grads(prec: Precision, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dout: &[f32], g: &mut Grads) {
     let (n, k) = (w.shape()[0], w.shape()[1]);
     let m = x.numel() / k.max(1);
     let mut dx = g.take_out(x);
     let mut dw = g.take_out(w);
     let mut db = b.and_then(|b| g.take_out(b));
     klinear::backward(
+        prec,
         grad_out(&mut dx),
         grad_out(&mut dw),
         grad_out(&mut db),
@@ -61,6 +64,7 @@ struct LinearGeluBackward {
     b: Tensor,
     /// `x · wᵀ + b`, a constant tensor (its buffer returns to the pool with it).
     pre: Tensor,
+    prec: Precision,
 }
 
 impl Backward for LinearGeluBackward {
@@ -75,7 +79,7 @@ impl Backward for LinearGeluBackward {
         let mut dpre = crate::buffers::uninit(dout.len()); // overwritten below
         tessera_kernels::gelu::backward(GradOut::overwrite(&mut dpre), &dout, &self.pre.data());
         crate::buffers::recycle(dout);
-        linear_grads(&self.x, &self.w, Some(&self.b), &dpre, g);
+        linear_grads(self.prec, &self.x, &self.w, Some(&self.b), &dpre, g);
         crate::buffers::recycle(dpre);
         Ok(())
     }
@@ -87,6 +91,7 @@ struct LinearResidualBackward {
     w: Tensor,
     b: Option<Tensor>,
     r: Tensor,
+    prec: Precision,
 }
 
 impl Backward for LinearResidualBackward {
@@ -100,7 +105,7 @@ impl Backward for LinearResidualBackward {
         v
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        linear_grads(&self.x, &self.w, self.b.as_ref(), &dout, g);
+        linear_grads(self.prec, &self.x, &self.w, self.b.as_ref(), &dout, g);
         // The residual's gradient is dout unchanged: hand the buffer over.
         if g.wants(&self.r) {
             g.add(&self.r, dout);
@@ -114,6 +119,7 @@ impl Backward for LinearResidualBackward {
 struct MatmulBackward {
     a: Tensor,
     b: Tensor,
+    prec: Precision,
 }
 
 /// `(batch, M, K, N, b_shared)` of a product `a (…, M, K) · b (…, K, N)`.
@@ -148,6 +154,7 @@ impl Backward for MatmulBackward {
             // dA_i (M, K) += dC_i (M, N) · B_iᵀ (N, K)
             let b = self.b.data();
             gemm_batched(
+                self.prec,
                 batch,
                 1.0,
                 MatRef::new(&dout, m, n, n, 1),
@@ -163,7 +170,8 @@ impl Backward for MatmulBackward {
             let a = self.a.data();
             if shared {
                 // dB (K, N) += Σ_i A_iᵀ dC_i = (batch·M, K)ᵀ · (batch·M, N): one product.
-                gemm(
+                gemm_in(
+                    self.prec,
                     1.0,
                     MatRef::row_major(&a, batch * m, k).t(),
                     MatRef::row_major(&dout, batch * m, n),
@@ -173,6 +181,7 @@ impl Backward for MatmulBackward {
             } else {
                 // dB_i (K, N) += A_iᵀ (K, M) · dC_i (M, N)
                 gemm_batched(
+                    self.prec,
                     batch,
                     1.0,
                     MatRef::new(&a, m, k, k, 1).t(),
@@ -227,10 +236,20 @@ impl Tensor {
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear", "forward");
         let (m, k, n) = linear_dims("linear", self, weight, bias)?;
+        let prec = matmul_precision();
         let mut out = crate::buffers::uninit(m * n); // overwritten by the bias fill or β = 0
         {
             let bias_data = bias.map(|b| b.data());
-            klinear::forward(&mut out, &self.data(), &weight.data(), bias_data.as_deref(), m, k, n);
+            klinear::forward(
+                prec,
+                &mut out,
+                &self.data(),
+                &weight.data(),
+                bias_data.as_deref(),
+                m,
+                k,
+                n,
+            );
         }
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -241,6 +260,7 @@ impl Tensor {
                 x: self.clone(),
                 w: weight.clone(),
                 b: bias.cloned(),
+                prec,
             })
         }))
     }
@@ -252,9 +272,20 @@ impl Tensor {
     pub fn linear_gelu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear_gelu", "forward");
         let (m, k, n) = linear_dims("linear_gelu", self, weight, Some(bias))?;
+        let prec = matmul_precision();
         let mut pre = crate::buffers::uninit(m * n); // β = 0 overwrites
         let mut act = crate::buffers::uninit(m * n); // written tile by tile
-        klinear::forward_gelu(&mut pre, &mut act, &self.data(), &weight.data(), &bias.data(), m, k, n);
+        klinear::forward_gelu(
+            prec,
+            &mut pre,
+            &mut act,
+            &self.data(),
+            &weight.data(),
+            &bias.data(),
+            m,
+            k,
+            n,
+        );
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         // Kept by the backward if one is recorded; otherwise dropped here,
@@ -266,6 +297,7 @@ impl Tensor {
                 w: weight.clone(),
                 b: bias.clone(),
                 pre,
+                prec,
             })
         }))
     }
@@ -279,6 +311,7 @@ impl Tensor {
     pub fn linear_residual(&self, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear_residual", "forward");
         let (m, k, n) = linear_dims("linear_residual", self, weight, bias)?;
+        let prec = matmul_precision();
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         if residual.shape() != shape.as_slice() {
@@ -291,6 +324,7 @@ impl Tensor {
         {
             let bias_data = bias.map(|b| b.data());
             klinear::forward_residual(
+                prec,
                 &mut out,
                 &self.data(),
                 &weight.data(),
@@ -310,6 +344,7 @@ impl Tensor {
                 w: weight.clone(),
                 b: bias.cloned(),
                 r: residual.clone(),
+                prec,
             })
         }))
     }
@@ -319,8 +354,10 @@ impl Tensor {
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("matmul", "forward");
         let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
+        let prec = matmul_precision();
         let mut out = crate::buffers::uninit(batch * m * n); // β = 0 overwrites
         gemm_batched(
+            prec,
             batch,
             1.0,
             MatRef::new(&self.data(), m, k, k, 1),
@@ -337,6 +374,7 @@ impl Tensor {
             Box::new(MatmulBackward {
                 a: self.clone(),
                 b: rhs.clone(),
+                prec,
             })
         }))
     }

@@ -3,6 +3,7 @@
 
 use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, invalid, shape_err};
+use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
 use rand::{Rng, RngExt};
 use tessera_kernels::attention::{self as kattn, AttnDims};
@@ -107,6 +108,7 @@ struct AttentionBackward {
     qkv: Tensor,
     lse: Vec<f32>,
     dims: AttnDims,
+    prec: Precision,
 }
 
 impl Backward for AttentionBackward {
@@ -119,6 +121,7 @@ impl Backward for AttentionBackward {
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         if let Some((mut dqkv, add)) = g.take_out(&self.qkv) {
             kattn::backward(
+                self.prec,
                 GradOut { data: &mut dqkv, add },
                 &dout,
                 &self.qkv.data(),
@@ -159,6 +162,7 @@ struct PatchEmbedBackward {
     w: Tensor,
     b: Tensor,
     dims: PatchDims,
+    prec: Precision,
 }
 
 impl Backward for PatchEmbedBackward {
@@ -175,6 +179,7 @@ impl Backward for PatchEmbedBackward {
         let mut dw = g.take(&self.w);
         let mut db = g.take(&self.b);
         kpatch::embed_backward(
+            self.prec,
             dimg.as_deref_mut(),
             dw.as_deref_mut(),
             db.as_deref_mut(),
@@ -289,12 +294,14 @@ impl Tensor {
         let dims = AttnDims::new(b, n, d3 / 3, heads);
         let mut out = crate::buffers::uninit(b * n * dims.d); // each head writes its columns (β = 0)
         let mut lse = vec![0f32; b * heads * n];
-        kattn::forward(&mut out, &mut lse, &self.data(), dims);
+        let prec = matmul_precision();
+        kattn::forward(prec, &mut out, &mut lse, &self.data(), dims);
         Ok(Tensor::from_op(out, vec![b, n, dims.d], &[self], || {
             Box::new(AttentionBackward {
                 qkv: self.clone(),
                 lse,
                 dims,
+                prec,
             })
         }))
     }
@@ -349,7 +356,9 @@ impl Tensor {
         let dims = PatchDims::new(b, c, h, w, p);
         let mut out = vec![0f32; b * dims.l() * dim];
         let mut cols = vec![0f32; self.numel()];
+        let prec = matmul_precision();
         kpatch::embed_forward(
+            prec,
             &mut out,
             &mut cols,
             &self.data(),
@@ -369,6 +378,7 @@ impl Tensor {
                     w: weight.clone(),
                     b: bias.clone(),
                     dims,
+                    prec,
                 })
             },
         ))
