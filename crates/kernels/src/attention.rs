@@ -240,14 +240,16 @@ pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv
             let base = dqkv_ptr;
             let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
             let pm = MatRef::row_major(p, n, n);
-            // SAFETY (this and the two products below): the (N, Dh) blocks of head
+            // SAFETY (this product and the two below): the (N, Dh) blocks of head
             // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
             // this task only, and lie inside `dqkv` (lengths checked above).
             unsafe { head_product(prec, 1.0, pm.t(), d_o, beta, base.get().add(slot(2)), 3 * d) };
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
             softmax_grad_rows::run(isa, p, dp, n, scale);
             let ds = MatRef::row_major(dp, n, n);
+            // SAFETY: this task's own (N, Dh) block of the q slot (see above).
             unsafe { head_product(prec, 1.0, ds, k, beta, base.get().add(slot(0)), 3 * d) };
+            // SAFETY: this task's own (N, Dh) block of the k slot (see above).
             unsafe { head_product(prec, 1.0, ds.t(), q, beta, base.get().add(slot(1)), 3 * d) };
         },
     );

@@ -280,7 +280,8 @@ unsafe fn block<K: MicroKernel>(
                     // clipped to the edge) and belongs to this call, as does the
                     // same block of `gelu_to` (the caller vouches for its shape);
                     // the A panel covers MR rows × kc and the B panel kc·NR
-                    // values; the caller vouches for the CPU. (The edge path
+                    // values; the residual view has C's shape, so its tile at
+                    // (rp, jp) is inside it; the caller vouches for the CPU. (The edge path
                     // below, C with strided columns, never has `gelu_to`:
                     // `product_raw` applies it after.)
                     unsafe {

@@ -461,6 +461,7 @@ unsafe fn reference_sgemm(p: &driver::Product, c: *mut f32, rsc: usize, csc: usi
         // C = β·C + bias first (β = 0 ignores the old contents), then accumulate.
         for i in 0..rows {
             for (j, &v) in bias.iter().enumerate() {
+                // SAFETY: (i, j) is inside C, the region the caller vouched for.
                 unsafe { *at(i, j) = if beta == 0.0 { v } else { beta * *at(i, j) + v } };
             }
         }
