@@ -393,6 +393,24 @@ fn invalid_options_are_one_line_errors_and_write_nothing() {
             "not a multiple of the patch size",
         ),
         (vec!["info", "--img-size", "0"], "size"),
+        (
+            vec!["pretrain", "--out", o, "--batch", "0"],
+            "--batch must be at least 1",
+        ),
+        (
+            vec!["pretrain", "--out", o, "--steps", "0"],
+            "--steps must be at least 1",
+        ),
+        (
+            vec!["pretrain", "--out", o, "--lr", "-1"],
+            "--lr must be a positive number, got -1",
+        ),
+        (
+            vec!["pretrain", "--out", o, "--epochs", "-1"],
+            "--epochs must be a positive number",
+        ),
+        (vec!["pretrain", "--out", o, "--weight-decay", "-0.1"], "--weight-decay"),
+        (vec!["probe"], "--checkpoint"),
     ] {
         let e = fails(&args);
         assert!(e.contains(needle), "{args:?}: {e}");

@@ -56,9 +56,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
-            // Clap's message is several lines (usage, hint); keep the first.
+            // Clap's message is several lines (usage, hint); keep the first, and
+            // for missing arguments the indented lines naming them.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: invalid arguments").trim_end();
+            let mut lines = text.lines();
+            let mut first = lines
+                .next()
+                .unwrap_or("error: invalid arguments")
+                .trim_end()
+                .to_string();
+            if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+                let names: Vec<&str> = lines.take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+                first = format!("{} {}", first, names.join(", "));
+            }
             eprintln!("{first} (see --help)");
             return ExitCode::from(2);
         }

@@ -26,7 +26,7 @@ pub struct Args {
     #[command(flatten)]
     pub mask: MaskArgs,
     /// Training length in epochs over the training split (instead of --steps).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<f64>,
     /// Training length in optimizer steps.
     #[arg(long, default_value_t = 500)]
@@ -36,25 +36,25 @@ pub struct Args {
     pub batch: usize,
     /// Learning rate per 256 images (the rate is blr · batch / 256). MAE uses
     /// 1.5e-4 for 800-epoch runs; the default suits short runs.
-    #[arg(long, default_value_t = 1.5e-3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.5e-3)]
     pub blr: f32,
     /// Absolute peak learning rate (overrides --blr).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub min_lr: f32,
     /// AdamW weight decay (not applied to biases, norms, tokens, positions).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
     pub weight_decay: f32,
     /// Linear warm-up in steps (default: 5% of the steps).
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     /// Linear warm-up in epochs (instead of --warmup-steps).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub warmup_epochs: Option<f64>,
     /// Clip the global gradient norm.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub clip_grad: Option<f32>,
     /// Split each batch into this many accumulated micro-batches.
     #[arg(long, default_value_t = 1)]
@@ -96,7 +96,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     // Everything that can be wrong with the options is checked before the
-    // output folder is touched.
+    // output folder is touched, and named by its option.
+    check_options(&args)?;
     let model_cfg = args.model.build(args.data.native())?;
     let masking = args.mask.build(&model_cfg)?;
     let (size, chans) = (model_cfg.encoder.img_size, model_cfg.encoder.in_chans);
@@ -110,8 +111,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     .steps_per_epoch() as f64;
     let total_steps = match args.epochs {
-        Some(e) if e > 0.0 => (e * spe).round().max(1.0) as u64,
-        Some(e) => bail!("--epochs must be positive, got {e}"),
+        Some(e) => (e * spe).round().max(1.0) as u64,
         None => args.steps,
     };
     let warmup_steps = match (args.warmup_epochs, args.warmup_steps) {
@@ -167,6 +167,36 @@ pub fn run(args: Args) -> Result<()> {
         end.checkpoint.display(),
         end.picture.map_or_else(String::new, |p| p.display().to_string())
     );
+    Ok(())
+}
+
+/// The options whose values can be wrong on their own, by name.
+fn check_options(a: &Args) -> Result<()> {
+    let positive = |name: &str, v: Option<f64>| match v {
+        Some(x) if !(x > 0.0 && x.is_finite()) => bail!("{name} must be a positive number, got {x}"),
+        _ => Ok(()),
+    };
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if a.epochs.is_none() && a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    positive("--epochs", a.epochs)?;
+    positive("--blr", Some(a.blr as f64))?;
+    positive("--lr", a.lr.map(f64::from))?;
+    positive("--clip-grad", a.clip_grad.map(f64::from))?;
+    if !(a.min_lr >= 0.0 && a.min_lr.is_finite()) {
+        bail!("--min-lr must be zero or positive, got {}", a.min_lr);
+    }
+    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+        bail!("--weight-decay must be zero or positive, got {}", a.weight_decay);
+    }
+    if let Some(w) = a.warmup_epochs
+        && !(w >= 0.0 && w.is_finite())
+    {
+        bail!("--warmup-epochs must be zero or positive, got {w}");
+    }
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use crate::target::Codebook;
 use crate::train::{TrainConfig, Trainer};
 use crate::{ModelConfig, TargetConfig};
 use rand::SeedableRng;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -80,33 +80,53 @@ impl TensorFile {
         self.tensors.insert(name.into(), StoredTensor { shape, data });
     }
 
-    /// Serialises to safetensors bytes (f32, little-endian).
+    /// Serialises to safetensors bytes (f32, little-endian), deterministically:
+    /// tensors and metadata keys in sorted order, so the same state always
+    /// gives the same bytes (and checksum). The format: an 8-byte
+    /// little-endian header length, the JSON header (space-padded to a
+    /// multiple of 8), then the tensors' data back to back.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.clone(),
-                    t.shape.clone(),
-                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                )
-            })
-            .collect();
-        let views: Vec<(String, TensorView)> = bytes
-            .iter()
-            .map(|(name, shape, b)| {
-                let view = TensorView::new(Dtype::F32, shape.clone(), b)
-                    .map_err(|e| MimError::Input(format!("tensor {name}: {e}")))?;
-                Ok((name.clone(), view))
-            })
-            .collect::<Result<_>>()?;
-        let meta = if self.metadata.is_empty() {
-            None
-        } else {
-            Some(self.metadata.clone())
-        };
-        safetensors::serialize(views, meta).map_err(|e| MimError::Input(format!("serialising tensors: {e}")))
+        let quote = |s: &str| serde_json::to_string(s).expect("a string serialises to JSON");
+        let mut header = String::from("{");
+        if !self.metadata.is_empty() {
+            let meta: BTreeMap<&String, &String> = self.metadata.iter().collect();
+            let entries: Vec<String> = meta.iter().map(|(k, v)| format!("{}:{}", quote(k), quote(v))).collect();
+            header.push_str(&format!("\"__metadata__\":{{{}}}", entries.join(",")));
+        }
+        let mut offset = 0usize;
+        for (name, t) in &self.tensors {
+            if t.shape.iter().product::<usize>() != t.data.len() {
+                return Err(MimError::Input(format!(
+                    "tensor {name}: shape {:?} does not hold {} values",
+                    t.shape,
+                    t.data.len()
+                )));
+            }
+            let end = offset + 4 * t.data.len();
+            if header.len() > 1 {
+                header.push(',');
+            }
+            let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+            header.push_str(&format!(
+                "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+                quote(name),
+                shape.join(",")
+            ));
+            offset = end;
+        }
+        header.push('}');
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        for t in self.tensors.values() {
+            for v in &t.data {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Ok(bytes)
     }
 
     /// Writes atomically (temporary file, fsync, rename, fsync of the folder).
@@ -452,6 +472,33 @@ mod tests {
         // No temporary files left behind.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The same state gives the same bytes, whatever order it was built in
+    /// (metadata is a hash map), and the bytes read back through the
+    /// safetensors crate (shapes, values, metadata).
+    #[test]
+    fn same_state_same_bytes() {
+        let build = |order: &[usize]| {
+            let mut f = TensorFile::default();
+            for &i in order {
+                f.insert_raw(
+                    format!("t{i}"),
+                    vec![2, i + 1],
+                    (0..2 * (i + 1)).map(|x| x as f32 * 0.5 - i as f32).collect(),
+                );
+                f.metadata.insert(format!("key{i}"), format!("value \"{i}\""));
+            }
+            f
+        };
+        let a = build(&[0, 1, 2, 3, 4, 5, 6, 7]).to_bytes().unwrap();
+        let b = build(&[7, 3, 5, 0, 2, 6, 1, 4]).to_bytes().unwrap();
+        assert_eq!(a, b);
+        let back = TensorFile::from_bytes(&a, Path::new("x")).unwrap();
+        assert_eq!(back.tensors, build(&[0, 1, 2, 3, 4, 5, 6, 7]).tensors);
+        assert_eq!(back.metadata["key3"], "value \"3\"");
+        let st = SafeTensors::deserialize(&a).unwrap();
+        assert_eq!(st.tensor("t2").unwrap().shape(), &[2, 3]);
     }
 
     #[test]

@@ -115,9 +115,12 @@ impl TrainConfig {
         if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return Err(config_err(format!("AdamW betas {:?} must be in [0, 1)", self.betas)));
         }
-        if self.total_steps == 0 || self.warmup_steps > self.total_steps {
+        if self.total_steps == 0 {
+            return Err(config_err("at least one training step is needed (steps or epochs)"));
+        }
+        if self.warmup_steps > self.total_steps {
             return Err(config_err(format!(
-                "warm-up {} must not exceed the {} total steps (≥ 1)",
+                "warm-up {} must not exceed the {} total steps",
                 self.warmup_steps, self.total_steps
             )));
         }
