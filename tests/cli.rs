@@ -177,6 +177,42 @@ fn pretrain_finishes_on_one_thread_and_on_one_core() {
     }
 }
 
+/// A run folder belongs to one run: starting again into it is refused unless
+/// asked to overwrite; a resume after a crash removes the half-written
+/// temporary file and the metrics written after the last checkpoint, and ends
+/// with the metrics of an uninterrupted run.
+#[test]
+fn run_folders_are_not_reused_and_crashes_leave_nothing_behind() {
+    let straight = tmp("folder-straight");
+    pretrain(&straight, &["--steps", "4", "--ckpt-every", "2"]);
+    let e = fails(&["pretrain", "--out", straight.to_str().unwrap(), "--steps", "4"]);
+    assert!(e.contains("--resume") && e.contains("--overwrite"), "{e}");
+    let again = pretrain(&straight, &["--steps", "4", "--ckpt-every", "2", "--overwrite"]);
+    assert!(again.contains("done: step 4"), "{again}");
+    let full = losses(&straight.join("metrics.jsonl"));
+    assert_eq!(full.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+
+    // A crash after step 3: the checkpoint is at step 2, metrics.jsonl holds
+    // step 3 and half a line, and a checkpoint write left its temporary file.
+    let crashed = tmp("folder-crashed");
+    pretrain(&crashed, &["--steps", "4", "--ckpt-every", "2", "--stop-after", "2"]);
+    let metrics = crashed.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    let straight_text = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    text.push_str(straight_text.lines().nth(2).unwrap());
+    text.push_str("\n{\"step\": 4, \"lo");
+    std::fs::write(&metrics, text).unwrap();
+    let stale = crashed.join(".checkpoint.safetensors.tmp-99999");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    pretrain(&crashed, &["--steps", "4", "--ckpt-every", "2", "--resume"]);
+    assert!(!stale.exists(), "the stale temporary file is still there");
+    assert_eq!(
+        losses(&metrics),
+        full,
+        "resumed metrics differ from the uninterrupted run"
+    );
+}
+
 #[test]
 fn reconstruct_writes_four_panel_rows_and_a_dump() {
     let dir = tmp("recon");
@@ -411,6 +447,7 @@ fn invalid_options_are_one_line_errors_and_write_nothing() {
         ),
         (vec!["pretrain", "--out", o, "--weight-decay", "-0.1"], "--weight-decay"),
         (vec!["probe"], "--checkpoint"),
+        (vec!["pretrain", "--out", o, "--recon-count", "0"], "--recon-count"),
     ] {
         let e = fails(&args);
         assert!(e.contains(needle), "{args:?}: {e}");

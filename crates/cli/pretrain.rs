@@ -71,6 +71,10 @@ pub struct Args {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
+    /// Start over in an OUT that holds a run (its checkpoint, metrics and
+    /// pictures are deleted); without it such a folder is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Write a checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 100)]
     pub ckpt_every: u64,
@@ -138,6 +142,7 @@ pub fn run(args: Args) -> Result<()> {
     let options = RunOptions {
         out: args.out.clone(),
         resume: args.resume,
+        overwrite: args.overwrite,
         ckpt_every: args.ckpt_every,
         recon_every: args.recon_every,
         recon_count: args.recon_count,

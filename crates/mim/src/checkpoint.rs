@@ -62,6 +62,53 @@ fn io_err(path: &Path, source: std::io::Error) -> MimError {
     }
 }
 
+/// Writes `bytes` to `path` whole or not at all: a temporary file in the same
+/// folder (`.NAME.tmp-PID`), flushed to disk, renamed over `path`, then the
+/// folder synced so the rename itself is durable. A crash leaves the old file
+/// or the new one, and at most a temporary file that the next run removes
+/// ([`remove_stale_temporaries`]).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| ckpt_err(path, "not a file name"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes temporary files that an interrupted [`write_atomically`] left in
+/// `dir` (`.NAME.tmp-PID`); returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with('.') && n.contains(".tmp-")
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 impl TensorFile {
     /// Adds a tensor's current values.
     pub fn insert(&mut self, name: impl Into<String>, t: &Tensor) {
@@ -131,33 +178,7 @@ impl TensorFile {
 
     /// Writes atomically (temporary file, fsync, rename, fsync of the folder).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| ckpt_err(path, "not a file name"))?
-            .to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let result = (|| {
-            let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-            f.write_all(&bytes).map_err(|e| io_err(&tmp, e))?;
-            f.sync_all().map_err(|e| io_err(&tmp, e))?;
-            drop(f);
-            fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-            // Make the rename itself durable.
-            if let Ok(d) = File::open(&dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomically(path, &self.to_bytes()?)
     }
 
     /// Reads a safetensors file; every tensor must be f32.

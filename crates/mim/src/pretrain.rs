@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Continue from `out/checkpoint.safetensors`.
     pub resume: bool,
+    /// Start afresh in a folder that holds a run, deleting its checkpoint,
+    /// metrics and pictures (without it, such a folder is refused).
+    pub overwrite: bool,
     /// A checkpoint every this many steps (and at the end).
     pub ckpt_every: u64,
     /// Reconstruction pictures every this many steps (0: only at the end).
@@ -71,6 +74,7 @@ impl RunOptions {
         RunOptions {
             out: out.into(),
             resume: false,
+            overwrite: false,
             ckpt_every: 100,
             recon_every: 100,
             recon_count: 6,
@@ -162,6 +166,16 @@ impl<'a> Pretrainer<'a> {
             )));
         }
         let ckpt = options.checkpoint();
+        let metrics = options.out.join("metrics.jsonl");
+        if !options.resume && !options.overwrite && (ckpt.exists() || metrics.exists()) {
+            return Err(MimError::Input(format!(
+                "{} holds a run already: continue it with --resume, or start over with --overwrite",
+                options.out.display()
+            )));
+        }
+        if options.recon_count == 0 {
+            return Err(MimError::Input("--recon-count must be at least 1".into()));
+        }
         let trainer = if options.resume {
             if !ckpt.exists() {
                 return Err(MimError::Input(format!(
@@ -228,9 +242,26 @@ impl<'a> Pretrainer<'a> {
             });
         }
         std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
+        // A write interrupted by a crash leaves its temporary file: remove it.
+        crate::checkpoint::remove_stale_temporaries(&opts.out);
+        let metrics_path = opts.out.join("metrics.jsonl");
+        if opts.overwrite && !opts.resume {
+            for old in [&ckpt, &metrics_path] {
+                if old.exists() {
+                    std::fs::remove_file(old).map_err(|e| io_err(old, e))?;
+                }
+            }
+            let recon = opts.out.join("recon");
+            if recon.exists() {
+                std::fs::remove_dir_all(&recon).map_err(|e| io_err(&recon, e))?;
+            }
+        }
+        // Resuming: metrics past the checkpoint (written after it, before an
+        // interruption) would be written again; drop them, and any partial line.
+        truncate_metrics(&metrics_path, start)?;
         let config_json = opts.out.join("config.json");
         let text = serde_json::to_string_pretty(&config).expect("a configuration serialises to JSON");
-        std::fs::write(&config_json, text).map_err(|e| io_err(&config_json, e))?;
+        crate::checkpoint::write_atomically(&config_json, text.as_bytes())?;
 
         // Fixed test images and masks for the pictures.
         let norm = train.normalization().for_channels(chans);
@@ -273,7 +304,6 @@ impl<'a> Pretrainer<'a> {
             augment: opts.augment.then(Augment::mae),
             norm: norm.clone(),
         };
-        let metrics_path = opts.out.join("metrics.jsonl");
         let mut metrics = OpenOptions::new()
             .create(true)
             .append(true)
@@ -344,6 +374,9 @@ impl<'a> Pretrainer<'a> {
                     || stats.step == config.total_steps
                     || Some(stats.step) == opts.stop_after
                 {
+                    // The metrics up to here are on disk before the checkpoint
+                    // that a resume truncates them back to.
+                    metrics.sync_data().map_err(|e| io_err(&metrics_path, e))?;
                     trainer.save(&ckpt)?;
                     observer.checkpoint(&ckpt, stats.step);
                 }
@@ -365,4 +398,26 @@ impl<'a> Pretrainer<'a> {
             picture: Some(picture),
         })
     }
+}
+
+/// Keeps the lines of `metrics.jsonl` whose step is at most `step` (whole
+/// JSON lines only), rewriting the file atomically if anything goes.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(()); // no metrics yet
+    };
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    let kept: String = keep.iter().map(|l| format!("{l}\n")).collect();
+    if kept != text {
+        crate::checkpoint::write_atomically(path, kept.as_bytes())?;
+    }
+    Ok(())
 }

@@ -39,8 +39,12 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
             source: e,
         })?;
     }
-    img.save(path)
-        .map_err(|e| MimError::Input(format!("{}: cannot write PNG: {e}", path.display())))
+    // Whole or absent: encode into memory, then write a temporary file and
+    // rename it over the target.
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| MimError::Input(format!("{}: cannot encode PNG: {e}", path.display())))?;
+    crate::checkpoint::write_atomically(path, bytes.get_ref())
 }
 
 /// Panels side by side, rows stacked, separated by `gap` pixels of white.
