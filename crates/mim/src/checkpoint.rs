@@ -270,6 +270,15 @@ impl MimModel {
                 continue;
             }
             let stored = file.get(&name, path)?;
+            if let Some(i) = stored.data.iter().position(|v| !v.is_finite()) {
+                return Err(ckpt_err(
+                    path,
+                    format!(
+                        "tensor '{name}' holds a non-finite value ({}) at index {i}",
+                        stored.data[i]
+                    ),
+                ));
+            }
             let is_pos = name == "pos_embed" || name == "decoder_pos_embed";
             let data = if stored.shape == t.shape() {
                 stored.data.clone()

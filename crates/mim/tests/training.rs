@@ -452,3 +452,20 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+/// A checkpoint whose weights hold NaN or infinity is refused, naming the
+/// tensor, instead of running to a garbage picture and "loss NaN".
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    use tessera_mim::checkpoint::TensorFile;
+    let dir = tmp("nan");
+    let t = Trainer::new(config(2)).unwrap();
+    let path = dir.join("m.safetensors");
+    t.save(&path).unwrap();
+    let mut file = TensorFile::load(&path).unwrap();
+    file.tensors.get_mut("blocks.1.mlp.fc2.weight").unwrap().data[7] = f32::NAN;
+    file.save(&path).unwrap();
+    let e = load_model(&path, None).err().unwrap().to_string();
+    assert!(e.contains("blocks.1.mlp.fc2.weight") && e.contains("non-finite"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -13,8 +13,10 @@
 //! means the same class in both. Files with other extensions and hidden files
 //! are skipped; images inside a class subfolder are found at any depth.
 //! Only paths are stored: images are decoded in [`Dataset::get`]. Grey images
-//! give 1 channel, anything else RGB; the data set has the channels of the
-//! first training image and converts the others to match.
+//! give 1 channel, anything else RGB; the data set is RGB if any training
+//! image has colour (grey ones are then repeated over three channels), else
+//! grey. Opening reads every file's header, so a file that is no image is an
+//! error at once, all such files listed together.
 
 use super::transform::convert_channels;
 use super::{Dataset, Normalization, RawImage, Split, out_of_range};
@@ -110,6 +112,38 @@ fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     train.is_dir().then_some((train, test))
 }
 
+/// Reads the header of every file: true if any image has colour. Files that
+/// cannot be read as an image are listed, all of them, in one error.
+fn headers<'a>(files: impl Iterator<Item = &'a PathBuf>) -> Result<bool> {
+    let mut colour = false;
+    let mut bad = Vec::new();
+    let mut total = 0;
+    for f in files {
+        total += 1;
+        let header = image::ImageReader::open(f)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
+            .and_then(|r| r.into_decoder().map_err(|e| e.to_string()));
+        match header {
+            Ok(d) => colour |= image::ImageDecoder::color_type(&d).has_color(),
+            Err(e) => bad.push(format!("{} ({e})", f.display())),
+        }
+    }
+    if bad.is_empty() {
+        return Ok(colour);
+    }
+    let more = if bad.len() > 5 {
+        format!(" and {} more", bad.len() - 5)
+    } else {
+        String::new()
+    };
+    Err(MimError::Input(format!(
+        "{} of {total} image files cannot be read: {}{more}",
+        bad.len(),
+        bad.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+    )))
+}
+
 /// Decodes one image file at its own channels: grey → 1, anything else → RGB
 /// (alpha dropped).
 pub fn decode(path: &Path) -> Result<RawImage> {
@@ -182,16 +216,24 @@ impl ImageFolder {
                 EXTENSIONS.join(", ")
             )));
         }
-        // Channels from the first training image, so both splits agree.
-        let first = match (&other, split) {
+        // Every file's header is read now, so that a file that is no image
+        // fails here, all of them in one error, not in the middle of a run.
+        // Channels: RGB if any training image has colour, else grey, so both
+        // splits agree and no colour image is turned grey.
+        let train_files: Vec<&PathBuf> = match (&other, split) {
             (Some(other), Split::Test) => match other {
-                Layout::Flat(f) => f.first(),
-                Layout::Classes(c) => c.first().and_then(|(_, f)| f.first()),
-            }
-            .unwrap_or(&files[0]),
-            _ => &files[0],
+                Layout::Flat(f) => f.iter().collect(),
+                Layout::Classes(c) => c.iter().flat_map(|(_, f)| f).collect(),
+            },
+            _ => files.iter().collect(),
         };
-        let channels = decode(first)?.channels;
+        let mine_colour = headers(files.iter())?;
+        let colour = if split == Split::Test && other.is_some() {
+            headers(train_files.iter().copied())?
+        } else {
+            mine_colour
+        };
+        let channels = if colour { 3 } else { 1 };
         Ok(ImageFolder {
             dir: dir.to_path_buf(),
             split: split_used,
@@ -270,15 +312,33 @@ mod tests {
         let ds = ImageFolder::open(d, Split::Train).unwrap();
         assert_eq!(ds.class_names(), ["ant", "zebra"]);
         assert_eq!(ds.len(), 3);
-        assert_eq!(ds.channels(), 1, "the first image (ant/deep/x.png) is grey");
+        assert_eq!(
+            ds.channels(),
+            3,
+            "colour images make the set RGB, though the first is grey"
+        );
         assert_eq!((ds.label(0), ds.label(1), ds.label(2)), (Some(0), Some(1), Some(1)));
         assert!(ds.files()[1].ends_with("zebra/a.png"));
         let a = ds.get(1).unwrap();
-        assert_eq!((a.channels, a.height, a.width), (1, 2, 5));
-        assert!((a.data[0] - 0.587).abs() < 1e-6, "green as luminance: {}", a.data[0]);
-        assert_eq!(ds.get(0).unwrap().data[0], 51.0 / 255.0);
+        assert_eq!((a.channels, a.height, a.width), (3, 2, 5));
+        assert_eq!(
+            (a.data[0], a.data[10], a.data[20]),
+            (0.0, 1.0, 0.0),
+            "green stays green"
+        );
+        let x = ds.get(0).unwrap();
+        assert_eq!(
+            (x.channels, x.data[0], x.data[9]),
+            (3, 51.0 / 255.0, 51.0 / 255.0),
+            "grey repeated"
+        );
         assert_eq!(ds.native_size(), None);
-        assert_eq!(ds.normalization().mean.len(), 1);
+        assert_eq!(ds.normalization().mean.len(), 3);
+        // All grey: a grey set.
+        let tmp_grey = TempDir::new("folder-grey");
+        grey(&tmp_grey.path().join("a.png"), 2, 2, 9);
+        grey(&tmp_grey.path().join("b.png"), 2, 2, 9);
+        assert_eq!(ImageFolder::open(tmp_grey.path(), Split::Train).unwrap().channels(), 1);
         assert!(ds.get(3).is_err());
     }
 
@@ -327,15 +387,21 @@ mod tests {
         std::fs::write(d.join("b.png"), &good[..good.len() / 2]).unwrap();
         let noise: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         std::fs::write(d.join("c.png"), &noise).unwrap();
+        // c.png is no image at all: found when the folder is opened.
+        let m = msg(ImageFolder::open(d, Split::Train));
+        assert!(
+            m.contains("1 of 3 image files cannot be read") && m.contains("c.png"),
+            "{m}"
+        );
+        std::fs::remove_file(d.join("c.png")).unwrap();
+        // b.png has a valid header and half its data: found when decoded.
         let ds = ImageFolder::open(d, Split::Train).unwrap();
         assert!(ds.get(0).is_ok());
-        for (i, name) in [(1, "b.png"), (2, "c.png")] {
-            let m = msg(ds.get(i));
-            assert!(
-                m.contains(&d.join(name).display().to_string()) && m.contains("cannot decode image"),
-                "{m}"
-            );
-        }
+        let m = msg(ds.get(1));
+        assert!(
+            m.contains(&d.join("b.png").display().to_string()) && m.contains("cannot decode image"),
+            "{m}"
+        );
         // A corrupt first image fails at open.
         let tmp2 = TempDir::new("folder-corrupt-first");
         std::fs::write(tmp2.path().join("0.png"), &noise).unwrap();
