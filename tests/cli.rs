@@ -213,6 +213,70 @@ fn run_folders_are_not_reused_and_crashes_leave_nothing_behind() {
     );
 }
 
+/// Ctrl-C (SIGINT) finishes the current step, writes a checkpoint, says how to
+/// resume and exits 0; the resumed run continues from that step.
+#[test]
+fn sigint_stops_with_a_checkpoint_and_the_run_resumes() {
+    let dir = tmp("sigint");
+    let mut args = vec!["pretrain", "--out", dir.to_str().unwrap(), "--steps", "1000000"];
+    args.extend_from_slice(&tiny());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        if start.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no steps within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    if !sent.is_ok_and(|s| s.success()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("sigint test: skipping: no `kill` to send the signal with");
+        return;
+    }
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > 120 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("did not stop after SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("interrupted at step") && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    let done = losses(&metrics);
+    let k = done.last().unwrap().0;
+    assert_eq!(
+        done.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (1..=k).collect::<Vec<_>>()
+    );
+    let stop = (k + 2).to_string();
+    pretrain(&dir, &["--steps", "1000000", "--resume", "--stop-after", &stop]);
+    assert_eq!(
+        losses(&metrics).last().unwrap().0,
+        k + 2,
+        "the resumed run did not continue from step {k}"
+    );
+}
+
 #[test]
 fn reconstruct_writes_four_panel_rows_and_a_dump() {
     let dir = tmp("recon");

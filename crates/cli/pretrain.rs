@@ -11,6 +11,9 @@ use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tessera_mim::data::transform::EpochSampler;
 use tessera_mim::data::{Dataset, First, Split};
 use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
@@ -78,6 +81,10 @@ pub struct Args {
     /// Write a checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 100)]
     pub ckpt_every: u64,
+    /// Also write one when this many minutes have passed since the last
+    /// (0: steps only).
+    #[arg(long, default_value_t = 5.0)]
+    pub ckpt_minutes: f64,
     /// Write reconstructions every this many steps (0: only at the end).
     #[arg(long, default_value_t = 100)]
     pub recon_every: u64,
@@ -148,6 +155,8 @@ pub fn run(args: Args) -> Result<()> {
         recon_count: args.recon_count,
         augment: !args.no_augment,
         stop_after: args.stop_after,
+        ckpt_interval: (args.ckpt_minutes > 0.0).then(|| Duration::from_secs_f64(args.ckpt_minutes * 60.0)),
+        stop: Some(stop_on_signal()),
     };
     let mut run = Pretrainer::new(config, &train_ds, test_ds.as_ref(), options)?;
     let config = run.trainer.config.clone();
@@ -164,6 +173,15 @@ pub fn run(args: Args) -> Result<()> {
     let end = run.run(&mut progress)?;
     progress.bar.finish_and_clear();
     let stats = end.last.context("no step ran")?;
+    if end.interrupted {
+        println!(
+            "interrupted at step {} of {}: checkpoint {}; run the same command with --resume to continue",
+            stats.step,
+            config.total_steps,
+            end.checkpoint.display()
+        );
+        return Ok(());
+    }
     println!(
         "done: step {}, loss {:.4}, {:.0} images/s; checkpoint {}; reconstructions {}",
         stats.step,
@@ -173,6 +191,25 @@ pub fn run(args: Args) -> Result<()> {
         end.picture.map_or_else(String::new, |p| p.display().to_string())
     );
     Ok(())
+}
+
+/// A flag that the first Ctrl-C (SIGINT) or SIGTERM sets: the run then
+/// finishes its step, writes a checkpoint and stops. A second one stops at
+/// once (exit 130).
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will stop without a checkpoint ({e})");
+    }
+    stop
 }
 
 /// The options whose values can be wrong on their own, by name.
@@ -191,6 +228,9 @@ fn check_options(a: &Args) -> Result<()> {
     positive("--blr", Some(a.blr as f64))?;
     positive("--lr", a.lr.map(f64::from))?;
     positive("--clip-grad", a.clip_grad.map(f64::from))?;
+    if !(a.ckpt_minutes >= 0.0 && a.ckpt_minutes.is_finite()) {
+        bail!("--ckpt-minutes must be zero or positive, got {}", a.ckpt_minutes);
+    }
     if !(a.min_lr >= 0.0 && a.min_lr.is_finite()) {
         bail!("--min-lr must be zero or positive, got {}", a.min_lr);
     }

@@ -41,8 +41,10 @@ use rand::SeedableRng;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tessera_tensor::Tensor;
 
 /// Where a run writes and how often.
@@ -65,6 +67,12 @@ pub struct RunOptions {
     pub augment: bool,
     /// Stop (with a checkpoint) after this step, as if interrupted.
     pub stop_after: Option<u64>,
+    /// Also write a checkpoint when this long has passed since the last one
+    /// (so an interruption loses little, whatever `ckpt_every`).
+    pub ckpt_interval: Option<Duration>,
+    /// When set (by a signal handler, say), the run finishes the current
+    /// step, writes a checkpoint and returns with `interrupted`.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl RunOptions {
@@ -80,6 +88,8 @@ impl RunOptions {
             recon_count: 6,
             augment: true,
             stop_after: None,
+            ckpt_interval: Some(Duration::from_secs(300)),
+            stop: None,
         }
     }
 
@@ -112,6 +122,9 @@ pub struct RunEnd {
     pub checkpoint: PathBuf,
     /// The final reconstruction picture.
     pub picture: Option<PathBuf>,
+    /// The run stopped early because `RunOptions::stop` was set (its
+    /// checkpoint is written; `resume` continues it).
+    pub interrupted: bool,
 }
 
 /// What a run reports as it goes; every method does nothing by default, and
@@ -239,6 +252,7 @@ impl<'a> Pretrainer<'a> {
                 images_per_s: 0.0,
                 checkpoint: ckpt,
                 picture: None,
+                interrupted: false,
             });
         }
         std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
@@ -334,6 +348,8 @@ impl<'a> Pretrainer<'a> {
             .stop_after
             .map_or(config.total_steps, |s| s.clamp(start, config.total_steps));
         let trainer = &mut self.trainer;
+        let mut interrupted = false;
+        let mut last_ckpt = Instant::now();
         std::thread::scope(|scope| -> Result<()> {
             // Load the next batch while this one trains.
             let (tx, rx) = sync_channel(1);
@@ -370,10 +386,15 @@ impl<'a> Pretrainer<'a> {
                     "time_s": t0.elapsed().as_secs_f64(),
                 });
                 writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
-                if stats.step % opts.ckpt_every.max(1) == 0
+                let stop_now = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+                let overdue = opts.ckpt_interval.is_some_and(|d| last_ckpt.elapsed() >= d);
+                if stats.step.is_multiple_of(opts.ckpt_every.max(1))
                     || stats.step == config.total_steps
                     || Some(stats.step) == opts.stop_after
+                    || stop_now
+                    || overdue
                 {
+                    last_ckpt = Instant::now();
                     // The metrics up to here are on disk before the checkpoint
                     // that a resume truncates them back to.
                     metrics.sync_data().map_err(|e| io_err(&metrics_path, e))?;
@@ -385,6 +406,11 @@ impl<'a> Pretrainer<'a> {
                     observer.picture(&p, stats.step);
                 }
                 last = Some(stats);
+                if stop_now && stats.step < end {
+                    // Dropping the receiver ends the loader thread.
+                    interrupted = true;
+                    break;
+                }
             }
             Ok(())
         })?;
@@ -396,6 +422,7 @@ impl<'a> Pretrainer<'a> {
             images_per_s: rate.unwrap_or(0.0),
             checkpoint: ckpt,
             picture: Some(picture),
+            interrupted,
         })
     }
 }
