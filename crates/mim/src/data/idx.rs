@@ -83,10 +83,38 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         source,
     })?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
+        // Inflate the header first, then no more than the size it declares
+        // (and one byte, to notice a longer stream): a small file that would
+        // inflate to gigabytes is refused after reading what it claims to hold.
+        let gz_err =
+            |e: std::io::Error| MimError::Input(format!("{}: cannot decompress gzip data: {e}", path.display()));
+        let mut dec = GzDecoder::new(&raw[..]);
         let mut out = Vec::new();
-        GzDecoder::new(&raw[..])
+        (&mut dec).take(4).read_to_end(&mut out).map_err(gz_err)?;
+        if out.len() < 4 {
+            return Ok(out); // too short: parse_header says so
+        }
+        let ndims = out[3] as usize;
+        (&mut dec)
+            .take(4 * ndims as u64)
             .read_to_end(&mut out)
-            .map_err(|e| MimError::Input(format!("{}: cannot decompress gzip data: {e}", path.display())))?;
+            .map_err(gz_err)?;
+        if out.len() < 4 + 4 * ndims {
+            return Ok(out); // ends inside its header: parse_header says so
+        }
+        let declared = (0..ndims)
+            .map(|d| be_u32(&out, 4 + 4 * d) as u64)
+            .try_fold(1u64, |acc, v| acc.checked_mul(v))
+            .unwrap_or(u64::MAX);
+        dec.take(declared.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(gz_err)?;
+        if (out.len() - 4 - 4 * ndims) as u64 > declared {
+            return Err(MimError::Input(format!(
+                "{}: the data is longer than the {declared} bytes its header declares",
+                path.display()
+            )));
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -388,7 +416,11 @@ mod tests {
             "{m}"
         );
         write(&path, &idx_bytes(IMAGES_MAGIC, &[3, 3, 2], &[0; 19]));
-        assert!(msg(read_images(&path)).contains("holds 19 bytes"));
+        // (gzip data stops at the declared size, so the excess is found there)
+        assert!(msg(read_images(&path)).contains("longer than the 18 bytes its header declares"));
+        let raw = tmp.path().join("train-images-idx3-ubyte");
+        write(&raw, &idx_bytes(IMAGES_MAGIC, &[3, 3, 2], &[0; 19]));
+        assert!(msg(read_images(&raw)).contains("holds 19 bytes"));
         // A header that ends early.
         write(&path, &IMAGES_MAGIC.to_be_bytes());
         assert!(msg(read_images(&path)).contains("header"));
@@ -399,6 +431,32 @@ mod tests {
         // Huge declared dimensions do not overflow.
         write(&path, &idx_bytes(IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &[]));
         assert!(msg(read_images(&path)).contains("holds 0 bytes"));
+    }
+
+    /// A small gzip file that would inflate far beyond what its header
+    /// declares stops after the declared size: an error, not gigabytes.
+    #[test]
+    fn gzip_data_stops_at_the_declared_size() {
+        let tmp = TempDir::new("idx-gz-bomb");
+        let path = tmp.path().join("train-images-idx3-ubyte.gz");
+        // Declares 2 images of 3x2 (12 bytes), then 64 MiB of zeros.
+        let file = std::fs::File::create(&path).unwrap();
+        let mut enc = GzEncoder::new(file, Compression::best());
+        enc.write_all(&idx_bytes(IMAGES_MAGIC, &[2, 3, 2], &[7; 12])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            enc.write_all(&zeros).unwrap();
+        }
+        enc.finish().unwrap();
+        assert!(
+            std::fs::metadata(&path).unwrap().len() < 1 << 20,
+            "the test file should be small"
+        );
+        let m = msg(read_images(&path));
+        assert!(m.contains("longer than the 12 bytes its header declares"), "{m}");
+        // The declared size itself reads fine.
+        write(&path, &idx_bytes(IMAGES_MAGIC, &[2, 3, 2], &[7; 12]));
+        assert_eq!(read_images(&path).unwrap().pixels, vec![7; 12]);
     }
 
     #[test]
