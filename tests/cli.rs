@@ -298,6 +298,25 @@ fn reconstruct_writes_four_panel_rows_and_a_dump() {
         dump.to_str().unwrap(),
     ]);
     assert!(out.contains("loss"), "{out}");
+    // A dump that cannot be written fails the command and leaves no picture.
+    let blocker = dir.join("blocker");
+    std::fs::write(&blocker, b"a file, not a folder").unwrap();
+    let png2 = dir.join("r2.png");
+    let bad_dump = blocker.join("d.safetensors");
+    fails(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--synthetic-len",
+        "96",
+        "--count",
+        "2",
+        "--out",
+        png2.to_str().unwrap(),
+        "--dump",
+        bad_dump.to_str().unwrap(),
+    ]);
+    assert!(!png2.exists(), "a failed --dump left the picture behind");
     let img = image::open(&png).unwrap();
     // 16-pixel panels upscaled 6× to 96, 4 panels per row, 3 rows, 4-pixel gaps.
     assert_eq!((img.width(), img.height()), (4 * 100 + 4, 3 * 100 + 4));

@@ -176,11 +176,12 @@ pub fn run(args: Args) -> Result<()> {
         ViewArg::Normalized => NormPixView::Normalized,
     };
     let picture = render_rows(&model, &imgs, &mask, &norm, view, args.scale)?;
-    save_png(&picture, &args.out)?;
     let (loss, pred) = no_grad(|| -> Result<(f32, Tensor)> {
         let out = model.forward(&imgs, &mask, false, &mut MimRng::seed_from_u64(0))?;
         Ok((out.loss.item()?, out.pred))
     })?;
+    // The dump first, then the picture: if either cannot be written, the
+    // command fails having left neither (each is written whole or not at all).
     if let Some(dump) = &args.dump {
         let mut f = TensorFile::default();
         f.insert_raw("loss", vec![1], vec![loss]);
@@ -190,6 +191,12 @@ pub fn run(args: Args) -> Result<()> {
         f.metadata.insert("format".into(), "pt".into());
         f.save(dump)
             .with_context(|| format!("cannot write {}", dump.display()))?;
+    }
+    if let Err(e) = save_png(&picture, &args.out) {
+        if let Some(dump) = &args.dump {
+            let _ = std::fs::remove_file(dump);
+        }
+        return Err(e.into());
     }
     println!(
         "wrote {} ({} images, {}x{} px); loss on hidden patches {loss:.4}{}",
