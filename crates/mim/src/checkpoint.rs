@@ -370,6 +370,7 @@ impl Trainer {
     pub fn resume(path: &Path) -> Result<Trainer> {
         let file = TensorFile::load(path)?;
         let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+        check_declared_size(&config.model, &file, path)?;
         let mut trainer = Trainer::new(config)?;
         trainer.restore(&file, path)?;
         Ok(trainer)
@@ -379,6 +380,7 @@ impl Trainer {
     pub fn resume_checked(path: &Path, expected: &ModelConfig) -> Result<Trainer> {
         let file = TensorFile::load(path)?;
         let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
+        check_declared_size(&config.model, &file, path)?;
         if &config.model != expected {
             return Err(MimError::Checkpoint {
                 path: path.to_path_buf(),
@@ -409,6 +411,31 @@ impl Trainer {
         self.optimizer.set_lr(self.config.lr_at(self.step));
         Ok(())
     }
+}
+
+/// Refuses metadata that describes another model than the tensors hold,
+/// before any memory is taken for it: the model's state would not fit in the
+/// file (a 500 KB file claiming a 65536-wide model).
+fn check_declared_size(model: &ModelConfig, file: &TensorFile, path: &Path) -> Result<()> {
+    let held: u128 = file
+        .tensors
+        .iter()
+        .filter(|(name, _)| !name.starts_with("optimizer."))
+        .map(|(_, t)| t.data.len() as u128)
+        .sum();
+    let wanted = model.state_len();
+    // Positional tables of another grid are resized on load, so allow the
+    // stored state to differ by them; anything far larger is not this file.
+    if wanted > 2 * held + (1 << 20) {
+        return Err(ckpt_err(
+            path,
+            format!(
+                "its metadata describes a model of {wanted} values, but the file holds {held}: \
+                 corrupt metadata or another file"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a JSON metadata entry of a checkpoint.
@@ -457,7 +484,9 @@ pub fn load_model_hinted(
         }
         config
     } else {
-        parse_meta::<TrainConfig>(&file, "tessera.config", path)?.model
+        let model = parse_meta::<TrainConfig>(&file, "tessera.config", path)?.model;
+        check_declared_size(&model, &file, path)?;
+        model
     };
     let trained_grid = model_config.encoder.grid();
     let mut model_config = model_config;

@@ -229,7 +229,48 @@ pub struct ModelConfig {
     pub target: TargetConfig,
 }
 
+/// Values in the state of `depth` pre-norm blocks of width `d` and MLP width `h`:
+/// two LayerNorms, qkv and proj, fc1 and fc2, each with biases.
+fn blocks_len(depth: usize, d: usize, h: usize) -> u128 {
+    let (d, h) = (d as u128, h as u128);
+    depth as u128 * (2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + h * d + h + d * h + d)
+}
+
 impl ModelConfig {
+    /// How many values the model's state holds (every tensor of
+    /// `MimModel::state`, trainable or not), from the configuration alone,
+    /// without building anything: what a checkpoint of this model must carry,
+    /// and a size to check before memory is taken. In u128: absurd
+    /// configurations do not overflow.
+    pub fn state_len(&self) -> u128 {
+        let e = &self.encoder;
+        let (d, l, c, p) = (
+            e.embed_dim as u128,
+            e.num_patches() as u128,
+            e.in_chans as u128,
+            e.patch_size as u128,
+        );
+        let out = self.output_dim() as u128;
+        let encoder = d * c * p * p + d // patch_embed.proj
+            + d // cls_token
+            + (1 + l) * d // pos_embed
+            + blocks_len(e.depth, e.embed_dim, e.mlp_hidden())
+            + 2 * d; // norm
+        let head = match &self.method {
+            Method::Mae { decoder } => {
+                let dd = decoder.embed_dim as u128;
+                d * dd + dd // decoder_embed
+                    + dd // mask_token
+                    + (1 + l) * dd // decoder_pos_embed
+                    + blocks_len(decoder.depth, decoder.embed_dim, decoder.mlp_hidden())
+                    + 2 * dd // decoder_norm
+                    + dd * out + out // decoder_pred
+            }
+            Method::SimMim => d + d * out + out, // mask_token, decoder_pred
+        };
+        encoder + head
+    }
+
     /// Checks every part and how they fit together.
     pub fn validate(&self) -> Result<()> {
         self.encoder.validate()?;

@@ -227,3 +227,37 @@ fn features_are_deterministic_and_unmasked() {
     assert_eq!(a, b);
     assert!(!model.features(&imgs, Pool::Cls).unwrap().requires_grad());
 }
+
+/// `ModelConfig::state_len` counts, without building, exactly the values of
+/// the built model's state: MAE and SimMIM heads, other widths, MLP ratios,
+/// channels and grids.
+#[test]
+fn state_len_matches_the_built_model() {
+    use tessera_mim::{DecoderConfig, Method, MimModel, ModelConfig};
+    let mut configs = vec![tiny_mae(norm_pix()), tiny_simmim(norm_pix())];
+    let mut wide = tiny_mae(norm_pix());
+    wide.encoder.embed_dim = 48;
+    wide.encoder.num_heads = 3;
+    wide.encoder.mlp_ratio = 2.5;
+    wide.encoder.in_chans = 1;
+    wide.encoder.img_size = [24, 16];
+    wide.method = Method::Mae {
+        decoder: DecoderConfig {
+            embed_dim: 24,
+            depth: 3,
+            num_heads: 2,
+            mlp_ratio: 3.0,
+        },
+    };
+    configs.push(wide);
+    for cfg in configs {
+        let cfg: ModelConfig = cfg;
+        let model = MimModel::new(
+            cfg.clone(),
+            &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0),
+        )
+        .unwrap();
+        let built: usize = model.state().iter().map(|(_, t)| t.numel()).sum();
+        assert_eq!(cfg.state_len(), built as u128, "{cfg:?}");
+    }
+}

@@ -469,3 +469,28 @@ fn non_finite_weights_are_refused_by_name() {
     assert!(e.contains("blocks.1.mlp.fc2.weight") && e.contains("non-finite"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Metadata that describes a model far larger than the file's tensors (a
+/// small file claiming a 65536-wide model) is refused before anything is
+/// built, instead of allocating gigabytes and aborting.
+#[test]
+fn metadata_claiming_a_huge_model_is_refused_before_building() {
+    use tessera_mim::checkpoint::TensorFile;
+    let dir = tmp("huge-meta");
+    let t = Trainer::new(config(2)).unwrap();
+    let path = dir.join("m.safetensors");
+    t.save(&path).unwrap();
+    let mut file = TensorFile::load(&path).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&file.metadata["tessera.config"]).unwrap();
+    cfg["model"]["encoder"]["embed_dim"] = 65536.into();
+    cfg["model"]["encoder"]["num_heads"] = 16.into();
+    file.metadata.insert("tessera.config".into(), cfg.to_string());
+    file.save(&path).unwrap();
+    for e in [
+        load_model(&path, None).err().unwrap().to_string(),
+        Trainer::resume(&path).err().unwrap().to_string(),
+    ] {
+        assert!(e.contains("describes a model of") && e.contains("holds"), "{e}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
