@@ -107,12 +107,24 @@ fn pretrain_writes_checkpoint_metrics_and_reconstructions_and_resumes_exactly() 
     let split = tmp("split");
     pretrain(&split, &["--steps", "6", "--stop-after", "3"]);
     assert_eq!(losses(&split.join("metrics.jsonl")).len(), 3);
-    pretrain(&split, &["--steps", "6", "--resume"]);
+    // Options that differ from the checkpoint's run are refused by name.
+    let s = split.to_str().unwrap();
+    let e = fails(&["pretrain", "--out", s, "--resume", "--lr", "0.1", "--seed", "7"]);
+    assert!(
+        e.contains("--lr") && e.contains("--seed") && e.contains("differ"),
+        "{e}"
+    );
+    // Options left out are the checkpoint's (here the batch, the model, all of it).
+    ok(&["pretrain", "--out", s, "--resume", "--quiet", "--synthetic-len", "96"]);
     assert_eq!(
         losses(&split.join("metrics.jsonl")),
         full,
         "resumed run differs from the uninterrupted one"
     );
+    // A finished run can be extended.
+    let out = pretrain(&split, &["--steps", "8", "--resume"]);
+    assert!(out.contains("done: step 8"), "{out}");
+    assert_eq!(losses(&split.join("metrics.jsonl")).len(), 8);
 }
 
 /// Runs `prefix… tessera args…` and fails the test if it has not finished

@@ -17,7 +17,7 @@ mod pretrain;
 mod probe;
 mod reconstruct;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -51,28 +51,44 @@ enum Command {
     Bench(Box<bench::Args>),
 }
 
+/// Clap's error as one line (its message is several: usage, hint): the first,
+/// and for missing arguments the indented lines naming them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        e.exit(); // --help, --version
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines();
+    let mut first = lines
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .trim_end()
+        .to_string();
+    if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+        let names: Vec<&str> = lines.take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+        first = format!("{} {}", first, names.join(", "));
+    }
+    eprintln!("{first} (see --help)");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            // Clap's message is several lines (usage, hint); keep the first, and
-            // for missing arguments the indented lines naming them.
-            let text = e.render().to_string();
-            let mut lines = text.lines();
-            let mut first = lines
-                .next()
-                .unwrap_or("error: invalid arguments")
-                .trim_end()
-                .to_string();
-            if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
-                let names: Vec<&str> = lines.take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
-                first = format!("{} {}", first, names.join(", "));
-            }
-            eprintln!("{first} (see --help)");
-            return ExitCode::from(2);
-        }
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
     };
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    // `pretrain --resume` needs to know which options were typed, not defaulted.
+    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand()) {
+        a.given = m
+            .ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
     if cli.threads == Some(0) {
         eprintln!("error: --threads must be at least 1");
         return ExitCode::FAILURE;

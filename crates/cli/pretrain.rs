@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tessera_mim::checkpoint::{TensorFile, parse_meta};
 use tessera_mim::data::transform::EpochSampler;
 use tessera_mim::data::{Dataset, First, Split};
 use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
@@ -103,21 +104,34 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// The ids of the options typed on the command line (filled by `main`):
+    /// with `--resume`, those that differ from the checkpoint's run are refused.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     // Everything that can be wrong with the options is checked before the
     // output folder is touched, and named by its option.
     check_options(&args)?;
-    let model_cfg = args.model.build(args.data.native())?;
+    // Resuming: the checkpoint's run, unless options typed now say otherwise.
+    let resumed = resumed_run(&args)?;
+    let model_cfg = match &resumed {
+        Some((old, _)) if !typed_any(&args, &model_ids()) => old.model.clone(),
+        _ => args.model.build(args.data.native())?,
+    };
     let masking = args.mask.build(&model_cfg)?;
+    let batch = match &resumed {
+        Some((old, _)) if !args.given.iter().any(|g| g == "batch") => old.batch_size,
+        _ => args.batch,
+    };
     let (size, chans) = (model_cfg.encoder.img_size, model_cfg.encoder.in_chans);
     let full = args.data.open(Split::Train, size, chans)?;
     let train_ds = First::new(full.as_ref(), args.limit.unwrap_or(usize::MAX));
     let test_ds = args.data.open(Split::Test, size, chans)?;
     let spe = EpochSampler {
         n: train_ds.len(),
-        batch: args.batch,
+        batch,
         seed: args.seed,
     }
     .steps_per_epoch() as f64;
@@ -130,9 +144,9 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(s)) => s,
         (None, None) => total_steps / 20,
     };
-    let mut config = TrainConfig::mae(model_cfg, args.batch, total_steps);
+    let mut config = TrainConfig::mae(model_cfg, batch, total_steps);
     config.masking = masking;
-    config.base_lr = args.lr.map_or(args.blr, |lr| lr * 256.0 / args.batch as f32);
+    config.base_lr = args.lr.map_or(args.blr, |lr| lr * 256.0 / batch as f32);
     config.min_lr = args.min_lr;
     config.weight_decay = args.weight_decay;
     config.warmup_steps = warmup_steps;
@@ -145,6 +159,9 @@ pub fn run(args: Args) -> Result<()> {
             "fitting a codebook of {size} entries on the patches of {} images",
             train_ds.len().min(4096)
         );
+    }
+    if let Some((old, ckpt)) = resumed {
+        config = resumed_config(&args, config, old, &ckpt)?;
     }
     let options = RunOptions {
         out: args.out.clone(),
@@ -191,6 +208,85 @@ pub fn run(args: Args) -> Result<()> {
         end.picture.map_or_else(String::new, |p| p.display().to_string())
     );
     Ok(())
+}
+
+/// The ids of the model options (`--dim`, `--preset`, …).
+fn model_ids() -> Vec<String> {
+    let cmd = <ModelArgs as clap::Args>::augment_args(clap::Command::new("model"));
+    cmd.get_arguments().map(|a| a.get_id().to_string()).collect()
+}
+
+/// True if any of `ids` was typed on the command line.
+fn typed_any(args: &Args, ids: &[String]) -> bool {
+    ids.iter().any(|id| args.given.contains(id))
+}
+
+/// With `--resume` and a checkpoint in `--out`: its configuration and path.
+fn resumed_run(args: &Args) -> Result<Option<(TrainConfig, PathBuf)>> {
+    let ckpt = args.out.join("checkpoint.safetensors");
+    if !args.resume || !ckpt.exists() {
+        return Ok(None); // without a checkpoint the run says so
+    }
+    let old: TrainConfig = parse_meta(&TensorFile::load(&ckpt)?, "tessera.config", &ckpt)?;
+    Ok(Some((old, ckpt)))
+}
+
+/// With `--resume`: the checkpoint's own configuration `old`, refusing by name
+/// any option typed on the command line that differs from it, and taking the
+/// length from `--steps`/`--epochs` if given (a finished run may be extended).
+fn resumed_config(args: &Args, config: TrainConfig, old: TrainConfig, ckpt: &std::path::Path) -> Result<TrainConfig> {
+    let mask_ids: Vec<String> = <MaskArgs as clap::Args>::augment_args(clap::Command::new("mask"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let typed = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| args.given.contains(n))
+            .map(|n| format!("--{}", n.replace('_', "-")))
+            .collect()
+    };
+    let own = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let model_typed = typed(&model_ids());
+    if config.model != old.model && !model_typed.is_empty() {
+        bail!(
+            "--resume: the model options typed ({}) describe another model configuration than the run in {}",
+            model_typed.join(", "),
+            ckpt.display()
+        );
+    }
+    let checks: [(Vec<String>, bool); 10] = [
+        (mask_ids, config.masking == old.masking),
+        (own(&["batch"]), config.batch_size == old.batch_size),
+        (own(&["lr", "blr"]), config.base_lr == old.base_lr),
+        (own(&["min_lr"]), config.min_lr == old.min_lr),
+        (own(&["weight_decay"]), config.weight_decay == old.weight_decay),
+        (
+            own(&["warmup_steps", "warmup_epochs"]),
+            config.warmup_steps == old.warmup_steps,
+        ),
+        (own(&["clip_grad"]), config.clip_grad == old.clip_grad),
+        (own(&["accum"]), config.accum_steps == old.accum_steps),
+        (own(&["seed"]), config.seed == old.seed),
+        (own(&["precision"]), config.precision == old.precision),
+    ];
+    let conflicts: Vec<String> = checks
+        .iter()
+        .filter(|(_, same)| !same)
+        .flat_map(|(names, _)| typed(names))
+        .collect();
+    if !conflicts.is_empty() {
+        bail!(
+            "--resume: {} differ(s) from the run in {}; leave them out to continue it as it was",
+            conflicts.join(", "),
+            ckpt.display()
+        );
+    }
+    let mut resolved = old;
+    if args.given.iter().any(|g| g == "steps" || g == "epochs") {
+        resolved.total_steps = config.total_steps;
+    }
+    Ok(resolved)
 }
 
 /// A flag that the first Ctrl-C (SIGINT) or SIGTERM sets: the run then

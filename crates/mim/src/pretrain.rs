@@ -160,7 +160,8 @@ fn io_err(path: &Path, source: std::io::Error) -> MimError {
 impl<'a> Pretrainer<'a> {
     /// A fresh run of `config` on `train` (pictures of `test` images), or with
     /// `options.resume` the run saved in `options.out` (its model must be
-    /// `config`'s, its batch the same). A codebook target's codebook is fitted
+    /// `config`'s, its batch the same; its length becomes `config`'s, so a
+    /// finished run can be extended; everything else is the checkpoint's). A codebook target's codebook is fitted
     /// here, on the patches of up to 4096 training images. Nothing is written
     /// until [`Pretrainer::run`].
     pub fn new(
@@ -196,7 +197,7 @@ impl<'a> Pretrainer<'a> {
                     ckpt.display()
                 )));
             }
-            let t = Trainer::resume_checked(&ckpt, &config.model)?;
+            let mut t = Trainer::resume_checked(&ckpt, &config.model)?;
             if t.config.batch_size != config.batch_size {
                 return Err(MimError::Checkpoint {
                     path: ckpt,
@@ -205,6 +206,19 @@ impl<'a> Pretrainer<'a> {
                         t.config.batch_size, config.batch_size
                     ),
                 });
+            }
+            // A run may be given another length: extended (a finished run
+            // continues), or shortened to no less than where it is.
+            if config.total_steps != t.config.total_steps {
+                if config.total_steps < t.step {
+                    return Err(MimError::Input(format!(
+                        "{} is at step {}; a length of {} steps would end before it",
+                        ckpt.display(),
+                        t.step,
+                        config.total_steps
+                    )));
+                }
+                t.config.total_steps = config.total_steps;
             }
             t
         } else {
