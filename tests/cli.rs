@@ -329,6 +329,19 @@ fn reconstruct_writes_four_panel_rows_and_a_dump() {
         bad_dump.to_str().unwrap(),
     ]);
     assert!(!png2.exists(), "a failed --dump left the picture behind");
+    // A picture beyond the machine's memory is refused before it is drawn.
+    let e = fails(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--synthetic-len",
+        "96",
+        "--out",
+        png2.to_str().unwrap(),
+        "--scale",
+        "100000",
+    ]);
+    assert!(e.contains("--scale") && e.contains("GiB"), "{e}");
     let img = image::open(&png).unwrap();
     // 16-pixel panels upscaled 6× to 96, 4 panels per row, 3 rows, 4-pixel gaps.
     assert_eq!((img.width(), img.height()), (4 * 100 + 4, 3 * 100 + 4));
@@ -543,6 +556,13 @@ fn invalid_options_are_one_line_errors_and_write_nothing() {
         (vec!["pretrain", "--out", o, "--weight-decay", "-0.1"], "--weight-decay"),
         (vec!["probe"], "--checkpoint"),
         (vec!["pretrain", "--out", o, "--recon-count", "0"], "--recon-count"),
+        // Sizes beyond the machine are refused before memory is taken.
+        (
+            vec!["pretrain", "--out", o, "--dim", "1000000", "--heads", "1"],
+            "GiB of memory",
+        ),
+        (vec!["pretrain", "--out", o, "--max-memory", "0.01"], "--max-memory"),
+        (vec!["info", "--img-size", "100000"], "GiB of memory"),
     ] {
         let e = fails(&args);
         assert!(e.contains(needle), "{args:?}: {e}");

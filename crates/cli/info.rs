@@ -33,6 +33,12 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..1.0).contains(&args.mask_ratio) {
         anyhow::bail!("--mask-ratio {} is outside [0, 1)", args.mask_ratio);
     }
+    tessera_mim::memory::check(
+        "building this model",
+        tessera_mim::memory::model_bytes(&cfg),
+        None,
+        "reduce --img-size, --dim or --depth",
+    )?;
     let model = MimModel::new(cfg.clone(), &mut MimRng::seed_from_u64(0))?;
     let e = &cfg.encoder;
     let ([h, w], c, p, d) = (e.img_size, e.in_chans, e.patch_size, e.embed_dim);

@@ -104,6 +104,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Refuse runs estimated to need more than this many GiB (default: the
+    /// memory the system reports available).
+    #[arg(long)]
+    pub max_memory: Option<f64>,
     /// The ids of the options typed on the command line (filled by `main`):
     /// with `--resume`, those that differ from the checkpoint's run are refused.
     #[arg(skip)]
@@ -174,6 +178,7 @@ pub fn run(args: Args) -> Result<()> {
         stop_after: args.stop_after,
         ckpt_interval: (args.ckpt_minutes > 0.0).then(|| Duration::from_secs_f64(args.ckpt_minutes * 60.0)),
         stop: Some(stop_on_signal()),
+        max_memory: args.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
     };
     let mut run = Pretrainer::new(config, &train_ds, test_ds.as_ref(), options)?;
     let config = run.trainer.config.clone();

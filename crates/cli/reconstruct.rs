@@ -175,6 +175,12 @@ pub fn run(args: Args) -> Result<()> {
         ViewArg::VisibleStats => NormPixView::VisibleStats,
         ViewArg::Normalized => NormPixView::Normalized,
     };
+    if let Some(scale) = args.scale {
+        // Four panels per image, each upscaled; 3 bytes a pixel.
+        let [h, w] = e.img_size;
+        let pixels = n as u128 * 4 * (h as u128 * scale as u128 + 4) * (w as u128 * scale as u128 + 4);
+        tessera_mim::memory::check("this picture", 3 * pixels, None, "reduce --scale or --count")?;
+    }
     let picture = render_rows(&model, &imgs, &mask, &norm, view, args.scale)?;
     let (loss, pred) = no_grad(|| -> Result<(f32, Tensor)> {
         let out = model.forward(&imgs, &mask, false, &mut MimRng::seed_from_u64(0))?;

@@ -25,6 +25,7 @@ pub mod eval;
 pub mod flops;
 pub mod layers;
 pub mod masking;
+pub mod memory;
 pub mod model;
 pub mod official;
 pub mod pos_embed;

@@ -284,6 +284,16 @@ fn check_ratio(ratio: f32) -> Result<()> {
 }
 
 impl MaskingConfig {
+    /// The fraction of patches hidden, for the strategies that have one.
+    pub fn ratio(&self) -> Option<f32> {
+        match *self {
+            MaskingConfig::Random { ratio }
+            | MaskingConfig::Block { ratio, .. }
+            | MaskingConfig::SimMim { ratio, .. } => Some(ratio),
+            MaskingConfig::Square { .. } | MaskingConfig::Grid { .. } => None,
+        }
+    }
+
     /// Builds the strategy for a model with this patch size and grid, checking
     /// that it fits.
     pub fn build(&self, patch_size: usize, grid: [usize; 2]) -> Result<Box<dyn MaskingStrategy>> {

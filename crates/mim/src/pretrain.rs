@@ -73,6 +73,9 @@ pub struct RunOptions {
     /// When set (by a signal handler, say), the run finishes the current
     /// step, writes a checkpoint and returns with `interrupted`.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Refuse a run whose estimated memory exceeds this many bytes (default:
+    /// the memory the system reports available; see [`crate::memory`]).
+    pub max_memory: Option<u64>,
 }
 
 impl RunOptions {
@@ -90,6 +93,7 @@ impl RunOptions {
             stop_after: None,
             ckpt_interval: Some(Duration::from_secs(300)),
             stop: None,
+            max_memory: None,
         }
     }
 
@@ -190,6 +194,12 @@ impl<'a> Pretrainer<'a> {
         if options.recon_count == 0 {
             return Err(MimError::Input("--recon-count must be at least 1".into()));
         }
+        crate::memory::check(
+            "pre-training this model",
+            crate::memory::training_bytes(&config),
+            options.max_memory,
+            "reduce --batch, --img-size, --dim or --depth (or raise --max-memory)",
+        )?;
         let trainer = if options.resume {
             if !ckpt.exists() {
                 return Err(MimError::Input(format!(
