@@ -721,6 +721,60 @@ fn checkpoints_of_another_configuration_and_corrupt_checkpoints_are_refused() {
     assert!(e.contains("missing.safetensors"), "{e}");
     // The failed resume left the checkpoint untouched.
     assert_eq!(std::fs::read(dir.join("checkpoint.safetensors")).unwrap(), before);
+
+    // Crafted files, rewritten with the safetensors crate: metadata claiming
+    // a huge model, and weights holding NaN. One line each, before any model
+    // is built or any picture drawn.
+    let st = safetensors::SafeTensors::deserialize(&before).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&before).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    let rewrite = |name: &str, meta: &std::collections::HashMap<String, String>, nan_in: Option<&str>| {
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n.clone(), t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        if let Some(target) = nan_in {
+            let t = owned.iter_mut().find(|(n, _, _)| n == target).unwrap();
+            t.2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+            .iter()
+            .map(|(n, shape, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, safetensors::serialize(views, Some(meta.clone())).unwrap()).unwrap();
+        path
+    };
+    let nan = rewrite("nan.safetensors", &meta, Some("blocks.0.attn.qkv.weight"));
+    let e = fails(&[
+        "reconstruct",
+        "--checkpoint",
+        nan.to_str().unwrap(),
+        "--synthetic-len",
+        "96",
+    ]);
+    assert!(
+        e.contains("blocks.0.attn.qkv.weight") && e.contains("non-finite"),
+        "{e}"
+    );
+    let mut cfg: serde_json::Value = serde_json::from_str(&meta["tessera.config"]).unwrap();
+    cfg["model"]["encoder"]["embed_dim"] = 65536.into();
+    cfg["model"]["encoder"]["num_heads"] = 16.into();
+    meta.insert("tessera.config".into(), cfg.to_string());
+    let huge = rewrite("huge.safetensors", &meta, None);
+    for cmd in ["reconstruct", "probe"] {
+        let e = fails(&[cmd, "--checkpoint", huge.to_str().unwrap(), "--synthetic-len", "96"]);
+        assert!(
+            e.contains("huge.safetensors") && e.contains("describes a model of"),
+            "{e}"
+        );
+    }
 }
 
 /// An MAE `state_dict` without Tessera's metadata (what converting MAE's
