@@ -310,7 +310,7 @@ impl<'a> Pretrainer<'a> {
             norm: norm.clone(),
         };
         let n_recon = opts.recon_count.min(test.len());
-        let (recon_imgs, _) = load_batch(test, &(0..n_recon).collect::<Vec<_>>(), &eval_t, 0)?;
+        let (recon_imgs, _) = load_batch(test, &picture_indices(test, n_recon), &eval_t, 0)?;
         let recon_mask = Mask::sample(
             self.trainer.masking(),
             n_recon,
@@ -471,4 +471,36 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         crate::checkpoint::write_atomically(path, kept.as_bytes())?;
     }
     Ok(())
+}
+
+/// Which `n` images of `ds` to picture: one per class in class order (then
+/// round again) where the set has labels, else evenly spread over the set —
+/// not the first `n`, which in a folder sorted by class are all one class.
+pub fn picture_indices(ds: &dyn Dataset, n: usize) -> Vec<usize> {
+    let len = ds.len();
+    let n = n.min(len);
+    let labels: Vec<Option<u32>> = (0..len).map(|i| ds.label(i)).collect();
+    if labels.iter().all(Option::is_some) && len > 0 {
+        // Indices of each class, in order; take the k-th of every class in turn.
+        let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, l) in labels.iter().enumerate() {
+            by_class.entry(l.expect("all labelled")).or_default().push(i);
+        }
+        let mut picked = Vec::with_capacity(n);
+        for k in 0.. {
+            let before = picked.len();
+            for members in by_class.values() {
+                if picked.len() < n
+                    && let Some(&i) = members.get(k)
+                {
+                    picked.push(i);
+                }
+            }
+            if picked.len() == n || picked.len() == before {
+                break;
+            }
+        }
+        return picked;
+    }
+    (0..n).map(|j| j * len / n.max(1)).collect()
 }

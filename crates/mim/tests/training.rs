@@ -494,3 +494,21 @@ fn metadata_claiming_a_huge_model_is_refused_before_building() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Pictures show one image per class where labels exist, else images spread
+/// over the set: never just the first few of a class-sorted set.
+#[test]
+fn pictures_take_one_image_per_class() {
+    use tessera_mim::data::synthetic::SyntheticDataset;
+    use tessera_mim::data::{Dataset, Split};
+    use tessera_mim::pretrain::picture_indices;
+    let ds = SyntheticDataset::new(200, [16, 16], 3, 0, Split::Test).unwrap();
+    let idx = picture_indices(&ds, 6);
+    assert_eq!(idx.len(), 6);
+    let labels: std::collections::BTreeSet<u32> = idx.iter().map(|&i| ds.label(i).unwrap()).collect();
+    assert_eq!(labels.len(), 6, "six different classes: {idx:?}");
+    // More pictures than classes: a second round.
+    let idx = picture_indices(&ds, 13);
+    assert_eq!(idx.len(), 13);
+    assert_eq!(idx.iter().collect::<std::collections::BTreeSet<_>>().len(), 13);
+}
