@@ -444,6 +444,72 @@ fn probe_prints_accuracies_with_baselines() {
     assert!(table.contains("linear probe") && table.contains('%'), "{table}");
 }
 
+/// A labelled folder without train/ and test/ subfolders: 10% of each class
+/// is held out, pre-training and the probe say which images they use, and
+/// `--val-fraction 0` tests on the training images, saying so.
+#[test]
+fn a_folder_without_splits_is_evaluated_on_held_out_images() {
+    let dir = tmp("held-out");
+    let data = dir.join("data");
+    for (class, colour) in [("dark", [20u8, 30, 40]), ("light", [220, 210, 200])] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..10u8 {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb(colour.map(|c| c.wrapping_add(((x + y) as u8).wrapping_mul(i))))
+            });
+            img.save(data.join(format!("{class}/{i}.png"))).unwrap();
+        }
+    }
+    let run = dir.join("run");
+    let mut args = vec!["pretrain", "--out", run.to_str().unwrap()];
+    args.extend_from_slice(TINY_MODEL);
+    let d = data.to_str().unwrap();
+    args.extend_from_slice(&[
+        "--data",
+        "folder",
+        "--data-dir",
+        d,
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--quiet",
+    ]);
+    let out = ok(&args);
+    assert!(
+        out.contains("(train: 18 of 20 images; 10% held out for test, per class)")
+            && out.contains("(test: 2 of 20 images; 10% held out for test, per class)"),
+        "{out}"
+    );
+    let ckpt = run.join("checkpoint.safetensors");
+    let probe = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "probe",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            "folder",
+            "--data-dir",
+            d,
+        ];
+        args.extend_from_slice(&["--epochs", "1", "--json"]);
+        args.extend_from_slice(extra);
+        serde_json::from_str(ok(&args).trim()).unwrap()
+    };
+    let v = probe(&[]);
+    assert_eq!((v["train"].as_u64(), v["test"].as_u64()), (Some(18), Some(2)), "{v}");
+    assert!(v["test_data"].as_str().unwrap().contains("held out"), "{v}");
+    let v = probe(&["--val-fraction", "0"]);
+    assert_eq!((v["train"].as_u64(), v["test"].as_u64()), (Some(20), Some(20)), "{v}");
+    assert!(
+        v["test_data"]
+            .as_str()
+            .unwrap()
+            .contains("test images are the training images"),
+        "{v}"
+    );
+}
+
 #[test]
 fn bench_prints_one_json_line() {
     let mut args = vec!["bench"];
@@ -674,7 +740,7 @@ fn missing_or_broken_data_are_one_line_errors_naming_the_file() {
         .unwrap();
     std::fs::remove_file(folder.join("cats/bad.png")).unwrap();
     std::fs::write(folder.join("cats/cut.png"), &png[..png.len() / 2]).unwrap();
-    let e = fails(&[
+    let cut = [
         "pretrain",
         "--out",
         o,
@@ -688,7 +754,12 @@ fn missing_or_broken_data_are_one_line_errors_naming_the_file() {
         "1",
         "--steps",
         "1",
-    ]);
+    ];
+    // One image cannot be split into training and held-out images...
+    let e = fails(&cut);
+    assert!(e.contains("too few to hold out a test split"), "{e}");
+    // ... unless told to test on the training images.
+    let e = fails(&[&cut[..], &["--val-fraction", "0"]].concat());
     assert!(e.contains("cut.png"), "{e}");
     assert!(!out.join("checkpoint.safetensors").exists());
 }

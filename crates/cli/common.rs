@@ -60,6 +60,10 @@ pub struct DataArgs {
     /// Seed of the synthetic data set.
     #[arg(long, default_value_t = 0)]
     pub synthetic_seed: u64,
+    /// Share of an image folder without train/ and test/ subfolders held out
+    /// as its test split (per class when labelled); 0 tests on the training images.
+    #[arg(long, default_value_t = tessera_mim::data::folder::DEFAULT_VAL_FRACTION)]
+    pub val_fraction: f64,
 }
 
 impl DataArgs {
@@ -100,7 +104,10 @@ impl DataArgs {
             },
             DataKind::Mnist => DataSpec::Mnist { dir: need_dir()? },
             DataKind::Cifar10 => DataSpec::Cifar10 { dir: need_dir()? },
-            DataKind::Folder => DataSpec::Folder { dir: need_dir()? },
+            DataKind::Folder => DataSpec::Folder {
+                dir: need_dir()?,
+                val_fraction: self.val_fraction,
+            },
         };
         Ok(data::open(&spec, split)?)
     }

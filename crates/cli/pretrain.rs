@@ -191,6 +191,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
+    println!(
+        "training on {} ({} images); reconstructions of {}",
+        train_ds.name(),
+        train_ds.len(),
+        test_ds.name()
+    );
     let mut progress = Progress::new(&config, &args);
     let end = run.run(&mut progress)?;
     progress.bar.finish_and_clear();

@@ -154,12 +154,13 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"data": train_ds.name(), "train": n_train, "test": n_test, "k": args.k, "results": rows})
+            serde_json::json!({"data": train_ds.name(), "test_data": test_ds.name(), "train": n_train, "test": n_test, "k": args.k, "results": rows})
         );
     } else {
         println!(
-            "{}: {n_train} training and {n_test} test images, {classes} classes",
-            train_ds.name()
+            "trained on {} ({n_train} images), tested on {} ({n_test} images), {classes} classes",
+            train_ds.name(),
+            test_ds.name()
         );
         println!(
             "{:<30} {:>6} {:>14} {:>12}",

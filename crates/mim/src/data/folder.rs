@@ -8,9 +8,14 @@
 //! dir/train/…, dir/test/… (or val/)     the two splits, each in one of the layouts above
 //! ```
 //!
-//! Without `train/` and `test/` (or `val/`), both splits are the whole folder.
-//! With them, the class names are those of both splits together, so a label
-//! means the same class in both. Files with other extensions and hidden files
+//! Without `train/` and `test/` (or `val/`), a fraction of the folder
+//! (`val_fraction`, [`DEFAULT_VAL_FRACTION`] by default) is held out as the
+//! test split: the same share of every class when labelled, chosen by a hash
+//! of each file's path relative to the folder, so the split is the same on
+//! every machine and adding an image moves at most one other between splits.
+//! A fraction of 0 makes both splits the whole folder, and the data set's
+//! name says so. The class names are those of both splits together, so a
+//! label means the same class in both. Files with other extensions and hidden files
 //! are skipped; images inside a class subfolder are found at any depth.
 //! Only paths are stored: images are decoded in [`Dataset::get`]. Grey images
 //! give 1 channel, anything else RGB; the data set is RGB if any training
@@ -25,6 +30,9 @@ use std::path::{Path, PathBuf};
 
 /// Extensions of the files read (case-insensitive).
 pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// Share of a folder without `train/`/`test/` held out as its test split.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
 /// How deep image search goes inside a class subfolder.
 const MAX_DEPTH: usize = 16;
@@ -105,6 +113,92 @@ fn scan(dir: &Path) -> Result<Layout> {
     }
 }
 
+impl Layout {
+    fn groups(&self) -> Vec<&[PathBuf]> {
+        match self {
+            Layout::Flat(f) => vec![f.as_slice()],
+            Layout::Classes(c) => c.iter().map(|(_, f)| f.as_slice()).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.groups().iter().map(|g| g.len()).sum()
+    }
+
+    /// Splits into (kept, held out): in every group (class), the
+    /// `round(fraction × n)` files whose relative paths hash lowest, at least
+    /// one and never all of a group of two or more. Order within a group is kept.
+    fn hold_out(self, root: &Path, fraction: f64) -> (Layout, Layout) {
+        let split = |files: Vec<PathBuf>| -> (Vec<PathBuf>, Vec<PathBuf>) {
+            let n = files.len();
+            let k = if n < 2 {
+                0
+            } else {
+                ((fraction * n as f64).round() as usize).clamp(1, n - 1)
+            };
+            let mut order: Vec<(u64, usize)> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (path_hash(f.strip_prefix(root).unwrap_or(f)), i))
+                .collect();
+            order.sort_unstable();
+            let mut held = vec![false; n];
+            for &(_, i) in &order[..k] {
+                held[i] = true;
+            }
+            let (mut keep, mut out) = (Vec::new(), Vec::new());
+            for (f, h) in files.into_iter().zip(held) {
+                if h { out.push(f) } else { keep.push(f) }
+            }
+            (keep, out)
+        };
+        match self {
+            Layout::Flat(f) => {
+                let (keep, out) = split(f);
+                (Layout::Flat(keep), Layout::Flat(out))
+            }
+            Layout::Classes(c) => {
+                let (mut keep, mut out) = (Vec::new(), Vec::new());
+                for (name, f) in c {
+                    let (k, o) = split(f);
+                    keep.push((name.clone(), k));
+                    out.push((name, o));
+                }
+                (Layout::Classes(keep), Layout::Classes(out))
+            }
+        }
+    }
+}
+
+/// FNV-1a over a path's components joined by `/`, so that the same relative
+/// path hashes the same on every platform.
+fn path_hash(rel: &Path) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, c) in rel.components().enumerate() {
+        let bytes = c.as_os_str().to_string_lossy();
+        for b in (if i > 0 { "/" } else { "" }).bytes().chain(bytes.bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    super::splitmix64(h)
+}
+
+/// How a folder's splits were made, for [`Dataset::name`].
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// `train/` and `test/` (or `val/`) subfolders.
+    Subfolders(Split),
+    /// A held-out fraction of one folder of `total` images.
+    HeldOut {
+        split: Split,
+        fraction: f64,
+        total: usize,
+        stratified: bool,
+    },
+    /// `val_fraction` 0: both splits are the whole folder.
+    Whole,
+}
+
 /// The split folders `train/` and `test/` (or `val/`), if both exist.
 fn split_dirs(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let train = dir.join("train");
@@ -162,7 +256,7 @@ pub fn decode(path: &Path) -> Result<RawImage> {
 /// An image folder (one split of it).
 pub struct ImageFolder {
     dir: PathBuf,
-    split: Option<Split>,
+    origin: Origin,
     files: Vec<PathBuf>,
     labels: Option<Vec<u32>>,
     classes: Vec<String>,
@@ -170,20 +264,57 @@ pub struct ImageFolder {
 }
 
 impl ImageFolder {
-    /// Scans `dir` for the images of `split` (see the module documentation).
+    /// Scans `dir` for the images of `split`, holding out
+    /// [`DEFAULT_VAL_FRACTION`] of a folder without `train/`/`test/` (see the
+    /// module documentation).
     pub fn open(dir: &Path, split: Split) -> Result<ImageFolder> {
+        Self::open_with(dir, split, DEFAULT_VAL_FRACTION)
+    }
+
+    /// As [`ImageFolder::open`], holding out `val_fraction` (in [0, 1)) of a
+    /// folder without `train/`/`test/` as its test split; 0 makes both splits
+    /// the whole folder.
+    pub fn open_with(dir: &Path, split: Split, val_fraction: f64) -> Result<ImageFolder> {
+        if !(0.0..1.0).contains(&val_fraction) {
+            return Err(MimError::Input(format!(
+                "validation fraction {val_fraction} is not in [0, 1)"
+            )));
+        }
         if !dir.is_dir() {
             return Err(MimError::Input(format!("{}: no such image folder", dir.display())));
         }
-        let (layout, other, split_used) = match split_dirs(dir) {
+        let (layout, other, origin) = match split_dirs(dir) {
             Some((train, test)) => {
                 let (mine, theirs) = match split {
                     Split::Train => (train, test),
                     Split::Test => (test, train),
                 };
-                (scan(&mine)?, Some(scan(&theirs)?), Some(split))
+                (scan(&mine)?, Some(scan(&theirs)?), Origin::Subfolders(split))
             }
-            None => (scan(dir)?, None, None),
+            None if val_fraction == 0.0 => (scan(dir)?, None, Origin::Whole),
+            None => {
+                let all = scan(dir)?;
+                let total = all.len();
+                let stratified = matches!(all, Layout::Classes(_));
+                let (keep, held) = all.hold_out(dir, val_fraction);
+                if split == Split::Test && held.len() == 0 && total > 0 {
+                    return Err(MimError::Input(format!(
+                        "{}: {total} image(s) are too few to hold out a test split; \
+                         add images, make train/ and test/ subfolders, or use a validation fraction of 0",
+                        dir.display()
+                    )));
+                }
+                let origin = Origin::HeldOut {
+                    split,
+                    fraction: val_fraction,
+                    total,
+                    stratified,
+                };
+                match split {
+                    Split::Train => (keep, Some(held), origin),
+                    Split::Test => (held, Some(keep), origin),
+                }
+            }
         };
         // Class names of both splits together, so that labels agree.
         let mut classes: Vec<String> = [Some(&layout), other.as_ref()]
@@ -218,25 +349,20 @@ impl ImageFolder {
         }
         // Every file's header is read now, so that a file that is no image
         // fails here, all of them in one error, not in the middle of a run.
-        // Channels: RGB if any training image has colour, else grey, so both
+        // Channels: RGB if any image of the training subfolder (or, for a
+        // held-out split, of the whole folder) has colour, else grey, so both
         // splits agree and no colour image is turned grey.
-        let train_files: Vec<&PathBuf> = match (&other, split) {
-            (Some(other), Split::Test) => match other {
-                Layout::Flat(f) => f.iter().collect(),
-                Layout::Classes(c) => c.iter().flat_map(|(_, f)| f).collect(),
-            },
-            _ => files.iter().collect(),
-        };
+        let other_files = || -> Vec<&PathBuf> { other.iter().flat_map(|o| o.groups()).flatten().collect() };
         let mine_colour = headers(files.iter())?;
-        let colour = if split == Split::Test && other.is_some() {
-            headers(train_files.iter().copied())?
-        } else {
-            mine_colour
+        let colour = match origin {
+            Origin::Subfolders(Split::Test) => headers(other_files().into_iter())?,
+            Origin::HeldOut { .. } => headers(other_files().into_iter())? || mine_colour,
+            _ => mine_colour,
         };
         let channels = if colour { 3 } else { 1 };
         Ok(ImageFolder {
             dir: dir.to_path_buf(),
-            split: split_used,
+            origin,
             files,
             labels,
             classes,
@@ -252,9 +378,22 @@ impl ImageFolder {
 
 impl Dataset for ImageFolder {
     fn name(&self) -> String {
-        match self.split {
-            Some(s) => format!("{} ({})", self.dir.display(), s.as_str()),
-            None => self.dir.display().to_string(),
+        let d = self.dir.display();
+        match self.origin {
+            Origin::Subfolders(s) => format!("{d} ({})", s.as_str()),
+            Origin::HeldOut {
+                split,
+                fraction,
+                total,
+                stratified,
+            } => format!(
+                "{d} ({}: {} of {total} images; {:.0}% held out for test{})",
+                split.as_str(),
+                self.files.len(),
+                fraction * 100.0,
+                if stratified { ", per class" } else { "" }
+            ),
+            Origin::Whole => format!("{d} (all images; test images are the training images)"),
         }
     }
     fn len(&self) -> usize {
@@ -309,7 +448,7 @@ mod tests {
         grey(&d.join("ant/deep/x.png"), 3, 3, 51);
         std::fs::write(d.join("ant/notes.txt"), "not an image").unwrap();
         std::fs::create_dir(d.join("empty")).unwrap();
-        let ds = ImageFolder::open(d, Split::Train).unwrap();
+        let ds = ImageFolder::open_with(d, Split::Train, 0.0).unwrap();
         assert_eq!(ds.class_names(), ["ant", "zebra"]);
         assert_eq!(ds.len(), 3);
         assert_eq!(
@@ -338,7 +477,12 @@ mod tests {
         let tmp_grey = TempDir::new("folder-grey");
         grey(&tmp_grey.path().join("a.png"), 2, 2, 9);
         grey(&tmp_grey.path().join("b.png"), 2, 2, 9);
-        assert_eq!(ImageFolder::open(tmp_grey.path(), Split::Train).unwrap().channels(), 1);
+        assert_eq!(
+            ImageFolder::open_with(tmp_grey.path(), Split::Train, 0.0)
+                .unwrap()
+                .channels(),
+            1
+        );
         assert!(ds.get(3).is_err());
     }
 
@@ -348,8 +492,13 @@ mod tests {
         rgb(&tmp.path().join("1.png"), 2, 2, [10, 20, 30]);
         grey(&tmp.path().join("2.PNG"), 3, 1, 200);
         std::fs::write(tmp.path().join("3.gif"), "skipped").unwrap();
-        let ds = ImageFolder::open(tmp.path(), Split::Test).unwrap();
+        let ds = ImageFolder::open_with(tmp.path(), Split::Test, 0.0).unwrap();
         assert_eq!(ds.len(), 2);
+        assert!(
+            ds.name().contains("test images are the training images"),
+            "{}",
+            ds.name()
+        );
         assert_eq!(ds.channels(), 3);
         assert!(ds.class_names().is_empty());
         assert_eq!(ds.label(0), None);
@@ -379,6 +528,75 @@ mod tests {
     }
 
     #[test]
+    fn folder_without_splits_holds_out_a_fraction_per_class() {
+        let tmp = TempDir::new("folder-held-out");
+        let d = tmp.path();
+        for i in 0..10 {
+            grey(&d.join(format!("cat/{i}.png")), 2, 2, 9);
+        }
+        for i in 0..5 {
+            rgb(&d.join(format!("dog/{i}.png")), 2, 2, [1, 2, 3]);
+        }
+        let train = ImageFolder::open_with(d, Split::Train, 0.2).unwrap();
+        let test = ImageFolder::open_with(d, Split::Test, 0.2).unwrap();
+        let count = |ds: &ImageFolder, c: u32| (0..ds.len()).filter(|&i| ds.label(i) == Some(c)).count();
+        assert_eq!((count(&test, 0), count(&test, 1)), (2, 1), "20% of each class");
+        assert_eq!((count(&train, 0), count(&train, 1)), (8, 4));
+        let mut all: Vec<&PathBuf> = train.files().iter().chain(test.files()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 15, "the splits are disjoint and cover the folder");
+        assert_eq!(
+            test.channels(),
+            3,
+            "colour anywhere in the folder makes both splits RGB"
+        );
+        assert_eq!(train.channels(), 3);
+        assert!(
+            test.name()
+                .contains("test: 3 of 15 images; 20% held out for test, per class"),
+            "{}",
+            test.name()
+        );
+        // Deterministic, and the default fraction is 10%.
+        let again = ImageFolder::open_with(d, Split::Test, 0.2).unwrap();
+        assert_eq!(again.files(), test.files());
+        assert_eq!(
+            ImageFolder::open(d, Split::Test).unwrap().len(),
+            2,
+            "10%: one of each class"
+        );
+        // One more image moves at most one other between the splits.
+        grey(&d.join("cat/10.png"), 2, 2, 9);
+        let after = ImageFolder::open_with(d, Split::Test, 0.2).unwrap();
+        let moved = test.files().iter().filter(|f| !after.files().contains(f)).count();
+        assert!(moved <= 1, "{moved} images left the test split");
+    }
+
+    #[test]
+    fn held_out_split_of_a_flat_folder_and_bad_fractions() {
+        let tmp = TempDir::new("folder-held-out-flat");
+        let d = tmp.path();
+        for i in 0..20 {
+            grey(&d.join(format!("{i:02}.png")), 2, 2, i as u8);
+        }
+        let test = ImageFolder::open_with(d, Split::Test, 0.25).unwrap();
+        let train = ImageFolder::open_with(d, Split::Train, 0.25).unwrap();
+        assert_eq!((train.len(), test.len()), (15, 5));
+        assert!(test.files().iter().all(|f| !train.files().contains(f)));
+        assert!(!test.name().contains("per class"), "{}", test.name());
+        for bad in [1.0, -0.1, f64::NAN] {
+            assert!(msg(ImageFolder::open_with(d, Split::Train, bad)).contains("not in [0, 1)"));
+        }
+        // A single image cannot be split: the test split says so.
+        let one = TempDir::new("folder-held-out-one");
+        grey(&one.path().join("a.png"), 2, 2, 0);
+        assert_eq!(ImageFolder::open(one.path(), Split::Train).unwrap().len(), 1);
+        let m = msg(ImageFolder::open(one.path(), Split::Test));
+        assert!(m.contains("too few to hold out") && m.contains("fraction of 0"), "{m}");
+    }
+
+    #[test]
     fn corrupt_and_truncated_files_name_the_file() {
         let tmp = TempDir::new("folder-corrupt");
         let d = tmp.path();
@@ -388,14 +606,14 @@ mod tests {
         let noise: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         std::fs::write(d.join("c.png"), &noise).unwrap();
         // c.png is no image at all: found when the folder is opened.
-        let m = msg(ImageFolder::open(d, Split::Train));
+        let m = msg(ImageFolder::open_with(d, Split::Train, 0.0));
         assert!(
             m.contains("1 of 3 image files cannot be read") && m.contains("c.png"),
             "{m}"
         );
         std::fs::remove_file(d.join("c.png")).unwrap();
         // b.png has a valid header and half its data: found when decoded.
-        let ds = ImageFolder::open(d, Split::Train).unwrap();
+        let ds = ImageFolder::open_with(d, Split::Train, 0.0).unwrap();
         assert!(ds.get(0).is_ok());
         let m = msg(ds.get(1));
         assert!(

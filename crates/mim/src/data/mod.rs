@@ -178,8 +178,10 @@ pub enum DataSpec {
     Mnist { dir: PathBuf },
     /// CIFAR-10, binary version.
     Cifar10 { dir: PathBuf },
-    /// A folder of PNG/JPEG images.
-    Folder { dir: PathBuf },
+    /// A folder of PNG/JPEG images; without `train/`/`test/` subfolders,
+    /// `val_fraction` of it is held out as the test split
+    /// ([`folder::DEFAULT_VAL_FRACTION`] is the usual choice).
+    Folder { dir: PathBuf, val_fraction: f64 },
 }
 
 /// The first `len` images of a data set (`--limit`): a view, nothing copied.
@@ -237,7 +239,9 @@ pub fn open(spec: &DataSpec, split: Split) -> Result<Box<dyn Dataset>> {
         DataSpec::FashionMnist { dir } => Box::new(idx::IdxDataset::open_fashion_mnist(dir.as_deref(), split)?),
         DataSpec::Mnist { dir } => Box::new(idx::IdxDataset::open(dir, idx::IdxKind::Mnist, split)?),
         DataSpec::Cifar10 { dir } => Box::new(cifar::Cifar10::open(dir, split)?),
-        DataSpec::Folder { dir } => Box::new(folder::ImageFolder::open(dir, split)?),
+        &DataSpec::Folder { ref dir, val_fraction } => {
+            Box::new(folder::ImageFolder::open_with(dir, split, val_fraction)?)
+        }
     })
 }
 
