@@ -420,7 +420,7 @@ fn probe_prints_accuracies_with_baselines() {
         dir.join("checkpoint.safetensors").to_str().unwrap(),
         "--synthetic-len",
         "200",
-        "--epochs",
+        "--max-iter",
         "3",
         "--baselines",
         "--json",
@@ -438,7 +438,7 @@ fn probe_prints_accuracies_with_baselines() {
         dir.join("checkpoint.safetensors").to_str().unwrap(),
         "--synthetic-len",
         "100",
-        "--epochs",
+        "--max-iter",
         "2",
     ]);
     assert!(table.contains("linear probe") && table.contains('%'), "{table}");
@@ -492,7 +492,7 @@ fn a_folder_without_splits_is_evaluated_on_held_out_images() {
             "--data-dir",
             d,
         ];
-        args.extend_from_slice(&["--epochs", "1", "--json"]);
+        args.extend_from_slice(&["--max-iter", "20", "--json"]);
         args.extend_from_slice(extra);
         serde_json::from_str(ok(&args).trim()).unwrap()
     };
@@ -891,7 +891,7 @@ fn official_mae_state_dicts_reconstruct_and_probe() {
         "2",
         "--synthetic-len",
         "100",
-        "--epochs",
+        "--max-iter",
         "2",
         "--json",
     ]);

@@ -43,12 +43,14 @@ pub struct Args {
     /// Use at most this many test images.
     #[arg(long)]
     pub test_limit: Option<usize>,
-    /// Epochs of the linear probe.
-    #[arg(long, default_value_t = 30)]
-    pub epochs: usize,
-    /// Learning rate of the linear probe (AdamW, cosine).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f32,
+    /// L2 penalty of the linear probe per training image (scikit-learn's
+    /// `C` is 1 / (l2 × images)).
+    #[arg(long, default_value_t = ProbeConfig::default().l2)]
+    pub l2: f32,
+    /// Most L-BFGS iterations of the linear probe (it stops earlier once
+    /// converged).
+    #[arg(long, default_value_t = ProbeConfig::default().max_iter)]
+    pub max_iter: usize,
     /// Neighbours of k-NN.
     #[arg(long, default_value_t = 20)]
     pub k: usize,
@@ -95,9 +97,12 @@ pub fn run(args: Args) -> Result<()> {
         PoolArg::Mean => Pool::Mean,
         PoolArg::Cls => Pool::Cls,
     };
+    if !(args.l2 >= 0.0 && args.l2.is_finite()) {
+        bail!("--l2 {} must be a finite number ≥ 0", args.l2);
+    }
     let probe_cfg = ProbeConfig {
-        epochs: args.epochs,
-        lr: args.lr,
+        l2: args.l2,
+        max_iter: args.max_iter,
         ..Default::default()
     };
     // Features of one split, with a progress bar.
