@@ -191,13 +191,7 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "training on {} ({} images); reconstructions of {}",
-        train_ds.name(),
-        train_ds.len(),
-        test_ds.name()
-    );
-    let mut progress = Progress::new(&config, &args);
+    let mut progress = Progress::new(&config, &args, test_ds.name());
     let end = run.run(&mut progress)?;
     progress.bar.finish_and_clear();
     let stats = end.last.context("no step ran")?;
@@ -358,10 +352,12 @@ struct Progress {
     description: String,
     out: PathBuf,
     batch: usize,
+    /// The data set the reconstruction pictures come from.
+    pictures_of: String,
 }
 
 impl Progress {
-    fn new(config: &TrainConfig, args: &Args) -> Progress {
+    fn new(config: &TrainConfig, args: &Args, pictures_of: String) -> Progress {
         let bar = ProgressBar::new(config.total_steps);
         if args.quiet {
             bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -376,6 +372,7 @@ impl Progress {
             description: config.describe(),
             out: args.out.clone(),
             batch: config.batch_size,
+            pictures_of,
         }
     }
 }
@@ -384,7 +381,7 @@ impl Observer for Progress {
     fn started(&mut self, run: &RunStart) {
         self.bar.set_position(run.start_step);
         println!(
-            "pre-training {} on {} ({} images, {} steps of {}, {} per epoch), masking {}, output {}",
+            "pre-training {} on {} ({} images, {} steps of {}, {} per epoch), masking {}, pictures of {}, output {}",
             self.description,
             run.data_name,
             run.train_images,
@@ -392,6 +389,7 @@ impl Observer for Progress {
             self.batch,
             run.steps_per_epoch,
             run.masking,
+            self.pictures_of,
             self.out.display()
         );
     }
