@@ -427,7 +427,17 @@ fn probe_prints_accuracies_with_baselines() {
     ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let rows = v["results"].as_array().unwrap();
-    assert_eq!(rows.len(), 3);
+    let names: Vec<&str> = rows.iter().map(|r| r["features"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "pretrained encoder (mean)",
+            "pretrained encoder (cls)",
+            "random-init encoder (mean)",
+            "random-init encoder (cls)",
+            "raw pixels"
+        ]
+    );
     for r in rows {
         let acc = r["linear_probe"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc) && r["knn"].as_f64().unwrap() >= 0.0, "{r}");

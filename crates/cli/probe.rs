@@ -1,7 +1,8 @@
 //! `tessera probe`: how linearly separable and how well clustered are the
 //! frozen encoder's features? Features are extracted once per split (never
-//! masked), then scored with a linear probe (logistic regression trained by
-//! Tessera) and k-NN (cosine similarity, temperature-weighted votes).
+//! masked; mean-pooled and \[CLS\] from the same pass by default), then scored
+//! with a linear probe (logistic regression on standardised features, trained
+//! to convergence) and k-NN (cosine similarity, temperature-weighted votes).
 //! `--baselines` adds the same two scores on raw pixels and on a randomly
 //! initialised encoder of the same shape, in the same run.
 
@@ -13,11 +14,15 @@ use rand::SeedableRng;
 use std::path::PathBuf;
 use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::{Dataset, Split};
-use tessera_mim::eval::{Features, ProbeConfig, encoder_features, knn, linear_probe, pixel_features};
+use tessera_mim::eval::{
+    Features, ProbeConfig, encoder_features, encoder_features_mean_and_cls, knn, linear_probe, pixel_features,
+};
 use tessera_mim::{MimModel, MimRng, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PoolArg {
+    /// Mean of the patch tokens and the \[CLS\] token, one row each.
+    Both,
     /// Mean of the patch tokens.
     Mean,
     /// The \[CLS\] token.
@@ -35,7 +40,7 @@ pub struct Args {
     #[command(flatten)]
     pub data: DataArgs,
     /// How tokens become one feature vector.
-    #[arg(long, value_enum, default_value = "mean")]
+    #[arg(long, value_enum, default_value = "both")]
     pub pool: PoolArg,
     /// Use at most this many training images.
     #[arg(long)]
@@ -93,10 +98,6 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{} is not labelled (a probe needs classes)", train_ds.name());
     }
     let t = eval_transform(size, chans, &train_ds.normalization());
-    let pool = match args.pool {
-        PoolArg::Mean => Pool::Mean,
-        PoolArg::Cls => Pool::Cls,
-    };
     if !(args.l2 >= 0.0 && args.l2.is_finite()) {
         bail!("--l2 {} must be a finite number ≥ 0", args.l2);
     }
@@ -105,20 +106,39 @@ pub fn run(args: Args) -> Result<()> {
         max_iter: args.max_iter,
         ..Default::default()
     };
-    // Features of one split, with a progress bar.
-    let split_features = |label: String, m: &MimModel, ds: &dyn Dataset, limit| -> Result<Features> {
+    // Features of one split, per pooling, with a progress bar: (name, features).
+    let split_features = |label: String, m: &MimModel, ds: &dyn Dataset, limit| -> Result<Vec<(&str, Features)>> {
         let b = bar(&label, args.json);
-        let f = encoder_features(m, ds, &t, pool, args.batch, limit, &mut |d, n| {
+        let mut progress = |d: usize, n: usize| {
             b.set_length(n as u64);
             b.set_position(d as u64)
-        })?;
+        };
+        let f = match args.pool {
+            PoolArg::Both => {
+                let (mean, cls) = encoder_features_mean_and_cls(m, ds, &t, args.batch, limit, &mut progress)?;
+                vec![("mean", mean), ("cls", cls)]
+            }
+            PoolArg::Mean => vec![(
+                "mean",
+                encoder_features(m, ds, &t, Pool::Mean, args.batch, limit, &mut progress)?,
+            )],
+            PoolArg::Cls => vec![(
+                "cls",
+                encoder_features(m, ds, &t, Pool::Cls, args.batch, limit, &mut progress)?,
+            )],
+        };
         b.finish_and_clear();
         Ok(f)
     };
-    let extract = |label: &str, m: &MimModel| -> Result<(Features, Features)> {
+    // (pooling, train, test) of one encoder.
+    let extract = |label: &str, m: &MimModel| -> Result<Vec<(String, Features, Features)>> {
         let tr = split_features(format!("{label}: train"), m, train_ds.as_ref(), args.train_limit)?;
         let te = split_features(format!("{label}: test"), m, test_ds.as_ref(), args.test_limit)?;
-        Ok((tr, te))
+        Ok(tr
+            .into_iter()
+            .zip(te)
+            .map(|((p, tr), (_, te))| (p.to_string(), tr, te))
+            .collect())
     };
     let score = |tr: &Features, te: &Features| -> Result<(f32, f32)> {
         Ok((
@@ -128,23 +148,18 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let mut results: Vec<(String, usize, f32, f32)> = Vec::new();
-    let (tr, te) = extract("pretrained", &model)?;
-    let (lin, nn) = score(&tr, &te)?;
-    let (n_train, n_test) = (tr.len(), te.len());
-    results.push((
-        format!(
-            "pretrained encoder ({})",
-            if pool == Pool::Mean { "mean" } else { "cls" }
-        ),
-        tr.dim,
-        lin,
-        nn,
-    ));
+    let (mut n_train, mut n_test) = (0, 0);
+    for (pool, tr, te) in extract("pretrained", &model)? {
+        let (lin, nn) = score(&tr, &te)?;
+        (n_train, n_test) = (tr.len(), te.len());
+        results.push((format!("pretrained encoder ({pool})"), tr.dim, lin, nn));
+    }
     if args.baselines {
         let random = MimModel::new(model.config.clone(), &mut MimRng::seed_from_u64(12345))?;
-        let (tr, te) = extract("random init", &random)?;
-        let (lin, nn) = score(&tr, &te)?;
-        results.push(("random-init encoder".into(), tr.dim, lin, nn));
+        for (pool, tr, te) in extract("random init", &random)? {
+            let (lin, nn) = score(&tr, &te)?;
+            results.push((format!("random-init encoder ({pool})"), tr.dim, lin, nn));
+        }
         let tr = pixel_features(train_ds.as_ref(), &t, args.train_limit, &mut |_, _| {})?;
         let te = pixel_features(test_ds.as_ref(), &t, args.test_limit, &mut |_, _| {})?;
         let (lin, nn) = score(&tr, &te)?;

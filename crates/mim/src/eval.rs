@@ -79,6 +79,33 @@ pub fn encoder_features(
     collect(ds, transform, batch, limit, progress, |imgs| model.features(imgs, pool))
 }
 
+/// Mean-pooled and \[CLS\] features of the first `limit` images, both from one
+/// encoder pass per batch (see [`encoder_features`]).
+pub fn encoder_features_mean_and_cls(
+    model: &MimModel,
+    ds: &dyn Dataset,
+    transform: &Transform,
+    batch: usize,
+    limit: Option<usize>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Features, Features)> {
+    let both = collect(ds, transform, batch, limit, progress, |imgs| {
+        tessera_tensor::no_grad(|| model.encoder.features_mean_and_cls(imgs))
+    })?;
+    let d = both.dim / 2;
+    let half = |first: bool| Features {
+        data: both
+            .data
+            .chunks(2 * d)
+            .flat_map(|row| if first { &row[..d] } else { &row[d..] })
+            .copied()
+            .collect(),
+        dim: d,
+        labels: both.labels.clone(),
+    };
+    Ok((half(true), half(false)))
+}
+
 /// The normalised input pixels themselves, flattened: the baseline any
 /// representation should beat.
 pub fn pixel_features(

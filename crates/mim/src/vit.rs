@@ -132,6 +132,15 @@ impl VisionTransformer {
         let tokens = self.forward_all(imgs, false, &mut rng)?; // (B, 1 + L, D)
         pool_tokens(&tokens, pool)
     }
+
+    /// Both feature vectors of every image from one pass: `(B, 2·D)`, the
+    /// mean of the patch tokens in the first `D` columns, \[CLS\] in the last.
+    pub fn features_mean_and_cls(&self, imgs: &Tensor) -> Result<Tensor> {
+        let mut rng = MimRng::seed_from_u64(0);
+        let tokens = self.forward_all(imgs, false, &mut rng)?; // (B, 1 + L, D)
+        let (mean, cls) = (pool_tokens(&tokens, Pool::Mean)?, pool_tokens(&tokens, Pool::Cls)?);
+        Ok(Tensor::cat(&[&mean, &cls], 1)?)
+    }
 }
 
 /// Pools encoder outputs `(B, 1 + N, D)` into `(B, D)`.

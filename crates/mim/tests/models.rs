@@ -22,6 +22,16 @@ fn encoder_shapes_for_presets_and_channels() {
         assert_eq!(all.shape(), &[2, 17, 32]);
         assert_eq!(vit.features(&imgs, Pool::Cls).unwrap().shape(), &[2, 32]);
         assert_eq!(vit.features(&imgs, Pool::Mean).unwrap().shape(), &[2, 32]);
+        // Both poolings from one pass: [mean | cls] per row, the same values.
+        let both = vit.features_mean_and_cls(&imgs).unwrap().to_vec();
+        let (mean, cls) = (
+            vit.features(&imgs, Pool::Mean).unwrap().to_vec(),
+            vit.features(&imgs, Pool::Cls).unwrap().to_vec(),
+        );
+        for b in 0..2 {
+            assert_eq!(&both[b * 64..b * 64 + 32], &mean[b * 32..(b + 1) * 32]);
+            assert_eq!(&both[b * 64 + 32..(b + 1) * 64], &cls[b * 32..(b + 1) * 32]);
+        }
         let mask = Mask::sample(
             MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
             2,
