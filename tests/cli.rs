@@ -424,6 +424,8 @@ fn probe_prints_accuracies_with_baselines() {
         "3",
         "--baselines",
         "--json",
+        "--save-features",
+        dir.join("features").to_str().unwrap(),
     ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let rows = v["results"].as_array().unwrap();
@@ -438,6 +440,13 @@ fn probe_prints_accuracies_with_baselines() {
             "raw pixels"
         ]
     );
+    // Every row's features were written, with their labels.
+    let f =
+        tessera_mim::checkpoint::TensorFile::load(&dir.join("features/pretrained-encoder--cls.safetensors")).unwrap();
+    let p = Path::new("f");
+    assert_eq!(f.get("train", p).unwrap().shape, [200, 32]);
+    assert_eq!(f.get("test_labels", p).unwrap().shape, [200]);
+    assert_eq!(std::fs::read_dir(dir.join("features")).unwrap().count(), 5);
     for r in rows {
         let acc = r["linear_probe"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc) && r["knn"].as_f64().unwrap() >= 0.0, "{r}");

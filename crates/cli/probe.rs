@@ -7,12 +7,12 @@
 //! initialised encoder of the same shape, in the same run.
 
 use crate::common::{DataArgs, OfficialArgs, eval_transform};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
-use std::path::PathBuf;
-use tessera_mim::checkpoint::load_model_hinted;
+use std::path::{Path, PathBuf};
+use tessera_mim::checkpoint::{TensorFile, load_model_hinted};
 use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::{
     Features, ProbeConfig, encoder_features, encoder_features_mean_and_cls, knn, linear_probe, pixel_features,
@@ -71,6 +71,11 @@ pub struct Args {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write each row's features to `DIR/<row>.safetensors` (train, test,
+    /// train_labels, test_labels; f32), e.g. to check the probe against
+    /// another implementation (benches/probe/sklearn_probe.py).
+    #[arg(long, value_name = "DIR")]
+    pub save_features: Option<PathBuf>,
 }
 
 fn bar(label: &str, json: bool) -> ProgressBar {
@@ -140,7 +145,10 @@ pub fn run(args: Args) -> Result<()> {
             .map(|((p, tr), (_, te))| (p.to_string(), tr, te))
             .collect())
     };
-    let score = |tr: &Features, te: &Features| -> Result<(f32, f32)> {
+    let score = |name: &str, tr: &Features, te: &Features| -> Result<(f32, f32)> {
+        if let Some(dir) = &args.save_features {
+            save_features(dir, name, tr, te)?;
+        }
         Ok((
             linear_probe(tr, te, classes, probe_cfg)?,
             knn(tr, te, classes, args.k, args.temperature)?,
@@ -150,19 +158,21 @@ pub fn run(args: Args) -> Result<()> {
     let mut results: Vec<(String, usize, f32, f32)> = Vec::new();
     let (mut n_train, mut n_test) = (0, 0);
     for (pool, tr, te) in extract("pretrained", &model)? {
-        let (lin, nn) = score(&tr, &te)?;
+        let name = format!("pretrained encoder ({pool})");
+        let (lin, nn) = score(&name, &tr, &te)?;
         (n_train, n_test) = (tr.len(), te.len());
-        results.push((format!("pretrained encoder ({pool})"), tr.dim, lin, nn));
+        results.push((name, tr.dim, lin, nn));
     }
     if args.baselines {
         let random = MimModel::new(model.config.clone(), &mut MimRng::seed_from_u64(12345))?;
         for (pool, tr, te) in extract("random init", &random)? {
-            let (lin, nn) = score(&tr, &te)?;
-            results.push((format!("random-init encoder ({pool})"), tr.dim, lin, nn));
+            let name = format!("random-init encoder ({pool})");
+            let (lin, nn) = score(&name, &tr, &te)?;
+            results.push((name, tr.dim, lin, nn));
         }
         let tr = pixel_features(train_ds.as_ref(), &t, args.train_limit, &mut |_, _| {})?;
         let te = pixel_features(test_ds.as_ref(), &t, args.test_limit, &mut |_, _| {})?;
-        let (lin, nn) = score(&tr, &te)?;
+        let (lin, nn) = score("raw pixels", &tr, &te)?;
         results.push(("raw pixels".into(), tr.dim, lin, nn));
     }
     if args.json {
@@ -193,5 +203,28 @@ pub fn run(args: Args) -> Result<()> {
             println!("{name:<30} {dim:>6} {:>13.2}% {:>11.2}%", 100.0 * lin, 100.0 * nn);
         }
     }
+    Ok(())
+}
+
+/// Writes one row's features to `dir/<name as a file name>.safetensors`.
+fn save_features(dir: &Path, name: &str, tr: &Features, te: &Features) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut file = TensorFile::default();
+    for (split, f) in [("train", tr), ("test", te)] {
+        file.insert_raw(split, vec![f.len(), f.dim], f.data.clone());
+        let labels = f.labels.iter().map(|&l| l as f32).collect();
+        file.insert_raw(format!("{split}_labels"), vec![f.len()], labels);
+    }
+    file.save(&dir.join(format!("{}.safetensors", stem.trim_matches('-'))))?;
     Ok(())
 }
