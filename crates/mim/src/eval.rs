@@ -218,14 +218,16 @@ fn logistic_loss_grad(x: &[f32], y: &[u32], d: usize, c: usize, l2: f64, theta: 
         .par_chunks_mut(c)
         .zip(y.par_iter())
         .map(|(row, &label)| {
-            let z: Vec<f64> = row.iter().zip(&theta[c * d..]).map(|(&v, &b)| v as f64 + b).collect();
-            let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
-            for (j, g) in row.iter_mut().enumerate() {
-                let p = (z[j] - max).exp() / sum;
-                *g = ((p - (j == label as usize) as u8 as f64) / n as f64) as f32;
+            let bias = &theta[c * d..];
+            let z = |j: usize| row[j] as f64 + bias[j];
+            let max = (0..c).map(z).fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = (0..c).map(|j| (z(j) - max).exp()).sum();
+            let row_loss = max + sum.ln() - z(label as usize);
+            for (j, b) in bias.iter().enumerate() {
+                let p = (row[j] as f64 + b - max).exp() / sum;
+                row[j] = ((p - (j == label as usize) as u8 as f64) / n as f64) as f32;
             }
-            max + sum.ln() - z[label as usize]
+            row_loss
         })
         .sum();
     let mut gw = vec![0f32; c * d]; // (c, d) = Gᵀ · x
