@@ -1,6 +1,20 @@
+//! Attention forward and backward on the model shapes, with GFLOP/s:
+//! `cargo run --release -p tessera-kernels --example attn_shapes`.
 use std::time::Instant;
 use tessera_kernels::attention::{AttnDims, backward, forward};
 use tessera_kernels::gemm::Precision;
+
+/// Mean seconds of 20 calls of `f`, after one untimed warm-up call.
+fn seconds_per_call(mut f: impl FnMut()) -> f64 {
+    const REPS: u32 = 20;
+    f();
+    let t = Instant::now();
+    for _ in 0..REPS {
+        f();
+    }
+    t.elapsed().as_secs_f64() / REPS as f64
+}
+
 fn main() {
     for (name, b, n, d, h) in [
         ("tiny32 enc", 64, 17, 192, 3),
@@ -18,33 +32,11 @@ fn main() {
         let dout = vec![0.01f32; b * n * d];
         let mut dqkv = vec![0f32; qkv.len()];
         let fl = 2.0 * dims.forward_macs() as f64; // 2 FLOPs per multiply-add
-        let reps = 20;
-        forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
-        let t = Instant::now();
-        for _ in 0..reps {
-            forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
-        }
-        let tf = t.elapsed().as_secs_f64() / reps as f64;
-        backward(
-            Precision::F32,
-            tessera_kernels::GradOut::add(&mut dqkv),
-            &dout,
-            &qkv,
-            &lse,
-            dims,
-        );
-        let t = Instant::now();
-        for _ in 0..reps {
-            backward(
-                Precision::F32,
-                tessera_kernels::GradOut::add(&mut dqkv),
-                &dout,
-                &qkv,
-                &lse,
-                dims,
-            );
-        }
-        let tb = t.elapsed().as_secs_f64() / reps as f64;
+        let tf = seconds_per_call(|| forward(Precision::F32, &mut out, &mut lse, &qkv, dims));
+        let tb = seconds_per_call(|| {
+            let grad = tessera_kernels::GradOut::add(&mut dqkv);
+            backward(Precision::F32, grad, &dout, &qkv, &lse, dims)
+        });
         println!(
             "{name:<12} fwd {:7.3} ms {:6.1} GFLOP/s   bwd {:7.3} ms {:6.1} GFLOP/s (bwd counted as 2.5x fwd)",
             tf * 1e3,
