@@ -5,7 +5,7 @@ Runs the same recipe as
 
     tessera pretrain --data fashion-mnist --epochs 10 --batch 256 --lr 1e-3 \\
         --warmup-epochs 1 --dim 192 --depth 6 --heads 3 \\
-        --decoder-dim 128 --decoder-depth 2 --decoder-heads 4
+        --decoder-dim 128 --decoder-depth 2 --decoder-heads 4 --target norm-pix
 
 with the from-scratch PyTorch MAE of `mae_model.py` (official
 facebookresearch/mae `models_mae.py` names and semantics), and exports a

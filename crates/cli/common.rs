@@ -142,9 +142,10 @@ pub enum PosArg {
 /// The model: encoder, method (head) and target.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Encoder preset: vit-tiny (192/12/3), vit-small (384/12/6), vit-base
+    /// Encoder preset: vit-mini (192/6/3, the demo's), vit-tiny (192/12/3),
+    /// vit-small (384/12/6), vit-base
     /// (768/12/12), vit-large (1024/24/16), vit-huge.
-    #[arg(long, default_value = "vit-tiny")]
+    #[arg(long, default_value = "vit-mini")]
     pub preset: String,
     /// Image size, `N` or `HxW` (default: the data set's, 32 for synthetic).
     #[arg(long)]
@@ -176,15 +177,16 @@ pub struct ModelArgs {
     /// MAE decoder width (default: 128 below 128-pixel images, else 512).
     #[arg(long)]
     pub decoder_dim: Option<usize>,
-    /// MAE decoder depth (default: 4 below 128-pixel images, else 8).
+    /// MAE decoder depth (default: 2 below 128-pixel images, else 8).
     #[arg(long)]
     pub decoder_depth: Option<usize>,
     /// MAE decoder heads (default: 4 below 128-pixel images, else 16).
     #[arg(long)]
     pub decoder_heads: Option<usize>,
-    /// Prediction target and loss.
-    #[arg(long, value_enum, default_value = "norm-pix")]
-    pub target: TargetArg,
+    /// Prediction target and loss (default: pixels with MAE, as MAE's code
+    /// and its visualisation model; l1 with SimMIM, as SimMIM's recipe).
+    #[arg(long, value_enum)]
+    pub target: Option<TargetArg>,
     /// Entries of the codebook (with --target codebook).
     #[arg(long, default_value_t = 256)]
     pub codebook_size: usize,
@@ -219,7 +221,7 @@ impl ModelArgs {
         let method = match self.method {
             MethodArg::Mae => {
                 let base = if size[0].max(size[1]) < 128 {
-                    DecoderConfig::small()
+                    DecoderConfig::light()
                 } else {
                     DecoderConfig::mae_default()
                 };
@@ -234,7 +236,11 @@ impl ModelArgs {
             }
             MethodArg::Simmim => Method::SimMim,
         };
-        let target = match self.target {
+        let target = self.target.unwrap_or(match self.method {
+            MethodArg::Mae => TargetArg::Pixels,
+            MethodArg::Simmim => TargetArg::L1,
+        });
+        let target = match target {
             TargetArg::NormPix => TargetConfig::Pixels {
                 loss: PixelLoss::Mse,
                 norm_pix: true,
@@ -264,7 +270,7 @@ impl ModelArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
-    /// f32 products (matrixmultiply): MAE's numerics.
+    /// f32 products (Tessera's GEMM; matrixmultiply without AVX2): MAE's numerics.
     F32,
     /// bfloat16 inputs, f32 accumulation, on Intel AMX or AVX512-BF16 (mixed precision).
     Bf16,

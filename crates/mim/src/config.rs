@@ -39,7 +39,11 @@ pub struct VitConfig {
 }
 
 /// The named encoder sizes: (width, depth, heads).
-pub const PRESETS: [(&str, usize, usize, usize); 5] = [
+pub const PRESETS: [(&str, usize, usize, usize); 6] = [
+    // ViT-Tiny's width at half its depth: the built-in demo's encoder, chosen
+    // by measurement to learn the synthetic set in minutes on two cores
+    // (docs/mim.md, "What a first run shows").
+    ("vit-mini", 192, 6, 3),
     ("vit-tiny", 192, 12, 3),
     ("vit-small", 384, 12, 6),
     ("vit-base", 768, 12, 12),
@@ -48,7 +52,7 @@ pub const PRESETS: [(&str, usize, usize, usize); 5] = [
 ];
 
 impl VitConfig {
-    /// A preset (`vit-tiny`, `vit-small`, `vit-base`, `vit-large`, `vit-huge`)
+    /// A preset (`vit-mini`, `vit-tiny`, `vit-small`, `vit-base`, `vit-large`, `vit-huge`)
     /// at any image size, patch size and channel count.
     pub fn preset(name: &str, img_size: [usize; 2], patch_size: usize, in_chans: usize) -> Result<VitConfig> {
         let (_, embed_dim, depth, num_heads) = PRESETS.iter().find(|p| p.0 == name).copied().ok_or_else(|| {
@@ -169,13 +173,23 @@ impl DecoderConfig {
         }
     }
 
-    /// A small decoder for small images: 128 wide, 4 deep, 4 heads.
+    /// A small decoder for small images: 128 wide, 4 deep, 4 heads (the
+    /// `tiny32` benchmark workload's).
     pub fn small() -> Self {
         DecoderConfig {
             embed_dim: 128,
             depth: 4,
             num_heads: 4,
             mlp_ratio: 4.0,
+        }
+    }
+
+    /// The built-in demo's decoder: [`DecoderConfig::small`] at depth 2, the
+    /// default below 128-pixel images.
+    pub fn light() -> Self {
+        DecoderConfig {
+            depth: 2,
+            ..Self::small()
         }
     }
 
