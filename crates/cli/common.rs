@@ -325,15 +325,18 @@ impl OfficialArgs {
     }
 }
 
-/// The masking strategy.
+/// The masking strategy. Unset options follow the method: MAE hides 75% of
+/// the patches uniformly at random; SimMIM hides 60% of the cells of a
+/// coarser grid, 32 pixels wide where the image allows (its published recipe).
 #[derive(clap::Args, Clone, Debug)]
 pub struct MaskArgs {
-    /// Masking strategy.
-    #[arg(long, value_enum, default_value = "random")]
-    pub mask: MaskKind,
-    /// Fraction of patches to hide (random, block, simmim), in [0, 1).
-    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
-    pub mask_ratio: f32,
+    /// Masking strategy (default: random with MAE, simmim with SimMIM).
+    #[arg(long, value_enum)]
+    pub mask: Option<MaskKind>,
+    /// Fraction of patches to hide (random, block, simmim), in [0, 1)
+    /// (default: 0.75 with MAE, 0.6 with SimMIM).
+    #[arg(long, allow_negative_numbers = true)]
+    pub mask_ratio: Option<f32>,
     /// Side of the square in patches (square; default: half the grid).
     #[arg(long)]
     pub mask_side: Option<usize>,
@@ -343,7 +346,9 @@ pub struct MaskArgs {
     /// Cell side in patches (grid).
     #[arg(long, default_value_t = 2)]
     pub mask_grid: usize,
-    /// Mask cell side in pixels, a multiple of the patch (simmim; default: 2 patches).
+    /// Mask cell side in pixels, a multiple of the patch (simmim; default:
+    /// 32 as SimMIM, or on images too small for 4 such cells a side the
+    /// largest multiple of the patch that gives at least 4).
     #[arg(long)]
     pub mask_cell_px: Option<usize>,
     /// Smallest rectangle in patches (block).
@@ -351,14 +356,37 @@ pub struct MaskArgs {
     pub mask_min_block: usize,
 }
 
+/// SimMIM's mask cell (32 pixels) where it divides the image into at least
+/// 4 cells a side, else the largest multiple of the patch that does (the
+/// patch itself at worst).
+pub fn default_cell_px(patch: usize, size: [usize; 2]) -> usize {
+    let fits = |c: usize| size[0].is_multiple_of(c) && size[1].is_multiple_of(c) && size[0].min(size[1]) / c >= 4;
+    let mut c = (32 / patch).max(1) * patch;
+    while c > patch && !fits(c) {
+        c -= patch;
+    }
+    c
+}
+
 impl MaskArgs {
+    /// Whether a strategy or ratio was typed (otherwise a checkpoint's own
+    /// masking may be used).
+    pub fn given(&self) -> bool {
+        self.mask.is_some() || self.mask_ratio.is_some()
+    }
+
     /// The masking configuration, validated against the model's grid.
     pub fn build(&self, model: &ModelConfig) -> Result<MaskingConfig> {
         let grid = model.encoder.grid();
-        let cfg = match self.mask {
-            MaskKind::Random => MaskingConfig::Random { ratio: self.mask_ratio },
+        let simmim = matches!(model.method, Method::SimMim);
+        let kind = self
+            .mask
+            .unwrap_or(if simmim { MaskKind::Simmim } else { MaskKind::Random });
+        let ratio = self.mask_ratio.unwrap_or(if simmim { 0.6 } else { 0.75 });
+        let cfg = match kind {
+            MaskKind::Random => MaskingConfig::Random { ratio },
             MaskKind::Block => MaskingConfig::Block {
-                ratio: self.mask_ratio,
+                ratio,
                 min_patches: self.mask_min_block,
             },
             MaskKind::Square => MaskingConfig::Square {
@@ -370,8 +398,10 @@ impl MaskArgs {
                 random_offset: true,
             },
             MaskKind::Simmim => MaskingConfig::SimMim {
-                ratio: self.mask_ratio,
-                cell_px: self.mask_cell_px.unwrap_or(2 * model.encoder.patch_size),
+                ratio,
+                cell_px: self
+                    .mask_cell_px
+                    .unwrap_or_else(|| default_cell_px(model.encoder.patch_size, model.encoder.img_size)),
             },
         };
         cfg.build(model.encoder.patch_size, grid)?;
@@ -408,5 +438,72 @@ pub fn eval_transform(size: [usize; 2], channels: usize, norm: &Normalization) -
         channels,
         augment: None,
         norm: norm.for_channels(channels),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SimMIM's 32-pixel cell where 4 fit a side; else the largest multiple
+    /// of the patch that leaves 4 cells, down to the patch itself.
+    #[test]
+    fn simmim_cell_default() {
+        assert_eq!(default_cell_px(16, [224, 224]), 32); // SimMIM ViT-B: 7×7 cells
+        assert_eq!(default_cell_px(4, [192, 192]), 32); // SimMIM Swin: 6×6 cells
+        assert_eq!(default_cell_px(4, [32, 32]), 8); // the demo: 4×4 cells of 2×2 patches
+        assert_eq!(default_cell_px(4, [28, 28]), 4); // 28 = 7 × 4: one patch a cell
+        assert_eq!(default_cell_px(7, [28, 28]), 7);
+        assert_eq!(default_cell_px(16, [64, 96]), 16);
+        assert_eq!(default_cell_px(48, [96, 96]), 48); // a patch wider than 32 px
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    /// The default model of `--method METHOD` (32×32×3, patch 4).
+    fn model(method: &str) -> ModelConfig {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["tessera", "--method", method]).unwrap();
+        cli.model.build(None).unwrap()
+    }
+
+    /// Unset masking options follow the method (MAE: random 0.75; SimMIM:
+    /// cells at 0.6); set ones win.
+    #[test]
+    fn masking_defaults_follow_the_method() {
+        let unset = MaskArgs {
+            mask: None,
+            mask_ratio: None,
+            mask_side: None,
+            mask_random_position: false,
+            mask_grid: 2,
+            mask_cell_px: None,
+            mask_min_block: 16,
+        };
+        let mae = unset.build(&model("mae")).unwrap();
+        assert!(
+            matches!(mae, MaskingConfig::Random { ratio } if ratio == 0.75),
+            "{mae:?}"
+        );
+        let simmim = unset.build(&model("simmim")).unwrap();
+        assert!(
+            matches!(simmim, MaskingConfig::SimMim { ratio, cell_px: 8 } if ratio == 0.6),
+            "{simmim:?}"
+        );
+        let typed = MaskArgs {
+            mask: Some(MaskKind::Random),
+            mask_ratio: Some(0.5),
+            ..unset.clone()
+        };
+        let cfg = typed.build(&model("simmim")).unwrap();
+        assert!(
+            matches!(cfg, MaskingConfig::Random { ratio } if ratio == 0.5),
+            "{cfg:?}"
+        );
+        assert!(typed.given() && !unset.given());
     }
 }

@@ -162,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => load_mask_file(p, n, e.num_patches())?,
         None => {
             // The checkpoint's strategy unless one is given on the command line.
-            let cfg = if args.mask.mask == crate::common::MaskKind::Random && args.mask.mask_ratio == 0.75 {
+            let cfg = if !args.mask.given() {
                 trained_masking.clone()
             } else {
                 args.mask.build(&model.config)?
