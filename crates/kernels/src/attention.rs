@@ -8,13 +8,17 @@
 //! out (B, N, D)     head h's output in columns h·Dh .. (h+1)·Dh
 //! lse (B, H, N)     log Σ_j e^{S_ij} per query row, saved for the backward
 //!
-//! per (b, h):  S = Q Kᵀ / √Dh   (N, N)      P = softmax_rows(S)      O = P V
+//! per (b, h):  S = Q Kᵀ / √Dh + A   (N, N)   P = softmax_rows(S)   O = P V
 //! ```
+//! `A` is an optional additive bias on the logits ([`AttnBias`], `(G, H, N, N)`,
+//! image `b` taking group `b mod G`): a relative position bias (BEiT, SimMIM's
+//! ViT, Swin), Swin's shifted-window mask, or both summed. Without one, `A = 0`.
 //! The backward recomputes `P = e^{S − lse}` instead of storing it (the scores
 //! of all heads would be `B·H·N²` values), then
 //! ```text
 //! dV += Pᵀ dO     dP = dO Vᵀ     dS = P ⊙ (dP − rowsum(P ⊙ dP))
 //! dQ += dS K / √Dh               dK += dSᵀ Q / √Dh
+//! dA[g] = Σ_{b ≡ g mod G} dS_b    (summed over images in a fixed order)
 //! ```
 //! One rayon task per (b, h); each task holds only its own head's `N × N`
 //! scores, and the products are strided views into `qkv`/`out` (no copies of
@@ -58,6 +62,51 @@ impl AttnDims {
     /// Multiply-adds of one forward: `2·B·H·N²·Dh` (two products).
     pub fn forward_macs(&self) -> usize {
         2 * self.b * self.h * self.n * self.n * self.dh()
+    }
+}
+
+/// An additive bias on the attention logits: `data` holds `(G, H, N, N)`
+/// values and image `b` uses group `b mod G`. `G = 1` gives every image the
+/// same bias (a relative position bias); `G = B` one per image (a relative
+/// bias gathered for each image's own visible tokens); Swin uses `G` = windows
+/// per image, its batch being images × windows.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBias<'a> {
+    pub data: &'a [f32],
+    pub groups: usize,
+}
+
+impl<'a> AttnBias<'a> {
+    /// Panics unless the bias fits `dims` (`G` divides `B`, `G·H·N²` values).
+    fn check(&self, dims: &AttnDims, what: &str) {
+        let AttnDims { b, n, h, .. } = *dims;
+        assert!(
+            self.groups > 0 && b.is_multiple_of(self.groups),
+            "{what}: {} bias groups do not divide the batch of {b}",
+            self.groups
+        );
+        assert_eq!(
+            self.data.len(),
+            self.groups * h * n * n,
+            "{what}: bias has {} values, want (G {}, H {h}, N {n}, N {n})",
+            self.data.len(),
+            self.groups
+        );
+    }
+    /// The `(N, N)` bias of head `h` for image `b`.
+    fn head(&self, dims: &AttnDims, b: usize, h: usize) -> &'a [f32] {
+        let nn = dims.n * dims.n;
+        let g = b % self.groups;
+        &self.data[(g * dims.h + h) * nn..][..nn]
+    }
+}
+
+crate::multiversion! {
+    /// `s += a`, element by element.
+    fn add_in_place(s: &mut [f32], a: &[f32]) {
+        for (x, &v) in s.iter_mut().zip(a) {
+            *x += v;
+        }
     }
 }
 
@@ -129,9 +178,37 @@ pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], d
 }
 
 /// [`forward`] on a chosen instruction set (for the element-wise parts; the
-/// products go through matrixmultiply, which picks its own kernel).
+/// products go through Tessera's GEMM, which picks its own kernel).
 pub fn forward_with(isa: Isa, prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
+    forward_biased_with(isa, prec, out, lse, qkv, None, dims)
+}
+
+/// [`forward`] with an additive bias on the logits.
+pub fn forward_biased(
+    prec: Precision,
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    bias: Option<AttnBias>,
+    dims: AttnDims,
+) {
+    forward_biased_with(crate::cpu::isa(), prec, out, lse, qkv, bias, dims)
+}
+
+/// [`forward_biased`] on a chosen instruction set.
+pub fn forward_biased_with(
+    isa: Isa,
+    prec: Precision,
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    bias: Option<AttnBias>,
+    dims: AttnDims,
+) {
     let AttnDims { b, n, d, h } = dims;
+    if let Some(a) = &bias {
+        a.check(&dims, "attention::forward");
+    }
     assert_eq!(
         qkv.len(),
         b * n * 3 * d,
@@ -167,6 +244,9 @@ pub fn forward_with(isa: Isa, prec: Precision, out: &mut [f32], lse: &mut [f32],
             let s_ptr = scores.as_mut_ptr();
             // SAFETY: `scores` is this task's own N×N buffer.
             unsafe { head_product(prec, scale, q, k.t(), 0.0, s_ptr, n) };
+            if let Some(a) = &bias {
+                add_in_place::run(isa, scores, a.head(&dims, bi, hi));
+            }
             softmax_rows::run(isa, scores, lse_row);
             let p = MatRef::row_major(scores, n, n);
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
@@ -185,6 +265,49 @@ pub fn backward(prec: Precision, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: 
 /// [`backward`] on a chosen instruction set.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
+    backward_biased_with(isa, prec, dqkv, None, dout, qkv, lse, None, dims)
+}
+
+/// [`backward`] of [`forward_biased`]: also the bias's gradient into `dbias`
+/// (`(G, H, N, N)`, overwritten) when asked for.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_biased(
+    prec: Precision,
+    dqkv: GradOut,
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    qkv: &[f32],
+    lse: &[f32],
+    bias: Option<AttnBias>,
+    dims: AttnDims,
+) {
+    backward_biased_with(crate::cpu::isa(), prec, dqkv, dbias, dout, qkv, lse, bias, dims)
+}
+
+/// [`backward_biased`] on a chosen instruction set.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_biased_with(
+    isa: Isa,
+    prec: Precision,
+    dqkv: GradOut,
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    qkv: &[f32],
+    lse: &[f32],
+    bias: Option<AttnBias>,
+    dims: AttnDims,
+) {
+    if let Some(a) = &bias {
+        a.check(&dims, "attention::backward");
+    }
+    if let Some(db) = &dbias {
+        let a = bias.expect("attention::backward: a bias gradient needs the bias");
+        assert_eq!(
+            db.len(),
+            a.data.len(),
+            "attention::backward: dbias is not the bias's shape"
+        );
+    }
     let beta = dqkv.beta();
     let dqkv = dqkv.data;
     let AttnDims { b, n, d, h } = dims;
@@ -217,11 +340,21 @@ pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv
         b * h * n
     );
     if dout.is_empty() {
+        if let Some(db) = dbias {
+            db.fill(0.0);
+        }
         return;
     }
     let dh = dims.dh();
     let scale = dims.scale();
     let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
+    // Each task's dS, kept when the bias's gradient is wanted, then summed
+    // over images in a fixed order (tasks sharing a bias group never write
+    // the same memory, and the sum is the same for any thread count).
+    let nn = n * n;
+    let keep_ds = dbias.is_some();
+    let mut ds_all = if keep_ds { vec![0f32; b * h * nn] } else { Vec::new() };
+    let ds_ptr = SendPtr(ds_all.as_mut_ptr());
     (0..b * h).into_par_iter().for_each_init(
         || (vec![0f32; n * n], vec![0f32; n * n]),
         |(p, dp), task| {
@@ -234,6 +367,9 @@ pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv
             // P = exp(scale·Q Kᵀ − lse), recomputed.
             // SAFETY: `p` and `dp` are this task's own N×N buffers.
             unsafe { head_product(prec, scale, q, k.t(), 0.0, p.as_mut_ptr(), n) };
+            if let Some(a) = &bias {
+                add_in_place::run(isa, p, a.head(&dims, bi, hi));
+            }
             probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
             unsafe { head_product(prec, 1.0, d_o, v.t(), 0.0, dp.as_mut_ptr(), n) };
@@ -244,27 +380,49 @@ pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv
             // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
             // this task only, and lie inside `dqkv` (lengths checked above).
             unsafe { head_product(prec, 1.0, pm.t(), d_o, beta, base.get().add(slot(2)), 3 * d) };
-            // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the softmax scale folded in.
-            softmax_grad_rows::run(isa, p, dp, n, scale);
+            // dS = P ⊙ (dP − rowsum(P ⊙ dP)): the gradient of the logits,
+            // and so of the bias; the products below take the softmax scale.
+            softmax_grad_rows::run(isa, p, dp, n, 1.0);
+            if keep_ds {
+                // SAFETY: block `task` of `ds_all` (B·H blocks of N²) is this task's alone.
+                unsafe { std::slice::from_raw_parts_mut(ds_ptr.get().add(task * nn), nn) }.copy_from_slice(dp);
+            }
             let ds = MatRef::row_major(dp, n, n);
             // SAFETY: this task's own (N, Dh) block of the q slot (see above).
-            unsafe { head_product(prec, 1.0, ds, k, beta, base.get().add(slot(0)), 3 * d) };
+            unsafe { head_product(prec, scale, ds, k, beta, base.get().add(slot(0)), 3 * d) };
             // SAFETY: this task's own (N, Dh) block of the k slot (see above).
-            unsafe { head_product(prec, 1.0, ds.t(), q, beta, base.get().add(slot(1)), 3 * d) };
+            unsafe { head_product(prec, scale, ds.t(), q, beta, base.get().add(slot(1)), 3 * d) };
         },
     );
+    if let (Some(db), Some(a)) = (dbias, bias) {
+        let groups = a.groups;
+        db.par_chunks_mut(nn).enumerate().for_each(|(gh, block)| {
+            let (g, hi) = (gh / h, gh % h);
+            block.fill(0.0);
+            for bi in (g..b).step_by(groups) {
+                add_in_place::run(isa, block, &ds_all[(bi * h + hi) * nn..][..nn]);
+            }
+        });
+    }
 }
 
 /// Index-by-index loops in f64, storing the full probabilities.
 pub mod reference {
-    use super::AttnDims;
+    use super::{AttnBias, AttnDims};
 
     fn at(qkv: &[f32], dims: &AttnDims, b: usize, t: usize, slot: usize, h: usize, j: usize) -> f64 {
         qkv[(b * dims.n + t) * 3 * dims.d + slot * dims.d + h * dims.dh() + j] as f64
     }
 
+    /// The bias of image `b`, head `h`, logit `(i, j)` (0 without a bias).
+    fn bias_at(bias: Option<AttnBias>, dims: &AttnDims, b: usize, h: usize, i: usize, j: usize) -> f64 {
+        bias.map_or(0.0, |a| {
+            a.data[(((b % a.groups) * dims.h + h) * dims.n + i) * dims.n + j] as f64
+        })
+    }
+
     /// Probabilities `(B, H, N, N)`.
-    fn probs(qkv: &[f32], dims: &AttnDims) -> Vec<f64> {
+    fn probs(qkv: &[f32], bias: Option<AttnBias>, dims: &AttnDims) -> Vec<f64> {
         let (n, dh, scale) = (dims.n, dims.dh(), 1.0 / (dims.dh() as f64).sqrt());
         let mut p = vec![0f64; dims.b * dims.h * n * n];
         for b in 0..dims.b {
@@ -275,7 +433,8 @@ pub mod reference {
                         *s = scale
                             * (0..dh)
                                 .map(|c| at(qkv, dims, b, i, 0, h, c) * at(qkv, dims, b, j, 1, h, c))
-                                .sum::<f64>();
+                                .sum::<f64>()
+                            + bias_at(bias, dims, b, h, i, j);
                     }
                     let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = row.iter().map(|s| (s - m).exp()).sum();
@@ -288,8 +447,13 @@ pub mod reference {
 
     /// `out = attention(qkv)`.
     pub fn forward(out: &mut [f32], qkv: &[f32], dims: AttnDims) {
+        forward_biased(out, qkv, None, dims)
+    }
+
+    /// `out = attention(qkv)` with logits `S + A`.
+    pub fn forward_biased(out: &mut [f32], qkv: &[f32], bias: Option<AttnBias>, dims: AttnDims) {
         let (n, dh) = (dims.n, dims.dh());
-        let p = probs(qkv, &dims);
+        let p = probs(qkv, bias, &dims);
         for b in 0..dims.b {
             for h in 0..dims.h {
                 for i in 0..n {
@@ -306,9 +470,22 @@ pub mod reference {
 
     /// `dqkv += ∂out/∂qkv · dout`.
     pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], dims: AttnDims) {
+        backward_biased(dqkv, None, dout, qkv, None, dims)
+    }
+
+    /// `dqkv += ∂out/∂qkv · dout` and `dbias += ∂out/∂A · dout` of
+    /// [`forward_biased`].
+    pub fn backward_biased(
+        dqkv: &mut [f32],
+        mut dbias: Option<&mut [f32]>,
+        dout: &[f32],
+        qkv: &[f32],
+        bias: Option<AttnBias>,
+        dims: AttnDims,
+    ) {
         let (n, d, dh) = (dims.n, dims.d, dims.dh());
         let scale = 1.0 / (dh as f64).sqrt();
-        let p = probs(qkv, &dims);
+        let p = probs(qkv, bias, &dims);
         let go = |b: usize, i: usize, h: usize, c: usize| dout[(b * n + i) * d + h * dh + c] as f64;
         for b in 0..dims.b {
             for h in 0..dims.h {
@@ -326,6 +503,12 @@ pub mod reference {
                     let s: f64 = (0..n).map(|k| pr(i, k) * dp[i * n + k]).sum();
                     for j in 0..n {
                         ds[i * n + j] = pr(i, j) * (dp[i * n + j] - s);
+                    }
+                }
+                if let (Some(db), Some(a)) = (dbias.as_deref_mut(), bias) {
+                    let block = &mut db[((b % a.groups) * dims.h + h) * n * n..][..n * n];
+                    for (g, &v) in block.iter_mut().zip(&ds) {
+                        *g += v as f32;
                     }
                 }
                 for t in 0..n {
@@ -406,6 +589,90 @@ mod tests {
         });
     }
 
+    /// With a bias shared by all images (G = 1) and one per image (G = B),
+    /// every path against the f64 reference, the bias's gradient included.
+    #[test]
+    fn biased_forward_and_backward_match_reference() {
+        for_each_isa("attention biased", |isa| {
+            for (s, dims) in cases().into_iter().enumerate() {
+                for groups in [1, dims.b] {
+                    let seed = 10 * s as u64 + groups as u64;
+                    let qkv: Vec<f32> = random_vec(dims.b * dims.n * 3 * dims.d, seed)
+                        .iter()
+                        .map(|v| 2.0 * v)
+                        .collect();
+                    let data: Vec<f32> = random_vec(groups * dims.h * dims.n * dims.n, 300 + seed)
+                        .iter()
+                        .map(|v| 3.0 * v)
+                        .collect();
+                    let bias = Some(AttnBias { data: &data, groups });
+                    let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
+                    let mut lse = vec![0.0; dims.b * dims.h * dims.n];
+                    forward_biased_with(isa, Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
+                    let mut want = vec![0.0; out.len()];
+                    reference::forward_biased(&mut want, &qkv, bias, dims);
+                    assert_close(&out, &want, 1e-5, &format!("biased forward {dims:?} G {groups}"));
+
+                    let dout = random_vec(out.len(), 100 + seed);
+                    let mut dqkv = vec![f32::NAN; qkv.len()];
+                    let mut dbias = vec![f32::NAN; data.len()];
+                    backward_biased_with(
+                        isa,
+                        Precision::F32,
+                        GradOut::overwrite(&mut dqkv),
+                        Some(&mut dbias),
+                        &dout,
+                        &qkv,
+                        &lse,
+                        bias,
+                        dims,
+                    );
+                    let (mut want_q, mut want_b) = (vec![0.0; qkv.len()], vec![0.0; data.len()]);
+                    reference::backward_biased(&mut want_q, Some(&mut want_b), &dout, &qkv, bias, dims);
+                    assert_close(&dqkv, &want_q, 1e-4, &format!("biased dqkv {dims:?} G {groups}"));
+                    assert_close(&dbias, &want_b, 1e-4, &format!("dbias {dims:?} G {groups}"));
+                }
+            }
+        });
+    }
+
+    /// A zero bias changes nothing, bit for bit; a bias of −∞ on every key
+    /// but one makes each query copy that key's value.
+    #[test]
+    fn bias_zero_is_no_bias_and_minus_infinity_masks() {
+        let dims = AttnDims::new(2, 5, 8, 2);
+        let qkv = random_vec(dims.b * dims.n * 3 * dims.d, 7);
+        let run = |bias: Option<AttnBias>| {
+            let mut out = vec![0.0; dims.b * dims.n * dims.d];
+            let mut lse = vec![0.0; dims.b * dims.h * dims.n];
+            forward_biased(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
+            out
+        };
+        let zeros = vec![0.0; dims.h * dims.n * dims.n];
+        assert_eq!(
+            run(None),
+            run(Some(AttnBias {
+                data: &zeros,
+                groups: 1
+            }))
+        );
+        // Only key 3 is allowed: every output row is v of token 3.
+        let mut only3 = vec![f32::NEG_INFINITY; dims.h * dims.n * dims.n];
+        only3.iter_mut().skip(3).step_by(dims.n).for_each(|v| *v = 0.0);
+        let out = run(Some(AttnBias {
+            data: &only3,
+            groups: 1,
+        }));
+        for b in 0..dims.b {
+            for i in 0..dims.n {
+                for c in 0..dims.d {
+                    let v = qkv[(b * dims.n + 3) * 3 * dims.d + 2 * dims.d + c];
+                    assert!((out[(b * dims.n + i) * dims.d + c] - v).abs() < 1e-6);
+                }
+            }
+        }
+    }
+
     #[test]
     fn one_token_attends_to_itself() {
         // With N = 1 the softmax is 1, so out = v.
@@ -419,20 +686,34 @@ mod tests {
 
     #[test]
     fn independent_of_thread_count() {
-        let dims = AttnDims::new(2, 50, 192, 3);
+        let dims = AttnDims::new(4, 50, 192, 3);
         let qkv = random_vec(dims.b * dims.n * 3 * dims.d, 1);
         let dout = random_vec(dims.b * dims.n * dims.d, 2);
-        let run = |t: usize| {
+        let data = random_vec(2 * dims.h * dims.n * dims.n, 3);
+        let run = |t: usize, bias: Option<AttnBias>| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
             pool.install(|| {
                 let mut out = vec![0.0; dout.len()];
                 let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-                forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
+                forward_biased(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
                 let mut d = vec![0.0; qkv.len()];
-                backward(Precision::F32, GradOut::add(&mut d), &dout, &qkv, &lse, dims);
-                (out, d)
+                let mut db = vec![0.0; data.len()];
+                let dbias = bias.is_some().then_some(&mut db[..]);
+                backward_biased(
+                    Precision::F32,
+                    GradOut::add(&mut d),
+                    dbias,
+                    &dout,
+                    &qkv,
+                    &lse,
+                    bias,
+                    dims,
+                );
+                (out, d, db)
             })
         };
-        assert_eq!(run(1), run(2));
+        assert_eq!(run(1, None), run(3, None));
+        let bias = Some(AttnBias { data: &data, groups: 2 });
+        assert_eq!(run(1, bias), run(3, bias));
     }
 }

@@ -37,6 +37,7 @@ pub mod math;
 pub mod par;
 pub mod patch;
 pub mod peak;
+pub mod relpos;
 pub mod softmax;
 
 #[cfg(test)]

@@ -165,6 +165,53 @@ fn attention_on_odd_token_counts() {
     }
 }
 
+/// The bias's gradient too, shared by the batch (G = 1) and per image (G = B).
+#[test]
+fn biased_attention_on_odd_token_counts() {
+    for (b, n, d, h) in [(1, 1, 4, 2), (2, 3, 6, 3), (3, 7, 8, 2), (2, 17, 12, 3)] {
+        for g in [1, b] {
+            let qkv = param(&[b, n, 3 * d], 50 + n as u64);
+            let bias = param(&[g, h, n, n], 60 + g as u64);
+            ok(vec![qkv, bias], |t| t[0].attention_biased(h, &t[1]));
+        }
+    }
+}
+
+/// The gather's backward sums every use of a table row; composed with
+/// attention, as a block uses it (BEiT's index of a 2×3 grid with \[CLS\]).
+#[test]
+fn relpos_bias_and_attention() {
+    let (grid, h) = ([2, 3], 2);
+    let index = tessera_kernels::relpos::grid_index(grid, true);
+    let t = tessera_kernels::relpos::table_rows(grid, true);
+    let n = 1 + grid[0] * grid[1];
+    let table = param(&[t, h], 70);
+    ok(vec![table.clone()], |x| x[0].relpos_bias(&index, 1, n));
+    let qkv = param(&[2, n, 3 * 8], 71);
+    ok(vec![table, qkv], |x| {
+        let bias = x[0].relpos_bias(&index, 1, n)?;
+        x[1].attention_biased(h, &bias)
+    });
+    // Two groups with their own index (as per-image visible tokens).
+    let two: Vec<u32> = index.iter().chain(index.iter().rev()).copied().collect();
+    ok(vec![param(&[t, h], 72)], |x| x[0].relpos_bias(&two, 2, n));
+}
+
+/// Shapes that do not fit are errors, not panics.
+#[test]
+fn biased_attention_and_relpos_refuse_bad_shapes() {
+    let qkv = param(&[4, 5, 12], 80);
+    for bad in [vec![1, 2, 5, 4], vec![3, 2, 5, 5], vec![1, 3, 5, 5], vec![2, 5, 5]] {
+        assert!(qkv.attention_biased(2, &param(&bad, 81)).is_err(), "{bad:?}");
+    }
+    assert!(qkv.attention_biased(2, &param(&[2, 2, 5, 5], 82)).is_ok());
+    let table = param(&[4, 2], 83);
+    assert!(table.relpos_bias(&[0, 1, 2, 3], 1, 2).is_ok());
+    assert!(table.relpos_bias(&[0, 1, 2, 4], 1, 2).is_err());
+    assert!(table.relpos_bias(&[0, 1, 2], 1, 2).is_err());
+    assert!(param(&[4], 84).relpos_bias(&[0], 1, 1).is_err());
+}
+
 #[test]
 fn dropout_backward_uses_the_same_mask() {
     // The mask is drawn once per call, so check the backward directly: the

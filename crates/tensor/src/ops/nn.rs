@@ -6,8 +6,9 @@ use crate::error::{Result, invalid, shape_err};
 use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
 use rand::{Rng, RngExt};
-use tessera_kernels::attention::{self as kattn, AttnDims};
+use tessera_kernels::attention::{self as kattn, AttnBias, AttnDims};
 use tessera_kernels::patch::{self as kpatch, PatchDims};
+use tessera_kernels::relpos::{self as krelpos, RelPosDims};
 use tessera_kernels::{GradOut, gelu as kgelu, layernorm as kln, softmax as ksoftmax};
 
 // ---------------------------------------------------------------- layer_norm
@@ -106,6 +107,8 @@ impl Backward for SoftmaxBackward {
 
 struct AttentionBackward {
     qkv: Tensor,
+    /// The additive bias `(G, H, N, N)`, if any.
+    bias: Option<Tensor>,
     lse: Vec<f32>,
     dims: AttnDims,
     prec: Precision,
@@ -116,19 +119,67 @@ impl Backward for AttentionBackward {
         "attention"
     }
     fn inputs(&self) -> Vec<&Tensor> {
-        vec![&self.qkv]
+        let mut v = vec![&self.qkv];
+        v.extend(self.bias.as_ref());
+        v
     }
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
-        if let Some((mut dqkv, add)) = g.take_out(&self.qkv) {
-            kattn::backward(
-                self.prec,
-                GradOut { data: &mut dqkv, add },
-                &dout,
-                &self.qkv.data(),
-                &self.lse,
-                self.dims,
-            );
+        let bias_data = self.bias.as_ref().map(|b| b.data());
+        let bias = bias_data.as_ref().zip(self.bias.as_ref()).map(|(data, t)| AttnBias {
+            data,
+            groups: t.shape()[0],
+        });
+        let mut dbias = match &self.bias {
+            Some(b) if g.wants(b) => Some(crate::buffers::uninit(b.numel())),
+            _ => None,
+        };
+        let (mut dqkv, add) = match g.take_out(&self.qkv) {
+            Some(buf) => buf,
+            // The kernel computes dQKV on the way to the bias's gradient.
+            None if dbias.is_some() => (crate::buffers::uninit(self.qkv.numel()), false),
+            None => return Ok(()),
+        };
+        kattn::backward_biased(
+            self.prec,
+            GradOut { data: &mut dqkv, add },
+            dbias.as_deref_mut(),
+            &dout,
+            &self.qkv.data(),
+            &self.lse,
+            bias,
+            self.dims,
+        );
+        if g.wants(&self.qkv) {
             g.put(&self.qkv, Some(dqkv));
+        } else {
+            crate::buffers::recycle(dqkv);
+        }
+        if let (Some(b), Some(db)) = (&self.bias, dbias) {
+            g.add(b, db);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- relpos_bias
+
+struct RelPosBackward {
+    table: Tensor,
+    index: Vec<u32>,
+    dims: RelPosDims,
+}
+
+impl Backward for RelPosBackward {
+    fn name(&self) -> &'static str {
+        "relpos_bias"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.table]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        if let Some((mut dt, add)) = g.take_out(&self.table) {
+            krelpos::backward(GradOut { data: &mut dt, add }, &dout, &self.index, self.dims);
+            g.put(&self.table, Some(dt));
         }
         Ok(())
     }
@@ -275,6 +326,54 @@ impl Tensor {
     /// layout) → `(B, N, D)`, scale `Dh^-½`. One fused op: the backward
     /// recomputes the probabilities from saved log-sum-exps.
     pub fn attention(&self, heads: usize) -> Result<Tensor> {
+        self.attention_impl(heads, None)
+    }
+
+    /// [`Tensor::attention`] with an additive bias on the logits,
+    /// `bias (G, H, N, N)`, image `b` taking group `b mod G`: a relative
+    /// position bias ([`Tensor::relpos_bias`]), an attention mask (−∞ where a
+    /// query must not see a key), or both summed. The bias gets a gradient.
+    pub fn attention_biased(&self, heads: usize, bias: &Tensor) -> Result<Tensor> {
+        self.attention_impl(heads, Some(bias))
+    }
+
+    /// Gathers a relative position bias: `self = table (T, H)` and
+    /// `index (G, N, N)` (row `index[g, i, j]` for query `i`, key `j` of group
+    /// `g`) → `(G, H, N, N)` with `out[g, h, i, j] = table[index[g, i, j], h]`.
+    /// The table gets a gradient (summed over every use of each row).
+    pub fn relpos_bias(&self, index: &[u32], groups: usize, n: usize) -> Result<Tensor> {
+        let _timer = crate::profile::scope("relpos_bias", "forward");
+        let [t, h] = *self.shape() else {
+            return Err(shape_err(
+                "relpos_bias",
+                format!("the table must be (T, H), got {:?}", self.shape()),
+            ));
+        };
+        if index.len() != groups * n * n {
+            return Err(shape_err(
+                "relpos_bias",
+                format!("index has {} entries, want (G {groups}, N {n}, N {n})", index.len()),
+            ));
+        }
+        if let Some(&bad) = index.iter().find(|&&i| i as usize >= t) {
+            return Err(invalid(
+                "relpos_bias",
+                format!("index {bad} is outside the table's {t} rows"),
+            ));
+        }
+        let dims = RelPosDims { t, h, g: groups, n };
+        let mut out = crate::buffers::uninit(groups * h * n * n);
+        krelpos::gather(&mut out, &self.data(), index, dims);
+        Ok(Tensor::from_op(out, vec![groups, h, n, n], &[self], || {
+            Box::new(RelPosBackward {
+                table: self.clone(),
+                index: index.to_vec(),
+                dims,
+            })
+        }))
+    }
+
+    fn attention_impl(&self, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
         let _timer = crate::profile::scope("attention", "forward");
         let [b, n, d3] = *self.shape() else {
             return Err(shape_err(
@@ -291,14 +390,35 @@ impl Tensor {
                 ),
             ));
         }
+        if let Some(t) = bias {
+            let ok = matches!(*t.shape(), [g, hh, n1, n2] if g > 0 && b % g == 0 && hh == heads && n1 == n && n2 == n);
+            if !ok {
+                return Err(shape_err(
+                    "attention",
+                    format!(
+                        "bias {:?} must be (G, {heads}, {n}, {n}) with G dividing the batch of {b}",
+                        t.shape()
+                    ),
+                ));
+            }
+        }
         let dims = AttnDims::new(b, n, d3 / 3, heads);
         let mut out = crate::buffers::uninit(b * n * dims.d); // each head writes its columns (β = 0)
         let mut lse = vec![0f32; b * heads * n];
         let prec = matmul_precision();
-        kattn::forward(prec, &mut out, &mut lse, &self.data(), dims);
-        Ok(Tensor::from_op(out, vec![b, n, dims.d], &[self], || {
+        let bias_data = bias.map(|t| t.data());
+        let kbias = bias_data.as_ref().zip(bias).map(|(data, t)| AttnBias {
+            data,
+            groups: t.shape()[0],
+        });
+        kattn::forward_biased(prec, &mut out, &mut lse, &self.data(), kbias, dims);
+        drop(bias_data);
+        let mut inputs = vec![self];
+        inputs.extend(bias);
+        Ok(Tensor::from_op(out, vec![b, n, dims.d], &inputs, || {
             Box::new(AttentionBackward {
                 qkv: self.clone(),
+                bias: bias.cloned(),
                 lse,
                 dims,
                 prec,
