@@ -517,6 +517,69 @@ fn a_short_default_run_probes_above_random_init() {
     }
 }
 
+/// SimMIM with BEiT's ViT options trains, and its checkpoint reconstructs and
+/// probes; unset masking and target follow SimMIM's recipe.
+#[test]
+fn simmim_with_relative_positions_and_layer_scale() {
+    let dir = tmp("simmim-beit");
+    let out = pretrain(
+        &dir,
+        &[
+            "--steps",
+            "3",
+            "--method",
+            "simmim",
+            "--pos-embed",
+            "none",
+            "--rel-pos-bias",
+            "shared",
+            "--layer-scale",
+            "0.1",
+            "--qkv-bias",
+            "qv",
+        ],
+    );
+    assert!(out.contains("done: step 3"), "{out}");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    for want in [
+        "\"rel_pos_bias\": \"shared\"",
+        "\"layer_scale\": 0.1",
+        "\"qkv_bias\": \"qv\"",
+        "\"loss\": \"l1\"",
+    ] {
+        assert!(config.contains(want), "{want} not in {config}");
+    }
+    let ckpt = dir.join("checkpoint.safetensors");
+    let file = tessera_mim::checkpoint::TensorFile::load(&ckpt).unwrap();
+    let p = Path::new("c");
+    assert_eq!(
+        file.get("rel_pos_bias.relative_position_bias_table", p).unwrap().shape,
+        [52, 2]
+    );
+    assert!(file.get("blocks.0.attn.q_bias", p).is_ok() && file.get("pos_embed", p).is_err());
+    let png = dir.join("r.png");
+    ok(&[
+        "reconstruct",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--count",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(png.exists());
+    let probe = ok(&[
+        "probe",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--synthetic-len",
+        "40",
+        "--max-iter",
+        "2",
+    ]);
+    assert!(probe.contains("linear probe"), "{probe}");
+}
+
 /// A labelled folder without train/ and test/ subfolders: 10% of each class
 /// is held out, pre-training and the probe say which images they use, and
 /// `--val-fraction 0` tests on the training images, saying so.

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{self, DataSpec, Dataset, Normalization, Split};
 use tessera_mim::{
-    DecoderConfig, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, TargetConfig, VitConfig,
+    DecoderConfig, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig,
+    VitConfig,
 };
 
 /// An image size: `32` (square) or `32x48` (height × width).
@@ -135,8 +136,30 @@ pub enum TargetArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PosArg {
+    /// Fixed 2-D sine-cosine table (MAE).
     Sincos,
+    /// Learned table.
     Learned,
+    /// No absolute table (with --rel-pos-bias, as BEiT and SimMIM).
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RelPosArg {
+    /// No relative position bias (MAE).
+    None,
+    /// One table for all blocks (SimMIM's ViT pre-training).
+    Shared,
+    /// One table per block (BEiT).
+    PerBlock,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QkvBiasArg {
+    /// One learned qkv.bias (timm, MAE).
+    Qkv,
+    /// q_bias and v_bias, the key's bias zero (BEiT, SimMIM).
+    Qv,
 }
 
 /// The model: encoder, method (head) and target.
@@ -171,6 +194,16 @@ pub struct ModelArgs {
     /// Positional embeddings.
     #[arg(long, value_enum, default_value = "sincos")]
     pub pos_embed: PosArg,
+    /// Relative position bias on every attention's logits.
+    #[arg(long, value_enum, default_value = "none")]
+    pub rel_pos_bias: RelPosArg,
+    /// Layer scale: learned per-channel factors on each residual branch,
+    /// starting at this value (SimMIM's ViT: 0.1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub layer_scale: Option<f32>,
+    /// Bias of the attention's qkv projection.
+    #[arg(long, value_enum, default_value = "qkv")]
+    pub qkv_bias: QkvBiasArg,
     /// Pre-training method (prediction head).
     #[arg(long, value_enum, default_value = "mae")]
     pub method: MethodArg,
@@ -217,6 +250,17 @@ impl ModelArgs {
         encoder.pos_embed = match self.pos_embed {
             PosArg::Sincos => PosEmbedKind::SinCos,
             PosArg::Learned => PosEmbedKind::Learned,
+            PosArg::None => PosEmbedKind::None,
+        };
+        encoder.rel_pos_bias = match self.rel_pos_bias {
+            RelPosArg::None => RelPosBias::None,
+            RelPosArg::Shared => RelPosBias::Shared,
+            RelPosArg::PerBlock => RelPosBias::PerBlock,
+        };
+        encoder.layer_scale = self.layer_scale;
+        encoder.qkv_bias = match self.qkv_bias {
+            QkvBiasArg::Qkv => QkvBias::Qkv,
+            QkvBiasArg::Qv => QkvBias::QV,
         };
         let method = match self.method {
             MethodArg::Mae => {

@@ -14,6 +14,40 @@ pub enum PosEmbedKind {
     SinCos,
     /// Learned, initialised from a truncated normal (std 0.02).
     Learned,
+    /// No absolute table (positions come from a relative position bias, as
+    /// in BEiT's and SimMIM's ViT).
+    None,
+}
+
+/// Where the relative position bias lives: a learned `((2Gh−1)(2Gw−1) + 3, H)`
+/// table (BEiT's, the three extra rows for \[CLS\]) gathered into an additive
+/// bias on every attention's logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelPosBias {
+    /// None (MAE, the seed's ViT).
+    #[default]
+    None,
+    /// One table for all blocks (`rel_pos_bias.relative_position_bias_table`;
+    /// SimMIM's ViT-B pre-training).
+    Shared,
+    /// One table per block (`blocks.{i}.attn.relative_position_bias_table`;
+    /// BEiT, SimMIM's fine-tuning).
+    PerBlock,
+}
+
+/// The bias of the attention's `qkv` projection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QkvBias {
+    /// One learned `qkv.bias` of `3·D` (timm, MAE).
+    #[default]
+    Qkv,
+    /// Learned `q_bias` and `v_bias`, the key's fixed at zero (BEiT, SimMIM:
+    /// a key bias adds the same amount to every logit of a query row, which
+    /// the softmax ignores).
+    #[serde(rename = "qv")]
+    QV,
 }
 
 /// A Vision Transformer encoder, as in the seed document: patch embedding by a
@@ -36,6 +70,16 @@ pub struct VitConfig {
     pub pos_drop: f32,
     /// LayerNorm epsilon (MAE: 1e-6).
     pub norm_eps: f32,
+    /// Relative position bias (none by default).
+    #[serde(default)]
+    pub rel_pos_bias: RelPosBias,
+    /// Layer scale: learned per-channel `gamma_1`, `gamma_2` on each residual
+    /// branch, initialised to this value (CaiT, BEiT; SimMIM's ViT uses 0.1).
+    #[serde(default)]
+    pub layer_scale: Option<f32>,
+    /// The bias of the `qkv` projection.
+    #[serde(default)]
+    pub qkv_bias: QkvBias,
 }
 
 /// The named encoder sizes: (width, depth, heads).
@@ -70,6 +114,9 @@ impl VitConfig {
             pos_embed: PosEmbedKind::SinCos,
             pos_drop: 0.0,
             norm_eps: 1e-6,
+            rel_pos_bias: RelPosBias::None,
+            layer_scale: None,
+            qkv_bias: QkvBias::Qkv,
         };
         c.validate()?;
         Ok(c)
@@ -129,6 +176,11 @@ impl VitConfig {
         }
         if !(0.0..1.0).contains(&self.pos_drop) {
             return Err(config_err(format!("pos_drop {} is outside [0, 1)", self.pos_drop)));
+        }
+        if let Some(v) = self.layer_scale
+            && !v.is_finite()
+        {
+            return Err(config_err(format!("layer_scale {v} is not a finite number")));
         }
         Ok(())
     }

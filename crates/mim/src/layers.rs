@@ -3,6 +3,7 @@
 //! linear weights (the patch embedding too, viewed as `(D, C·p·p)`), zero
 //! biases, LayerNorm weight 1 and bias 0.
 
+use crate::config::QkvBias;
 use rand::Rng;
 use tessera_tensor::init::xavier_uniform;
 use tessera_tensor::{Result, Tensor};
@@ -88,42 +89,84 @@ impl Module for LayerNorm {
     }
 }
 
-/// Multi-head self-attention with a fused `qkv` projection (with bias) and an
-/// output projection, as timm's `Attention`.
+/// Multi-head self-attention with a fused `qkv` projection and an output
+/// projection, as timm's `Attention`; optionally BEiT's: `q_bias` and
+/// `v_bias` in place of `qkv.bias` (the key's bias fixed at zero), and a
+/// relative position bias table of its own.
 pub struct Attention {
     pub qkv: Linear,
     pub proj: Linear,
     pub num_heads: usize,
+    /// `(D)` each, with [`QkvBias::QV`] (then `qkv` has no bias).
+    pub q_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    /// `(T, H)`, with [`RelPosBias::PerBlock`](crate::config::RelPosBias::PerBlock); zeros at first (BEiT).
+    pub relative_position_bias_table: Option<Tensor>,
 }
 
 impl Attention {
+    /// timm's attention: `qkv` with a bias of `3·D`.
     pub fn new<R: Rng + ?Sized>(dim: usize, num_heads: usize, rng: &mut R) -> Self {
+        Self::with(dim, num_heads, QkvBias::Qkv, None, rng)
+    }
+    /// With the given `qkv` bias, and a zero relative position table of
+    /// `table_rows` rows if asked for.
+    pub fn with<R: Rng + ?Sized>(
+        dim: usize,
+        num_heads: usize,
+        qkv_bias: QkvBias,
+        table_rows: Option<usize>,
+        rng: &mut R,
+    ) -> Self {
+        let qv = qkv_bias == QkvBias::QV;
         Attention {
-            qkv: Linear::new(dim, 3 * dim, true, rng),
+            qkv: Linear::new(dim, 3 * dim, !qv, rng),
             proj: Linear::new(dim, dim, true, rng),
             num_heads,
+            q_bias: qv.then(|| param(vec![0.0; dim], &[dim])),
+            v_bias: qv.then(|| param(vec![0.0; dim], &[dim])),
+            relative_position_bias_table: table_rows.map(|t| param(vec![0.0; t * num_heads], &[t, num_heads])),
         }
     }
-    /// `x (B, N, D)` → `(B, N, D)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.heads(x)?)
+    /// `x (B, N, D)` → `(B, N, D)`, with `bias (G, H, N, N)` added to the logits.
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.proj.forward(&self.heads(x, bias)?)
     }
     /// `residual + forward(x)`, the residual added by the projection's product.
-    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.heads(x)?
+    pub fn forward_residual(&self, x: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+        self.heads(x, bias)?
             .linear_residual(&self.proj.weight, self.proj.bias.as_ref(), residual)
     }
     /// The heads' outputs before the projection, `(B, N, D)`.
-    fn heads(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?; // (B, N, 3D)
-        qkv.attention(self.num_heads)
+    fn heads(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let qkv = match (&self.q_bias, &self.v_bias) {
+            (Some(q), Some(v)) => {
+                // BEiT's (q_bias, 0, v_bias): the key's part is a constant.
+                let zeros = Tensor::new(vec![0.0; q.numel()], q.shape())?;
+                x.linear(&self.qkv.weight, Some(&Tensor::cat(&[q, &zeros, v], 0)?))?
+            }
+            _ => self.qkv.forward(x)?, // (B, N, 3D)
+        };
+        match bias {
+            Some(b) => qkv.attention_biased(self.num_heads, b),
+            None => qkv.attention(self.num_heads),
+        }
     }
 }
 
 impl Module for Attention {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        if let Some(q) = &self.q_bias {
+            f(join(prefix, "q_bias"), q);
+        }
+        if let Some(v) = &self.v_bias {
+            f(join(prefix, "v_bias"), v);
+        }
         self.qkv.visit(&join(prefix, "qkv"), f);
         self.proj.visit(&join(prefix, "proj"), f);
+        if let Some(t) = &self.relative_position_bias_table {
+            f(join(prefix, "relative_position_bias_table"), t);
+        }
     }
 }
 
@@ -164,34 +207,71 @@ impl Module for Mlp {
     }
 }
 
-/// A pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+/// A pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`;
+/// with layer scale, `x + gamma_1 ⊙ attn(norm1(x))` and `x + gamma_2 ⊙ mlp(norm2(x))`.
 pub struct Block {
     pub norm1: LayerNorm,
     pub attn: Attention,
     pub norm2: LayerNorm,
     pub mlp: Mlp,
+    /// `(D)` each, with layer scale.
+    pub gamma_1: Option<Tensor>,
+    pub gamma_2: Option<Tensor>,
 }
 
 impl Block {
+    /// timm's block (MAE's encoder and decoder).
     pub fn new<R: Rng + ?Sized>(dim: usize, num_heads: usize, mlp_hidden: usize, eps: f32, rng: &mut R) -> Self {
+        Self::with(Attention::new(dim, num_heads, rng), mlp_hidden, eps, None, rng)
+    }
+    /// Around a given attention, with layer scale initialised to `layer_scale`.
+    pub fn with<R: Rng + ?Sized>(
+        attn: Attention,
+        mlp_hidden: usize,
+        eps: f32,
+        layer_scale: Option<f32>,
+        rng: &mut R,
+    ) -> Self {
+        let dim = attn.proj.weight.shape()[0];
+        let gamma = || layer_scale.map(|v| param(vec![v; dim], &[dim]));
         Block {
             norm1: LayerNorm::new(dim, eps),
-            attn: Attention::new(dim, num_heads, rng),
-            norm2: LayerNorm::new(dim, eps),
             mlp: Mlp::new(dim, mlp_hidden, rng),
+            attn,
+            norm2: LayerNorm::new(dim, eps),
+            gamma_1: gamma(),
+            gamma_2: gamma(),
         }
     }
     /// `x (B, N, D)` → `(B, N, D)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // x + attn(norm1(x)), then x + mlp(norm2(x)); each residual is added
-        // by the product that ends its branch.
-        let x = self.attn.forward_residual(&self.norm1.forward(x)?, x)?;
-        self.mlp.forward_residual(&self.norm2.forward(&x)?, &x)
+        self.forward_biased(x, None)
+    }
+    /// [`Block::forward`] with `bias (G, H, N, N)` added to the attention's logits.
+    pub fn forward_biased(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        // x + attn(norm1(x)), then x + mlp(norm2(x)); without layer scale each
+        // residual is added by the product that ends its branch.
+        let h = self.norm1.forward(x)?;
+        let x = match &self.gamma_1 {
+            None => self.attn.forward_residual(&h, bias, x)?,
+            Some(g) => x.add(&self.attn.forward(&h, bias)?.mul(g)?)?,
+        };
+        let h = self.norm2.forward(&x)?;
+        match &self.gamma_2 {
+            None => self.mlp.forward_residual(&h, &x),
+            Some(g) => x.add(&self.mlp.forward(&h)?.mul(g)?),
+        }
     }
 }
 
 impl Module for Block {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        if let Some(g) = &self.gamma_1 {
+            f(join(prefix, "gamma_1"), g);
+        }
+        if let Some(g) = &self.gamma_2 {
+            f(join(prefix, "gamma_2"), g);
+        }
         self.norm1.visit(&join(prefix, "norm1"), f);
         self.attn.visit(&join(prefix, "attn"), f);
         self.norm2.visit(&join(prefix, "norm2"), f);

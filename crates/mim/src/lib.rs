@@ -35,9 +35,11 @@ pub mod train;
 pub mod vit;
 pub mod viz;
 
-pub use config::{DecoderConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, TargetConfig, VitConfig};
+pub use config::{
+    DecoderConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig, VitConfig,
+};
 pub use error::{MimError, Result};
 pub use masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 pub use model::{MimModel, MimOutput};
 pub use train::{MatmulPrecision, StepStats, TrainConfig, Trainer};
-pub use vit::{Pool, VisionTransformer};
+pub use vit::{Pool, Tokens, VisionTransformer};

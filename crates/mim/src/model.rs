@@ -148,11 +148,14 @@ impl MimModel {
                 let w = mask.weights().reshape(&[mask.batch as isize, l as isize, 1])?; // 1 = hidden
                 let keep = w.neg().add_scalar(1.0);
                 // Positions are added to the mask token too (SimMIM adds them after masking).
-                let pos = self.encoder.pos_embed.narrow(1, 1, l)?;
-                let masked = x.mul(&keep)?.add(&head.mask_token.add(&pos)?.mul(&w)?)?;
-                let tokens = self
-                    .encoder
-                    .transform(&self.encoder.prepend_cls(&masked)?, train, rng)?; // (B, 1+L, D)
+                let token = match self.encoder.patch_positions()? {
+                    Some(pos) => head.mask_token.add(&pos)?,
+                    None => head.mask_token.clone(),
+                };
+                let masked = x.mul(&keep)?.add(&token.mul(&w)?)?;
+                let tokens =
+                    self.encoder
+                        .transform(&self.encoder.prepend_cls(&masked)?, crate::vit::Tokens::All, train, rng)?; // (B, 1+L, D)
                 Ok(head.pred.forward(&tokens.narrow(1, 1, l)?)?)
             }
         }

@@ -85,6 +85,8 @@ pub fn resize(table: &[f32], dim: usize, from: [usize; 2], to: [usize; 2], kind:
     }
     match kind {
         PosEmbedKind::SinCos => sincos_2d(dim, to, true),
+        // No table to resize.
+        PosEmbedKind::None => table.to_vec(),
         PosEmbedKind::Learned => {
             let mut out = table[..dim].to_vec();
             out.extend(bicubic_resize(&table[dim..], from, to, dim));

@@ -158,11 +158,12 @@ impl TrainConfig {
     }
 }
 
-/// MAE's rule: no weight decay on 1-D tensors (biases, norms) and on tokens
-/// and positional embeddings.
+/// MAE's rule: no weight decay on 1-D tensors (biases, norms, layer scales)
+/// and on tokens and positional embeddings; nor, as BEiT and SimMIM, on
+/// relative position bias tables.
 pub fn decays(name: &str, t: &Tensor) -> bool {
     let skip = ["cls_token", "mask_token", "pos_embed", "decoder_pos_embed"];
-    t.rank() > 1 && !name.ends_with(".bias") && !skip.contains(&name)
+    t.rank() > 1 && !name.ends_with(".bias") && !name.ends_with("relative_position_bias_table") && !skip.contains(&name)
 }
 
 /// What one step did.

@@ -11,13 +11,21 @@
 //! Adding positions before dropping hidden patches is MAE's order; it lets the
 //! encoder run on the visible tokens only. Without a mask (`K = L`) this is the
 //! plain ViT of the seed document.
+//!
+//! Options of BEiT's and SimMIM's ViT (all off by default): a relative
+//! position bias added to every attention's logits, one table shared by all
+//! blocks or one per block, with or without an absolute table
+//! ([`PosEmbedKind::None`]); layer scale; `q_bias`/`v_bias` in place of
+//! `qkv.bias`. On MAE's visible tokens the relative bias is gathered for each
+//! image's own tokens.
 
-use crate::config::{PosEmbedKind, VitConfig};
+use crate::config::{PosEmbedKind, RelPosBias, VitConfig};
 use crate::error::{MimError, Result};
-use crate::layers::{Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
+use crate::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
 use crate::masking::{Mask, MimRng};
 use crate::pos_embed::sincos_2d;
 use rand::{Rng, SeedableRng};
+use tessera_kernels::relpos;
 use tessera_tensor::Tensor;
 use tessera_tensor::init::{normal, trunc_normal};
 
@@ -36,10 +44,25 @@ pub struct VisionTransformer {
     pub patch_embed: PatchEmbed,
     /// `(1, 1, D)`.
     pub cls_token: Tensor,
-    /// `(1, 1 + L, D)`: fixed (not trained) for sin-cos, a parameter if learned.
-    pub pos_embed: Tensor,
+    /// `(1, 1 + L, D)`: fixed (not trained) for sin-cos, a parameter if
+    /// learned, absent with [`PosEmbedKind::None`].
+    pub pos_embed: Option<Tensor>,
+    /// `(T, H)`, with [`RelPosBias::Shared`] (`rel_pos_bias.relative_position_bias_table`).
+    pub rel_pos_table: Option<Tensor>,
+    /// BEiT's relative position index of all `1 + L` tokens, `(1+L, 1+L)`,
+    /// with a relative position bias.
+    pub rel_pos_index: Vec<u32>,
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
+}
+
+/// Which tokens a pass through the blocks holds (after \[CLS\]).
+#[derive(Clone, Copy, Debug)]
+pub enum Tokens<'a> {
+    /// Every patch, in order.
+    All,
+    /// The visible patches of each image, in `mask.ids_keep()` order.
+    Visible(&'a Mask),
 }
 
 impl VisionTransformer {
@@ -50,14 +73,29 @@ impl VisionTransformer {
         let l = config.num_patches();
         let patch_embed = PatchEmbed::new(config.in_chans, d, config.patch_size, rng);
         let pos_embed = match config.pos_embed {
-            PosEmbedKind::SinCos => Tensor::var(sincos_2d(d, config.grid(), true), &[1, 1 + l, d])?,
-            PosEmbedKind::Learned => {
-                Tensor::param(trunc_normal((1 + l) * d, 0.0, 0.02, -2.0, 2.0, rng), &[1, 1 + l, d])?
-            }
+            PosEmbedKind::SinCos => Some(Tensor::var(sincos_2d(d, config.grid(), true), &[1, 1 + l, d])?),
+            PosEmbedKind::Learned => Some(Tensor::param(
+                trunc_normal((1 + l) * d, 0.0, 0.02, -2.0, 2.0, rng),
+                &[1, 1 + l, d],
+            )?),
+            PosEmbedKind::None => None,
         };
         let cls_token = Tensor::param(normal(d, 0.0, 0.02, rng), &[1, 1, d])?;
+        let (h, rows) = (config.num_heads, relpos::table_rows(config.grid(), true));
+        let rel_pos_table = match config.rel_pos_bias {
+            RelPosBias::Shared => Some(Tensor::param(vec![0.0; rows * h], &[rows, h])?),
+            _ => None,
+        };
+        let rel_pos_index = match config.rel_pos_bias {
+            RelPosBias::None => Vec::new(),
+            _ => relpos::grid_index(config.grid(), true),
+        };
+        let own_table = (config.rel_pos_bias == RelPosBias::PerBlock).then_some(rows);
         let blocks = (0..config.depth)
-            .map(|_| Block::new(d, config.num_heads, config.mlp_hidden(), config.norm_eps, rng))
+            .map(|_| {
+                let attn = Attention::with(d, h, config.qkv_bias, own_table, rng);
+                Block::with(attn, config.mlp_hidden(), config.norm_eps, config.layer_scale, rng)
+            })
             .collect();
         let norm = LayerNorm::new(d, config.norm_eps);
         Ok(VisionTransformer {
@@ -65,6 +103,8 @@ impl VisionTransformer {
             patch_embed,
             cls_token,
             pos_embed,
+            rel_pos_table,
+            rel_pos_index,
             blocks,
             norm,
         })
@@ -86,27 +126,80 @@ impl VisionTransformer {
         Ok(())
     }
 
+    /// The patches' absolute positional embeddings `(1, L, D)`, if any.
+    pub fn patch_positions(&self) -> Result<Option<Tensor>> {
+        let l = self.config.num_patches();
+        Ok(match &self.pos_embed {
+            Some(p) => Some(p.narrow(1, 1, l)?),
+            None => None,
+        })
+    }
+
     /// Patch embeddings plus the patches' positional embeddings: `(B, L, D)`.
     pub fn embed_patches(&self, imgs: &Tensor) -> Result<Tensor> {
         self.check_images(imgs)?;
         let x = self.patch_embed.forward(imgs)?; // (B, L, D)
-        let pos = self.pos_embed.narrow(1, 1, self.config.num_patches())?; // (1, L, D)
-        Ok(x.add(&pos)?)
+        Ok(match self.patch_positions()? {
+            Some(pos) => x.add(&pos)?, // + (1, L, D)
+            None => x,
+        })
     }
 
     /// Prepends the \[CLS\] token (with its positional embedding) to `x (B, N, D)`.
     pub fn prepend_cls(&self, x: &Tensor) -> Result<Tensor> {
         let b = x.shape()[0];
-        let cls = self.cls_token.add(&self.pos_embed.narrow(1, 0, 1)?)?; // (1, 1, D)
+        let cls = match &self.pos_embed {
+            Some(p) => self.cls_token.add(&p.narrow(1, 0, 1)?)?, // (1, 1, D)
+            None => self.cls_token.clone(),
+        };
         let cls = cls.broadcast_to(&[b, 1, self.config.embed_dim])?;
         Ok(Tensor::cat(&[&cls, x], 1)?)
     }
 
-    /// Position dropout, the blocks and the final norm over `x (B, N, D)`.
-    pub fn transform(&self, x: &Tensor, train: bool, rng: &mut MimRng) -> Result<Tensor> {
+    /// The relative position index of a pass over `tokens` (\[CLS\] first):
+    /// `(groups, n, n)` as `(index, groups, n)`. Every image shares the
+    /// full index; visible tokens take each image's own rows and columns.
+    fn rel_pos_index_of(&self, tokens: Tokens) -> Result<(Vec<u32>, usize, usize)> {
+        let full = 1 + self.config.num_patches();
+        match tokens {
+            Tokens::All => Ok((self.rel_pos_index.clone(), 1, full)),
+            Tokens::Visible(mask) => {
+                let ids = mask.ids_keep()?; // (B, K)
+                let k = mask.len_keep.unwrap_or(0);
+                let n = 1 + k;
+                let mut index = Vec::with_capacity(mask.batch * n * n);
+                for b in 0..mask.batch {
+                    // Token t of this pass is token sel(t) of the full grid.
+                    let sel = |t: usize| if t == 0 { 0 } else { 1 + ids[b * k + t - 1] };
+                    for i in 0..n {
+                        let row = &self.rel_pos_index[sel(i) * full..][..full];
+                        index.extend((0..n).map(|j| row[sel(j)]));
+                    }
+                }
+                Ok((index, mask.batch, n))
+            }
+        }
+    }
+
+    /// Position dropout, the blocks and the final norm over `x (B, N, D)`,
+    /// which holds \[CLS\] and then `tokens`.
+    pub fn transform(&self, x: &Tensor, tokens: Tokens, train: bool, rng: &mut MimRng) -> Result<Tensor> {
         let mut x = x.dropout(self.config.pos_drop, train, rng)?;
+        let index = match self.config.rel_pos_bias {
+            RelPosBias::None => None,
+            _ => Some(self.rel_pos_index_of(tokens)?),
+        };
+        // A shared table is gathered once for every block.
+        let shared = match (&self.rel_pos_table, &index) {
+            (Some(t), Some((idx, g, n))) => Some(t.relpos_bias(idx, *g, *n)?),
+            _ => None,
+        };
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            let own = match (&block.attn.relative_position_bias_table, &index) {
+                (Some(t), Some((idx, g, n))) => Some(t.relpos_bias(idx, *g, *n)?),
+                _ => None,
+            };
+            x = block.forward_biased(&x, own.as_ref().or(shared.as_ref()))?;
         }
         Ok(self.norm.forward(&x)?)
     }
@@ -116,13 +209,13 @@ impl VisionTransformer {
         let x = self.embed_patches(imgs)?; // (B, L, D)
         let k = mask.len_keep.unwrap_or(0);
         let x = x.gather_rows(&mask.ids_keep()?, k)?; // (B, K, D)
-        self.transform(&self.prepend_cls(&x)?, train, rng)
+        self.transform(&self.prepend_cls(&x)?, Tokens::Visible(mask), train, rng)
     }
 
     /// The plain ViT over every patch → `(B, 1 + L, D)`.
     pub fn forward_all(&self, imgs: &Tensor, train: bool, rng: &mut MimRng) -> Result<Tensor> {
         let x = self.embed_patches(imgs)?;
-        self.transform(&self.prepend_cls(&x)?, train, rng)
+        self.transform(&self.prepend_cls(&x)?, Tokens::All, train, rng)
     }
 
     /// One feature vector per image `(B, D)`, never masked, deterministic.
@@ -155,7 +248,12 @@ pub fn pool_tokens(tokens: &Tensor, pool: Pool) -> Result<Tensor> {
 impl Module for VisionTransformer {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
         f(join(prefix, "cls_token"), &self.cls_token);
-        f(join(prefix, "pos_embed"), &self.pos_embed);
+        if let Some(p) = &self.pos_embed {
+            f(join(prefix, "pos_embed"), p);
+        }
+        if let Some(t) = &self.rel_pos_table {
+            f(join(prefix, "rel_pos_bias.relative_position_bias_table"), t);
+        }
         self.patch_embed.visit(&join(prefix, "patch_embed"), f);
         visit_blocks(&self.blocks, &join(prefix, "blocks"), f);
         self.norm.visit(&join(prefix, "norm"), f);

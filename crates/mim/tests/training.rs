@@ -155,7 +155,7 @@ fn save_then_load_gives_identical_outputs_and_other_sizes_load() {
     assert_eq!(p1, p2);
     // At 24×24 (a 6×6 grid) the positional tables are regenerated.
     let bigger = load_model(&path, Some([24, 24])).unwrap();
-    assert_eq!(bigger.encoder.pos_embed.shape(), &[1, 37, 32]);
+    assert_eq!(bigger.encoder.pos_embed.as_ref().unwrap().shape(), &[1, 37, 32]);
     assert_eq!(
         bigger.features(&images(1, 3, 24, 24, 1), Pool::Mean).unwrap().shape(),
         &[1, 32]

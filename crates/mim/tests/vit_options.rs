@@ -1,0 +1,231 @@
+//! BEiT's and SimMIM's ViT options: relative position bias (shared or per
+//! block), no absolute table, layer scale, `q_bias`/`v_bias`.
+
+mod common;
+
+use common::*;
+use rand::SeedableRng;
+use tessera_mim::layers::Module;
+use tessera_mim::{
+    Mask, MaskingConfig, MimModel, MimRng, PosEmbedKind, QkvBias, RelPosBias, VisionTransformer, VitConfig,
+};
+
+fn rng() -> MimRng {
+    MimRng::seed_from_u64(5)
+}
+
+/// The tiny encoder with every option of SimMIM's ViT.
+fn beit_like(rel: RelPosBias) -> VitConfig {
+    let mut c = tiny_vit(3);
+    c.rel_pos_bias = rel;
+    c.pos_embed = PosEmbedKind::None;
+    c.layer_scale = Some(0.1);
+    c.qkv_bias = QkvBias::QV;
+    c
+}
+
+/// Random, non-zero relative position tables, q/v biases and layer scales
+/// (they start at zeros and constants, which would hide mistakes).
+fn randomise(vit: &VisionTransformer, seed: u64) {
+    let mut r = MimRng::seed_from_u64(seed);
+    for (name, t) in vit.named_tensors() {
+        if name.contains("relative_position") || name.contains("_bias") || name.contains("gamma") {
+            let v = tessera_tensor::init::normal(t.numel(), 0.0, 0.5, &mut r);
+            t.set_data(&v).unwrap();
+        }
+    }
+}
+
+/// A mask that hides nothing but visits the patches in a shuffled order:
+/// MAE's path then sees every token, permuted.
+fn all_visible_shuffled(batch: usize, l: usize, seed: u64) -> Mask {
+    use rand::seq::SliceRandom;
+    let mut r = MimRng::seed_from_u64(seed);
+    let mut ids_shuffle = Vec::new();
+    let mut ids_restore = vec![0; batch * l];
+    for b in 0..batch {
+        let mut p: Vec<usize> = (0..l).collect();
+        p.shuffle(&mut r);
+        for (k, &i) in p.iter().enumerate() {
+            ids_restore[b * l + i] = k;
+        }
+        ids_shuffle.extend(p);
+    }
+    Mask {
+        batch,
+        num_patches: l,
+        hidden: vec![false; batch * l],
+        ids_shuffle,
+        ids_restore,
+        len_keep: Some(l),
+    }
+}
+
+/// Attention does not care about token order, so MAE's path over every patch
+/// in a shuffled order gives forward_all's outputs, shuffled — only if each
+/// image's relative position index follows its own tokens.
+#[test]
+fn visible_tokens_get_their_own_relative_positions() {
+    for rel in [RelPosBias::Shared, RelPosBias::PerBlock] {
+        let vit = VisionTransformer::new(beit_like(rel), &mut rng()).unwrap();
+        randomise(&vit, 1);
+        let imgs = images(3, 3, 16, 16, 2);
+        let l = 16;
+        let mask = all_visible_shuffled(3, l, 3);
+        let mut r = rng();
+        let all = vit.forward_all(&imgs, false, &mut r).unwrap().to_vec(); // (B, 1+L, D)
+        let vis = vit.forward_visible(&imgs, &mask, false, &mut r).unwrap().to_vec();
+        let d = 32;
+        for b in 0..3 {
+            let row = |x: &[f32], t: usize| x[(b * (1 + l) + t) * d..][..d].to_vec();
+            let close = |a: Vec<f32>, e: Vec<f32>, what: &str| {
+                for (x, y) in a.iter().zip(&e) {
+                    assert!((x - y).abs() < 1e-4, "{rel:?} image {b} {what}: {x} vs {y}");
+                }
+            };
+            close(row(&vis, 0), row(&all, 0), "[CLS]");
+            for k in 0..l {
+                let patch = mask.ids_shuffle[b * l + k];
+                close(row(&vis, 1 + k), row(&all, 1 + patch), &format!("token {k}"));
+            }
+        }
+        // Without the bias the shuffle would not matter at all (no absolute
+        // table either), so the bias must have changed something.
+        let mut plain = beit_like(RelPosBias::None);
+        plain.layer_scale = Some(0.1);
+        let flat = VisionTransformer::new(plain, &mut rng()).unwrap();
+        let o = flat.forward_all(&imgs, false, &mut r).unwrap().to_vec();
+        assert_ne!(o, all);
+    }
+}
+
+/// Names follow BEiT's / SimMIM's `state_dict`; no absolute table, no `qkv.bias`.
+#[test]
+fn names_and_shapes_of_the_options() {
+    let shapes = |c: VitConfig| -> Vec<(String, Vec<usize>)> {
+        let vit = VisionTransformer::new(c, &mut rng()).unwrap();
+        vit.named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec()))
+            .collect()
+    };
+    let shared = shapes(beit_like(RelPosBias::Shared));
+    let has = |s: &[(String, Vec<usize>)], n: &str| s.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    // (2·4 − 1)² + 3 = 52 rows, 2 heads.
+    assert_eq!(
+        has(&shared, "rel_pos_bias.relative_position_bias_table"),
+        Some(vec![52, 2])
+    );
+    assert_eq!(has(&shared, "blocks.1.gamma_1"), Some(vec![32]));
+    assert_eq!(has(&shared, "blocks.0.gamma_2"), Some(vec![32]));
+    assert_eq!(has(&shared, "blocks.0.attn.q_bias"), Some(vec![32]));
+    assert_eq!(has(&shared, "blocks.0.attn.v_bias"), Some(vec![32]));
+    assert_eq!(has(&shared, "blocks.0.attn.qkv.weight"), Some(vec![96, 32]));
+    for absent in [
+        "pos_embed",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.relative_position_bias_table",
+    ] {
+        assert_eq!(has(&shared, absent), None, "{absent}");
+    }
+    let per_block = shapes(beit_like(RelPosBias::PerBlock));
+    assert_eq!(
+        has(&per_block, "blocks.1.attn.relative_position_bias_table"),
+        Some(vec![52, 2])
+    );
+    assert_eq!(has(&per_block, "rel_pos_bias.relative_position_bias_table"), None);
+    // The defaults are MAE's: none of these tensors.
+    let mae = shapes(tiny_vit(3));
+    assert!(
+        mae.iter()
+            .all(|(n, _)| !n.contains("gamma") && !n.contains("relative") && !n.contains("q_bias"))
+    );
+}
+
+/// Each option off in effect gives the plain block: layer scale 1 is no
+/// layer scale, zero q/v biases are a zero qkv.bias (the same weights are
+/// drawn in the same order).
+#[test]
+fn options_at_their_neutral_values_change_nothing() {
+    let imgs = images(2, 3, 16, 16, 4);
+    let run = |c: VitConfig| {
+        let vit = VisionTransformer::new(c, &mut rng()).unwrap();
+        vit.forward_all(&imgs, false, &mut rng()).unwrap().to_vec()
+    };
+    let base = run(tiny_vit(3));
+    let mut scaled = tiny_vit(3);
+    scaled.layer_scale = Some(1.0);
+    let mut qv = tiny_vit(3);
+    qv.qkv_bias = QkvBias::QV;
+    // A zero relative bias table (its initial value) adds nothing.
+    let mut rel = tiny_vit(3);
+    rel.rel_pos_bias = RelPosBias::Shared;
+    for (what, c) in [
+        ("layer scale 1", scaled),
+        ("q/v bias", qv),
+        ("zero relative table", rel),
+    ] {
+        let out = run(c);
+        for (a, b) in out.iter().zip(&base) {
+            assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
+        }
+    }
+}
+
+/// Every new parameter learns: SimMIM and MAE with all options give each a
+/// non-zero gradient, and a few steps lower the loss.
+#[test]
+fn every_option_gets_a_gradient_with_both_methods() {
+    for (cfg, rel) in [
+        (tiny_simmim(norm_pix()), RelPosBias::Shared),
+        (tiny_mae(norm_pix()), RelPosBias::PerBlock),
+    ] {
+        let mut cfg = cfg;
+        cfg.encoder = beit_like(rel);
+        let mut r = rng();
+        let model = MimModel::new(cfg, &mut r).unwrap();
+        randomise(&model.encoder, 7);
+        let imgs = images(2, 3, 16, 16, 5);
+        let mask = Mask::sample(
+            MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
+            2,
+            [4, 4],
+            &mut r,
+        );
+        let grads = model
+            .forward(&imgs, &mask, true, &mut r)
+            .unwrap()
+            .loss
+            .backward()
+            .unwrap();
+        for (name, t) in model.parameters() {
+            if name.contains("relative") || name.contains("gamma") || name.contains("q_bias") || name.contains("v_bias")
+            {
+                let g = grads
+                    .get(&t)
+                    .unwrap_or_else(|| panic!("{rel:?}: {name} has no gradient"));
+                assert!(g.iter().any(|v| *v != 0.0), "{rel:?}: {name} has an all-zero gradient");
+            }
+        }
+    }
+}
+
+/// A checkpoint of a model with the options loads back to the same outputs.
+#[test]
+fn checkpoints_keep_the_options() {
+    let dir = std::env::temp_dir().join(format!("tessera-vit-options-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.safetensors");
+    let mut cfg = tiny_simmim(norm_pix());
+    cfg.encoder = beit_like(RelPosBias::PerBlock);
+    let trainer = tessera_mim::Trainer::new(tessera_mim::TrainConfig::mae(cfg, 2, 10)).unwrap();
+    let model = &trainer.model;
+    randomise(&model.encoder, 9);
+    trainer.save(&path).unwrap();
+    let loaded = tessera_mim::checkpoint::load_model(&path, None).unwrap();
+    assert_eq!(loaded.config, model.config);
+    let imgs = images(1, 3, 16, 16, 6);
+    let f = |m: &MimModel| m.features(&imgs, tessera_mim::Pool::Mean).unwrap().to_vec();
+    assert_eq!(f(&loaded), f(model));
+    std::fs::remove_dir_all(&dir).ok();
+}
