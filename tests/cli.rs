@@ -553,10 +553,14 @@ fn simmim_with_relative_positions_and_layer_scale() {
     let file = tessera_mim::checkpoint::TensorFile::load(&ckpt).unwrap();
     let p = Path::new("c");
     assert_eq!(
-        file.get("rel_pos_bias.relative_position_bias_table", p).unwrap().shape,
+        file.get("encoder.rel_pos_bias.relative_position_bias_table", p)
+            .unwrap()
+            .shape,
         [52, 2]
     );
-    assert!(file.get("blocks.0.attn.q_bias", p).is_ok() && file.get("pos_embed", p).is_err());
+    assert!(file.get("encoder.blocks.0.attn.q_bias", p).is_ok() && file.get("encoder.pos_embed", p).is_err());
+    assert_eq!(file.get("decoder.0.weight", p).unwrap().shape, [48, 32, 1, 1]);
+    assert!(file.get("encoder.mask_token", p).is_ok());
     let png = dir.join("r.png");
     ok(&[
         "reconstruct",

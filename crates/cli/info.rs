@@ -116,11 +116,11 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         Method::SimMim => {
-            println!("SimMIM (hidden patch embeddings replaced by mask_token)");
+            println!("SimMIM (hidden patch embeddings replaced by encoder.mask_token)");
             row(
-                "decoder_pred",
+                "decoder.0",
                 format!("(B, {l}, {})", cfg.output_dim()),
-                "linear, on the patch tokens".into(),
+                "1x1 convolution on the patch tokens, then pixel shuffle".into(),
             );
         }
     }

@@ -279,7 +279,8 @@ impl MimModel {
                     ),
                 ));
             }
-            let is_pos = name == "pos_embed" || name == "decoder_pos_embed";
+            // The encoder's table is `encoder.pos_embed` in SimMIM's names.
+            let is_pos = name == "pos_embed" || name == "encoder.pos_embed" || name == "decoder_pos_embed";
             let data = if stored.shape == t.shape() {
                 stored.data.clone()
             } else if is_pos && stored.shape.len() == 3 && stored.shape[2] == t.shape()[2] {
@@ -297,7 +298,7 @@ impl MimModel {
                         ),
                     });
                 }
-                let kind = if name == "pos_embed" {
+                let kind = if name != "decoder_pos_embed" {
                     enc_kind
                 } else {
                     PosEmbedKind::SinCos

@@ -9,13 +9,19 @@
 //! + decoder_pos_embed, decoder blocks, decoder_norm
 //! decoder_pred, drop [CLS]              (B, L, out)
 //! ```
-//! SimMIM (`Method::SimMim`):
+//! SimMIM (`Method::SimMim`), as the official code:
 //! ```text
-//! patch embeddings, hidden ones replaced by mask_token    (B, L, D)
-//! encoder over all tokens                                 (B, 1+L, D)
-//! decoder_pred (linear) on the patch tokens               (B, L, out)
+//! patch embeddings, hidden ones replaced by encoder.mask_token  (B, L, D)
+//! encoder over all tokens                                       (B, 1+L, D)
+//! decoder.0: a 1×1 convolution on the patch-token grid           (B, L, out)
+//! pixel shuffle: channel c·p² + i·p + j → pixel (i, j) of channel c
 //! ```
 //! `out` is `p·p·C` for pixel targets and the codebook size for discrete ones.
+//! SimMIM's tensors carry its names: the encoder's under `encoder.`, the head
+//! `decoder.0.weight (out, D, 1, 1)` and `decoder.0.bias`, so official SimMIM
+//! checkpoints load and Tessera's load in its code. The convolution's
+//! channels are in pixel-shuffle order (channel-major); predictions are
+//! reordered to MAE's patchify order `(i, j, c)` for the loss and pictures.
 
 use crate::config::{Method, ModelConfig, PixelLoss, TargetConfig};
 use crate::error::{MimError, Result};
@@ -41,11 +47,16 @@ pub struct MaeDecoder {
     pub pred: Linear,
 }
 
-/// SimMIM's head: the encoder's mask token and a linear prediction.
+/// SimMIM's head: the encoder's mask token and a 1×1 convolution.
 pub struct SimMimHead {
-    /// `(1, 1, D)`, replaces hidden patch embeddings at the encoder's input.
+    /// `(1, 1, D)`, replaces hidden patch embeddings at the encoder's input
+    /// (`encoder.mask_token`).
     pub mask_token: Tensor,
-    pub pred: Linear,
+    /// `decoder.0.weight (out, D, 1, 1)`: output channels in pixel-shuffle
+    /// order for pixel targets.
+    pub weight: Tensor,
+    /// `decoder.0.bias (out)`.
+    pub bias: Tensor,
 }
 
 /// The prediction head of a model.
@@ -92,10 +103,16 @@ impl MimModel {
                     pred: Linear::new(dd, out, true, rng),
                 })
             }
-            Method::SimMim => Head::SimMim(SimMimHead {
-                mask_token: Tensor::param(normal(d, 0.0, 0.02, rng), &[1, 1, d])?,
-                pred: Linear::new(d, out, true, rng),
-            }),
+            Method::SimMim => {
+                let mask_token = Tensor::param(normal(d, 0.0, 0.02, rng), &[1, 1, d])?;
+                let pred = Linear::new(d, out, true, rng);
+                Head::SimMim(SimMimHead {
+                    mask_token,
+                    // The linear's (out, D) weights as the convolution's (out, D, 1, 1).
+                    weight: Tensor::param(pred.weight.to_vec(), &[out, d, 1, 1])?,
+                    bias: pred.bias.expect("built with a bias"),
+                })
+            }
         };
         Ok(MimModel {
             config,
@@ -156,7 +173,21 @@ impl MimModel {
                 let tokens =
                     self.encoder
                         .transform(&self.encoder.prepend_cls(&masked)?, crate::vit::Tokens::All, train, rng)?; // (B, 1+L, D)
-                Ok(head.pred.forward(&tokens.narrow(1, 1, l)?)?)
+                let out = head.weight.shape()[0];
+                let w = head.weight.reshape(&[out as isize, -1])?; // (out, D)
+                let pred = tokens.narrow(1, 1, l)?.linear(&w, Some(&head.bias))?; // (B, L, out)
+                match self.config.target {
+                    // Pixel-shuffle order (c, i, j) → MAE's patchify order (i, j, c).
+                    TargetConfig::Pixels { .. } => {
+                        let (b, c) = (imgs.shape()[0] as isize, self.config.encoder.in_chans as isize);
+                        let pp = out as isize / c;
+                        Ok(pred
+                            .reshape(&[b, l as isize, c, pp])?
+                            .permute(&[0, 1, 3, 2])?
+                            .reshape(&[b, l as isize, out as isize])?)
+                    }
+                    TargetConfig::Codebook { .. } => Ok(pred),
+                }
             }
         }
     }
@@ -245,9 +276,9 @@ impl MimModel {
 
 impl Module for MimModel {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
-        self.encoder.visit(prefix, f);
         match &self.head {
             Head::Mae(dec) => {
+                self.encoder.visit(prefix, f);
                 f(join(prefix, "mask_token"), &dec.mask_token);
                 f(join(prefix, "decoder_pos_embed"), &dec.pos_embed);
                 dec.embed.visit(&join(prefix, "decoder_embed"), f);
@@ -256,8 +287,11 @@ impl Module for MimModel {
                 dec.pred.visit(&join(prefix, "decoder_pred"), f);
             }
             Head::SimMim(head) => {
-                f(join(prefix, "mask_token"), &head.mask_token);
-                head.pred.visit(&join(prefix, "decoder_pred"), f);
+                let encoder = join(prefix, "encoder");
+                self.encoder.visit(&encoder, f);
+                f(join(&encoder, "mask_token"), &head.mask_token);
+                f(join(prefix, "decoder.0.weight"), &head.weight);
+                f(join(prefix, "decoder.0.bias"), &head.bias);
             }
         }
     }

@@ -163,7 +163,9 @@ impl TrainConfig {
 /// relative position bias tables.
 pub fn decays(name: &str, t: &Tensor) -> bool {
     let skip = ["cls_token", "mask_token", "pos_embed", "decoder_pos_embed"];
-    t.rank() > 1 && !name.ends_with(".bias") && !name.ends_with("relative_position_bias_table") && !skip.contains(&name)
+    // The last part of the name (SimMIM's carry an `encoder.` prefix).
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    t.rank() > 1 && !name.ends_with(".bias") && leaf != "relative_position_bias_table" && !skip.contains(&leaf)
 }
 
 /// What one step did.

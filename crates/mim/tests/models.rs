@@ -137,7 +137,12 @@ fn every_parameter_receives_a_nonzero_gradient() {
         }
         // The fixed sin-cos tables are buffers, not parameters.
         let state: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
-        assert!(state.contains(&"pos_embed".to_string()));
+        // (SimMIM's encoder tensors carry its `encoder.` prefix.)
+        let pos = match model.head {
+            tessera_mim::model::Head::Mae(_) => "pos_embed",
+            tessera_mim::model::Head::SimMim(_) => "encoder.pos_embed",
+        };
+        assert!(state.contains(&pos.to_string()), "{state:?}");
     }
 }
 
@@ -269,5 +274,40 @@ fn state_len_matches_the_built_model() {
         .unwrap();
         let built: usize = model.state().iter().map(|(_, t)| t.numel()).sum();
         assert_eq!(cfg.state_len(), built as u128, "{cfg:?}");
+    }
+}
+
+/// SimMIM's head is a 1×1 convolution whose channels are in pixel-shuffle
+/// order: channel `c·p² + i·p + j` is pixel `(i, j)` of image channel `c`.
+/// With zero weights and bias `k` on channel `k`, the prediction in MAE's
+/// patchify order `(i, j, c)` must read back `c·p² + i·p + j`.
+#[test]
+fn simmim_head_channels_are_in_pixel_shuffle_order() {
+    let model = MimModel::new(tiny_simmim(norm_pix()), &mut rng()).unwrap();
+    let tessera_mim::model::Head::SimMim(head) = &model.head else {
+        unreachable!()
+    };
+    let (out, p, c) = (48, 4, 3);
+    assert_eq!(head.weight.shape(), &[out, 32, 1, 1]);
+    head.weight.set_data(&vec![0.0; out * 32]).unwrap();
+    head.bias
+        .set_data(&(0..out).map(|k| k as f32).collect::<Vec<_>>())
+        .unwrap();
+    let imgs = images(1, 3, 16, 16, 1);
+    let mask = Mask::none(1, 16);
+    let pred = model.predict(&imgs, &mask, false, &mut rng()).unwrap().to_vec(); // (1, 16, 48)
+    for t in 0..16 {
+        for i in 0..p {
+            for j in 0..p {
+                for ch in 0..c {
+                    let got = pred[t * out + (i * p + j) * c + ch];
+                    assert_eq!(
+                        got,
+                        (ch * p * p + i * p + j) as f32,
+                        "patch {t} pixel ({i}, {j}) channel {ch}"
+                    );
+                }
+            }
+        }
     }
 }
