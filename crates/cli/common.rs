@@ -9,8 +9,8 @@ use std::str::FromStr;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{self, DataSpec, Dataset, Normalization, Split};
 use tessera_mim::{
-    DecoderConfig, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig,
-    VitConfig,
+    DecoderConfig, InitScheme, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias,
+    TargetConfig, VitConfig,
 };
 
 /// An image size: `32` (square) or `32x48` (height × width).
@@ -155,6 +155,14 @@ pub enum RelPosArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitArg {
+    /// MAE's: Xavier-uniform linear weights.
+    Mae,
+    /// BEiT's and SimMIM's: normal std 0.02, proj/fc2 scaled by 1/√(2·layer).
+    Beit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QkvBiasArg {
     /// One learned qkv.bias (timm, MAE).
     Qkv,
@@ -166,7 +174,9 @@ pub enum QkvBiasArg {
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Encoder preset: vit-mini (192/6/3, the demo's), vit-tiny (192/12/3),
-    /// vit-small (384/12/6), vit-base
+    /// simmim-vit-base (ViT-B with SimMIM's options: no absolute positions,
+    /// shared relative bias, layer scale 0.1, q/v bias, drop path 0.1, BEiT
+    /// init), vit-small (384/12/6), vit-base
     /// (768/12/12), vit-large (1024/24/16), vit-huge.
     #[arg(long, default_value = "vit-mini")]
     pub preset: String,
@@ -191,19 +201,28 @@ pub struct ModelArgs {
     /// MLP hidden width as a multiple of the width.
     #[arg(long, default_value_t = 4.0)]
     pub mlp_ratio: f32,
-    /// Positional embeddings.
-    #[arg(long, value_enum, default_value = "sincos")]
-    pub pos_embed: PosArg,
-    /// Relative position bias on every attention's logits.
-    #[arg(long, value_enum, default_value = "none")]
-    pub rel_pos_bias: RelPosArg,
+    /// Positional embeddings (default: the preset's; sincos for vit-*).
+    #[arg(long, value_enum)]
+    pub pos_embed: Option<PosArg>,
+    /// Relative position bias on every attention's logits (default: the
+    /// preset's; none for vit-*).
+    #[arg(long, value_enum)]
+    pub rel_pos_bias: Option<RelPosArg>,
     /// Layer scale: learned per-channel factors on each residual branch,
-    /// starting at this value (SimMIM's ViT: 0.1).
+    /// starting at this value (default: the preset's; none for vit-*).
     #[arg(long, allow_negative_numbers = true)]
     pub layer_scale: Option<f32>,
-    /// Bias of the attention's qkv projection.
-    #[arg(long, value_enum, default_value = "qkv")]
-    pub qkv_bias: QkvBiasArg,
+    /// Bias of the attention's qkv projection (default: the preset's; qkv
+    /// for vit-*).
+    #[arg(long, value_enum)]
+    pub qkv_bias: Option<QkvBiasArg>,
+    /// Stochastic depth: the drop-path rate of the last block, rising
+    /// linearly from 0 (default: the preset's; 0 for vit-*).
+    #[arg(long, allow_negative_numbers = true)]
+    pub drop_path: Option<f32>,
+    /// Weight initialisation (default: the preset's; mae for vit-*).
+    #[arg(long, value_enum)]
+    pub init: Option<InitArg>,
     /// Pre-training method (prediction head).
     #[arg(long, value_enum, default_value = "mae")]
     pub method: MethodArg,
@@ -247,21 +266,38 @@ impl ModelArgs {
             encoder.num_heads = h;
         }
         encoder.mlp_ratio = self.mlp_ratio;
-        encoder.pos_embed = match self.pos_embed {
-            PosArg::Sincos => PosEmbedKind::SinCos,
-            PosArg::Learned => PosEmbedKind::Learned,
-            PosArg::None => PosEmbedKind::None,
-        };
-        encoder.rel_pos_bias = match self.rel_pos_bias {
-            RelPosArg::None => RelPosBias::None,
-            RelPosArg::Shared => RelPosBias::Shared,
-            RelPosArg::PerBlock => RelPosBias::PerBlock,
-        };
-        encoder.layer_scale = self.layer_scale;
-        encoder.qkv_bias = match self.qkv_bias {
-            QkvBiasArg::Qkv => QkvBias::Qkv,
-            QkvBiasArg::Qv => QkvBias::QV,
-        };
+        if let Some(p) = self.pos_embed {
+            encoder.pos_embed = match p {
+                PosArg::Sincos => PosEmbedKind::SinCos,
+                PosArg::Learned => PosEmbedKind::Learned,
+                PosArg::None => PosEmbedKind::None,
+            };
+        }
+        if let Some(r) = self.rel_pos_bias {
+            encoder.rel_pos_bias = match r {
+                RelPosArg::None => RelPosBias::None,
+                RelPosArg::Shared => RelPosBias::Shared,
+                RelPosArg::PerBlock => RelPosBias::PerBlock,
+            };
+        }
+        if self.layer_scale.is_some() {
+            encoder.layer_scale = self.layer_scale;
+        }
+        if let Some(q) = self.qkv_bias {
+            encoder.qkv_bias = match q {
+                QkvBiasArg::Qkv => QkvBias::Qkv,
+                QkvBiasArg::Qv => QkvBias::QV,
+            };
+        }
+        if let Some(d) = self.drop_path {
+            encoder.drop_path = d;
+        }
+        if let Some(i) = self.init {
+            encoder.init = match i {
+                InitArg::Mae => InitScheme::Mae,
+                InitArg::Beit => InitScheme::Beit,
+            };
+        }
         let method = match self.method {
             MethodArg::Mae => {
                 let base = if size[0].max(size[1]) < 128 {

@@ -70,11 +70,24 @@ pub fn run(args: Args) -> Result<()> {
         format!("(B, {}, {d})", l + 1),
         "cls_token [1, 1, {d}]".replace("{d}", &d.to_string()),
     );
-    row(
-        "+ positions",
-        format!("(B, {}, {d})", l + 1),
-        format!("pos_embed [1, {}, {d}] ({:?})", l + 1, e.pos_embed),
-    );
+    let absolute = match e.pos_embed {
+        tessera_mim::PosEmbedKind::None => "no absolute table".to_string(),
+        kind => format!("pos_embed [1, {}, {d}] ({kind:?})", l + 1),
+    };
+    row("+ positions", format!("(B, {}, {d})", l + 1), absolute);
+    let table = || {
+        let rows = tessera_kernels::relpos::table_rows(e.grid(), true);
+        format!("relative_position_bias_table [{rows}, {}]", e.num_heads)
+    };
+    match e.rel_pos_bias {
+        tessera_mim::RelPosBias::None => {}
+        tessera_mim::RelPosBias::Shared => row("+ relative bias", "on the logits".into(), format!("one {}", table())),
+        tessera_mim::RelPosBias::PerBlock => row(
+            "+ relative bias",
+            "on the logits".into(),
+            format!("per block {}", table()),
+        ),
+    }
     row(
         &format!("{} blocks", e.depth),
         format!("(B, {}, {d})", l + 1),

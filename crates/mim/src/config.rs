@@ -50,6 +50,22 @@ pub enum QkvBias {
     QV,
 }
 
+/// How a fresh encoder's weights are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitScheme {
+    /// MAE's `initialize_weights`: Xavier-uniform linear and patch weights,
+    /// \[CLS\] and mask tokens normal with std 0.02.
+    #[default]
+    Mae,
+    /// BEiT's and SimMIM's: linear weights normal with std 0.02 (timm's
+    /// `trunc_normal_` at ±2, which truncates nothing), each block's `proj`
+    /// and `fc2` weights divided by `√(2·layer)` (layer from 1), the patch
+    /// convolution as PyTorch's default (uniform in ±1/√fan_in, bias too),
+    /// \[CLS\] std 0.02, SimMIM's mask token truncated at ±0.02.
+    Beit,
+}
+
 /// A Vision Transformer encoder, as in the seed document: patch embedding by a
 /// convolution with kernel = stride = patch, a \[CLS\] token, positional
 /// embeddings, `depth` pre-norm blocks, final LayerNorm.
@@ -80,6 +96,15 @@ pub struct VitConfig {
     /// The bias of the `qkv` projection.
     #[serde(default)]
     pub qkv_bias: QkvBias,
+    /// Stochastic depth: in training, each block's residual branches are
+    /// dropped per image with a rate rising linearly from 0 in the first
+    /// block to this in the last (timm, BEiT), the kept ones scaled by
+    /// `1/(1 − rate)`.
+    #[serde(default)]
+    pub drop_path: f32,
+    /// How fresh weights are drawn.
+    #[serde(default)]
+    pub init: InitScheme,
 }
 
 /// The named encoder sizes: (width, depth, heads).
@@ -96,11 +121,17 @@ pub const PRESETS: [(&str, usize, usize, usize); 6] = [
 ];
 
 impl VitConfig {
-    /// A preset (`vit-mini`, `vit-tiny`, `vit-small`, `vit-base`, `vit-large`, `vit-huge`)
-    /// at any image size, patch size and channel count.
+    /// A preset (`vit-mini`, `vit-tiny`, `vit-small`, `vit-base`,
+    /// `vit-large`, `vit-huge`, and `simmim-vit-base`: ViT-B with SimMIM's
+    /// options, see [`VitConfig::simmim_vit_base`]) at any image size, patch
+    /// size and channel count.
     pub fn preset(name: &str, img_size: [usize; 2], patch_size: usize, in_chans: usize) -> Result<VitConfig> {
+        if name == "simmim-vit-base" {
+            return Ok(Self::preset("vit-base", img_size, patch_size, in_chans)?.with_simmim_options());
+        }
         let (_, embed_dim, depth, num_heads) = PRESETS.iter().find(|p| p.0 == name).copied().ok_or_else(|| {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            let mut names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            names.push("simmim-vit-base");
             config_err(format!("unknown encoder preset '{name}' (known: {})", names.join(", ")))
         })?;
         let c = VitConfig {
@@ -117,9 +148,42 @@ impl VitConfig {
             rel_pos_bias: RelPosBias::None,
             layer_scale: None,
             qkv_bias: QkvBias::Qkv,
+            drop_path: 0.0,
+            init: InitScheme::Mae,
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// SimMIM's ViT-B pre-training configuration
+    /// (`simmim_pretrain__vit_base__img224__800ep.yaml`): ViT-B/16 at 224
+    /// without absolute positions, one relative position bias shared by all
+    /// blocks, layer scale 0.1, `q_bias`/`v_bias`, drop path 0.1, BEiT's
+    /// initialisation. With `Method::SimMim`, L1 on raw pixels and
+    /// `simmim` masking of 32-pixel cells at 0.6.
+    /// The preset `simmim-vit-base` at 224×224×3, patch 16.
+    pub fn simmim_vit_base() -> VitConfig {
+        VitConfig::preset("simmim-vit-base", [224, 224], 16, 3).expect("a valid preset")
+    }
+
+    /// SimMIM's ViT options on an encoder (see [`VitConfig::simmim_vit_base`]).
+    fn with_simmim_options(mut self) -> VitConfig {
+        self.pos_embed = PosEmbedKind::None;
+        self.rel_pos_bias = RelPosBias::Shared;
+        self.layer_scale = Some(0.1);
+        self.qkv_bias = QkvBias::QV;
+        self.drop_path = 0.1;
+        self.init = InitScheme::Beit;
+        self
+    }
+
+    /// The drop-path rate of block `i` (linear from 0 to `drop_path`).
+    pub fn drop_path_at(&self, i: usize) -> f32 {
+        if self.depth <= 1 {
+            0.0
+        } else {
+            self.drop_path * i as f32 / (self.depth - 1) as f32
+        }
     }
 
     /// Patches per column and per row of the grid.
@@ -176,6 +240,9 @@ impl VitConfig {
         }
         if !(0.0..1.0).contains(&self.pos_drop) {
             return Err(config_err(format!("pos_drop {} is outside [0, 1)", self.pos_drop)));
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(config_err(format!("drop_path {} is outside [0, 1)", self.drop_path)));
         }
         if let Some(v) = self.layer_scale
             && !v.is_finite()

@@ -4,7 +4,7 @@
 //! biases, LayerNorm weight 1 and bias 0.
 
 use crate::config::QkvBias;
-use rand::Rng;
+use rand::{Rng, RngExt};
 use tessera_tensor::init::xavier_uniform;
 use tessera_tensor::{Result, Tensor};
 
@@ -217,6 +217,19 @@ pub struct Block {
     /// `(D)` each, with layer scale.
     pub gamma_1: Option<Tensor>,
     pub gamma_2: Option<Tensor>,
+    /// Stochastic depth: the rate at which training drops this block's
+    /// residual branches, per image.
+    pub drop_path: f32,
+}
+
+/// Stochastic depth's per-image factors `(B, 1, 1)`: 0 with probability
+/// `rate`, else `1/(1 − rate)`, so the branch is unchanged in expectation.
+pub fn drop_path_scale<R: Rng + ?Sized>(batch: usize, rate: f32, rng: &mut R) -> Result<Tensor> {
+    let keep = 1.0 / (1.0 - rate);
+    let v = (0..batch)
+        .map(|_| if rng.random::<f32>() < rate { 0.0 } else { keep })
+        .collect();
+    Tensor::new(v, &[batch, 1, 1])
 }
 
 impl Block {
@@ -241,6 +254,7 @@ impl Block {
             norm2: LayerNorm::new(dim, eps),
             gamma_1: gamma(),
             gamma_2: gamma(),
+            drop_path: 0.0,
         }
     }
     /// `x (B, N, D)` → `(B, N, D)`.
@@ -249,17 +263,54 @@ impl Block {
     }
     /// [`Block::forward`] with `bias (G, H, N, N)` added to the attention's logits.
     pub fn forward_biased(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        // x + attn(norm1(x)), then x + mlp(norm2(x)); without layer scale each
-        // residual is added by the product that ends its branch.
+        self.forward_scaled(x, bias, None)
+    }
+
+    /// [`Block::forward_biased`] in training (`train`) or evaluation: in
+    /// training, each residual branch is dropped per image at the block's
+    /// drop-path rate, drawing from `rng` (nothing is drawn at rate 0).
+    pub fn forward_train<R: Rng + ?Sized>(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        train: bool,
+        rng: &mut R,
+    ) -> Result<Tensor> {
+        if !train || self.drop_path == 0.0 {
+            return self.forward_scaled(x, bias, None);
+        }
+        let b = x.shape()[0];
+        let scales = (
+            drop_path_scale(b, self.drop_path, rng)?,
+            drop_path_scale(b, self.drop_path, rng)?,
+        );
+        self.forward_scaled(x, bias, Some((&scales.0, &scales.1)))
+    }
+
+    /// The block with optional per-image branch factors `(B, 1, 1)`.
+    fn forward_scaled(&self, x: &Tensor, bias: Option<&Tensor>, drop: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+        // x + attn(norm1(x)), then x + mlp(norm2(x)); without layer scale and
+        // stochastic depth each residual is added by the product that ends
+        // its branch.
+        let branch = |y: Tensor, gamma: &Option<Tensor>, scale: Option<&Tensor>| -> Result<Tensor> {
+            let y = match gamma {
+                Some(g) => y.mul(g)?,
+                None => y,
+            };
+            match scale {
+                Some(s) => y.mul(s),
+                None => Ok(y),
+            }
+        };
         let h = self.norm1.forward(x)?;
-        let x = match &self.gamma_1 {
-            None => self.attn.forward_residual(&h, bias, x)?,
-            Some(g) => x.add(&self.attn.forward(&h, bias)?.mul(g)?)?,
+        let x = match (&self.gamma_1, drop) {
+            (None, None) => self.attn.forward_residual(&h, bias, x)?,
+            _ => x.add(&branch(self.attn.forward(&h, bias)?, &self.gamma_1, drop.map(|d| d.0))?)?,
         };
         let h = self.norm2.forward(&x)?;
-        match &self.gamma_2 {
-            None => self.mlp.forward_residual(&h, &x),
-            Some(g) => x.add(&self.mlp.forward(&h)?.mul(g)?),
+        match (&self.gamma_2, drop) {
+            (None, None) => self.mlp.forward_residual(&h, &x),
+            _ => x.add(&branch(self.mlp.forward(&h)?, &self.gamma_2, drop.map(|d| d.1))?),
         }
     }
 }

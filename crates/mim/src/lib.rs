@@ -36,7 +36,8 @@ pub mod vit;
 pub mod viz;
 
 pub use config::{
-    DecoderConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig, VitConfig,
+    DecoderConfig, InitScheme, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig,
+    VitConfig,
 };
 pub use error::{MimError, Result};
 pub use masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};

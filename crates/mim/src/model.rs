@@ -23,7 +23,7 @@
 //! channels are in pixel-shuffle order (channel-major); predictions are
 //! reordered to MAE's patchify order `(i, j, c)` for the loss and pictures.
 
-use crate::config::{Method, ModelConfig, PixelLoss, TargetConfig};
+use crate::config::{InitScheme, Method, ModelConfig, PixelLoss, TargetConfig};
 use crate::error::{MimError, Result};
 use crate::layers::{Block, LayerNorm, Linear, Module, join, visit_blocks};
 use crate::masking::{Mask, MimRng};
@@ -32,7 +32,7 @@ use crate::target::{Codebook, normalize_patches, patchify_images};
 use crate::vit::{Pool, VisionTransformer};
 use rand::Rng;
 use tessera_kernels::patch::PatchDims;
-use tessera_tensor::init::normal;
+use tessera_tensor::init::{normal, trunc_normal, uniform};
 use tessera_tensor::{Tensor, no_grad};
 
 /// MAE's decoder.
@@ -101,6 +101,16 @@ impl MimModel {
                         .collect(),
                     norm: LayerNorm::new(dd, enc.norm_eps),
                     pred: Linear::new(dd, out, true, rng),
+                })
+            }
+            Method::SimMim if enc.init == InitScheme::Beit => {
+                // SimMIM: the mask token truncated at ±std; the head's
+                // convolution PyTorch's default, uniform in ±1/√D.
+                let bound = 1.0 / (d as f32).sqrt();
+                Head::SimMim(SimMimHead {
+                    mask_token: Tensor::param(trunc_normal(d, 0.0, 0.02, -0.02, 0.02, rng), &[1, 1, d])?,
+                    weight: Tensor::param(uniform(out * d, -bound, bound, rng), &[out, d, 1, 1])?,
+                    bias: Tensor::param(uniform(out, -bound, bound, rng), &[out])?,
                 })
             }
             Method::SimMim => {

@@ -19,7 +19,7 @@
 //! `qkv.bias`. On MAE's visible tokens the relative bias is gathered for each
 //! image's own tokens.
 
-use crate::config::{PosEmbedKind, RelPosBias, VitConfig};
+use crate::config::{InitScheme, PosEmbedKind, RelPosBias, VitConfig};
 use crate::error::{MimError, Result};
 use crate::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
 use crate::masking::{Mask, MimRng};
@@ -27,7 +27,7 @@ use crate::pos_embed::sincos_2d;
 use rand::{Rng, SeedableRng};
 use tessera_kernels::relpos;
 use tessera_tensor::Tensor;
-use tessera_tensor::init::{normal, trunc_normal};
+use tessera_tensor::init::{normal, trunc_normal, uniform};
 
 /// How to turn the encoder's tokens into one vector per image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,13 +92,15 @@ impl VisionTransformer {
         };
         let own_table = (config.rel_pos_bias == RelPosBias::PerBlock).then_some(rows);
         let blocks = (0..config.depth)
-            .map(|_| {
+            .map(|i| {
                 let attn = Attention::with(d, h, config.qkv_bias, own_table, rng);
-                Block::with(attn, config.mlp_hidden(), config.norm_eps, config.layer_scale, rng)
+                let mut block = Block::with(attn, config.mlp_hidden(), config.norm_eps, config.layer_scale, rng);
+                block.drop_path = config.drop_path_at(i);
+                block
             })
             .collect();
         let norm = LayerNorm::new(d, config.norm_eps);
-        Ok(VisionTransformer {
+        let vit = VisionTransformer {
             config,
             patch_embed,
             cls_token,
@@ -107,7 +109,53 @@ impl VisionTransformer {
             rel_pos_index,
             blocks,
             norm,
-        })
+        };
+        if vit.config.init == InitScheme::Beit {
+            vit.beit_init(rng)?;
+        }
+        Ok(vit)
+    }
+
+    /// Redraws the weights as BEiT's and SimMIM's ViT (see [`InitScheme::Beit`]).
+    fn beit_init<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<()> {
+        let set = |t: &Tensor, v: Vec<f32>| t.set_data(&v);
+        // PyTorch's default for a convolution: uniform in ±1/√fan_in.
+        let fan_in = self.patch_embed.weight.numel() / self.config.embed_dim;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        set(
+            &self.patch_embed.weight,
+            uniform(self.patch_embed.weight.numel(), -bound, bound, rng),
+        )?;
+        set(
+            &self.patch_embed.bias,
+            uniform(self.config.embed_dim, -bound, bound, rng),
+        )?;
+        set(
+            &self.cls_token,
+            trunc_normal(self.config.embed_dim, 0.0, 0.02, -2.0, 2.0, rng),
+        )?;
+        if let (Some(p), PosEmbedKind::Learned) = (&self.pos_embed, self.config.pos_embed) {
+            set(p, trunc_normal(p.numel(), 0.0, 0.02, -2.0, 2.0, rng))?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rescale = 1.0 / (2.0 * (i + 1) as f32).sqrt();
+            for (linear, scale) in [
+                (&block.attn.qkv, 1.0),
+                (&block.attn.proj, rescale),
+                (&block.mlp.fc1, 1.0),
+                (&block.mlp.fc2, rescale),
+            ] {
+                let w: Vec<f32> = trunc_normal(linear.weight.numel(), 0.0, 0.02, -2.0, 2.0, rng)
+                    .into_iter()
+                    .map(|v| v * scale)
+                    .collect();
+                set(&linear.weight, w)?;
+                if let Some(b) = &linear.bias {
+                    set(b, vec![0.0; b.numel()])?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks that images fit this encoder, naming both shapes if not.
@@ -199,7 +247,7 @@ impl VisionTransformer {
                 (Some(t), Some((idx, g, n))) => Some(t.relpos_bias(idx, *g, *n)?),
                 _ => None,
             };
-            x = block.forward_biased(&x, own.as_ref().or(shared.as_ref()))?;
+            x = block.forward_train(&x, own.as_ref().or(shared.as_ref()), train, rng)?;
         }
         Ok(self.norm.forward(&x)?)
     }

@@ -229,3 +229,92 @@ fn checkpoints_keep_the_options() {
     assert_eq!(f(&loaded), f(model));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Stochastic depth: the identity in evaluation; in training, each image's
+/// branch is either dropped or scaled by 1/(1 − rate), which leaves it
+/// unchanged in expectation; the rate rises linearly over the blocks.
+#[test]
+fn drop_path_is_identity_in_eval_and_unbiased_in_train() {
+    use tessera_mim::layers::drop_path_scale;
+    let mut r = rng();
+    let rate = 0.3;
+    let s = drop_path_scale(20_000, rate, &mut r).unwrap().to_vec();
+    let keep = 1.0 / (1.0 - rate);
+    assert!(s.iter().all(|&v| v == 0.0 || (v - keep).abs() < 1e-6));
+    let mean = s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
+    assert!((mean - 1.0).abs() < 0.02, "mean factor {mean}");
+
+    let mut c = tiny_vit(3);
+    c.depth = 3;
+    c.drop_path = 0.2;
+    assert_eq!(
+        [c.drop_path_at(0), c.drop_path_at(1), c.drop_path_at(2)],
+        [0.0, 0.1, 0.2]
+    );
+    let mut plain = c.clone();
+    plain.drop_path = 0.0;
+    let vit = VisionTransformer::new(c, &mut rng()).unwrap();
+    let same = VisionTransformer::new(plain, &mut rng()).unwrap();
+    let imgs = images(8, 3, 16, 16, 8);
+    let eval = vit.forward_all(&imgs, false, &mut rng()).unwrap().to_vec();
+    assert_eq!(eval, same.forward_all(&imgs, false, &mut rng()).unwrap().to_vec());
+    let train = |seed| {
+        vit.forward_all(&imgs, true, &mut MimRng::seed_from_u64(seed))
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(train(1), train(1), "deterministic by seed");
+    assert_ne!(train(1), eval, "some branch of 8 images × 2 blocks was dropped");
+    // Without drop path, training draws nothing and equals evaluation.
+    assert_eq!(same.forward_all(&imgs, true, &mut rng()).unwrap().to_vec(), eval);
+}
+
+/// BEiT's initialisation: linear weights with std 0.02, `proj` and `fc2` of
+/// block i (from 1) divided by √(2i), zero biases, the patch convolution in
+/// ±1/√fan_in.
+#[test]
+fn beit_initialisation() {
+    let mut c = tiny_vit(3);
+    c.embed_dim = 64;
+    c.depth = 3;
+    c.init = tessera_mim::InitScheme::Beit;
+    let vit = VisionTransformer::new(c, &mut rng()).unwrap();
+    let std = |t: &tessera_tensor::Tensor| {
+        let v = t.to_vec();
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    for (i, b) in vit.blocks.iter().enumerate() {
+        let rescale = 1.0 / (2.0 * (i + 1) as f32).sqrt();
+        for (what, t, want) in [
+            ("qkv", &b.attn.qkv.weight, 0.02),
+            ("fc1", &b.mlp.fc1.weight, 0.02),
+            ("proj", &b.attn.proj.weight, 0.02 * rescale),
+            ("fc2", &b.mlp.fc2.weight, 0.02 * rescale),
+        ] {
+            let s = std(t);
+            assert!((s - want).abs() < 0.1 * want, "block {i} {what}: std {s}, want {want}");
+        }
+        assert!(b.mlp.fc1.bias.as_ref().unwrap().to_vec().iter().all(|&v| v == 0.0));
+    }
+    let bound = 1.0 / 48f32.sqrt(); // fan_in = 3·4·4
+    let w = vit.patch_embed.weight.to_vec();
+    assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > 0.9 * bound));
+}
+
+/// The SimMIM ViT-B preset is the published pre-training configuration.
+#[test]
+fn simmim_vit_base_preset() {
+    let c = VitConfig::simmim_vit_base();
+    assert_eq!(
+        (c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads),
+        ([224, 224], 16, 768, 12, 12)
+    );
+    assert_eq!(c.pos_embed, PosEmbedKind::None);
+    assert_eq!(c.rel_pos_bias, RelPosBias::Shared);
+    assert_eq!((c.layer_scale, c.qkv_bias, c.drop_path), (Some(0.1), QkvBias::QV, 0.1));
+    assert_eq!(c.init, tessera_mim::InitScheme::Beit);
+    // Any size, as every preset.
+    let small = VitConfig::preset("simmim-vit-base", [32, 32], 4, 1).unwrap();
+    assert_eq!((small.grid(), small.rel_pos_bias), ([8, 8], RelPosBias::Shared));
+}
