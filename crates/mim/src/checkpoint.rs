@@ -198,6 +198,10 @@ impl TensorFile {
             ..Default::default()
         };
         for (name, view) in st.tensors() {
+            // BEiT's integer index buffers are recomputed, never read.
+            if view.dtype() != Dtype::F32 && crate::official::is_recomputed_buffer(&name) {
+                continue;
+            }
             if view.dtype() != Dtype::F32 {
                 return Err(ckpt_err(
                     path,
@@ -480,7 +484,7 @@ pub fn load_model_hinted(
         if need_decoder && !official::has_decoder(&file) {
             return Err(MimError::Checkpoint {
                 path: path.to_path_buf(),
-                msg: "holds an encoder alone (no decoder_* tensors); this needs MAE's pre-training weights".into(),
+                msg: "holds an encoder alone (no decoder tensors); this needs the pre-training weights".into(),
             });
         }
         config

@@ -17,9 +17,27 @@
 //! 1024, 1280 — and MAE's 16 for a 512-wide decoder) and whether the target
 //! was normalised per patch (`norm_pix_loss`, default true as in MAE's
 //! pre-training recipe).
+//!
+//! SimMIM's released ViT `state_dict`s (names under `encoder.`) are read the
+//! same way ([`infer_simmim_config`]):
+//!
+//! ```text
+//! encoder.patch_embed.proj.weight                      (D, C, p, p)
+//! encoder.pos_embed                                    (1, 1+L, D)  learned, if any
+//! encoder.rel_pos_bias.relative_position_bias_table    ((2G−1)²+3, H)  shared bias: G and H
+//! encoder.blocks.{i}.attn.relative_position_bias_table  the same, per block
+//! encoder.blocks.{i}.gamma_1 / gamma_2                  layer scale
+//! encoder.blocks.{i}.attn.q_bias / v_bias               q/v bias (no qkv.bias)
+//! encoder.mask_token (1, 1, D), decoder.0.weight (p²C, D, 1, 1), decoder.0.bias
+//! ```
+//! Their `relative_position_index` buffers (integers) are skipped: Tessera
+//! computes the same index. The loss is SimMIM's L1 on raw pixels.
 
 use crate::checkpoint::TensorFile;
-use crate::config::{DecoderConfig, Method, ModelConfig, PRESETS, PixelLoss, TargetConfig, VitConfig};
+use crate::config::{
+    DecoderConfig, InitScheme, Method, ModelConfig, PRESETS, PixelLoss, PosEmbedKind, QkvBias, RelPosBias,
+    TargetConfig, VitConfig,
+};
 use crate::error::{MimError, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -63,15 +81,124 @@ fn mlp_ratio(file: &TensorFile, prefix: &str, width: usize, path: &Path) -> Resu
     Ok(fc1[0] as f32 / width as f32)
 }
 
-/// True if the file holds MAE's decoder (a pre-training checkpoint).
+/// True if the file holds MAE's decoder or SimMIM's head (a pre-training
+/// checkpoint).
 pub fn has_decoder(file: &TensorFile) -> bool {
-    file.tensors.contains_key("decoder_embed.weight")
+    file.tensors.contains_key("decoder_embed.weight") || file.tensors.contains_key("decoder.0.weight")
+}
+
+/// True for a SimMIM state dict (its encoder's tensors under `encoder.`).
+pub fn is_simmim(file: &TensorFile) -> bool {
+    file.tensors.contains_key("encoder.patch_embed.proj.weight")
+}
+
+/// BEiT's integer index buffers, which Tessera computes itself.
+pub fn is_recomputed_buffer(name: &str) -> bool {
+    name.ends_with("relative_position_index")
+}
+
+/// The configuration of a SimMIM-ViT state dict (see the module docs).
+pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ModelConfig> {
+    let pe = shape(file, "encoder.patch_embed.proj.weight", path)?;
+    let [d, c, p, p2] = *pe else {
+        return Err(err(
+            path,
+            format!("'encoder.patch_embed.proj.weight' has shape {pe:?}, want (D, C, p, p)"),
+        ));
+    };
+    if p != p2 {
+        return Err(err(
+            path,
+            format!("has a {p}x{p2} patch; only square patches are supported"),
+        ));
+    }
+    let depth = count_blocks(file, "encoder.blocks");
+    if depth == 0 {
+        return Err(err(path, "has no 'encoder.blocks.0.*' tensors"));
+    }
+    let shared = "encoder.rel_pos_bias.relative_position_bias_table";
+    let own = "encoder.blocks.0.attn.relative_position_bias_table";
+    let (rel, table) = if let Some(t) = file.tensors.get(shared) {
+        (RelPosBias::Shared, Some(t.shape.clone()))
+    } else if let Some(t) = file.tensors.get(own) {
+        (RelPosBias::PerBlock, Some(t.shape.clone()))
+    } else {
+        (RelPosBias::None, None)
+    };
+    // The grid: from the absolute table if there is one, else from the
+    // relative table's (2G − 1)² + 3 rows.
+    let grid = if let Some(pos) = file.tensors.get("encoder.pos_embed") {
+        let l = pos.shape.get(1).copied().unwrap_or(1).saturating_sub(1);
+        (l as f64).sqrt().round() as usize
+    } else if let Some(t) = &table {
+        let side = ((t[0].saturating_sub(3)) as f64).sqrt().round() as usize;
+        side.div_ceil(2)
+    } else {
+        return Err(err(
+            path,
+            "has neither 'encoder.pos_embed' nor a relative position table: cannot tell its image size",
+        ));
+    };
+    let heads = match (hints.heads, &table) {
+        (Some(h), _) => h,
+        (None, Some(t)) if t.len() == 2 => t[1],
+        _ => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
+            err(
+                path,
+                format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
+            )
+        })?,
+    };
+    let mut encoder = VitConfig::preset("vit-base", [grid * p, grid * p], p, c)?;
+    encoder.embed_dim = d;
+    encoder.depth = depth;
+    encoder.num_heads = heads;
+    encoder.mlp_ratio = mlp_ratio(file, "encoder.blocks", d, path)?;
+    encoder.pos_embed = if file.tensors.contains_key("encoder.pos_embed") {
+        PosEmbedKind::Learned
+    } else {
+        PosEmbedKind::None
+    };
+    encoder.rel_pos_bias = rel;
+    // The starting value does not matter once the trained scales load.
+    encoder.layer_scale = file.tensors.contains_key("encoder.blocks.0.gamma_1").then_some(0.1);
+    encoder.qkv_bias = if file.tensors.contains_key("encoder.blocks.0.attn.q_bias") {
+        QkvBias::QV
+    } else {
+        QkvBias::Qkv
+    };
+    encoder.init = InitScheme::Beit;
+    let config = ModelConfig {
+        encoder,
+        method: Method::SimMim,
+        target: TargetConfig::Pixels {
+            loss: PixelLoss::L1,
+            norm_pix: false,
+        },
+    };
+    config.validate()?;
+    if let Some(head) = file.tensors.get("decoder.0.weight")
+        && head.shape != [p * p * c, d, 1, 1]
+    {
+        return Err(err(
+            path,
+            format!(
+                "'decoder.0.weight' has shape {:?}, want ({}, {d}, 1, 1)",
+                head.shape,
+                p * p * c
+            ),
+        ));
+    }
+    Ok(config)
 }
 
 /// The model configuration a state dict without metadata describes. With
 /// `need_decoder` false (features only: the decoder is loaded but never run)
 /// an unknown decoder head count is no error.
 pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_decoder: bool) -> Result<ModelConfig> {
+    if is_simmim(file) {
+        return infer_simmim_config(file, path, hints);
+    }
     let pe = shape(file, "patch_embed.proj.weight", path)?;
     let [d, c, p, p2] = *pe else {
         return Err(err(
@@ -173,7 +300,11 @@ pub fn check_names(file: &TensorFile, path: &Path, model: &[String], wanted: imp
         .map(String::as_str)
         .filter(|n| wanted(n) && !have.contains(n))
         .collect();
-    let extra: Vec<&str> = have.iter().copied().filter(|n| !known.contains(n)).collect();
+    let extra: Vec<&str> = have
+        .iter()
+        .copied()
+        .filter(|n| !known.contains(n) && !is_recomputed_buffer(n))
+        .collect();
     if missing.is_empty() && extra.is_empty() {
         return Ok(());
     }
@@ -201,5 +332,5 @@ pub fn check_names(file: &TensorFile, path: &Path, model: &[String], wanted: imp
 
 /// True for the names of the encoder's tensors (what an encoder-only file holds).
 pub fn is_encoder_tensor(name: &str) -> bool {
-    !(name.starts_with("decoder_") || name == "mask_token")
+    !(name.starts_with("decoder_") || name.starts_with("decoder.") || name == "mask_token")
 }

@@ -92,3 +92,56 @@ fn simmim_names_cover_the_official_state_dict() {
         .collect();
     assert_eq!(ours, theirs);
 }
+
+/// The fixture's weights as an official SimMIM checkpoint would hold them
+/// (no Tessera metadata, plus BEiT's int64 `relative_position_index`
+/// buffer): the configuration is read off the shapes, the index buffer is
+/// skipped, and the model reproduces PyTorch's reconstruction.
+#[test]
+fn an_official_simmim_state_dict_loads_without_metadata() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let (file, path) = fixture();
+    let mut views = Vec::new();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors
+        .iter()
+        .filter(|(n, _)| !["images", "mask", "loss", "pred"].contains(&n.as_str()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.shape.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    for (n, shape, b) in &bytes {
+        views.push((n.clone(), TensorView::new(Dtype::F32, shape.clone(), b).unwrap()));
+    }
+    let index: Vec<u8> = tessera_kernels::relpos::grid_index([4, 4], true)
+        .iter()
+        .flat_map(|&v| (v as i64).to_le_bytes())
+        .collect();
+    views.push((
+        "encoder.rel_pos_bias.relative_position_index".into(),
+        TensorView::new(Dtype::I64, vec![17, 17], &index).unwrap(),
+    ));
+    let dir = std::env::temp_dir().join(format!("tessera-official-simmim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let official = dir.join("simmim.safetensors");
+    std::fs::write(&official, safetensors::serialize(views, None).unwrap()).unwrap();
+
+    let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
+    let mut want = config();
+    want.encoder.init = tessera_mim::InitScheme::Beit;
+    assert_eq!(model.config, want);
+
+    let get = |name: &str| file.get(name, path).unwrap();
+    let imgs = Tensor::new(get("images").data.clone(), &get("images").shape).unwrap();
+    let hidden: Vec<bool> = get("mask").data.iter().map(|&v| v == 1.0).collect();
+    let mask = Mask::from_hidden(hidden, 2, 16).unwrap();
+    let pred = model
+        .predict(&imgs, &mask, false, &mut MimRng::seed_from_u64(0))
+        .unwrap();
+    assert_rel_close(&pred.to_vec(), &get("pred").data, "reconstruction of the official file");
+    std::fs::remove_dir_all(&dir).ok();
+}
