@@ -223,6 +223,10 @@ pub struct ModelArgs {
     /// Weight initialisation (default: the preset's; mae for vit-*).
     #[arg(long, value_enum)]
     pub init: Option<InitArg>,
+    /// No final LayerNorm over the tokens (BEiT's and SimMIM's ViT built for
+    /// mean pooling).
+    #[arg(long)]
+    pub no_final_norm: bool,
     /// Pre-training method (prediction head).
     #[arg(long, value_enum, default_value = "mae")]
     pub method: MethodArg,
@@ -291,6 +295,9 @@ impl ModelArgs {
         }
         if let Some(d) = self.drop_path {
             encoder.drop_path = d;
+        }
+        if self.no_final_norm {
+            encoder.final_norm = false;
         }
         if let Some(i) = self.init {
             encoder.init = match i {

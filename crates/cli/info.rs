@@ -96,7 +96,11 @@ pub fn run(args: Args) -> Result<()> {
     row(
         "final norm",
         format!("(B, {}, {d})", l + 1),
-        "LayerNorm eps 1e-6".into(),
+        if e.final_norm {
+            "LayerNorm eps 1e-6".into()
+        } else {
+            "none (built for mean pooling)".into()
+        },
     );
     row(
         "[CLS] embedding",

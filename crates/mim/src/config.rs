@@ -105,6 +105,15 @@ pub struct VitConfig {
     /// How fresh weights are drawn.
     #[serde(default)]
     pub init: InitScheme,
+    /// A final LayerNorm over the tokens (`norm`). BEiT's and SimMIM's ViT
+    /// built for mean pooling (`use_mean_pooling`) has none: its norm comes
+    /// after pooling, in the classifier (`fc_norm`).
+    #[serde(default = "yes")]
+    pub final_norm: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The named encoder sizes: (width, depth, heads).
@@ -150,6 +159,7 @@ impl VitConfig {
             qkv_bias: QkvBias::Qkv,
             drop_path: 0.0,
             init: InitScheme::Mae,
+            final_norm: true,
         };
         c.validate()?;
         Ok(c)

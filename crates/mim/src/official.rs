@@ -168,6 +168,7 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
         QkvBias::Qkv
     };
     encoder.init = InitScheme::Beit;
+    encoder.final_norm = file.tensors.contains_key("encoder.norm.weight");
     let config = ModelConfig {
         encoder,
         method: Method::SimMim,

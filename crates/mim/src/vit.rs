@@ -53,7 +53,8 @@ pub struct VisionTransformer {
     /// with a relative position bias.
     pub rel_pos_index: Vec<u32>,
     pub blocks: Vec<Block>,
-    pub norm: LayerNorm,
+    /// The final LayerNorm, unless `final_norm` is off.
+    pub norm: Option<LayerNorm>,
 }
 
 /// Which tokens a pass through the blocks holds (after \[CLS\]).
@@ -99,7 +100,7 @@ impl VisionTransformer {
                 block
             })
             .collect();
-        let norm = LayerNorm::new(d, config.norm_eps);
+        let norm = config.final_norm.then(|| LayerNorm::new(d, config.norm_eps));
         let vit = VisionTransformer {
             config,
             patch_embed,
@@ -249,7 +250,10 @@ impl VisionTransformer {
             };
             x = block.forward_train(&x, own.as_ref().or(shared.as_ref()), train, rng)?;
         }
-        Ok(self.norm.forward(&x)?)
+        Ok(match &self.norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
+        })
     }
 
     /// MAE's encoder: only the visible patches of `mask` → `(B, 1 + K, D)`.
@@ -304,6 +308,8 @@ impl Module for VisionTransformer {
         }
         self.patch_embed.visit(&join(prefix, "patch_embed"), f);
         visit_blocks(&self.blocks, &join(prefix, "blocks"), f);
-        self.norm.visit(&join(prefix, "norm"), f);
+        if let Some(norm) = &self.norm {
+            norm.visit(&join(prefix, "norm"), f);
+        }
     }
 }

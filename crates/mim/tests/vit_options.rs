@@ -318,3 +318,20 @@ fn simmim_vit_base_preset() {
     let small = VitConfig::preset("simmim-vit-base", [32, 32], 4, 1).unwrap();
     assert_eq!((small.grid(), small.rel_pos_bias), ([8, 8], RelPosBias::Shared));
 }
+
+/// Without the final norm (SimMIM's ViT for mean pooling) the tokens are
+/// the blocks' outputs: applying a fresh LayerNorm to them gives the normed
+/// encoder's; `norm.*` is absent from the names.
+#[test]
+fn without_the_final_norm() {
+    let mut c = tiny_vit(3);
+    c.final_norm = false;
+    let bare = VisionTransformer::new(c, &mut rng()).unwrap();
+    let normed = VisionTransformer::new(tiny_vit(3), &mut rng()).unwrap();
+    assert!(bare.named_tensors().iter().all(|(n, _)| !n.starts_with("norm.")));
+    let imgs = images(2, 3, 16, 16, 9);
+    let x = bare.forward_all(&imgs, false, &mut rng()).unwrap();
+    let ln = tessera_mim::layers::LayerNorm::new(32, 1e-6);
+    let want = normed.forward_all(&imgs, false, &mut rng()).unwrap().to_vec();
+    assert_eq!(ln.forward(&x).unwrap().to_vec(), want);
+}
