@@ -118,7 +118,7 @@ impl DataArgs {
 pub enum MethodArg {
     /// Encoder on visible patches, transformer decoder with mask tokens.
     Mae,
-    /// Encoder on all patches with a learned mask token, linear head.
+    /// Encoder on all patches with a learned mask token, 1x1-convolution head (SimMIM's).
     Simmim,
 }
 

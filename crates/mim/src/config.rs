@@ -1,5 +1,5 @@
 //! Model configuration: the encoder (a Vision Transformer), the method (MAE's
-//! decoder or SimMIM's linear head) and the prediction target. Every field has
+//! decoder or SimMIM's 1×1-convolution head) and the prediction target. Every field has
 //! a name a user can set, presets give the usual sizes, and [`ModelConfig::validate`]
 //! rejects what cannot be built with a message that names the option.
 
@@ -336,7 +336,7 @@ pub enum Method {
     /// learned mask token reconstructs every patch.
     Mae { decoder: DecoderConfig },
     /// SimMIM: the encoder sees every patch, hidden ones replaced by a learned
-    /// mask token; a linear head predicts each patch.
+    /// mask token; a 1×1 convolution (`decoder.0`) predicts each patch.
     SimMim,
 }
 

@@ -8,7 +8,7 @@
 //! 2. **encoder** ([`vit`]): a Vision Transformer (conv patch embedding,
 //!    \[CLS\] token, positional embeddings, pre-norm blocks, final LayerNorm);
 //! 3. **prediction head** ([`model`]): MAE's transformer decoder or SimMIM's
-//!    linear head;
+//!    1×1-convolution head (a linear map per token, pixel-shuffle order);
 //! 4. **prediction target and loss** ([`target`]): pixels (MSE or L1,
 //!    optionally normalised per patch) or codebook indices (cross-entropy).
 //!
