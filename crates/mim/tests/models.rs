@@ -117,18 +117,8 @@ fn every_parameter_receives_a_nonzero_gradient() {
         if matches!(model.config.target, TargetConfig::Codebook { .. }) {
             model.fit_codebook(&imgs, 3, &mut r).unwrap();
         }
-        let mask = Mask::sample(
-            MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
-            2,
-            [4, 4],
-            &mut r,
-        );
-        let grads = model
-            .forward(&imgs, &mask, true, &mut r)
-            .unwrap()
-            .loss
-            .backward()
-            .unwrap();
+        let mask = mae_mask(2, &mut r);
+        let grads = loss_gradients(&model, &imgs, &mask, &mut r);
         let params = model.parameters();
         assert!(params.len() > 20);
         for (name, t) in params {

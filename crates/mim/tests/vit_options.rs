@@ -6,9 +6,7 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use tessera_mim::layers::Module;
-use tessera_mim::{
-    Mask, MaskingConfig, MimModel, MimRng, PosEmbedKind, QkvBias, RelPosBias, VisionTransformer, VitConfig,
-};
+use tessera_mim::{Mask, MimModel, MimRng, PosEmbedKind, QkvBias, RelPosBias, VisionTransformer, VitConfig};
 
 fn rng() -> MimRng {
     MimRng::seed_from_u64(5)
@@ -186,18 +184,8 @@ fn every_option_gets_a_gradient_with_both_methods() {
         let model = MimModel::new(cfg, &mut r).unwrap();
         randomise(&model.encoder, 7);
         let imgs = images(2, 3, 16, 16, 5);
-        let mask = Mask::sample(
-            MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
-            2,
-            [4, 4],
-            &mut r,
-        );
-        let grads = model
-            .forward(&imgs, &mask, true, &mut r)
-            .unwrap()
-            .loss
-            .backward()
-            .unwrap();
+        let mask = mae_mask(2, &mut r);
+        let grads = loss_gradients(&model, &imgs, &mask, &mut r);
         for (name, t) in model.parameters() {
             if name.contains("relative") || name.contains("gamma") || name.contains("q_bias") || name.contains("v_bias")
             {

@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 use rand::{RngExt, SeedableRng};
-use tessera_mim::{DecoderConfig, Method, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig};
-use tessera_tensor::Tensor;
+use tessera_mim::{
+    DecoderConfig, Mask, MaskingConfig, Method, MimModel, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig,
+};
+use tessera_tensor::{GradStore, Tensor};
 
 /// A tiny encoder: 16×16 images, patch 4 (a 4×4 grid), width 32, 2 blocks.
 pub fn tiny_vit(chans: usize) -> VitConfig {
@@ -72,4 +74,19 @@ pub fn images(b: usize, c: usize, h: usize, w: usize, seed: u64) -> Tensor {
         }
     }
     Tensor::new(data, &[b, c, h, w]).unwrap()
+}
+
+/// MAE's random masking (75%) of `batch` images on the tiny models' 4×4 grid.
+pub fn mae_mask(batch: usize, rng: &mut MimRng) -> Mask {
+    Mask::sample(
+        MaskingConfig::mae_default().build(4, [4, 4]).unwrap().as_ref(),
+        batch,
+        [4, 4],
+        rng,
+    )
+}
+
+/// The gradients of one training forward's loss.
+pub fn loss_gradients(model: &MimModel, imgs: &Tensor, mask: &Mask, rng: &mut MimRng) -> GradStore {
+    model.forward(imgs, mask, true, rng).unwrap().loss.backward().unwrap()
 }
