@@ -39,6 +39,7 @@ pub mod patch;
 pub mod peak;
 pub mod relpos;
 pub mod softmax;
+pub mod window;
 
 #[cfg(test)]
 mod testutil;

@@ -197,6 +197,31 @@ fn relpos_bias_and_attention() {
     ok(vec![param(&[t, h], 72)], |x| x[0].relpos_bias(&two, 2, n));
 }
 
+/// Swin's layouts: window partition (with and without the cyclic shift), its
+/// reverse, and patch merging.
+#[test]
+fn swin_layouts() {
+    for (b, h, w, c, window, shift) in [(1, 4, 4, 2, 2, 0), (2, 6, 6, 3, 3, 1), (1, 4, 6, 1, 2, 1)] {
+        let x = param(&[b, h, w, c], 90 + h as u64);
+        ok(vec![x.clone()], |t| t[0].window_partition(window, shift));
+        let wins = param(&[b * (h / window) * (w / window), window * window, c], 91);
+        ok(vec![wins], |t| t[0].window_reverse(window, shift, [h, w]));
+        ok(vec![x.clone()], |t| t[0].patch_merge());
+        // Reverse undoes partition exactly.
+        let back = x
+            .window_partition(window, shift)
+            .unwrap()
+            .window_reverse(window, shift, [h, w])
+            .unwrap();
+        assert_eq!(back.to_vec(), x.to_vec());
+    }
+    let x = param(&[1, 4, 4, 2], 92);
+    assert!(x.window_partition(3, 0).is_err());
+    assert!(x.window_partition(2, 2).is_err());
+    assert!(param(&[1, 3, 4, 2], 93).patch_merge().is_err());
+    assert!(param(&[5, 4, 2], 94).window_reverse(2, 0, [4, 4]).is_err());
+}
+
 /// Shapes that do not fit are errors, not panics.
 #[test]
 fn biased_attention_and_relpos_refuse_bad_shapes() {

@@ -7,6 +7,7 @@ use crate::backprop::{Backward, Grads};
 use crate::error::{Result, invalid, shape_err};
 use crate::shape::{axis, broadcast_shape, infer_shape, numel, strides};
 use crate::tensor::Tensor;
+use tessera_kernels::window::{self as kwindow, WindowDims};
 
 // ---------------------------------------------------------------- reshape
 
@@ -229,6 +230,143 @@ impl Backward for ScatterBackward {
         g.add(&self.y, gather(&dout, &self.idx, b, out.shape()[1], k, d));
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------- row permutations (Swin)
+
+/// The backward of a row permutation: the inverse permutation of `dout`.
+struct RowPermBackward {
+    x: Tensor,
+    /// `out row r` came from `x row index[r]` (`gather`), or went to `out
+    /// row index[r]` (`!gather`: a scatter).
+    index: Vec<usize>,
+    c: usize,
+    gather: bool,
+    name: &'static str,
+}
+
+impl Backward for RowPermBackward {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.x]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        let mut dx = crate::buffers::uninit(dout.len()); // a permutation: every row written
+        if self.gather {
+            kwindow::scatter_rows(&mut dx, &dout, &self.index, self.c);
+        } else {
+            kwindow::gather_rows(&mut dx, &dout, &self.index, self.c);
+        }
+        g.add(&self.x, dx);
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// Moves whole rows of the last axis by a permutation: `gather` gives
+    /// `out[r] = self[index[r]]`, else `out[index[r]] = self[r]`.
+    fn permute_rows(&self, index: Vec<usize>, shape: Vec<usize>, gather: bool, name: &'static str) -> Result<Tensor> {
+        let _timer = crate::profile::scope(name, "forward");
+        let c = *self.shape().last().unwrap_or(&1);
+        let mut out = crate::buffers::uninit(self.numel());
+        if gather {
+            kwindow::gather_rows(&mut out, &self.data(), &index, c);
+        } else {
+            kwindow::scatter_rows(&mut out, &self.data(), &index, c);
+        }
+        Ok(Tensor::from_op(out, shape, &[self], || {
+            Box::new(RowPermBackward {
+                x: self.clone(),
+                index,
+                c,
+                gather,
+                name,
+            })
+        }))
+    }
+
+    /// Swin's window partition, the cyclic shift folded in:
+    /// `self (B, H, W, C)` → `(B·nW, w², C)`, window `(b, bh, bw)` holding
+    /// tokens `(bh·w + i + shift, bw·w + j + shift)` mod the grid
+    /// (`torch.roll(x, (−shift, −shift))`, then the partition).
+    pub fn window_partition(&self, window: usize, shift: usize) -> Result<Tensor> {
+        let [b, h, w, c] = *self.shape() else {
+            return Err(shape_err(
+                "window_partition",
+                format!("expects (B, H, W, C), got {:?}", self.shape()),
+            ));
+        };
+        let dims = window_dims("window_partition", b, h, w, c, window, shift)?;
+        let shape = vec![b * dims.windows(), window * window, c];
+        self.permute_rows(kwindow::partition_index(dims), shape, true, "window_partition")
+    }
+
+    /// The inverse of [`Tensor::window_partition`]: `self (B·nW, w², C)` →
+    /// `(B, H, W, C)`, the shift rolled back.
+    pub fn window_reverse(&self, window: usize, shift: usize, grid: [usize; 2]) -> Result<Tensor> {
+        let [bn, n, c] = *self.shape() else {
+            return Err(shape_err(
+                "window_reverse",
+                format!("expects (B·nW, N, C), got {:?}", self.shape()),
+            ));
+        };
+        let [h, w] = grid;
+        let per_image = h.checked_div(window).unwrap_or(0) * w.checked_div(window).unwrap_or(0);
+        if n != window * window || per_image == 0 || !bn.is_multiple_of(per_image) {
+            return Err(shape_err(
+                "window_reverse",
+                format!(
+                    "{:?} is not windows of {window}x{window} over a {h}x{w} grid",
+                    self.shape()
+                ),
+            ));
+        }
+        let dims = window_dims("window_reverse", bn / per_image, h, w, c, window, shift)?;
+        self.permute_rows(
+            kwindow::partition_index(dims),
+            vec![dims.b, h, w, c],
+            false,
+            "window_reverse",
+        )
+    }
+
+    /// Swin's patch merging gather: `self (B, H, W, C)` → `(B, H/2, W/2, 4C)`,
+    /// each output the concat of inputs `(2r, 2c)`, `(2r+1, 2c)`, `(2r, 2c+1)`,
+    /// `(2r+1, 2c+1)`.
+    pub fn patch_merge(&self) -> Result<Tensor> {
+        let [b, h, w, c] = *self.shape() else {
+            return Err(shape_err(
+                "patch_merge",
+                format!("expects (B, H, W, C), got {:?}", self.shape()),
+            ));
+        };
+        if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
+            return Err(shape_err("patch_merge", format!("the {h}x{w} grid is not even")));
+        }
+        // Rows of C move; the output groups four of them per merged token.
+        let rows = self.permute_rows(kwindow::merge_index(b, h, w), vec![b * h * w, c], true, "patch_merge")?;
+        rows.reshape(&[b as isize, (h / 2) as isize, (w / 2) as isize, (4 * c) as isize])
+    }
+}
+
+fn window_dims(
+    what: &'static str,
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    window: usize,
+    shift: usize,
+) -> Result<WindowDims> {
+    if window == 0 || !h.is_multiple_of(window) || !w.is_multiple_of(window) || shift >= window {
+        return Err(invalid(
+            what,
+            format!("window {window} with shift {shift} does not tile the {h}x{w} grid"),
+        ));
+    }
+    Ok(WindowDims::new(b, h, w, c, window, shift))
 }
 
 impl Tensor {
