@@ -287,8 +287,15 @@ impl Block {
         self.forward_scaled(x, bias, Some((&scales.0, &scales.1)))
     }
 
-    /// The block with optional per-image branch factors `(B, 1, 1)`.
-    fn forward_scaled(&self, x: &Tensor, bias: Option<&Tensor>, drop: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    /// The block with optional branch factors `(B, 1, 1)` for its two
+    /// residual branches (stochastic depth drawn by the caller, as Swin does
+    /// per image for a batch of windows).
+    pub fn forward_scaled(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        drop: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         // x + attn(norm1(x)), then x + mlp(norm2(x)); without layer scale and
         // stochastic depth each residual is added by the product that ends
         // its branch.

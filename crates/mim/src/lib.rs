@@ -30,6 +30,7 @@ pub mod model;
 pub mod official;
 pub mod pos_embed;
 pub mod pretrain;
+pub mod swin;
 pub mod target;
 pub mod train;
 pub mod vit;
