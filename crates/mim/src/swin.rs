@@ -3,8 +3,10 @@
 //! without the cyclic shift, and patch merging between stages. Names follow
 //! the official code (`norm1`, `attn.qkv`, `attn.relative_position_bias_table`,
 //! `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`; `downsample.norm`,
-//! `downsample.reduction`). The encoder that stacks them is issue 12's next
-//! step.
+//! `downsample.reduction`), and [`SwinTransformer`] stacks them into the
+//! encoder (presets `swin-mini`, `swin-tiny`, `swin-small`, `swin-base`). It
+//! is not yet a `ModelConfig` encoder: SimMIM with Swin, checkpoints and the
+//! command are issue 12's next step.
 //!
 //! ```text
 //! x (B, H, W, C)
@@ -303,5 +305,297 @@ mod tests {
         assert_eq!(merged.shape(), &[2, 2, 2, 16]);
         let names: Vec<String> = pm.named_tensors().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["norm.weight", "norm.bias", "reduction.weight"]);
+    }
+}
+
+/// A Swin Transformer encoder's shape.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SwinConfig {
+    pub img_size: [usize; 2],
+    pub patch_size: usize,
+    pub in_chans: usize,
+    /// Width of the first stage (doubled by each patch merging).
+    pub embed_dim: usize,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Heads per stage.
+    pub num_heads: Vec<usize>,
+    pub window: usize,
+    pub mlp_ratio: f32,
+    /// Stochastic depth of the last block, rising linearly over all blocks.
+    pub drop_path: f32,
+    /// LayerNorm epsilon (Swin: PyTorch's default 1e-5).
+    pub norm_eps: f32,
+}
+
+impl SwinConfig {
+    /// `swin-tiny` (96, [2, 2, 6, 2], [3, 6, 12, 24]), `swin-small` (96,
+    /// [2, 2, 18, 2]), `swin-base` (128, [2, 2, 18, 2], [4, 8, 16, 32]) — window
+    /// 7, patch 4, at 224 — and `swin-mini`, a small one for 32×32 images
+    /// that trains on two cores: 48 wide, [2, 2, 2] blocks, [3, 6, 12] heads,
+    /// patch 2, window 4.
+    pub fn preset(name: &str, img_size: [usize; 2], in_chans: usize) -> Result<SwinConfig> {
+        let (embed_dim, depths, num_heads, patch_size, window) = match name {
+            "swin-tiny" => (96, vec![2, 2, 6, 2], vec![3, 6, 12, 24], 4, 7),
+            "swin-small" => (96, vec![2, 2, 18, 2], vec![3, 6, 12, 24], 4, 7),
+            "swin-base" => (128, vec![2, 2, 18, 2], vec![4, 8, 16, 32], 4, 7),
+            "swin-mini" => (48, vec![2, 2, 2], vec![3, 6, 12], 2, 4),
+            _ => {
+                return Err(crate::error::config_err(format!(
+                    "unknown Swin preset '{name}' (known: swin-mini, swin-tiny, swin-small, swin-base)"
+                )));
+            }
+        };
+        let c = SwinConfig {
+            img_size,
+            patch_size,
+            in_chans,
+            embed_dim,
+            depths,
+            num_heads,
+            window,
+            mlp_ratio: 4.0,
+            drop_path: 0.1,
+            norm_eps: 1e-5,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The token grid of stage `i`.
+    pub fn stage_grid(&self, i: usize) -> [usize; 2] {
+        let g = [self.img_size[0] / self.patch_size, self.img_size[1] / self.patch_size];
+        [g[0] >> i, g[1] >> i]
+    }
+
+    /// The width of stage `i`.
+    pub fn stage_dim(&self, i: usize) -> usize {
+        self.embed_dim << i
+    }
+
+    /// The width of the last stage (the representation).
+    pub fn num_features(&self) -> usize {
+        self.stage_dim(self.depths.len() - 1)
+    }
+
+    /// The total downsampling: patch · 2^(stages − 1) (SimMIM's `encoder_stride`).
+    pub fn stride(&self) -> usize {
+        self.patch_size << (self.depths.len() - 1)
+    }
+
+    /// Checks that the configuration can be built, naming the problem.
+    pub fn validate(&self) -> Result<()> {
+        use crate::error::config_err;
+        let stages = self.depths.len();
+        if stages == 0 || self.num_heads.len() != stages {
+            return Err(config_err(format!(
+                "Swin needs one head count per stage: {} stages, {} head counts",
+                stages,
+                self.num_heads.len()
+            )));
+        }
+        let s = self.stride();
+        if self.patch_size == 0 || !self.img_size[0].is_multiple_of(s) || !self.img_size[1].is_multiple_of(s) {
+            return Err(config_err(format!(
+                "a {}x{} image does not halve evenly through {stages} stages of patch {} (needs multiples of {s})",
+                self.img_size[0], self.img_size[1], self.patch_size
+            )));
+        }
+        for i in 0..stages {
+            let (d, h) = (self.stage_dim(i), self.num_heads[i]);
+            if h == 0 || !d.is_multiple_of(h) {
+                return Err(config_err(format!("stage {i}: {h} heads do not divide the width {d}")));
+            }
+            let g = self.stage_grid(i);
+            let w = self.window.min(g[0].min(g[1]));
+            if w == 0 || !g[0].is_multiple_of(w) || !g[1].is_multiple_of(w) {
+                return Err(config_err(format!(
+                    "stage {i}: window {} does not tile its {}x{} grid",
+                    self.window, g[0], g[1]
+                )));
+            }
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(config_err(format!("drop_path {} is outside [0, 1)", self.drop_path)));
+        }
+        Ok(())
+    }
+}
+
+/// One stage: blocks alternating regular and shifted windows, then patch
+/// merging (all stages but the last).
+pub struct SwinStage {
+    pub blocks: Vec<SwinBlock>,
+    /// The drop-path rate of each block.
+    pub drop_path: Vec<f32>,
+    pub downsample: Option<PatchMerging>,
+}
+
+/// The Swin Transformer encoder (Liu et al. 2021), official names:
+/// `patch_embed.proj`, `patch_embed.norm`, `layers.{i}.blocks.{j}.…`,
+/// `layers.{i}.downsample.…`, `norm`.
+pub struct SwinTransformer {
+    pub config: SwinConfig,
+    pub patch_embed: crate::layers::PatchEmbed,
+    pub patch_norm: LayerNorm,
+    pub layers: Vec<SwinStage>,
+    pub norm: LayerNorm,
+}
+
+impl SwinTransformer {
+    pub fn new<R: Rng + ?Sized>(config: SwinConfig, rng: &mut R) -> Result<SwinTransformer> {
+        config.validate()?;
+        let c = &config;
+        let total: usize = c.depths.iter().sum();
+        let rate = |k: usize| {
+            if total > 1 {
+                c.drop_path * k as f32 / (total - 1) as f32
+            } else {
+                0.0
+            }
+        };
+        let patch_embed = crate::layers::PatchEmbed::new(c.in_chans, c.embed_dim, c.patch_size, rng);
+        let patch_norm = LayerNorm::new(c.embed_dim, c.norm_eps);
+        let mut k = 0;
+        let mut layers = Vec::new();
+        for (i, (&depth, &heads)) in c.depths.iter().zip(&c.num_heads).enumerate() {
+            let (dim, grid) = (c.stage_dim(i), c.stage_grid(i));
+            let hidden = (dim as f32 * c.mlp_ratio).round() as usize;
+            let mut blocks = Vec::new();
+            let mut drop_path = Vec::new();
+            for j in 0..depth {
+                let shift = if j % 2 == 1 { c.window / 2 } else { 0 };
+                blocks.push(SwinBlock::new(
+                    dim, heads, grid, c.window, shift, hidden, c.norm_eps, rng,
+                )?);
+                drop_path.push(rate(k));
+                k += 1;
+            }
+            let downsample = (i + 1 < c.depths.len()).then(|| PatchMerging::new(dim, c.norm_eps, rng));
+            layers.push(SwinStage {
+                blocks,
+                drop_path,
+                downsample,
+            });
+        }
+        let norm = LayerNorm::new(c.num_features(), c.norm_eps);
+        Ok(SwinTransformer {
+            config,
+            patch_embed,
+            patch_norm,
+            layers,
+            norm,
+        })
+    }
+
+    /// Patch embeddings, normalised: `(B, L, C)` for images `(B, C, H, W)`.
+    pub fn embed(&self, imgs: &Tensor) -> Result<Tensor> {
+        Ok(self.patch_norm.forward(&self.patch_embed.forward(imgs)?)?)
+    }
+
+    /// The stages and the final norm over embedded tokens `x (B, L, C)` →
+    /// `(B, H/s, W/s, C_last)` (channels last, `s` the total stride).
+    pub fn stages<R: Rng + ?Sized>(&self, x: &Tensor, train: bool, rng: &mut R) -> Result<Tensor> {
+        let b = x.shape()[0] as isize;
+        let [h, w] = self.config.stage_grid(0);
+        let mut x = x.reshape(&[b, h as isize, w as isize, -1])?;
+        for stage in &self.layers {
+            for (block, &rate) in stage.blocks.iter().zip(&stage.drop_path) {
+                x = block.forward(&x, rate, train, rng)?;
+            }
+            if let Some(m) = &stage.downsample {
+                x = m.forward(&x)?;
+            }
+        }
+        Ok(self.norm.forward(&x)?)
+    }
+
+    /// The image representation: the mean of the last stage's tokens, `(B, C_last)`.
+    pub fn features(&self, imgs: &Tensor) -> Result<Tensor> {
+        let mut rng = <crate::masking::MimRng as rand::SeedableRng>::seed_from_u64(0);
+        let x = self.stages(&self.embed(imgs)?, false, &mut rng)?; // (B, h, w, C)
+        Ok(x.mean(&[1, 2], false)?)
+    }
+}
+
+impl Module for SwinTransformer {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.patch_embed.visit(&join(prefix, "patch_embed"), f);
+        self.patch_norm.visit(&join(prefix, "patch_embed.norm"), f);
+        for (i, stage) in self.layers.iter().enumerate() {
+            let p = join(prefix, &format!("layers.{i}"));
+            for (j, block) in stage.blocks.iter().enumerate() {
+                block.visit(&join(&p, &format!("blocks.{j}")), f);
+            }
+            if let Some(m) = &stage.downsample {
+                m.visit(&join(&p, "downsample"), f);
+            }
+        }
+        self.norm.visit(&join(prefix, "norm"), f);
+    }
+}
+
+#[cfg(test)]
+mod encoder_tests {
+    use super::*;
+    use crate::masking::MimRng;
+    use rand::SeedableRng;
+
+    /// Swin-T without its classifier has 27 519 354 parameters (timm's
+    /// `swin_tiny_patch4_window7_224`: 28 288 354, minus the 768 × 1000 + 1000
+    /// head); the stages' shapes and names are the official ones.
+    #[test]
+    fn swin_tiny_parameters_names_and_shapes() {
+        let c = SwinConfig::preset("swin-tiny", [224, 224], 3).unwrap();
+        assert_eq!((c.stride(), c.num_features(), c.stage_grid(3)), (32, 768, [7, 7]));
+        let m = SwinTransformer::new(c, &mut MimRng::seed_from_u64(0)).unwrap();
+        let t = m.named_tensors();
+        let total: usize = t.iter().map(|(_, x)| x.numel()).sum();
+        assert_eq!(total, 27_519_354);
+        let shape = |n: &str| t.iter().find(|(k, _)| k == n).map(|(_, x)| x.shape().to_vec());
+        assert_eq!(shape("patch_embed.proj.weight"), Some(vec![96, 3, 4, 4]));
+        assert_eq!(shape("patch_embed.norm.weight"), Some(vec![96]));
+        assert_eq!(
+            shape("layers.0.blocks.1.attn.relative_position_bias_table"),
+            Some(vec![169, 3])
+        );
+        assert_eq!(shape("layers.2.downsample.reduction.weight"), Some(vec![768, 1536]));
+        assert_eq!(shape("layers.3.blocks.1.mlp.fc1.weight"), Some(vec![3072, 768]));
+        assert_eq!(shape("norm.weight"), Some(vec![768]));
+        assert_eq!(shape("layers.3.downsample.norm.weight"), None);
+        // The last stage (7×7) is one window, unshifted.
+        let last = &m.layers[3].blocks[1];
+        assert_eq!((last.window, last.shift), (7, 0));
+        assert_eq!(m.layers[0].blocks[1].shift, 3);
+    }
+
+    #[test]
+    fn the_small_preset_runs_and_learns() {
+        let c = SwinConfig::preset("swin-mini", [32, 32], 3).unwrap();
+        assert_eq!((c.stage_grid(0), c.stage_grid(2), c.stride()), ([16, 16], [4, 4], 8));
+        let m = SwinTransformer::new(c, &mut MimRng::seed_from_u64(0)).unwrap();
+        let imgs = Tensor::new(
+            tessera_tensor::init::normal(2 * 3 * 32 * 32, 0.0, 1.0, &mut MimRng::seed_from_u64(1)),
+            &[2, 3, 32, 32],
+        )
+        .unwrap();
+        let f = m.features(&imgs).unwrap();
+        assert_eq!(f.shape(), &[2, 192]);
+        let mut r = MimRng::seed_from_u64(2);
+        let loss = m.stages(&m.embed(&imgs).unwrap(), true, &mut r).unwrap().sum_all();
+        let g = loss.backward().unwrap();
+        for (name, t) in m.named_tensors() {
+            assert!(g.get(&t).is_some(), "{name} has no gradient");
+        }
+    }
+
+    #[test]
+    fn bad_configurations_are_named() {
+        let e = SwinConfig::preset("swin-tiny", [100, 100], 3).unwrap_err().to_string();
+        assert!(e.contains("multiples of 32"), "{e}");
+        assert!(SwinConfig::preset("swin-huge", [224, 224], 3).is_err());
+        let mut c = SwinConfig::preset("swin-mini", [32, 32], 3).unwrap();
+        c.num_heads = vec![5, 6, 12];
+        assert!(c.validate().unwrap_err().to_string().contains("5 heads"));
     }
 }
