@@ -479,13 +479,44 @@ impl SwinTransformer {
             });
         }
         let norm = LayerNorm::new(c.num_features(), c.norm_eps);
-        Ok(SwinTransformer {
+        let swin = SwinTransformer {
             config,
             patch_embed,
             patch_norm,
             layers,
             norm,
-        })
+        };
+        swin.official_init(rng)?;
+        Ok(swin)
+    }
+
+    /// Swin's `_init_weights`: every linear weight normal with std 0.02
+    /// (timm's `trunc_normal_` at ±2, which truncates nothing), biases 0;
+    /// the patch convolution as PyTorch's default (uniform in ±1/√fan_in).
+    fn official_init<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<()> {
+        use tessera_tensor::init::{trunc_normal, uniform};
+        let pe = &self.patch_embed;
+        let bound = 1.0 / ((pe.weight.numel() / self.config.embed_dim) as f32).sqrt();
+        pe.weight.set_data(&uniform(pe.weight.numel(), -bound, bound, rng))?;
+        pe.bias.set_data(&uniform(pe.bias.numel(), -bound, bound, rng))?;
+        let mut linears: Vec<&Linear> = Vec::new();
+        for stage in &self.layers {
+            for b in &stage.blocks {
+                let (a, m) = (&b.block.attn, &b.block.mlp);
+                linears.extend([&a.qkv, &a.proj, &m.fc1, &m.fc2]);
+            }
+            if let Some(d) = &stage.downsample {
+                linears.push(&d.reduction);
+            }
+        }
+        for l in linears {
+            l.weight
+                .set_data(&trunc_normal(l.weight.numel(), 0.0, 0.02, -2.0, 2.0, rng))?;
+            if let Some(b) = &l.bias {
+                b.set_data(&vec![0.0; b.numel()])?;
+            }
+        }
+        Ok(())
     }
 
     /// Patch embeddings, normalised: `(B, L, C)` for images `(B, C, H, W)`.
@@ -567,6 +598,22 @@ mod encoder_tests {
         let last = &m.layers[3].blocks[1];
         assert_eq!((last.window, last.shift), (7, 0));
         assert_eq!(m.layers[0].blocks[1].shift, 3);
+        // Swin's initialisation: linear weights with std 0.02, biases 0.
+        let w = m.layers[2].blocks[0].block.mlp.fc1.weight.to_vec();
+        let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
+        assert!((std - 0.02).abs() < 0.001, "fc1 std {std}");
+        assert!(
+            m.layers[0].blocks[0]
+                .block
+                .attn
+                .qkv
+                .bias
+                .as_ref()
+                .unwrap()
+                .to_vec()
+                .iter()
+                .all(|&v| v == 0.0)
+        );
     }
 
     #[test]
