@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from parity_init import randomise_
+
 IMG, PATCH, CHANS, DIM, DEPTH, HEADS, MLP = 16, 4, 3, 32, 2, 2, 4.0
 LAYER_SCALE = 0.1
 EPS = 1e-6
@@ -157,18 +159,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     model = SimMIM().double()
-    # Non-trivial values everywhere (the zero/constant initial values of the
-    # table, q/v biases, tokens and layer scales would hide mistakes).
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "gamma" in name:
-                p.copy_(LAYER_SCALE + 0.05 * torch.randn_like(p))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name.endswith("relative_position_bias_table"):
-                p.copy_(0.5 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p) if p.dim() < 2 else torch.randn_like(p) / p[0].numel() ** 0.5)
+    randomise_(model, LAYER_SCALE)
     g = IMG // PATCH
     imgs = torch.randn(2, CHANS, IMG, IMG, dtype=torch.float64)
     mask = (torch.rand(2, g, g) < 0.6).long()

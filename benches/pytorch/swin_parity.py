@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from parity_init import randomise_
+
 # A small Swin: 16x16 images, patch 2 (an 8x8 grid), window 4, three stages.
 IMG, PATCH, CHANS, DIM, DEPTHS, HEADS, WINDOW = 16, 2, 3, 16, (2, 2, 1), (2, 4, 8), 4
 
@@ -168,14 +170,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     model = Swin().double()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name.endswith("relative_position_bias_table"):
-                p.copy_(0.5 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p) if p.dim() < 2 else torch.randn_like(p) / p[0].numel() ** 0.5)
+    randomise_(model)
     imgs = torch.randn(2, CHANS, IMG, IMG, dtype=torch.float64)
     tokens = model(imgs)
     tensors = {k: v.float().contiguous() for k, v in model.state_dict().items()}
