@@ -103,24 +103,30 @@ impl MimModel {
                     pred: Linear::new(dd, out, true, rng),
                 })
             }
-            Method::SimMim if enc.init == InitScheme::Beit => {
-                // SimMIM: the mask token truncated at ±std; the head's
-                // convolution PyTorch's default, uniform in ±1/√D.
-                let bound = 1.0 / (d as f32).sqrt();
-                Head::SimMim(SimMimHead {
-                    mask_token: Tensor::param(trunc_normal(d, 0.0, 0.02, -0.02, 0.02, rng), &[1, 1, d])?,
-                    weight: Tensor::param(uniform(out * d, -bound, bound, rng), &[out, d, 1, 1])?,
-                    bias: Tensor::param(uniform(out, -bound, bound, rng), &[out])?,
-                })
-            }
             Method::SimMim => {
-                let mask_token = Tensor::param(normal(d, 0.0, 0.02, rng), &[1, 1, d])?;
-                let pred = Linear::new(d, out, true, rng);
+                let (token, weight, bias) = match enc.init {
+                    // MAE's style: the token normal (std 0.02), the head a
+                    // linear layer's Xavier weights and zero bias.
+                    InitScheme::Mae => {
+                        let token = normal(d, 0.0, 0.02, rng);
+                        let pred = Linear::new(d, out, true, rng);
+                        (token, pred.weight.to_vec(), vec![0.0; out])
+                    }
+                    // SimMIM's: the token truncated at ±std; the head's
+                    // convolution PyTorch's default, uniform in ±1/√D.
+                    InitScheme::Beit => {
+                        let bound = 1.0 / (d as f32).sqrt();
+                        (
+                            trunc_normal(d, 0.0, 0.02, -0.02, 0.02, rng),
+                            uniform(out * d, -bound, bound, rng),
+                            uniform(out, -bound, bound, rng),
+                        )
+                    }
+                };
                 Head::SimMim(SimMimHead {
-                    mask_token,
-                    // The linear's (out, D) weights as the convolution's (out, D, 1, 1).
-                    weight: Tensor::param(pred.weight.to_vec(), &[out, d, 1, 1])?,
-                    bias: pred.bias.expect("built with a bias"),
+                    mask_token: Tensor::param(token, &[1, 1, d])?,
+                    weight: Tensor::param(weight, &[out, d, 1, 1])?, // the convolution's (out, D, 1, 1)
+                    bias: Tensor::param(bias, &[out])?,
                 })
             }
         };

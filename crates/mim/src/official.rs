@@ -81,6 +81,58 @@ fn mlp_ratio(file: &TensorFile, prefix: &str, width: usize, path: &Path) -> Resu
     Ok(fc1[0] as f32 / width as f32)
 }
 
+/// Width `D`, channels `C` and patch `p` of the `(D, C, p, p)` patch
+/// embedding `name`.
+fn patch_geometry(file: &TensorFile, name: &str, path: &Path) -> Result<(usize, usize, usize)> {
+    let pe = shape(file, name, path)?;
+    let [d, c, p, p2] = *pe else {
+        return Err(err(path, format!("'{name}' has shape {pe:?}, want (D, C, p, p)")));
+    };
+    if p != p2 {
+        return Err(err(
+            path,
+            format!("'{name}' has a {p}x{p2} kernel; only square patches are supported"),
+        ));
+    }
+    Ok((d, c, p))
+}
+
+/// The ViT encoder whose blocks the file holds under `prefix` (`blocks` or
+/// `encoder.blocks`): `g × g` patches of `p` pixels, `c` channels, width `d`;
+/// depth and MLP ratio read off the file; `heads` if known, else the ViT
+/// preset of that width.
+#[allow(clippy::too_many_arguments)]
+fn encoder_shape(
+    file: &TensorFile,
+    prefix: &str,
+    g: usize,
+    p: usize,
+    c: usize,
+    d: usize,
+    heads: Option<usize>,
+    path: &Path,
+) -> Result<VitConfig> {
+    let depth = count_blocks(file, prefix);
+    if depth == 0 {
+        return Err(err(path, format!("has no '{prefix}.0.*' tensors")));
+    }
+    let heads = match heads {
+        Some(h) => h,
+        None => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
+            err(
+                path,
+                format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
+            )
+        })?,
+    };
+    let mut encoder = VitConfig::preset("vit-base", [g * p, g * p], p, c)?;
+    encoder.embed_dim = d;
+    encoder.depth = depth;
+    encoder.num_heads = heads;
+    encoder.mlp_ratio = mlp_ratio(file, prefix, d, path)?;
+    Ok(encoder)
+}
+
 /// True if the file holds MAE's decoder or SimMIM's head (a pre-training
 /// checkpoint).
 pub fn has_decoder(file: &TensorFile) -> bool {
@@ -99,23 +151,7 @@ pub fn is_recomputed_buffer(name: &str) -> bool {
 
 /// The configuration of a SimMIM-ViT state dict (see the module docs).
 pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ModelConfig> {
-    let pe = shape(file, "encoder.patch_embed.proj.weight", path)?;
-    let [d, c, p, p2] = *pe else {
-        return Err(err(
-            path,
-            format!("'encoder.patch_embed.proj.weight' has shape {pe:?}, want (D, C, p, p)"),
-        ));
-    };
-    if p != p2 {
-        return Err(err(
-            path,
-            format!("has a {p}x{p2} patch; only square patches are supported"),
-        ));
-    }
-    let depth = count_blocks(file, "encoder.blocks");
-    if depth == 0 {
-        return Err(err(path, "has no 'encoder.blocks.0.*' tensors"));
-    }
+    let (d, c, p) = patch_geometry(file, "encoder.patch_embed.proj.weight", path)?;
     let shared = "encoder.rel_pos_bias.relative_position_bias_table";
     let own = "encoder.blocks.0.attn.relative_position_bias_table";
     let (rel, table) = if let Some(t) = file.tensors.get(shared) {
@@ -139,21 +175,9 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
             "has neither 'encoder.pos_embed' nor a relative position table: cannot tell its image size",
         ));
     };
-    let heads = match (hints.heads, &table) {
-        (Some(h), _) => h,
-        (None, Some(t)) if t.len() == 2 => t[1],
-        _ => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
-            err(
-                path,
-                format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
-            )
-        })?,
-    };
-    let mut encoder = VitConfig::preset("vit-base", [grid * p, grid * p], p, c)?;
-    encoder.embed_dim = d;
-    encoder.depth = depth;
-    encoder.num_heads = heads;
-    encoder.mlp_ratio = mlp_ratio(file, "encoder.blocks", d, path)?;
+    // The relative table's columns are the heads.
+    let heads = hints.heads.or(table.as_ref().filter(|t| t.len() == 2).map(|t| t[1]));
+    let mut encoder = encoder_shape(file, "encoder.blocks", grid, p, c, d, heads, path)?;
     encoder.pos_embed = if file.tensors.contains_key("encoder.pos_embed") {
         PosEmbedKind::Learned
     } else {
@@ -200,19 +224,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
     if is_simmim(file) {
         return infer_simmim_config(file, path, hints);
     }
-    let pe = shape(file, "patch_embed.proj.weight", path)?;
-    let [d, c, p, p2] = *pe else {
-        return Err(err(
-            path,
-            format!("'patch_embed.proj.weight' has shape {pe:?}, want (D, C, p, p)"),
-        ));
-    };
-    if p != p2 {
-        return Err(err(
-            path,
-            format!("'patch_embed.proj.weight' has a {p}x{p2} kernel; only square patches are supported"),
-        ));
-    }
+    let (d, c, p) = patch_geometry(file, "patch_embed.proj.weight", path)?;
     let pos = shape(file, "pos_embed", path)?;
     let l = match *pos {
         [1, n, w] if w == d && n >= 2 => n - 1,
@@ -230,24 +242,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
             format!("'pos_embed' has {l} patch positions, not a square grid"),
         ));
     }
-    let depth = count_blocks(file, "blocks");
-    if depth == 0 {
-        return Err(err(path, "has no 'blocks.0.*' tensors"));
-    }
-    let heads = match hints.heads {
-        Some(h) => h,
-        None => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
-            err(
-                path,
-                format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
-            )
-        })?,
-    };
-    let mut encoder = VitConfig::preset("vit-base", [g * p, g * p], p, c)?;
-    encoder.embed_dim = d;
-    encoder.depth = depth;
-    encoder.num_heads = heads;
-    encoder.mlp_ratio = mlp_ratio(file, "blocks", d, path)?;
+    let encoder = encoder_shape(file, "blocks", g, p, c, d, hints.heads, path)?;
     let decoder = if has_decoder(file) {
         let de = shape(file, "decoder_embed.weight", path)?;
         let dd = de[0];

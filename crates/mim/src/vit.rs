@@ -25,6 +25,7 @@ use crate::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit
 use crate::masking::{Mask, MimRng};
 use crate::pos_embed::sincos_2d;
 use rand::{Rng, SeedableRng};
+use std::borrow::Cow;
 use tessera_kernels::relpos;
 use tessera_tensor::Tensor;
 use tessera_tensor::init::{normal, trunc_normal, uniform};
@@ -208,10 +209,10 @@ impl VisionTransformer {
     /// The relative position index of a pass over `tokens` (\[CLS\] first):
     /// `(groups, n, n)` as `(index, groups, n)`. Every image shares the
     /// full index; visible tokens take each image's own rows and columns.
-    fn rel_pos_index_of(&self, tokens: Tokens) -> Result<(Vec<u32>, usize, usize)> {
+    fn rel_pos_index_of(&self, tokens: Tokens) -> Result<(Cow<'_, [u32]>, usize, usize)> {
         let full = 1 + self.config.num_patches();
         match tokens {
-            Tokens::All => Ok((self.rel_pos_index.clone(), 1, full)),
+            Tokens::All => Ok((Cow::Borrowed(&self.rel_pos_index), 1, full)),
             Tokens::Visible(mask) => {
                 let ids = mask.ids_keep()?; // (B, K)
                 let k = mask.len_keep.unwrap_or(0);
@@ -225,7 +226,7 @@ impl VisionTransformer {
                         index.extend((0..n).map(|j| row[sel(j)]));
                     }
                 }
-                Ok((index, mask.batch, n))
+                Ok((Cow::Owned(index), mask.batch, n))
             }
         }
     }
