@@ -26,10 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let e = &model.config.encoder;
     let data = ImageFolder::open(dir.as_ref(), Split::Train)?;
     let t = Transform {
-        size: e.img_size,
-        channels: e.in_chans,
+        size: e.img_size(),
+        channels: e.in_chans(),
         augment: None,
-        norm: data.normalization().for_channels(e.in_chans),
+        norm: data.normalization().for_channels(e.in_chans()),
     };
     let mut csv = std::io::BufWriter::new(std::fs::File::create(out)?);
     let indices: Vec<usize> = (0..data.len()).collect();
@@ -43,6 +43,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             writeln!(csv, "{label},{}", values.join(","))?;
         }
     }
-    println!("{} images, {}-wide features, in {out}", data.len(), e.embed_dim);
+    println!("{} images, {}-wide features, in {out}", data.len(), e.out_dim());
     Ok(())
 }

@@ -29,10 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // MAE's released weights: shapes give the model; ViT presets give the heads.
     let model = load_model_hinted(&ckpt, None, &ModelHints::default(), true)?;
     let e = &model.config.encoder;
-    let norm = Normalization::imagenet().for_channels(e.in_chans);
+    let norm = Normalization::imagenet().for_channels(e.in_chans());
     let t = Transform {
-        size: e.img_size,
-        channels: e.in_chans,
+        size: e.img_size(),
+        channels: e.in_chans(),
         augment: None,
         norm: norm.clone(),
     };
@@ -41,8 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let raw = tessera_mim::data::folder::decode(f)?;
         data.extend(t.apply(&raw, &mut MimRng::seed_from_u64(0)));
     }
-    let imgs = Tensor::new(data, &[files.len(), e.in_chans, e.img_size[0], e.img_size[1]])?;
-    let strategy = MaskingConfig::Random { ratio: 0.75 }.build(e.patch_size, e.grid())?;
+    let imgs = Tensor::new(data, &[files.len(), e.in_chans(), e.img_size()[0], e.img_size()[1]])?;
+    let strategy = MaskingConfig::Random { ratio: 0.75 }.build(e.patch_size(), e.grid())?;
     let mask = Mask::sample(strategy.as_ref(), files.len(), e.grid(), &mut MimRng::seed_from_u64(0));
     let picture = render_rows(&model, &imgs, &mask, &norm, NormPixView::VisibleStats, None)?;
     save_png(&picture, &out)?;

@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A ViT-Tiny on 64×64 images in patches of 8, MAE's normalised-pixel
     // target, batches of 8.
     let model = ModelConfig {
-        encoder: VitConfig::preset("vit-tiny", [64, 64], 8, 3)?,
+        encoder: VitConfig::preset("vit-tiny", [64, 64], 8, 3)?.into(),
         method: Method::Mae {
             decoder: DecoderConfig::small(),
         },

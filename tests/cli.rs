@@ -584,6 +584,135 @@ fn simmim_with_relative_positions_and_layer_scale() {
     assert!(probe.contains("linear probe"), "{probe}");
 }
 
+/// SimMIM on a small Swin end to end: `--encoder swin` defaults to SimMIM;
+/// the checkpoint carries the official SimMIM-Swin names; `info` prints the
+/// stages; reconstruct (with `--dump`, then the dumped mask through
+/// `--mask-file`, which gives the same loss), probe (mean pooling only) and
+/// bench run on it; MAE with Swin, ViT options on Swin, `--pool cls` and a
+/// checkpoint of the other family are one-line errors.
+#[test]
+fn swin_simmim_end_to_end() {
+    let dir = tmp("swin");
+    const SWIN: &[&str] = &[
+        "--encoder",
+        "swin",
+        "--img-size",
+        "16",
+        "--dim",
+        "16",
+        "--depths",
+        "2,1",
+        "--stage-heads",
+        "2,4",
+        "--window",
+        "4",
+        "--synthetic-len",
+        "96",
+        "--batch",
+        "8",
+        "--quiet",
+    ];
+    let mut args = vec!["pretrain", "--out", dir.to_str().unwrap(), "--steps", "3"];
+    args.extend_from_slice(SWIN);
+    let out = ok(&args);
+    assert!(
+        out.contains("done: step 3") && out.contains("Swin 16 [2, 1]") && out.contains("SimMIM"),
+        "{out}"
+    );
+    let ckpt = dir.join("checkpoint.safetensors");
+    let file = tessera_mim::checkpoint::TensorFile::load(&ckpt).unwrap();
+    let p = Path::new("c");
+    for (name, shape) in [
+        ("encoder.patch_embed.proj.weight", vec![16, 3, 2, 2]),
+        ("encoder.patch_embed.norm.weight", vec![16]),
+        (
+            "encoder.layers.0.blocks.1.attn.relative_position_bias_table",
+            vec![49, 2],
+        ),
+        ("encoder.layers.0.downsample.reduction.weight", vec![32, 64]),
+        ("encoder.norm.weight", vec![32]),
+        ("encoder.mask_token", vec![1, 1, 16]),
+        // stride 4: 4²·3 channels from each last-stage token
+        ("decoder.0.weight", vec![48, 32, 1, 1]),
+    ] {
+        assert_eq!(file.get(name, p).unwrap().shape, shape, "{name}");
+    }
+
+    let info = ok(&[
+        "info",
+        "--encoder",
+        "swin",
+        "--img-size",
+        "224",
+        "--preset",
+        "swin-tiny",
+    ]);
+    for want in [
+        "stage 0: 2 blocks      (B, 56, 56, 96)",
+        "64 windows of 7x7, odd blocks shifted by 3",
+        "stage 3: 2 blocks      (B, 7, 7, 768)",
+        "1 window of 7x7, no shift",
+        "27.5M",
+    ] {
+        assert!(info.contains(want), "{want} not in\n{info}");
+    }
+
+    let c = ckpt.to_str().unwrap();
+    let (png, dump) = (dir.join("r.png"), dir.join("dump.safetensors"));
+    let first = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        c,
+        "--count",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
+    let again = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        c,
+        "--encoder",
+        "swin",
+        "--count",
+        "2",
+        "--mask-file",
+        dump.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let loss = |s: &str| {
+        s.split("loss on hidden patches ")
+            .nth(1)
+            .map(|r| r.split(';').next().unwrap().trim().to_string())
+    };
+    assert_eq!(loss(&first), loss(&again), "{first}\n{again}");
+    let probe = ok(&["probe", "--checkpoint", c, "--synthetic-len", "40", "--max-iter", "2"]);
+    assert!(
+        probe.contains("pretrained encoder (mean)") && !probe.contains("(cls)"),
+        "{probe}"
+    );
+    let mut bench = vec!["bench", "--steps", "1", "--warmup", "0"];
+    bench.extend_from_slice(&SWIN[..12]);
+    let line = ok(&bench);
+    assert!(line.contains("\"images_per_s\""), "{line}");
+
+    let e = fails(&["probe", "--checkpoint", c, "--synthetic-len", "40", "--pool", "cls"]);
+    assert!(e.contains("no [CLS]"), "{e}");
+    let e = fails(&["probe", "--checkpoint", c, "--synthetic-len", "40", "--encoder", "vit"]);
+    assert!(e.contains("holds a swin encoder"), "{e}");
+    let mut mae = vec!["pretrain", "--out", "unused", "--method", "mae"];
+    mae.extend_from_slice(SWIN);
+    let e = fails(&mae);
+    assert!(e.contains("MAE with a Swin encoder is not defined"), "{e}");
+    let e = fails(&["info", "--encoder", "swin", "--layer-scale", "0.1"]);
+    assert!(e.contains("--layer-scale is a ViT option"), "{e}");
+    let e = fails(&["info", "--preset", "vit-base", "--encoder", "swin"]);
+    assert!(e.contains("not a Swin preset"), "{e}");
+}
+
 /// A labelled folder without train/ and test/ subfolders: 10% of each class
 /// is held out, pre-training and the probe say which images they use, and
 /// `--val-fraction 0` tests on the training images, saying so.

@@ -90,11 +90,20 @@ class WindowAttention(nn.Module):
         return self.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(bw, n, c))
 
 
+def drop_path(x, rate, training):
+    """Stochastic depth: drops the branch of whole images, scales the kept by 1/(1 - rate)."""
+    if rate == 0.0 or not training:
+        return x
+    keep = (torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype) >= rate).to(x.dtype)
+    return x * keep / (1.0 - rate)
+
+
 class SwinBlock(nn.Module):
-    def __init__(self, dim, heads, grid, shift):
+    def __init__(self, dim, heads, grid, shift, window=WINDOW, drop_path=0.0):
         super().__init__()
         self.grid = grid
-        self.w, self.s = (grid, 0) if grid <= WINDOW else (WINDOW, shift)
+        self.drop_path = drop_path
+        self.w, self.s = (grid, 0) if grid <= window else (window, shift)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, heads, self.w)
         self.norm2 = nn.LayerNorm(dim)
@@ -112,8 +121,8 @@ class SwinBlock(nn.Module):
         y = reverse(self.attn(partition(y, self.w), self.mask), self.w, h, wd)
         if self.s:
             y = torch.roll(y, shifts=(self.s, self.s), dims=(1, 2))
-        x = x + y
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(y, self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class PatchMerging(nn.Module):
@@ -129,9 +138,12 @@ class PatchMerging(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, dim, depth, heads, grid, last):
+    def __init__(self, dim, depth, heads, grid, last, window=WINDOW, rates=None):
         super().__init__()
-        self.blocks = nn.ModuleList([SwinBlock(dim, heads, grid, WINDOW // 2 if j % 2 else 0) for j in range(depth)])
+        rates = rates or [0.0] * depth
+        self.blocks = nn.ModuleList(
+            [SwinBlock(dim, heads, grid, window // 2 if j % 2 else 0, window, rates[j]) for j in range(depth)]
+        )
         self.downsample = None if last else PatchMerging(dim)
 
     def forward(self, x):
@@ -141,19 +153,28 @@ class Stage(nn.Module):
 
 
 class Swin(nn.Module):
-    def __init__(self):
+    """The encoder; the defaults are the fixture's small model (swin_step.py
+    builds the benchmark sizes)."""
+
+    def __init__(
+        self, img=IMG, patch=PATCH, chans=CHANS, dim=DIM, depths=DEPTHS, heads=HEADS, window=WINDOW, drop_path=0.0
+    ):
         super().__init__()
+        # Drop-path rates rising linearly over all blocks, as Swin's.
+        n = sum(depths)
+        rates = [drop_path * k / max(n - 1, 1) for k in range(n)]
+        starts = [sum(depths[:i]) for i in range(len(depths))]
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(CHANS, DIM, PATCH, PATCH)
-        self.patch_embed.norm = nn.LayerNorm(DIM)
-        grid = IMG // PATCH
+        self.patch_embed.proj = nn.Conv2d(chans, dim, patch, patch)
+        self.patch_embed.norm = nn.LayerNorm(dim)
+        grid = img // patch
         self.layers = nn.ModuleList(
             [
-                Stage(DIM << i, d, h, grid >> i, i == len(DEPTHS) - 1)
-                for i, (d, h) in enumerate(zip(DEPTHS, HEADS))
+                Stage(dim << i, d, h, grid >> i, i == len(depths) - 1, window, rates[starts[i] : starts[i] + d])
+                for i, (d, h) in enumerate(zip(depths, heads))
             ]
         )
-        self.norm = nn.LayerNorm(DIM << (len(DEPTHS) - 1))
+        self.norm = nn.LayerNorm(dim << (len(depths) - 1))
 
     def forward(self, x):
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # (B, H, W, C)

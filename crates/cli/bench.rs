@@ -2,14 +2,14 @@
 //! timed after a warm-up, reported as one JSON line. The two reference
 //! workloads of the PyTorch comparison are available by name.
 
-use crate::common::{ModelArgs, PrecisionArg, peak_rss_mib};
+use crate::common::{ModelArgs, PrecisionArg, default_cell_px, peak_rss_mib};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 use rand::{RngExt, SeedableRng};
 use std::time::{Duration, Instant};
 use tessera_mim::train::{TrainConfig, Trainer};
 use tessera_mim::{
-    DecoderConfig, MaskingConfig, Method, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig, flops,
+    DecoderConfig, MaskingConfig, Method, MimRng, ModelConfig, PixelLoss, SwinConfig, TargetConfig, VitConfig, flops,
 };
 use tessera_tensor::Tensor;
 
@@ -19,6 +19,12 @@ pub enum Workload {
     Tiny32,
     /// 3×224×224, patch 16, ViT-Base encoder, decoder 512/8/16, batch 8.
     Base224,
+    /// SimMIM on Swin-T: 3×224×224, patch 4, window 7, 32-pixel mask cells
+    /// at 0.6, L1 on pixels, batch 8.
+    SwinTiny224,
+    /// SimMIM on swin-mini: 3×32×32, patch 2, window 4, 8-pixel mask cells
+    /// at 0.6, L1 on pixels, batch 64.
+    SwinMini32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -31,9 +37,10 @@ pub struct Args {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Fraction of patches hidden.
-    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
-    pub mask_ratio: f32,
+    /// Fraction of patches hidden (default: 0.75 with MAE, random patches;
+    /// 0.6 with SimMIM, its cells).
+    #[arg(long, allow_negative_numbers = true)]
+    pub mask_ratio: Option<f32>,
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -56,7 +63,9 @@ pub fn workload(w: Workload) -> (&'static str, ModelConfig, usize) {
     };
     match w {
         Workload::Tiny32 => {
-            let encoder = VitConfig::preset("vit-tiny", [32, 32], 4, 3).expect("valid preset");
+            let encoder = VitConfig::preset("vit-tiny", [32, 32], 4, 3)
+                .expect("valid preset")
+                .into();
             (
                 "tiny32",
                 ModelConfig {
@@ -70,7 +79,9 @@ pub fn workload(w: Workload) -> (&'static str, ModelConfig, usize) {
             )
         }
         Workload::Base224 => {
-            let encoder = VitConfig::preset("vit-base", [224, 224], 16, 3).expect("valid preset");
+            let encoder = VitConfig::preset("vit-base", [224, 224], 16, 3)
+                .expect("valid preset")
+                .into();
             (
                 "base224",
                 ModelConfig {
@@ -81,6 +92,28 @@ pub fn workload(w: Workload) -> (&'static str, ModelConfig, usize) {
                     target,
                 },
                 8,
+            )
+        }
+        Workload::SwinTiny224 | Workload::SwinMini32 => {
+            let (name, preset, size, batch) = match w {
+                Workload::SwinTiny224 => ("swin-tiny224", "swin-tiny", 224, 8),
+                _ => ("swin-mini32", "swin-mini", 32, 64),
+            };
+            let encoder = SwinConfig::preset(preset, [size, size], 3)
+                .expect("valid preset")
+                .into();
+            let target = TargetConfig::Pixels {
+                loss: PixelLoss::L1,
+                norm_pix: false,
+            };
+            (
+                name,
+                ModelConfig {
+                    encoder,
+                    method: Method::SimMim,
+                    target,
+                },
+                batch,
             )
         }
     }
@@ -104,8 +137,19 @@ pub fn run(args: Args) -> Result<()> {
         Some(w) => workload(w),
         None => ("custom", args.model.build(None)?, args.batch),
     };
+    // MAE hides random patches; SimMIM random cells of its default size.
+    let simmim = matches!(model.method, Method::SimMim);
+    let ratio = args.mask_ratio.unwrap_or(if simmim { 0.6 } else { 0.75 });
+    let masking = if simmim {
+        MaskingConfig::SimMim {
+            ratio,
+            cell_px: default_cell_px(model.encoder.patch_size(), model.encoder.img_size()),
+        }
+    } else {
+        MaskingConfig::Random { ratio }
+    };
     let mut config = TrainConfig::mae(model, batch, (args.warmup + args.steps) as u64);
-    config.masking = MaskingConfig::Random { ratio: args.mask_ratio };
+    config.masking = masking;
     config.warmup_steps = 1;
     config.seed = args.seed;
     config.precision = args.precision.config();
@@ -113,12 +157,12 @@ pub fn run(args: Args) -> Result<()> {
     let e = &config.model.encoder;
     let mut rng = MimRng::seed_from_u64(args.seed);
     // Fresh random images for every step, made before any timing.
-    let n_img = batch * e.in_chans * e.img_size[0] * e.img_size[1];
+    let n_img = batch * e.in_chans() * e.img_size()[0] * e.img_size()[1];
     let batches: Vec<Tensor> = (0..args.warmup + args.steps)
         .map(|_| {
             Tensor::new(
                 (0..n_img).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
-                &[batch, e.in_chans, e.img_size[0], e.img_size[1]],
+                &[batch, e.in_chans(), e.img_size()[0], e.img_size()[1]],
             )
         })
         .collect::<std::result::Result<_, _>>()?;
@@ -133,7 +177,7 @@ pub fn run(args: Args) -> Result<()> {
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let med = median(&mut times);
     let l = e.num_patches();
-    let len_keep = l - tessera_mim::masking::hidden_count(l, args.mask_ratio);
+    let len_keep = l - tessera_mim::masking::hidden_count(l, ratio);
     let gflop = flops::train_step(&config.model, len_keep, batch) / 1e9;
     // Model FLOPs utilisation: the step's useful GFLOP/s over this machine's
     // f32 FMA peak on the same threads, measured now (after the timed steps).

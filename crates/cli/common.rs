@@ -9,8 +9,8 @@ use std::str::FromStr;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{self, DataSpec, Dataset, Normalization, Split};
 use tessera_mim::{
-    DecoderConfig, InitScheme, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias,
-    TargetConfig, VitConfig,
+    DecoderConfig, EncoderConfig, InitScheme, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias,
+    RelPosBias, SwinConfig, TargetConfig, VitConfig,
 };
 
 /// An image size: `32` (square) or `32x48` (height × width).
@@ -170,16 +170,41 @@ pub enum QkvBiasArg {
     Qv,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EncoderArg {
+    /// Vision Transformer (global attention, a class token).
+    Vit,
+    /// Swin Transformer (shifted windows, patch merging; SimMIM only).
+    Swin,
+}
+
 /// The model: encoder, method (head) and target.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Encoder preset: vit-mini (192/6/3, the demo's), vit-tiny (192/12/3),
-    /// simmim-vit-base (ViT-B with SimMIM's options: no absolute positions,
-    /// shared relative bias, layer scale 0.1, q/v bias, drop path 0.1, BEiT
-    /// init), vit-small (384/12/6), vit-base
-    /// (768/12/12), vit-large (1024/24/16), vit-huge.
-    #[arg(long, default_value = "vit-mini")]
-    pub preset: String,
+    /// Encoder family (default: the preset's; vit).
+    #[arg(long, value_enum)]
+    pub encoder: Option<EncoderArg>,
+    /// Encoder preset. ViT: vit-mini (192/6/3, the default), vit-tiny
+    /// (192/12/3), simmim-vit-base (ViT-B with SimMIM's options: no absolute
+    /// positions, shared relative bias, layer scale 0.1, q/v bias, drop path
+    /// 0.1, BEiT init), vit-small (384/12/6), vit-base (768/12/12), vit-large
+    /// (1024/24/16), vit-huge. Swin: swin-mini (48 wide, blocks 2-2-2, heads
+    /// 3-6-12, patch 2, window 4: for 32-pixel images, the default with
+    /// --encoder swin), swin-tiny (96, blocks 2-2-6-2, heads 3-6-12-24, patch
+    /// 4, window 7), swin-small (96, blocks 2-2-18-2), swin-base (128, blocks
+    /// 2-2-18-2, heads 4-8-16-32), simmim-swin-base (SimMIM's: swin-base with
+    /// window 6 and no drop path, for --img-size 192).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Swin: window side in tokens (overrides the preset).
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Swin: blocks per stage, e.g. 2,2,6,2 (overrides the preset).
+    #[arg(long, value_delimiter = ',')]
+    pub depths: Option<Vec<usize>>,
+    /// Swin: heads per stage, e.g. 3,6,12,24 (overrides the preset).
+    #[arg(long, value_delimiter = ',')]
+    pub stage_heads: Option<Vec<usize>>,
     /// Image size, `N` or `HxW` (default: the data set's, 32 for synthetic).
     #[arg(long)]
     pub img_size: Option<Size>,
@@ -227,9 +252,10 @@ pub struct ModelArgs {
     /// mean pooling).
     #[arg(long)]
     pub no_final_norm: bool,
-    /// Pre-training method (prediction head).
-    #[arg(long, value_enum, default_value = "mae")]
-    pub method: MethodArg,
+    /// Pre-training method (prediction head; default: mae with a ViT,
+    /// simmim with Swin).
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
     /// MAE decoder width (default: 128 below 128-pixel images, else 512).
     #[arg(long)]
     pub decoder_dim: Option<usize>,
@@ -254,12 +280,105 @@ impl ModelArgs {
     pub fn build(&self, native: Option<([usize; 2], usize)>) -> Result<ModelConfig> {
         let size = self.img_size.map(|s| s.0).or(native.map(|n| n.0)).unwrap_or([32, 32]);
         let chans = self.chans.or(native.map(|n| n.1)).unwrap_or(3);
+        let kind = self.encoder_kind()?;
+        let encoder: EncoderConfig = match kind {
+            EncoderArg::Vit => self.vit(size, chans)?.into(),
+            EncoderArg::Swin => self.swin(size, chans)?.into(),
+        };
+        let method_arg = self.method_arg();
+        let method = match method_arg {
+            MethodArg::Mae => {
+                let base = if size[0].max(size[1]) < 128 {
+                    DecoderConfig::light()
+                } else {
+                    DecoderConfig::mae_default()
+                };
+                Method::Mae {
+                    decoder: DecoderConfig {
+                        embed_dim: self.decoder_dim.unwrap_or(base.embed_dim),
+                        depth: self.decoder_depth.unwrap_or(base.depth),
+                        num_heads: self.decoder_heads.unwrap_or(base.num_heads),
+                        mlp_ratio: base.mlp_ratio,
+                    },
+                }
+            }
+            MethodArg::Simmim => Method::SimMim,
+        };
+        let target = self.target.unwrap_or(match method_arg {
+            MethodArg::Mae => TargetArg::Pixels,
+            MethodArg::Simmim => TargetArg::L1,
+        });
+        let target = match target {
+            TargetArg::NormPix => TargetConfig::Pixels {
+                loss: PixelLoss::Mse,
+                norm_pix: true,
+            },
+            TargetArg::Pixels => TargetConfig::Pixels {
+                loss: PixelLoss::Mse,
+                norm_pix: false,
+            },
+            TargetArg::L1 => TargetConfig::Pixels {
+                loss: PixelLoss::L1,
+                norm_pix: false,
+            },
+            TargetArg::Codebook => TargetConfig::Codebook {
+                size: self.codebook_size,
+                normalize: false,
+            },
+        };
+        let config = ModelConfig {
+            encoder,
+            method,
+            target,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The encoder family: `--encoder`, else the preset's (`swin-*` is Swin).
+    pub fn encoder_kind(&self) -> Result<EncoderArg> {
+        let by_preset = self.preset.as_deref().map(|p| {
+            if p.starts_with("swin") {
+                EncoderArg::Swin
+            } else {
+                EncoderArg::Vit
+            }
+        });
+        match (self.encoder, by_preset) {
+            (Some(e), Some(p)) if e != p => bail!(
+                "--preset {} is not a {} preset",
+                self.preset.as_deref().unwrap_or_default(),
+                if e == EncoderArg::Swin { "Swin" } else { "ViT" }
+            ),
+            (Some(e), _) | (None, Some(e)) => Ok(e),
+            (None, None) => Ok(EncoderArg::Vit),
+        }
+    }
+
+    /// `--method`, else MAE with a ViT and SimMIM with Swin.
+    pub fn method_arg(&self) -> MethodArg {
+        self.method.unwrap_or(match self.encoder_kind() {
+            Ok(EncoderArg::Swin) => MethodArg::Simmim,
+            _ => MethodArg::Mae,
+        })
+    }
+
+    fn vit(&self, size: [usize; 2], chans: usize) -> Result<VitConfig> {
+        for (given, name) in [
+            (self.window.is_some(), "--window"),
+            (self.depths.is_some(), "--depths"),
+            (self.stage_heads.is_some(), "--stage-heads"),
+        ] {
+            if given {
+                bail!("{name} is a Swin option; this encoder is a ViT (--encoder swin for Swin)");
+            }
+        }
         let small = size[0].max(size[1]) <= 64;
         let patch = self.patch.unwrap_or(if small { 4 } else { 16 });
         if patch == 0 {
             bail!("--patch must be at least 1");
         }
-        let mut encoder = VitConfig::preset(&self.preset, size, patch, chans)?;
+        let mut encoder = VitConfig::preset(self.preset.as_deref().unwrap_or("vit-mini"), size, patch, chans)?;
         if let Some(d) = self.dim {
             encoder.embed_dim = d;
         }
@@ -305,53 +424,47 @@ impl ModelArgs {
                 InitArg::Beit => InitScheme::Beit,
             };
         }
-        let method = match self.method {
-            MethodArg::Mae => {
-                let base = if size[0].max(size[1]) < 128 {
-                    DecoderConfig::light()
-                } else {
-                    DecoderConfig::mae_default()
-                };
-                Method::Mae {
-                    decoder: DecoderConfig {
-                        embed_dim: self.decoder_dim.unwrap_or(base.embed_dim),
-                        depth: self.decoder_depth.unwrap_or(base.depth),
-                        num_heads: self.decoder_heads.unwrap_or(base.num_heads),
-                        mlp_ratio: base.mlp_ratio,
-                    },
-                }
+        Ok(encoder)
+    }
+
+    fn swin(&self, size: [usize; 2], chans: usize) -> Result<SwinConfig> {
+        for (given, name) in [
+            (self.depth.is_some(), "--depth (Swin: --depths)"),
+            (self.heads.is_some(), "--heads (Swin: --stage-heads)"),
+            (self.pos_embed.is_some(), "--pos-embed"),
+            (self.rel_pos_bias.is_some(), "--rel-pos-bias"),
+            (self.layer_scale.is_some(), "--layer-scale"),
+            (self.qkv_bias.is_some(), "--qkv-bias"),
+            (self.init.is_some(), "--init"),
+            (self.no_final_norm, "--no-final-norm"),
+        ] {
+            if given {
+                bail!("{name} is a ViT option; this encoder is Swin");
             }
-            MethodArg::Simmim => Method::SimMim,
-        };
-        let target = self.target.unwrap_or(match self.method {
-            MethodArg::Mae => TargetArg::Pixels,
-            MethodArg::Simmim => TargetArg::L1,
-        });
-        let target = match target {
-            TargetArg::NormPix => TargetConfig::Pixels {
-                loss: PixelLoss::Mse,
-                norm_pix: true,
-            },
-            TargetArg::Pixels => TargetConfig::Pixels {
-                loss: PixelLoss::Mse,
-                norm_pix: false,
-            },
-            TargetArg::L1 => TargetConfig::Pixels {
-                loss: PixelLoss::L1,
-                norm_pix: false,
-            },
-            TargetArg::Codebook => TargetConfig::Codebook {
-                size: self.codebook_size,
-                normalize: false,
-            },
-        };
-        let config = ModelConfig {
-            encoder,
-            method,
-            target,
-        };
-        config.validate()?;
-        Ok(config)
+        }
+        // Validated once the options typed with the preset apply.
+        let mut c = SwinConfig::named(self.preset.as_deref().unwrap_or("swin-mini"), size, chans)?;
+        if let Some(p) = self.patch {
+            c.patch_size = p;
+        }
+        if let Some(w) = self.window {
+            c.window = w;
+        }
+        if let Some(d) = self.dim {
+            c.embed_dim = d;
+        }
+        if let Some(d) = &self.depths {
+            c.depths = d.clone();
+        }
+        if let Some(h) = &self.stage_heads {
+            c.num_heads = h.clone();
+        }
+        c.mlp_ratio = self.mlp_ratio;
+        if let Some(d) = self.drop_path {
+            c.drop_path = d;
+        }
+        c.validate()?;
+        Ok(c)
     }
 }
 
@@ -488,12 +601,32 @@ impl MaskArgs {
                 ratio,
                 cell_px: self
                     .mask_cell_px
-                    .unwrap_or_else(|| default_cell_px(model.encoder.patch_size, model.encoder.img_size)),
+                    .unwrap_or_else(|| default_cell_px(model.encoder.patch_size(), model.encoder.img_size())),
             },
         };
-        cfg.build(model.encoder.patch_size, grid)?;
+        cfg.build(model.encoder.patch_size(), grid)?;
         Ok(cfg)
     }
+}
+
+/// With `--encoder` on a command that loads a checkpoint: refuses a
+/// checkpoint of the other family, naming both.
+pub fn check_encoder(want: Option<EncoderArg>, model: &tessera_mim::MimModel, path: &std::path::Path) -> Result<()> {
+    let have = match model.config.encoder {
+        EncoderConfig::Vit(_) => EncoderArg::Vit,
+        EncoderConfig::Swin(_) => EncoderArg::Swin,
+    };
+    if let Some(w) = want
+        && w != have
+    {
+        bail!(
+            "{} holds a {} encoder, not the {} that --encoder asks for",
+            path.display(),
+            model.config.encoder.kind(),
+            if w == EncoderArg::Swin { "swin" } else { "vit" }
+        );
+    }
+    Ok(())
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use tessera_mim::layers::Module;
 use tessera_mim::masking::hidden_count;
 use tessera_mim::viz::{patched, save_png, upscale};
-use tessera_mim::{Method, MimModel, MimRng, flops};
+use tessera_mim::{EncoderConfig, Method, MimModel, MimRng, SwinConfig, VitConfig, flops};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -41,10 +41,11 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let model = MimModel::new(cfg.clone(), &mut MimRng::seed_from_u64(0))?;
     let e = &cfg.encoder;
-    let ([h, w], c, p, d) = (e.img_size, e.in_chans, e.patch_size, e.embed_dim);
+    let ([h, w], c, p) = (e.img_size(), e.in_chans(), e.patch_size());
     let [gh, gw] = e.grid();
     let l = e.num_patches();
     let k = l - hidden_count(l, args.mask_ratio);
+    let d = e.out_dim();
     let row = |what: &str, shape: String, note: String| println!("  {what:<22} {shape:<22} {note}");
 
     println!("image");
@@ -54,59 +55,10 @@ pub fn run(args: Args) -> Result<()> {
         format!("{gh} x {gw} = {l}"),
         format!("patches of {p}x{p}x{c} = {} values", e.patch_dim()),
     );
-    println!(
-        "encoder (ViT {d} wide, {} deep, {} heads of {})",
-        e.depth,
-        e.num_heads,
-        d / e.num_heads
-    );
-    row(
-        "patch embedding",
-        format!("(B, {l}, {d})"),
-        format!("conv {p}x{p} stride {p}: patch_embed.proj.weight [{d}, {c}, {p}, {p}]"),
-    );
-    row(
-        "+ [CLS] token",
-        format!("(B, {}, {d})", l + 1),
-        "cls_token [1, 1, {d}]".replace("{d}", &d.to_string()),
-    );
-    let absolute = match e.pos_embed {
-        tessera_mim::PosEmbedKind::None => "no absolute table".to_string(),
-        kind => format!("pos_embed [1, {}, {d}] ({kind:?})", l + 1),
-    };
-    row("+ positions", format!("(B, {}, {d})", l + 1), absolute);
-    let table = || {
-        let rows = tessera_kernels::relpos::table_rows(e.grid(), true);
-        format!("relative_position_bias_table [{rows}, {}]", e.num_heads)
-    };
-    match e.rel_pos_bias {
-        tessera_mim::RelPosBias::None => {}
-        tessera_mim::RelPosBias::Shared => row("+ relative bias", "on the logits".into(), format!("one {}", table())),
-        tessera_mim::RelPosBias::PerBlock => row(
-            "+ relative bias",
-            "on the logits".into(),
-            format!("per block {}", table()),
-        ),
+    match e {
+        EncoderConfig::Vit(v) => print_vit(v, &row),
+        EncoderConfig::Swin(s) => print_swin(s, &row),
     }
-    row(
-        &format!("{} blocks", e.depth),
-        format!("(B, {}, {d})", l + 1),
-        format!("qkv (B, {}, {}), MLP {}", l + 1, 3 * d, e.mlp_hidden()),
-    );
-    row(
-        "final norm",
-        format!("(B, {}, {d})", l + 1),
-        if e.final_norm {
-            "LayerNorm eps 1e-6".into()
-        } else {
-            "none (built for mean pooling)".into()
-        },
-    );
-    row(
-        "[CLS] embedding",
-        format!("(B, {d})"),
-        "or the mean of the patch tokens".into(),
-    );
     match &cfg.method {
         Method::Mae { decoder } => {
             let dd = decoder.embed_dim;
@@ -134,10 +86,22 @@ pub fn run(args: Args) -> Result<()> {
         }
         Method::SimMim => {
             println!("SimMIM (hidden patch embeddings replaced by encoder.mask_token)");
+            let r = e.token_patches();
+            let tokens = l / (r * r);
             row(
                 "decoder.0",
+                format!("(B, {tokens}, {})", cfg.head_channels()),
+                format!(
+                    "1x1 convolution [{}, {}, 1, 1] on the output tokens, then pixel shuffle x{}",
+                    cfg.head_channels(),
+                    e.out_dim(),
+                    r * p
+                ),
+            );
+            row(
+                "predictions",
                 format!("(B, {l}, {})", cfg.output_dim()),
-                "1x1 convolution on the patch tokens, then pixel shuffle".into(),
+                "per patch, in MAE's patchify order; the loss over hidden patches".into(),
             );
         }
     }
@@ -191,4 +155,123 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The ViT's shapes, stage by stage (as the seed document prints them).
+fn print_vit(e: &VitConfig, row: &dyn Fn(&str, String, String)) {
+    let (c, p, d, l) = (e.in_chans, e.patch_size, e.embed_dim, e.num_patches());
+    println!(
+        "encoder (ViT {d} wide, {} deep, {} heads of {})",
+        e.depth,
+        e.num_heads,
+        d / e.num_heads
+    );
+    row(
+        "patch embedding",
+        format!("(B, {l}, {d})"),
+        format!("conv {p}x{p} stride {p}: patch_embed.proj.weight [{d}, {c}, {p}, {p}]"),
+    );
+    row(
+        "+ [CLS] token",
+        format!("(B, {}, {d})", l + 1),
+        "cls_token [1, 1, {d}]".replace("{d}", &d.to_string()),
+    );
+    let absolute = match e.pos_embed {
+        tessera_mim::PosEmbedKind::None => "no absolute table".to_string(),
+        kind => format!("pos_embed [1, {}, {d}] ({kind:?})", l + 1),
+    };
+    row("+ positions", format!("(B, {}, {d})", l + 1), absolute);
+    let table = || {
+        let rows = tessera_kernels::relpos::table_rows(e.grid(), true);
+        format!("relative_position_bias_table [{rows}, {}]", e.num_heads)
+    };
+    match e.rel_pos_bias {
+        tessera_mim::RelPosBias::None => {}
+        tessera_mim::RelPosBias::Shared => row("+ relative bias", "on the logits".into(), format!("one {}", table())),
+        tessera_mim::RelPosBias::PerBlock => row(
+            "+ relative bias",
+            "on the logits".into(),
+            format!("per block {}", table()),
+        ),
+    }
+    row(
+        &format!("{} blocks", e.depth),
+        format!("(B, {}, {d})", l + 1),
+        format!("qkv (B, {}, {}), MLP {}", l + 1, 3 * d, e.mlp_hidden()),
+    );
+    row(
+        "final norm",
+        format!("(B, {}, {d})", l + 1),
+        if e.final_norm {
+            "LayerNorm eps 1e-6".into()
+        } else {
+            "none (built for mean pooling)".into()
+        },
+    );
+    row(
+        "[CLS] embedding",
+        format!("(B, {d})"),
+        "or the mean of the patch tokens".into(),
+    );
+}
+
+/// Swin's shapes stage by stage: resolution, tokens, windows, width, heads.
+fn print_swin(e: &SwinConfig, row: &dyn Fn(&str, String, String)) {
+    let (c, p, d0) = (e.in_chans, e.patch_size, e.embed_dim);
+    let l = e.stage_grid(0)[0] * e.stage_grid(0)[1];
+    println!(
+        "encoder (Swin {d0} wide, {} stages of {:?} blocks, window {}, stride {})",
+        e.depths.len(),
+        e.depths,
+        e.window,
+        e.stride()
+    );
+    row(
+        "patch embedding",
+        format!("(B, {l}, {d0})"),
+        format!("conv {p}x{p} stride {p}: patch_embed.proj.weight [{d0}, {c}, {p}, {p}], then patch_embed.norm"),
+    );
+    for i in 0..e.depths.len() {
+        let [h, w] = e.stage_grid(i);
+        let (d, heads) = (e.stage_dim(i), e.num_heads[i]);
+        let (win, shift) = e.stage_window(i);
+        let windows = (h / win) * (w / win);
+        let shifted = if shift > 0 && e.depths[i] > 1 {
+            format!(", odd blocks shifted by {shift}")
+        } else {
+            ", no shift".to_string()
+        };
+        row(
+            &format!("stage {i}: {} blocks", e.depths[i]),
+            format!("(B, {h}, {w}, {d})"),
+            format!(
+                "{h}x{w} = {} tokens, {windows} window{} of {win}x{win}{shifted}; {heads} heads of {}, MLP {}, \
+                 relative_position_bias_table [{}, {heads}]",
+                h * w,
+                if windows == 1 { "" } else { "s" },
+                d / heads,
+                e.mlp_hidden(i),
+                (2 * win - 1) * (2 * win - 1)
+            ),
+        );
+        if i + 1 < e.depths.len() {
+            row(
+                "  patch merging",
+                format!("(B, {}, {}, {})", h / 2, w / 2, 2 * d),
+                format!("2x2 concat {}, LayerNorm, reduction [{}, {}]", 4 * d, 2 * d, 4 * d),
+            );
+        }
+    }
+    let [h, w] = e.stage_grid(e.depths.len() - 1);
+    let dl = e.num_features();
+    row(
+        "final norm",
+        format!("(B, {h}, {w}, {dl})"),
+        format!("LayerNorm eps {:e}", e.norm_eps),
+    );
+    row(
+        "representation",
+        format!("(B, {dl})"),
+        format!("mean of the {} last-stage tokens (no [CLS])", h * w),
+    );
 }

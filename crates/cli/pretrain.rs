@@ -130,7 +130,7 @@ pub fn run(args: Args) -> Result<()> {
         Some((old, _)) if !args.given.iter().any(|g| g == "batch") => old.batch_size,
         _ => args.batch,
     };
-    let (size, chans) = (model_cfg.encoder.img_size, model_cfg.encoder.in_chans);
+    let (size, chans) = (model_cfg.encoder.img_size(), model_cfg.encoder.in_chans());
     let full = args.data.open(Split::Train, size, chans)?;
     let train_ds = First::new(full.as_ref(), args.limit.unwrap_or(usize::MAX));
     let test_ds = args.data.open(Split::Test, size, chans)?;

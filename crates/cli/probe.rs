@@ -6,7 +6,7 @@
 //! `--baselines` adds the same two scores on raw pixels and on a randomly
 //! initialised encoder of the same shape, in the same run.
 
-use crate::common::{DataArgs, DataKind, OfficialArgs, eval_transform};
+use crate::common::{DataArgs, DataKind, EncoderArg, OfficialArgs, check_encoder, eval_transform};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,7 +21,8 @@ use tessera_mim::{MimModel, MimRng, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PoolArg {
-    /// Mean of the patch tokens and the \[CLS\] token, one row each.
+    /// Mean of the patch tokens and the \[CLS\] token, one row each (Swin,
+    /// which has no \[CLS\]: the mean alone).
     Both,
     /// Mean of the patch tokens.
     Mean,
@@ -37,6 +38,10 @@ pub struct Args {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub official: OfficialArgs,
+    /// The encoder family the checkpoint must hold (default: whichever it
+    /// holds; Swin is probed on its mean-pooled last stage).
+    #[arg(long, value_enum)]
+    pub encoder: Option<EncoderArg>,
     #[command(flatten)]
     pub data: DataArgs,
     /// How tokens become one feature vector.
@@ -105,8 +110,19 @@ pub fn run(mut args: Args) -> Result<()> {
         args.test_limit = args.test_limit.or(Some(SYNTHETIC_PROBE_LIMITS.1));
     }
     let model = load_model_hinted(&args.checkpoint, None, &args.official.hints(), false)?;
+    check_encoder(args.encoder, &model, &args.checkpoint)?;
+    if model.encoder.swin().is_some() {
+        match args.pool {
+            PoolArg::Both => args.pool = PoolArg::Mean,
+            PoolArg::Mean => {}
+            PoolArg::Cls => bail!(
+                "{} holds a Swin encoder, which has no [CLS] token: use --pool mean",
+                args.checkpoint.display()
+            ),
+        }
+    }
     let e = &model.config.encoder;
-    let (size, chans) = (e.img_size, e.in_chans);
+    let (size, chans) = (e.img_size(), e.in_chans());
     let train_ds = args.data.open(Split::Train, size, chans)?;
     let test_ds = args.data.open(Split::Test, size, chans)?;
     let classes = train_ds.class_names().len();

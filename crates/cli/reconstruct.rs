@@ -9,7 +9,7 @@
 //! (1 = hidden) and the model inputs `images (N, C, H, W)` as safetensors, to
 //! compare number by number with PyTorch.
 
-use crate::common::{DataArgs, MaskArgs, OfficialArgs, eval_transform};
+use crate::common::{DataArgs, EncoderArg, MaskArgs, OfficialArgs, check_encoder, eval_transform};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use rand::SeedableRng;
@@ -39,6 +39,9 @@ pub struct Args {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub official: OfficialArgs,
+    /// The encoder family the checkpoint must hold (default: whichever it holds).
+    #[arg(long, value_enum)]
+    pub encoder: Option<EncoderArg>,
     /// Image files (PNG/JPEG) to reconstruct; without them, images of --data.
     pub images: Vec<PathBuf>,
     #[command(flatten)]
@@ -116,6 +119,7 @@ fn load_mask_file(path: &Path, n: usize, l: usize) -> Result<Mask> {
 
 pub fn run(args: Args) -> Result<()> {
     let model = load_model_hinted(&args.checkpoint, None, &args.official.hints(), true)?;
+    check_encoder(args.encoder, &model, &args.checkpoint)?;
     // The masking it was trained with, where the checkpoint says (MAE's own
     // weights do not: random masking at 0.75, MAE's recipe).
     let file = TensorFile::load(&args.checkpoint)?;
@@ -125,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         tessera_mim::MaskingConfig::Random { ratio: 0.75 }
     };
     let e = model.config.encoder.clone();
-    let (size, chans) = (e.img_size, e.in_chans);
+    let (size, chans) = (e.img_size(), e.in_chans());
     let (imgs, norm) = if args.images.is_empty() {
         let split = if args.split == SplitArg::Test {
             Split::Test
@@ -167,7 +171,7 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 args.mask.build(&model.config)?
             };
-            let strategy = cfg.build(e.patch_size, e.grid())?;
+            let strategy = cfg.build(e.patch_size(), e.grid())?;
             Mask::sample(strategy.as_ref(), n, e.grid(), &mut MimRng::seed_from_u64(args.seed))
         }
     };
@@ -177,7 +181,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     if let Some(scale) = args.scale {
         // Four panels per image, each upscaled; 3 bytes a pixel.
-        let [h, w] = e.img_size;
+        let [h, w] = e.img_size();
         let pixels = n as u128 * 4 * (h as u128 * scale as u128 + 4) * (w as u128 * scale as u128 + 4);
         tessera_mim::memory::check("this picture", 3 * pixels, None, "reduce --scale or --count")?;
     }

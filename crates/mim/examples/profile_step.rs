@@ -31,7 +31,7 @@ fn run() {
     let (model, batch) = match name {
         "base224" => (
             ModelConfig {
-                encoder: VitConfig::preset("vit-base", [224, 224], 16, 3).unwrap(),
+                encoder: VitConfig::preset("vit-base", [224, 224], 16, 3).unwrap().into(),
                 method: Method::Mae {
                     decoder: DecoderConfig::mae_default(),
                 },
@@ -41,7 +41,7 @@ fn run() {
         ),
         _ => (
             ModelConfig {
-                encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap(),
+                encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap().into(),
                 method: Method::Mae {
                     decoder: DecoderConfig::small(),
                 },
@@ -57,13 +57,13 @@ fn run() {
     }
     let mut t = Trainer::new(cfg).unwrap();
     let e = &t.config.model.encoder;
-    let n = batch * 3 * e.img_size[0] * e.img_size[1];
+    let n = batch * 3 * e.img_size()[0] * e.img_size()[1];
     let mut rng = MimRng::seed_from_u64(0);
     let imgs: Vec<Tensor> = (0..steps + 2)
         .map(|_| {
             Tensor::new(
                 (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect(),
-                &[batch, 3, e.img_size[0], e.img_size[1]],
+                &[batch, 3, e.img_size()[0], e.img_size()[1]],
             )
             .unwrap()
         })

@@ -268,7 +268,8 @@ impl MimModel {
         use crate::config::PosEmbedKind;
         use crate::pos_embed::resize;
         let grid = self.config.encoder.grid();
-        let enc_kind = self.config.encoder.pos_embed;
+        // Only a ViT has absolute positional tables to resize.
+        let enc_kind = self.config.encoder.vit().map_or(PosEmbedKind::None, |v| v.pos_embed);
         for (name, t) in self.state() {
             if !wanted(&name) {
                 continue;
@@ -479,6 +480,11 @@ pub fn load_model_hinted(
 ) -> Result<MimModel> {
     let file = TensorFile::load(path)?;
     let official = !file.metadata.contains_key("tessera.config");
+    let file = if official {
+        official::timm_swin_to_simmim(file)
+    } else {
+        file
+    };
     let model_config = if official {
         let config = official::infer_config(&file, path, hints, need_decoder)?;
         if need_decoder && !official::has_decoder(&file) {
@@ -496,7 +502,7 @@ pub fn load_model_hinted(
     let trained_grid = model_config.encoder.grid();
     let mut model_config = model_config;
     if let Some(size) = img_size {
-        model_config.encoder.img_size = size;
+        model_config.encoder.set_img_size(size);
     }
     let mut model = MimModel::new(model_config, &mut MimRng::seed_from_u64(0))?;
     if official {

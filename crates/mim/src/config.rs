@@ -1,5 +1,6 @@
-//! Model configuration: the encoder (a Vision Transformer), the method (MAE's
-//! decoder or SimMIM's 1×1-convolution head) and the prediction target. Every field has
+//! Model configuration: the encoder (a Vision Transformer or a Swin
+//! Transformer), the method (MAE's decoder or SimMIM's 1×1-convolution head)
+//! and the prediction target. Every field has
 //! a name a user can set, presets give the usual sizes, and [`ModelConfig::validate`]
 //! rejects what cannot be built with a message that names the option.
 
@@ -282,6 +283,388 @@ fn check_width(what: &str, dim: usize, heads: usize) -> Result<()> {
     Ok(())
 }
 
+/// A Swin Transformer encoder's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwinConfig {
+    pub img_size: [usize; 2],
+    pub patch_size: usize,
+    pub in_chans: usize,
+    /// Width of the first stage (doubled by each patch merging).
+    pub embed_dim: usize,
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Heads per stage.
+    pub num_heads: Vec<usize>,
+    pub window: usize,
+    pub mlp_ratio: f32,
+    /// Stochastic depth of the last block, rising linearly over all blocks.
+    pub drop_path: f32,
+    /// LayerNorm epsilon (Swin: PyTorch's default 1e-5).
+    pub norm_eps: f32,
+}
+
+impl SwinConfig {
+    /// `swin-tiny` (96, [2, 2, 6, 2], [3, 6, 12, 24]), `swin-small` (96,
+    /// [2, 2, 18, 2]), `swin-base` (128, [2, 2, 18, 2], [4, 8, 16, 32]) — window
+    /// 7, patch 4, at 224 — and `swin-mini`, a small one for 32×32 images
+    /// that trains on two cores: 48 wide, [2, 2, 2] blocks, [3, 6, 12] heads,
+    /// patch 2, window 4. `simmim-swin-base` is SimMIM's Swin-B pre-training
+    /// (`simmim_pretrain__swin_base__img192_window6__100ep.yaml`): swin-base
+    /// with window 6 and no drop path, at 192×192.
+    pub fn preset(name: &str, img_size: [usize; 2], in_chans: usize) -> Result<SwinConfig> {
+        let c = Self::named(name, img_size, in_chans)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// [`SwinConfig::preset`] before validation (for options that change it).
+    pub fn named(name: &str, img_size: [usize; 2], in_chans: usize) -> Result<SwinConfig> {
+        let (embed_dim, depths, num_heads, patch_size, window) = match name {
+            "swin-tiny" => (96, vec![2, 2, 6, 2], vec![3, 6, 12, 24], 4, 7),
+            "swin-small" => (96, vec![2, 2, 18, 2], vec![3, 6, 12, 24], 4, 7),
+            "swin-base" => (128, vec![2, 2, 18, 2], vec![4, 8, 16, 32], 4, 7),
+            "swin-mini" => (48, vec![2, 2, 2], vec![3, 6, 12], 2, 4),
+            "simmim-swin-base" => {
+                return Ok(SwinConfig {
+                    window: 6,
+                    drop_path: 0.0,
+                    ..Self::named("swin-base", img_size, in_chans)?
+                });
+            }
+            _ => {
+                return Err(config_err(format!(
+                    "unknown Swin preset '{name}' (known: swin-mini, swin-tiny, swin-small, swin-base, \
+                     simmim-swin-base)"
+                )));
+            }
+        };
+        Ok(SwinConfig {
+            img_size,
+            patch_size,
+            in_chans,
+            embed_dim,
+            depths,
+            num_heads,
+            window,
+            mlp_ratio: 4.0,
+            drop_path: 0.1,
+            norm_eps: 1e-5,
+        })
+    }
+
+    /// The token grid of stage `i`.
+    pub fn stage_grid(&self, i: usize) -> [usize; 2] {
+        let g = [self.img_size[0] / self.patch_size, self.img_size[1] / self.patch_size];
+        [g[0] >> i, g[1] >> i]
+    }
+
+    /// The width of stage `i`.
+    pub fn stage_dim(&self, i: usize) -> usize {
+        self.embed_dim << i
+    }
+
+    /// The width of the last stage (the representation).
+    pub fn num_features(&self) -> usize {
+        self.stage_dim(self.depths.len() - 1)
+    }
+
+    /// The total downsampling: patch · 2^(stages − 1) (SimMIM's `encoder_stride`).
+    pub fn stride(&self) -> usize {
+        self.patch_size << (self.depths.len() - 1)
+    }
+
+    /// Checks that the configuration can be built, naming the problem.
+    pub fn validate(&self) -> Result<()> {
+        let stages = self.depths.len();
+        if stages == 0 || self.num_heads.len() != stages {
+            return Err(config_err(format!(
+                "Swin needs one head count per stage: {} stages, {} head counts",
+                stages,
+                self.num_heads.len()
+            )));
+        }
+        let s = self.stride();
+        if self.patch_size == 0 || !self.img_size[0].is_multiple_of(s) || !self.img_size[1].is_multiple_of(s) {
+            return Err(config_err(format!(
+                "a {}x{} image does not halve evenly through {stages} stages of patch {} (needs multiples of {s})",
+                self.img_size[0], self.img_size[1], self.patch_size
+            )));
+        }
+        for i in 0..stages {
+            let (d, h) = (self.stage_dim(i), self.num_heads[i]);
+            if h == 0 || !d.is_multiple_of(h) {
+                return Err(config_err(format!("stage {i}: {h} heads do not divide the width {d}")));
+            }
+            let g = self.stage_grid(i);
+            let w = self.window.min(g[0].min(g[1]));
+            if w == 0 || !g[0].is_multiple_of(w) || !g[1].is_multiple_of(w) {
+                return Err(config_err(format!(
+                    "stage {i}: window {} does not tile its {}x{} grid",
+                    self.window, g[0], g[1]
+                )));
+            }
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(config_err(format!("drop_path {} is outside [0, 1)", self.drop_path)));
+        }
+        Ok(())
+    }
+}
+
+impl SwinConfig {
+    /// The window and shift the blocks of stage `i` use: a window no smaller
+    /// than the stage's grid becomes the whole grid, unshifted (as the
+    /// official code does).
+    pub fn stage_window(&self, i: usize) -> (usize, usize) {
+        let g = self.stage_grid(i);
+        let side = g[0].min(g[1]);
+        if side <= self.window {
+            (side, 0)
+        } else {
+            (self.window, self.window / 2)
+        }
+    }
+
+    /// Hidden width of the MLPs of stage `i`.
+    pub fn mlp_hidden(&self, i: usize) -> usize {
+        (self.stage_dim(i) as f32 * self.mlp_ratio).round() as usize
+    }
+}
+
+/// The encoder of a model: a Vision Transformer or a Swin Transformer.
+///
+/// Serialised as the inner configuration alone, so the configuration JSON of
+/// checkpoints written before Swin existed (a bare [`VitConfig`]) still
+/// reads; a Swin configuration is told apart by its `depths` list.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EncoderConfig {
+    Vit(VitConfig),
+    Swin(SwinConfig),
+}
+
+impl<'de> Deserialize<'de> for EncoderConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        if v.get("depths").is_some() {
+            serde_json::from_value(v)
+                .map(EncoderConfig::Swin)
+                .map_err(D::Error::custom)
+        } else {
+            serde_json::from_value(v)
+                .map(EncoderConfig::Vit)
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
+impl From<VitConfig> for EncoderConfig {
+    fn from(c: VitConfig) -> Self {
+        EncoderConfig::Vit(c)
+    }
+}
+
+impl From<SwinConfig> for EncoderConfig {
+    fn from(c: SwinConfig) -> Self {
+        EncoderConfig::Swin(c)
+    }
+}
+
+impl EncoderConfig {
+    /// `"vit"` or `"swin"` (the command's `--encoder`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EncoderConfig::Vit(_) => "vit",
+            EncoderConfig::Swin(_) => "swin",
+        }
+    }
+
+    /// The Vision Transformer's configuration, if this is one.
+    pub fn vit(&self) -> Option<&VitConfig> {
+        match self {
+            EncoderConfig::Vit(c) => Some(c),
+            EncoderConfig::Swin(_) => None,
+        }
+    }
+
+    /// The Vision Transformer's configuration, mutably, if this is one.
+    pub fn vit_mut(&mut self) -> Option<&mut VitConfig> {
+        match self {
+            EncoderConfig::Vit(c) => Some(c),
+            EncoderConfig::Swin(_) => None,
+        }
+    }
+
+    /// The Swin Transformer's configuration, if this is one.
+    pub fn swin(&self) -> Option<&SwinConfig> {
+        match self {
+            EncoderConfig::Swin(c) => Some(c),
+            EncoderConfig::Vit(_) => None,
+        }
+    }
+
+    /// One line for logs: `ViT 192/6/3 (patch 4, 32x32x3)` or
+    /// `Swin 48 [2, 2, 2] heads [3, 6, 12] window 4 (patch 2, 32x32x3)`.
+    pub fn describe(&self) -> String {
+        let [h, w] = self.img_size();
+        let geometry = format!("(patch {}, {h}x{w}x{})", self.patch_size(), self.in_chans());
+        match self {
+            EncoderConfig::Vit(c) => format!("ViT {}/{}/{} {geometry}", c.embed_dim, c.depth, c.num_heads),
+            EncoderConfig::Swin(c) => format!(
+                "Swin {} {:?} heads {:?} window {} {geometry}",
+                c.embed_dim, c.depths, c.num_heads, c.window
+            ),
+        }
+    }
+
+    /// Image height and width in pixels.
+    pub fn img_size(&self) -> [usize; 2] {
+        match self {
+            EncoderConfig::Vit(c) => c.img_size,
+            EncoderConfig::Swin(c) => c.img_size,
+        }
+    }
+
+    /// Runs the encoder at another image size (checked by `validate`).
+    pub fn set_img_size(&mut self, size: [usize; 2]) {
+        match self {
+            EncoderConfig::Vit(c) => c.img_size = size,
+            EncoderConfig::Swin(c) => c.img_size = size,
+        }
+    }
+
+    /// The side of a patch: the unit the mask and the targets are drawn on.
+    pub fn patch_size(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.patch_size,
+            EncoderConfig::Swin(c) => c.patch_size,
+        }
+    }
+
+    /// Image channels.
+    pub fn in_chans(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.in_chans,
+            EncoderConfig::Swin(c) => c.in_chans,
+        }
+    }
+
+    /// The patch grid (rows, columns) the mask lives on.
+    pub fn grid(&self) -> [usize; 2] {
+        let (s, p) = (self.img_size(), self.patch_size());
+        [s[0] / p, s[1] / p]
+    }
+
+    /// Number of patches `L`.
+    pub fn num_patches(&self) -> usize {
+        let [h, w] = self.grid();
+        h * w
+    }
+
+    /// Values per patch, `p·p·C`.
+    pub fn patch_dim(&self) -> usize {
+        self.patch_size() * self.patch_size() * self.in_chans()
+    }
+
+    /// The width of the patch embeddings (where SimMIM's mask token goes).
+    pub fn embed_dim(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.embed_dim,
+            EncoderConfig::Swin(c) => c.embed_dim,
+        }
+    }
+
+    /// The width of the encoder's output tokens and of the image
+    /// representation.
+    pub fn out_dim(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.embed_dim,
+            EncoderConfig::Swin(c) => c.num_features(),
+        }
+    }
+
+    /// Patches per side of one output token: 1 for the ViT, `2^(stages−1)`
+    /// for Swin. SimMIM's head predicts `r²` patches from each token.
+    pub fn token_patches(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(_) => 1,
+            EncoderConfig::Swin(c) => c.stride() / c.patch_size,
+        }
+    }
+
+    /// LayerNorm epsilon.
+    pub fn norm_eps(&self) -> f32 {
+        match self {
+            EncoderConfig::Vit(c) => c.norm_eps,
+            EncoderConfig::Swin(c) => c.norm_eps,
+        }
+    }
+
+    /// Checks that the configuration can be built.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            EncoderConfig::Vit(c) => c.validate(),
+            EncoderConfig::Swin(c) => c.validate(),
+        }
+    }
+
+    /// Values in the encoder's state.
+    fn state_len(&self) -> u128 {
+        let (c, p) = (self.in_chans() as u128, self.patch_size() as u128);
+        match self {
+            EncoderConfig::Vit(e) => {
+                let (d, l) = (e.embed_dim as u128, e.num_patches() as u128);
+                let pos = match e.pos_embed {
+                    PosEmbedKind::None => 0,
+                    _ => (1 + l) * d,
+                };
+                let heads = e.num_heads as u128;
+                let [gh, gw] = e.grid();
+                let rows = ((2 * gh - 1) * (2 * gw - 1) + 3) as u128;
+                let tables = match e.rel_pos_bias {
+                    RelPosBias::None => 0,
+                    RelPosBias::Shared => rows * heads,
+                    RelPosBias::PerBlock => e.depth as u128 * rows * heads,
+                };
+                // q_bias and v_bias replace qkv.bias (3D → 2D); gamma_1, gamma_2.
+                let qkv = match e.qkv_bias {
+                    QkvBias::Qkv => 0,
+                    QkvBias::QV => e.depth as u128 * d,
+                };
+                let scale = if e.layer_scale.is_some() {
+                    e.depth as u128 * 2 * d
+                } else {
+                    0
+                };
+                let norm = if e.final_norm { 2 * d } else { 0 };
+                d * c * p * p + d // patch_embed.proj
+                    + d // cls_token
+                    + pos
+                    + tables
+                    + blocks_len(e.depth, e.embed_dim, e.mlp_hidden())
+                    - qkv
+                    + scale
+                    + norm
+            }
+            EncoderConfig::Swin(e) => {
+                let d0 = e.embed_dim as u128;
+                let mut n = d0 * c * p * p + d0 + 2 * d0; // patch_embed.proj, patch_embed.norm
+                for (i, (&depth, &heads)) in e.depths.iter().zip(&e.num_heads).enumerate() {
+                    let d = e.stage_dim(i) as u128;
+                    let w = e.stage_window(i).0 as u128;
+                    n += blocks_len(depth, e.stage_dim(i), e.mlp_hidden(i));
+                    n += depth as u128 * (2 * w - 1) * (2 * w - 1) * heads as u128;
+                    if i + 1 < e.depths.len() {
+                        n += 2 * 4 * d + 4 * d * 2 * d; // downsample.norm, downsample.reduction
+                    }
+                }
+                n + 2 * e.num_features() as u128 // norm
+            }
+        }
+    }
+}
+
 /// MAE's decoder: a narrower transformer over all tokens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DecoderConfig {
@@ -367,7 +750,7 @@ pub enum TargetConfig {
 /// Everything needed to build a model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    pub encoder: VitConfig,
+    pub encoder: EncoderConfig,
     pub method: Method,
     pub target: TargetConfig,
 }
@@ -387,18 +770,9 @@ impl ModelConfig {
     /// configurations do not overflow.
     pub fn state_len(&self) -> u128 {
         let e = &self.encoder;
-        let (d, l, c, p) = (
-            e.embed_dim as u128,
-            e.num_patches() as u128,
-            e.in_chans as u128,
-            e.patch_size as u128,
-        );
-        let out = self.output_dim() as u128;
-        let encoder = d * c * p * p + d // patch_embed.proj
-            + d // cls_token
-            + (1 + l) * d // pos_embed
-            + blocks_len(e.depth, e.embed_dim, e.mlp_hidden())
-            + 2 * d; // norm
+        let (d, l) = (e.out_dim() as u128, e.num_patches() as u128);
+        let out = self.head_channels() as u128;
+        let encoder = e.state_len();
         let head = match &self.method {
             Method::Mae { decoder } => {
                 let dd = decoder.embed_dim as u128;
@@ -409,7 +783,8 @@ impl ModelConfig {
                     + 2 * dd // decoder_norm
                     + dd * out + out // decoder_pred
             }
-            Method::SimMim => d + d * out + out, // mask_token, decoder_pred
+            // encoder.mask_token (patch-embedding wide), decoder.0
+            Method::SimMim => e.embed_dim() as u128 + d * out + out,
         };
         encoder + head
     }
@@ -417,6 +792,13 @@ impl ModelConfig {
     /// Checks every part and how they fit together.
     pub fn validate(&self) -> Result<()> {
         self.encoder.validate()?;
+        if let (Method::Mae { .. }, EncoderConfig::Swin(_)) = (&self.method, &self.encoder) {
+            return Err(config_err(
+                "MAE with a Swin encoder is not defined: MAE's encoder sees only the visible patches, \
+                 but Swin's shifted windows and patch merging need every token of the grid; \
+                 pre-train Swin with SimMIM (--method simmim)",
+            ));
+        }
         if let Method::Mae { decoder } = &self.method {
             check_width("decoder", decoder.embed_dim, decoder.num_heads)?;
             if decoder.embed_dim % 4 != 0 {
@@ -446,6 +828,14 @@ impl ModelConfig {
             TargetConfig::Pixels { .. } => self.encoder.patch_dim(),
             TargetConfig::Codebook { size, .. } => size,
         }
+    }
+
+    /// Output channels of the head per encoder output token: `out` for the
+    /// ViT; `r²·out` for Swin, whose last-stage tokens each cover `r × r`
+    /// patches (SimMIM's `encoder_stride² · 3` for pixels).
+    pub fn head_channels(&self) -> usize {
+        let r = self.encoder.token_patches();
+        r * r * self.output_dim()
     }
 }
 
@@ -477,7 +867,7 @@ mod tests {
     #[test]
     fn config_round_trips_through_json() {
         let c = ModelConfig {
-            encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap(),
+            encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap().into(),
             method: Method::Mae {
                 decoder: DecoderConfig::small(),
             },

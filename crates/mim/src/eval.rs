@@ -90,7 +90,10 @@ pub fn encoder_features_mean_and_cls(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Features, Features)> {
     let both = collect(ds, transform, batch, limit, progress, |imgs| {
-        tessera_tensor::no_grad(|| model.encoder.features_mean_and_cls(imgs))
+        let vit = model.encoder.vit().ok_or_else(|| {
+            MimError::Input("mean and [CLS] features need a Vision Transformer (Swin has no [CLS])".into())
+        })?;
+        tessera_tensor::no_grad(|| vit.features_mean_and_cls(imgs))
     })?;
     let d = both.dim / 2;
     let half = |first: bool| Features {

@@ -7,15 +7,44 @@
 //! ```text
 //! qkv 6·N·D²  +  attention scores and values 4·N²·D  +  proj 2·N·D²  +  MLP 4·N·D·Hm
 //! ```
+//! In Swin each token attends to the `w²` tokens of its window instead of all
+//! `N`, so attention costs `4·N·w²·D`; patch merging adds `2·(N/4)·4D·2D`.
 //! A training step is counted as three forwards (the backward computes two
 //! products per forward product), the usual convention.
 
-use crate::config::{Method, ModelConfig};
+use crate::config::{EncoderConfig, Method, ModelConfig};
 
 /// FLOPs of one transformer block over `n` tokens of width `d`, MLP width `hidden`.
 pub fn block(n: usize, d: usize, hidden: usize) -> f64 {
-    let (n, d, h) = (n as f64, d as f64, hidden as f64);
-    8.0 * n * d * d + 4.0 * n * n * d + 4.0 * n * d * h
+    windowed_block(n, n, d, hidden)
+}
+
+/// FLOPs of one block over `n` tokens that each attend to `span` of them
+/// (`n` for global attention, `w²` in Swin's windows).
+pub fn windowed_block(n: usize, span: usize, d: usize, hidden: usize) -> f64 {
+    let (n, s, d, h) = (n as f64, span as f64, d as f64, hidden as f64);
+    8.0 * n * d * d + 4.0 * n * s * d + 4.0 * n * d * h
+}
+
+/// FLOPs of the encoder's blocks (and Swin's patch merging) for one image;
+/// a ViT sees `patches` patch tokens and \[CLS\], Swin always all of them.
+pub fn encoder_blocks(e: &EncoderConfig, patches: usize) -> f64 {
+    match e {
+        EncoderConfig::Vit(v) => v.depth as f64 * block(patches + 1, v.embed_dim, v.mlp_hidden()),
+        EncoderConfig::Swin(s) => (0..s.depths.len())
+            .map(|i| {
+                let [h, w] = s.stage_grid(i);
+                let (n, d, win) = (h * w, s.stage_dim(i), s.stage_window(i).0);
+                let blocks = s.depths[i] as f64 * windowed_block(n, win * win, d, s.mlp_hidden(i));
+                let merge = if i + 1 < s.depths.len() {
+                    2.0 * (n / 4) as f64 * (4 * d) as f64 * (2 * d) as f64
+                } else {
+                    0.0
+                };
+                blocks + merge
+            })
+            .sum(),
+    }
 }
 
 /// A breakdown of one image's forward pass.
@@ -36,22 +65,23 @@ impl ForwardFlops {
 /// patches (MAE) — SimMIM and feature extraction see all of them.
 pub fn forward(config: &ModelConfig, len_keep: usize) -> ForwardFlops {
     let e = &config.encoder;
-    let (l, d, p) = (e.num_patches(), e.embed_dim, e.patch_dim());
+    let (l, d, p) = (e.num_patches(), e.out_dim(), e.patch_dim());
     let out = config.output_dim() as f64;
-    let patch_embed = 2.0 * (l * p * d) as f64;
-    let (enc_tokens, head) = match &config.method {
+    let patch_embed = 2.0 * (l * p * e.embed_dim()) as f64;
+    let (enc_patches, head) = match &config.method {
         Method::Mae { decoder } => {
             let dd = decoder.embed_dim;
             let embed = 2.0 * ((len_keep + 1) * d * dd) as f64;
             let blocks = decoder.depth as f64 * block(l + 1, dd, decoder.mlp_hidden());
             let pred = 2.0 * (l + 1) as f64 * dd as f64 * out;
-            (len_keep + 1, embed + blocks + pred)
+            (len_keep, embed + blocks + pred)
         }
-        Method::SimMim => (l + 1, 2.0 * l as f64 * d as f64 * out),
+        // One 1×1 convolution: L / r² output tokens, r²·out channels each.
+        Method::SimMim => (l, 2.0 * l as f64 * d as f64 * out),
     };
     ForwardFlops {
         patch_embed,
-        encoder_blocks: e.depth as f64 * block(enc_tokens, d, e.mlp_hidden()),
+        encoder_blocks: encoder_blocks(e, enc_patches),
         head,
     }
 }
@@ -64,8 +94,7 @@ pub fn train_step(config: &ModelConfig, len_keep: usize, batch: usize) -> f64 {
 /// FLOPs of extracting features of one image (encoder over every patch).
 pub fn features(config: &ModelConfig) -> f64 {
     let e = &config.encoder;
-    2.0 * (e.num_patches() * e.patch_dim() * e.embed_dim) as f64
-        + e.depth as f64 * block(e.num_patches() + 1, e.embed_dim, e.mlp_hidden())
+    2.0 * (e.num_patches() * e.patch_dim() * e.embed_dim()) as f64 + encoder_blocks(e, e.num_patches())
 }
 
 #[cfg(test)]
@@ -76,7 +105,7 @@ mod tests {
     #[test]
     fn vit_base_mae_step_matches_a_hand_count() {
         let cfg = ModelConfig {
-            encoder: VitConfig::preset("vit-base", [224, 224], 16, 3).unwrap(),
+            encoder: VitConfig::preset("vit-base", [224, 224], 16, 3).unwrap().into(),
             method: Method::Mae {
                 decoder: DecoderConfig::mae_default(),
             },
@@ -96,5 +125,22 @@ mod tests {
         assert!((f.total() / 1e9 - 19.5).abs() < 0.3, "{}", f.total() / 1e9);
         // Plain ViT-B/16 features: ~35 GFLOPs (the usual 17.6 GMACs).
         assert!((features(&cfg) / 1e9 - 35.1).abs() < 0.5, "{}", features(&cfg) / 1e9);
+    }
+
+    /// Swin-T at 224: 4.5 GMACs (the paper's Table 1), 9.0 GFLOPs.
+    #[test]
+    fn swin_tiny_features_match_the_paper() {
+        let cfg = ModelConfig {
+            encoder: crate::config::SwinConfig::preset("swin-tiny", [224, 224], 3)
+                .unwrap()
+                .into(),
+            method: Method::SimMim,
+            target: TargetConfig::Pixels {
+                loss: PixelLoss::L1,
+                norm_pix: false,
+            },
+        };
+        let g = features(&cfg) / 1e9;
+        assert!((g - 9.0).abs() < 0.15, "{g}");
     }
 }

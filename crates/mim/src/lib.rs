@@ -5,8 +5,10 @@
 //!
 //! 1. **masking strategy** ([`masking`]): random (MAE), block-wise (BEiT),
 //!    square, grid, SimMIM's coarse random masking;
-//! 2. **encoder** ([`vit`]): a Vision Transformer (conv patch embedding,
-//!    \[CLS\] token, positional embeddings, pre-norm blocks, final LayerNorm);
+//! 2. **encoder** ([`encoder`]): a Vision Transformer ([`vit`]: conv patch
+//!    embedding, \[CLS\] token, positional embeddings, pre-norm blocks, final
+//!    LayerNorm) or a Swin Transformer ([`swin`]: shifted windows, patch
+//!    merging between stages);
 //! 3. **prediction head** ([`model`]): MAE's transformer decoder or SimMIM's
 //!    1×1-convolution head (a linear map per token, pixel-shuffle order);
 //! 4. **prediction target and loss** ([`target`]): pixels (MSE or L1,
@@ -20,6 +22,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod encoder;
 pub mod error;
 pub mod eval;
 pub mod flops;
@@ -37,11 +40,13 @@ pub mod vit;
 pub mod viz;
 
 pub use config::{
-    DecoderConfig, InitScheme, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig,
-    VitConfig,
+    DecoderConfig, EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias,
+    SwinConfig, TargetConfig, VitConfig,
 };
+pub use encoder::Encoder;
 pub use error::{MimError, Result};
 pub use masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 pub use model::{MimModel, MimOutput};
+pub use swin::SwinTransformer;
 pub use train::{MatmulPrecision, StepStats, TrainConfig, Trainer};
 pub use vit::{Pool, Tokens, VisionTransformer};

@@ -8,7 +8,7 @@
 //! state; for training, its gradients and AdamW's two moments, and the
 //! activations each block saves for backward.
 
-use crate::config::{Method, ModelConfig};
+use crate::config::{EncoderConfig, Method, ModelConfig};
 use crate::error::{MimError, Result};
 use crate::masking::hidden_count;
 use crate::train::TrainConfig;
@@ -36,12 +36,23 @@ pub fn training_bytes(config: &TrainConfig) -> u128 {
     let batch = config.batch_size as u128;
     let ratio = config.masking.ratio().unwrap_or(0.0);
     let visible = (e.num_patches() - hidden_count(e.num_patches(), ratio)) as u128;
-    let enc_tokens = 1 + match m.method {
-        Method::Mae { .. } => visible,
-        Method::SimMim => l,
+    let mut activations = match e {
+        EncoderConfig::Vit(v) => {
+            let enc_tokens = 1 + match m.method {
+                Method::Mae { .. } => visible,
+                Method::SimMim => l,
+            };
+            let (d, h) = (v.embed_dim as u128, v.mlp_hidden() as u128);
+            batch * enc_tokens * v.depth as u128 * block_values_per_token(d, h)
+        }
+        EncoderConfig::Swin(s) => (0..s.depths.len())
+            .map(|i| {
+                let [gh, gw] = s.stage_grid(i);
+                let per = block_values_per_token(s.stage_dim(i) as u128, s.mlp_hidden(i) as u128);
+                batch * (gh * gw) as u128 * s.depths[i] as u128 * per
+            })
+            .sum(),
     };
-    let (d, h) = (e.embed_dim as u128, e.mlp_hidden() as u128);
-    let mut activations = batch * enc_tokens * e.depth as u128 * block_values_per_token(d, h);
     if let Method::Mae { decoder } = &m.method {
         let (dd, hd) = (decoder.embed_dim as u128, decoder.mlp_hidden() as u128);
         activations += batch * (1 + l) * decoder.depth as u128 * block_values_per_token(dd, hd);
@@ -94,7 +105,7 @@ mod tests {
         e.embed_dim = dim;
         e.num_heads = 1;
         let model = ModelConfig {
-            encoder: e,
+            encoder: e.into(),
             method: Method::Mae {
                 decoder: DecoderConfig::mae_default(),
             },

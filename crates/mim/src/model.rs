@@ -16,6 +16,17 @@
 //! decoder.0: a 1×1 convolution on the patch-token grid           (B, L, out)
 //! pixel shuffle: channel c·p² + i·p + j → pixel (i, j) of channel c
 //! ```
+//! SimMIM with Swin (`SwinTransformerForSimMIM`):
+//! ```text
+//! patch embeddings + patch_embed.norm, hidden ones → mask_token (B, L, C)
+//! stages, final norm                                            (B, H/s, W/s, C_last)
+//! decoder.0: 1×1 convolution to s²·3 channels, pixel shuffle    (B, 3, H, W)
+//! ```
+//! (`s = encoder_stride`, 32 for Swin-T/B). Each last-stage token covers
+//! `r × r` patches (`r = s / patch`), so the head's `r²·out` channels are
+//! the predictions of those patches; they are reordered to `(B, L, out)`
+//! like the ViT's. MAE with Swin is refused by [`ModelConfig::validate`].
+//!
 //! `out` is `p·p·C` for pixel targets and the codebook size for discrete ones.
 //! SimMIM's tensors carry its names: the encoder's under `encoder.`, the head
 //! `decoder.0.weight (out, D, 1, 1)` and `decoder.0.bias`, so official SimMIM
@@ -23,13 +34,14 @@
 //! channels are in pixel-shuffle order (channel-major); predictions are
 //! reordered to MAE's patchify order `(i, j, c)` for the loss and pictures.
 
-use crate::config::{InitScheme, Method, ModelConfig, PixelLoss, TargetConfig};
+use crate::config::{EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, TargetConfig};
+use crate::encoder::Encoder;
 use crate::error::{MimError, Result};
 use crate::layers::{Block, LayerNorm, Linear, Module, join, visit_blocks};
 use crate::masking::{Mask, MimRng};
 use crate::pos_embed::sincos_2d;
 use crate::target::{Codebook, normalize_patches, patchify_images};
-use crate::vit::{Pool, VisionTransformer};
+use crate::vit::Pool;
 use rand::Rng;
 use tessera_kernels::patch::PatchDims;
 use tessera_tensor::init::{normal, trunc_normal, uniform};
@@ -50,12 +62,12 @@ pub struct MaeDecoder {
 /// SimMIM's head: the encoder's mask token and a 1×1 convolution.
 pub struct SimMimHead {
     /// `(1, 1, D)`, replaces hidden patch embeddings at the encoder's input
-    /// (`encoder.mask_token`).
+    /// (`encoder.mask_token`; `D` the patch embeddings' width).
     pub mask_token: Tensor,
-    /// `decoder.0.weight (out, D, 1, 1)`: output channels in pixel-shuffle
-    /// order for pixel targets.
+    /// `decoder.0.weight (r²·out, D_out, 1, 1)`: output channels in
+    /// pixel-shuffle order for pixel targets.
     pub weight: Tensor,
-    /// `decoder.0.bias (out)`.
+    /// `decoder.0.bias (r²·out)`.
     pub bias: Tensor,
 }
 
@@ -76,7 +88,7 @@ pub struct MimOutput {
 /// A masked image model.
 pub struct MimModel {
     pub config: ModelConfig,
-    pub encoder: VisionTransformer,
+    pub encoder: Encoder,
     pub head: Head,
     /// The visual vocabulary of a discrete target; fitted before training.
     pub codebook: Option<Codebook>,
@@ -87,8 +99,8 @@ impl MimModel {
     pub fn new<R: Rng + ?Sized>(config: ModelConfig, rng: &mut R) -> Result<MimModel> {
         config.validate()?;
         let enc = &config.encoder;
-        let (d, l, out) = (enc.embed_dim, enc.num_patches(), config.output_dim());
-        let encoder = VisionTransformer::new(enc.clone(), rng)?;
+        let (d, l, out) = (enc.out_dim(), enc.num_patches(), config.output_dim());
+        let encoder = Encoder::new(enc, rng)?;
         let head = match &config.method {
             Method::Mae { decoder } => {
                 let dd = decoder.embed_dim;
@@ -97,36 +109,45 @@ impl MimModel {
                     mask_token: Tensor::param(normal(dd, 0.0, 0.02, rng), &[1, 1, dd])?,
                     pos_embed: Tensor::var(sincos_2d(dd, enc.grid(), true), &[1, 1 + l, dd])?,
                     blocks: (0..decoder.depth)
-                        .map(|_| Block::new(dd, decoder.num_heads, decoder.mlp_hidden(), enc.norm_eps, rng))
+                        .map(|_| Block::new(dd, decoder.num_heads, decoder.mlp_hidden(), enc.norm_eps(), rng))
                         .collect(),
-                    norm: LayerNorm::new(dd, enc.norm_eps),
+                    norm: LayerNorm::new(dd, enc.norm_eps()),
                     pred: Linear::new(dd, out, true, rng),
                 })
             }
             Method::SimMim => {
-                let (token, weight, bias) = match enc.init {
+                // The token is as wide as the patch embeddings; the head maps
+                // each output token to the r² patches it covers.
+                let (e, ch) = (enc.embed_dim(), config.head_channels());
+                let init = match enc {
+                    EncoderConfig::Vit(v) => v.init,
+                    EncoderConfig::Swin(_) => InitScheme::Beit,
+                };
+                let (token, weight, bias) = match (init, enc) {
                     // MAE's style: the token normal (std 0.02), the head a
                     // linear layer's Xavier weights and zero bias.
-                    InitScheme::Mae => {
-                        let token = normal(d, 0.0, 0.02, rng);
-                        let pred = Linear::new(d, out, true, rng);
-                        (token, pred.weight.to_vec(), vec![0.0; out])
+                    (InitScheme::Mae, _) => {
+                        let token = normal(e, 0.0, 0.02, rng);
+                        let pred = Linear::new(d, ch, true, rng);
+                        (token, pred.weight.to_vec(), vec![0.0; ch])
                     }
-                    // SimMIM's: the token truncated at ±std; the head's
-                    // convolution PyTorch's default, uniform in ±1/√D.
-                    InitScheme::Beit => {
+                    // SimMIM's: the head's convolution PyTorch's default,
+                    // uniform in ±1/√D; the ViT's token truncated at ±std,
+                    // Swin's at ±2 (timm's default, which truncates nothing).
+                    (InitScheme::Beit, _) => {
                         let bound = 1.0 / (d as f32).sqrt();
+                        let cut = if enc.swin().is_some() { 2.0 } else { 0.02 };
                         (
-                            trunc_normal(d, 0.0, 0.02, -0.02, 0.02, rng),
-                            uniform(out * d, -bound, bound, rng),
-                            uniform(out, -bound, bound, rng),
+                            trunc_normal(e, 0.0, 0.02, -cut, cut, rng),
+                            uniform(ch * d, -bound, bound, rng),
+                            uniform(ch, -bound, bound, rng),
                         )
                     }
                 };
                 Head::SimMim(SimMimHead {
-                    mask_token: Tensor::param(token, &[1, 1, d])?,
-                    weight: Tensor::param(weight, &[out, d, 1, 1])?, // the convolution's (out, D, 1, 1)
-                    bias: Tensor::param(bias, &[out])?,
+                    mask_token: Tensor::param(token, &[1, 1, e])?,
+                    weight: Tensor::param(weight, &[ch, d, 1, 1])?, // the convolution's (out, D, 1, 1)
+                    bias: Tensor::param(bias, &[ch])?,
                 })
             }
         };
@@ -140,7 +161,8 @@ impl MimModel {
 
     fn patch_dims(&self, batch: usize) -> PatchDims {
         let e = &self.config.encoder;
-        PatchDims::new(batch, e.in_chans, e.img_size[0], e.img_size[1], e.patch_size)
+        let [h, w] = e.img_size();
+        PatchDims::new(batch, e.in_chans(), h, w, e.patch_size())
     }
 
     fn check_mask(&self, imgs: &Tensor, mask: &Mask) -> Result<()> {
@@ -161,7 +183,11 @@ impl MimModel {
         let l = self.config.encoder.num_patches();
         match &self.head {
             Head::Mae(dec) => {
-                let latent = self.encoder.forward_visible(imgs, mask, train, rng)?; // (B, 1+K, D)
+                let vit = self
+                    .encoder
+                    .vit()
+                    .ok_or_else(|| MimError::Input("MAE's decoder needs a Vision Transformer encoder".into()))?;
+                let latent = vit.forward_visible(imgs, mask, train, rng)?; // (B, 1+K, D)
                 let (b, k) = (latent.shape()[0], latent.shape()[1] - 1);
                 let x = dec.embed.forward(&latent)?; // (B, 1+K, Dd)
                 let dd = x.shape()[2];
@@ -177,35 +203,65 @@ impl MimModel {
                 Ok(x.narrow(1, 1, l)?)
             }
             Head::SimMim(head) => {
-                let x = self.encoder.embed_patches(imgs)?; // (B, L, D), positions added
                 let w = mask.weights().reshape(&[mask.batch as isize, l as isize, 1])?; // 1 = hidden
                 let keep = w.neg().add_scalar(1.0);
-                // Positions are added to the mask token too (SimMIM adds them after masking).
-                let token = match self.encoder.patch_positions()? {
-                    Some(pos) => head.mask_token.add(&pos)?,
-                    None => head.mask_token.clone(),
-                };
-                let masked = x.mul(&keep)?.add(&token.mul(&w)?)?;
-                let tokens =
-                    self.encoder
-                        .transform(&self.encoder.prepend_cls(&masked)?, crate::vit::Tokens::All, train, rng)?; // (B, 1+L, D)
-                let out = head.weight.shape()[0];
-                let w = head.weight.reshape(&[out as isize, -1])?; // (out, D)
-                let pred = tokens.narrow(1, 1, l)?.linear(&w, Some(&head.bias))?; // (B, L, out)
-                match self.config.target {
-                    // Pixel-shuffle order (c, i, j) → MAE's patchify order (i, j, c).
-                    TargetConfig::Pixels { .. } => {
-                        let (b, c) = (imgs.shape()[0] as isize, self.config.encoder.in_chans as isize);
-                        let pp = out as isize / c;
-                        Ok(pred
-                            .reshape(&[b, l as isize, c, pp])?
-                            .permute(&[0, 1, 3, 2])?
-                            .reshape(&[b, l as isize, out as isize])?)
+                let tokens = match &self.encoder {
+                    Encoder::Vit(vit) => {
+                        let x = vit.embed_patches(imgs)?; // (B, L, D), positions added
+                        // Positions are added to the mask token too (SimMIM adds them after masking).
+                        let token = match vit.patch_positions()? {
+                            Some(pos) => head.mask_token.add(&pos)?,
+                            None => head.mask_token.clone(),
+                        };
+                        let masked = x.mul(&keep)?.add(&token.mul(&w)?)?;
+                        let all = vit.transform(&vit.prepend_cls(&masked)?, crate::vit::Tokens::All, train, rng)?;
+                        all.narrow(1, 1, l)? // (B, L, D)
                     }
-                    TargetConfig::Codebook { .. } => Ok(pred),
-                }
+                    Encoder::Swin(swin) => {
+                        let x = swin.embed(imgs)?; // (B, L, C), normalised
+                        let masked = x.mul(&keep)?.add(&head.mask_token.mul(&w)?)?;
+                        swin.stages(&masked, train, rng)? // (B, H/s, W/s, C_last)
+                    }
+                };
+                let ch = head.weight.shape()[0];
+                let w = head.weight.reshape(&[ch as isize, -1])?; // (r²·out, D)
+                let pred = tokens.linear(&w, Some(&head.bias))?; // (B, …, r²·out)
+                self.head_to_patches(&pred)
             }
         }
+    }
+
+    /// SimMIM's head output, one `r²·out` vector per encoder output token
+    /// `(B, …, r²·out)`, as `(B, L, out)` in patch order. For pixels the
+    /// channels are in pixel-shuffle order: channel `c·S² + y·S + x` is
+    /// pixel `(y, x)` of channel `c` in the token's `S × S` square
+    /// (`S = r·p`); that pixel belongs to patch `(y / p, x / p)` of the
+    /// square, at `(y mod p, x mod p, c)` in MAE's patchify order. For a
+    /// codebook, channel `k·r² + i·r + j` is entry `k` of patch `(i, j)`.
+    fn head_to_patches(&self, pred: &Tensor) -> Result<Tensor> {
+        let e = &self.config.encoder;
+        let (b, l, r) = (
+            pred.shape()[0] as isize,
+            e.num_patches() as isize,
+            e.token_patches() as isize,
+        );
+        let [gh, gw] = e.grid();
+        let (hs, ws) = (gh as isize / r, gw as isize / r);
+        Ok(match self.config.target {
+            TargetConfig::Pixels { .. } => {
+                let (c, p) = (e.in_chans() as isize, e.patch_size() as isize);
+                pred.reshape(&[b, hs, ws, c, r, p, r, p])? // (b, hs, ws, c, i, y, j, x)
+                    .permute(&[0, 1, 4, 2, 6, 5, 7, 3])? // (b, hs, i, ws, j, y, x, c)
+                    .reshape(&[b, l, p * p * c])?
+            }
+            TargetConfig::Codebook { size, .. } if r > 1 => {
+                let k = size as isize;
+                pred.reshape(&[b, hs, ws, k, r, r])? // (b, hs, ws, k, i, j)
+                    .permute(&[0, 1, 4, 2, 5, 3])? // (b, hs, i, ws, j, k)
+                    .reshape(&[b, l, k])?
+            }
+            TargetConfig::Codebook { .. } => pred.clone(),
+        })
     }
 
     /// The pixel targets `(B, L, p·p·C)` (normalised per patch if `norm_pix`).
@@ -256,7 +312,7 @@ impl MimModel {
     }
 
     /// Frozen-encoder features `(B, D)` for evaluation: no mask, no dropout,
-    /// no graph.
+    /// no graph. Swin offers [`Pool::Mean`] only.
     pub fn features(&self, imgs: &Tensor, pool: Pool) -> Result<Tensor> {
         no_grad(|| self.encoder.features(imgs, pool))
     }

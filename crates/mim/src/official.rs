@@ -32,10 +32,31 @@
 //! ```
 //! Their `relative_position_index` buffers (integers) are skipped: Tessera
 //! computes the same index. The loss is SimMIM's L1 on raw pixels.
+//!
+//! Swin ([`infer_swin_config`]): SimMIM's Swin `state_dict`s carry the
+//! official Swin names under `encoder.`; timm's `swin_*` ones carry them bare:
+//!
+//! ```text
+//! SimMIM / official Swin                         timm ≥ 0.9
+//! encoder.patch_embed.proj / .norm               patch_embed.proj / .norm
+//! encoder.layers.{i}.blocks.{j}.…                layers.{i}.blocks.{j}.…
+//! encoder.layers.{i}.downsample.…  (i < S−1)     layers.{i+1}.downsample.…  (timm merges at
+//!                                                the start of the next stage; older timm
+//!                                                as the official code)
+//! encoder.norm                                   norm
+//! encoder.mask_token, decoder.0.weight / .bias   head.fc.* (older: head.*), dropped
+//! ```
+//! `relative_position_index` and `attn_mask` buffers are skipped (Tessera
+//! builds both). Stages are counted from `layers.{i}`, depths from
+//! `blocks.{j}`, heads from each stage's `((2w−1)², H)` bias table, the window
+//! from stage 0's table. The image size comes from stage 0's shifted-window
+//! `attn_mask` `(nW, w², w²)` when the file has one, else it is `32·w`
+//! (224 for window 7, 192 for SimMIM's window 6); `--img-size` overrides it.
+//! LayerNorm eps is Swin's 1e-5; drop path 0.1.
 
 use crate::checkpoint::TensorFile;
 use crate::config::{
-    DecoderConfig, InitScheme, Method, ModelConfig, PRESETS, PixelLoss, PosEmbedKind, QkvBias, RelPosBias,
+    DecoderConfig, InitScheme, Method, ModelConfig, PRESETS, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, SwinConfig,
     TargetConfig, VitConfig,
 };
 use crate::error::{MimError, Result};
@@ -144,9 +165,122 @@ pub fn is_simmim(file: &TensorFile) -> bool {
     file.tensors.contains_key("encoder.patch_embed.proj.weight")
 }
 
-/// BEiT's integer index buffers, which Tessera computes itself.
+/// BEiT's and Swin's integer index buffers and Swin's shifted-window masks,
+/// which Tessera computes itself.
 pub fn is_recomputed_buffer(name: &str) -> bool {
-    name.ends_with("relative_position_index")
+    name.ends_with("relative_position_index") || name.ends_with(".attn_mask")
+}
+
+/// True for a Swin state dict: SimMIM's (`encoder.layers.…`) or timm's
+/// (`layers.…`).
+pub fn is_swin(file: &TensorFile) -> bool {
+    [
+        "encoder.layers.0.blocks.0.norm1.weight",
+        "layers.0.blocks.0.norm1.weight",
+    ]
+    .iter()
+    .any(|n| file.tensors.contains_key(*n))
+}
+
+/// A timm Swin `state_dict` renamed to SimMIM's names (see the module docs):
+/// everything under `encoder.`, patch merging moved back to the end of the
+/// stage before it when timm put it at the start of the next, the classifier
+/// dropped. Any other file is returned as it is.
+pub fn timm_swin_to_simmim(mut file: TensorFile) -> TensorFile {
+    if !file.tensors.contains_key("layers.0.blocks.0.norm1.weight") {
+        return file;
+    }
+    // timm ≥ 0.9: no stage-0 merging, one at the start of stage 1.
+    let shifted = !file.tensors.keys().any(|n| n.starts_with("layers.0.downsample."))
+        && file.tensors.keys().any(|n| n.starts_with("layers.1.downsample."));
+    let old = std::mem::take(&mut file.tensors);
+    for (name, t) in old {
+        if name.starts_with("head.") {
+            continue;
+        }
+        let name = match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
+            Some((i, rest)) if shifted && rest.starts_with("downsample.") => {
+                let i: usize = i.parse().unwrap_or(0);
+                format!("layers.{}.{rest}", i.saturating_sub(1))
+            }
+            _ => name,
+        };
+        file.tensors.insert(format!("encoder.{name}"), t);
+    }
+    file
+}
+
+/// The configuration of a Swin state dict in SimMIM's names (a timm file
+/// goes through [`timm_swin_to_simmim`] first); see the module docs.
+pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> {
+    let (d, c, p) = patch_geometry(file, "encoder.patch_embed.proj.weight", path)?;
+    let stages = (0..)
+        .take_while(|i| {
+            file.tensors
+                .contains_key(&format!("encoder.layers.{i}.blocks.0.norm1.weight"))
+        })
+        .count();
+    let mut depths = Vec::new();
+    let mut heads = Vec::new();
+    let mut windows = Vec::new();
+    for i in 0..stages {
+        depths.push(count_blocks(file, &format!("encoder.layers.{i}.blocks")));
+        let table = shape(
+            file,
+            &format!("encoder.layers.{i}.blocks.0.attn.relative_position_bias_table"),
+            path,
+        )?;
+        let [rows, h] = *table else {
+            return Err(err(
+                path,
+                format!("stage {i}'s relative table has shape {table:?}, want (T, H)"),
+            ));
+        };
+        heads.push(h);
+        windows.push(((rows as f64).sqrt().round() as usize).div_ceil(2));
+    }
+    let window = *windows
+        .first()
+        .ok_or_else(|| err(path, "has no 'encoder.layers.0.blocks.0.*' tensors"))?;
+    let side = match file.tensors.get("encoder.layers.0.blocks.1.attn_mask") {
+        Some(m) if !m.shape.is_empty() => {
+            let per_side = (m.shape[0] as f64).sqrt().round() as usize;
+            per_side * window * p
+        }
+        _ => 32 * window,
+    };
+    let fc1 = shape(file, "encoder.layers.0.blocks.0.mlp.fc1.weight", path)?;
+    let swin = SwinConfig {
+        img_size: [side, side],
+        patch_size: p,
+        in_chans: c,
+        embed_dim: d,
+        depths,
+        num_heads: heads,
+        window,
+        mlp_ratio: fc1[0] as f32 / d as f32,
+        drop_path: 0.1,
+        norm_eps: 1e-5,
+    };
+    let config = ModelConfig {
+        encoder: swin.into(),
+        method: Method::SimMim,
+        target: TargetConfig::Pixels {
+            loss: PixelLoss::L1,
+            norm_pix: false,
+        },
+    };
+    config.validate()?;
+    if let Some(head) = file.tensors.get("decoder.0.weight") {
+        let want = [config.head_channels(), config.encoder.out_dim(), 1, 1];
+        if head.shape != want {
+            return Err(err(
+                path,
+                format!("'decoder.0.weight' has shape {:?}, want {want:?}", head.shape),
+            ));
+        }
+    }
+    Ok(config)
 }
 
 /// The configuration of a SimMIM-ViT state dict (see the module docs).
@@ -194,7 +328,7 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
     encoder.init = InitScheme::Beit;
     encoder.final_norm = file.tensors.contains_key("encoder.norm.weight");
     let config = ModelConfig {
-        encoder,
+        encoder: encoder.into(),
         method: Method::SimMim,
         target: TargetConfig::Pixels {
             loss: PixelLoss::L1,
@@ -221,6 +355,9 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
 /// `need_decoder` false (features only: the decoder is loaded but never run)
 /// an unknown decoder head count is no error.
 pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_decoder: bool) -> Result<ModelConfig> {
+    if is_swin(file) {
+        return infer_swin_config(file, path);
+    }
     if is_simmim(file) {
         return infer_simmim_config(file, path, hints);
     }
@@ -274,7 +411,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
         DecoderConfig::mae_default()
     };
     let config = ModelConfig {
-        encoder,
+        encoder: encoder.into(),
         method: Method::Mae { decoder },
         target: TargetConfig::Pixels {
             loss: PixelLoss::Mse,
@@ -328,5 +465,5 @@ pub fn check_names(file: &TensorFile, path: &Path, model: &[String], wanted: imp
 
 /// True for the names of the encoder's tensors (what an encoder-only file holds).
 pub fn is_encoder_tensor(name: &str) -> bool {
-    !(name.starts_with("decoder_") || name.starts_with("decoder.") || name == "mask_token")
+    !(name.starts_with("decoder_") || name.starts_with("decoder.") || name.ends_with("mask_token"))
 }

@@ -10,7 +10,7 @@
 //! use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, TargetConfig, TrainConfig, VitConfig};
 //! # fn main() -> tessera_mim::Result<()> {
 //! let model = ModelConfig {
-//!     encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3)?,
+//!     encoder: VitConfig::preset("vit-tiny", [32, 32], 4, 3)?.into(),
 //!     method: Method::Mae { decoder: DecoderConfig::small() },
 //!     target: TargetConfig::Pixels { loss: PixelLoss::Mse, norm_pix: true },
 //! };
@@ -237,10 +237,10 @@ impl<'a> Pretrainer<'a> {
                 let e = &config.model.encoder;
                 let n = train.len().min(4096);
                 let t = Transform {
-                    size: e.img_size,
-                    channels: e.in_chans,
+                    size: e.img_size(),
+                    channels: e.in_chans(),
                     augment: None,
-                    norm: train.normalization().for_channels(e.in_chans),
+                    norm: train.normalization().for_channels(e.in_chans()),
                 };
                 let (imgs, _) = load_batch(train, &(0..n).collect::<Vec<_>>(), &t, 0)?;
                 model.fit_codebook(&imgs, 10, &mut MimRng::seed_from_u64(config.seed))?;
@@ -268,7 +268,7 @@ impl<'a> Pretrainer<'a> {
         let ckpt = opts.checkpoint();
         let (train, test) = (self.train, self.test);
         let e = &config.model.encoder;
-        let (size, chans) = (e.img_size, e.in_chans);
+        let (size, chans) = (e.img_size(), e.in_chans());
         let start = self.trainer.step;
         if start >= config.total_steps {
             return Ok(RunEnd {

@@ -4,9 +4,9 @@
 //! the official code (`norm1`, `attn.qkv`, `attn.relative_position_bias_table`,
 //! `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`; `downsample.norm`,
 //! `downsample.reduction`), and [`SwinTransformer`] stacks them into the
-//! encoder (presets `swin-mini`, `swin-tiny`, `swin-small`, `swin-base`). It
-//! is not yet a `ModelConfig` encoder: SimMIM with Swin, checkpoints and the
-//! command are issue 12's next step.
+//! encoder (presets `swin-mini`, `swin-tiny`, `swin-small`, `swin-base`,
+//! `simmim-swin-base`), which [`crate::encoder::Encoder`] offers to the
+//! models beside the ViT (SimMIM only: see [`crate::model`]).
 //!
 //! ```text
 //! x (B, H, W, C)
@@ -21,6 +21,7 @@
 //! image: the per-image factor is repeated over its windows.
 
 use crate::config::QkvBias;
+pub use crate::config::SwinConfig;
 use crate::error::Result;
 use crate::layers::{Attention, Block, LayerNorm, Linear, Module, drop_path_scale, join};
 use rand::Rng;
@@ -308,120 +309,6 @@ mod tests {
     }
 }
 
-/// A Swin Transformer encoder's shape.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SwinConfig {
-    pub img_size: [usize; 2],
-    pub patch_size: usize,
-    pub in_chans: usize,
-    /// Width of the first stage (doubled by each patch merging).
-    pub embed_dim: usize,
-    /// Blocks per stage.
-    pub depths: Vec<usize>,
-    /// Heads per stage.
-    pub num_heads: Vec<usize>,
-    pub window: usize,
-    pub mlp_ratio: f32,
-    /// Stochastic depth of the last block, rising linearly over all blocks.
-    pub drop_path: f32,
-    /// LayerNorm epsilon (Swin: PyTorch's default 1e-5).
-    pub norm_eps: f32,
-}
-
-impl SwinConfig {
-    /// `swin-tiny` (96, [2, 2, 6, 2], [3, 6, 12, 24]), `swin-small` (96,
-    /// [2, 2, 18, 2]), `swin-base` (128, [2, 2, 18, 2], [4, 8, 16, 32]) — window
-    /// 7, patch 4, at 224 — and `swin-mini`, a small one for 32×32 images
-    /// that trains on two cores: 48 wide, [2, 2, 2] blocks, [3, 6, 12] heads,
-    /// patch 2, window 4.
-    pub fn preset(name: &str, img_size: [usize; 2], in_chans: usize) -> Result<SwinConfig> {
-        let (embed_dim, depths, num_heads, patch_size, window) = match name {
-            "swin-tiny" => (96, vec![2, 2, 6, 2], vec![3, 6, 12, 24], 4, 7),
-            "swin-small" => (96, vec![2, 2, 18, 2], vec![3, 6, 12, 24], 4, 7),
-            "swin-base" => (128, vec![2, 2, 18, 2], vec![4, 8, 16, 32], 4, 7),
-            "swin-mini" => (48, vec![2, 2, 2], vec![3, 6, 12], 2, 4),
-            _ => {
-                return Err(crate::error::config_err(format!(
-                    "unknown Swin preset '{name}' (known: swin-mini, swin-tiny, swin-small, swin-base)"
-                )));
-            }
-        };
-        let c = SwinConfig {
-            img_size,
-            patch_size,
-            in_chans,
-            embed_dim,
-            depths,
-            num_heads,
-            window,
-            mlp_ratio: 4.0,
-            drop_path: 0.1,
-            norm_eps: 1e-5,
-        };
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// The token grid of stage `i`.
-    pub fn stage_grid(&self, i: usize) -> [usize; 2] {
-        let g = [self.img_size[0] / self.patch_size, self.img_size[1] / self.patch_size];
-        [g[0] >> i, g[1] >> i]
-    }
-
-    /// The width of stage `i`.
-    pub fn stage_dim(&self, i: usize) -> usize {
-        self.embed_dim << i
-    }
-
-    /// The width of the last stage (the representation).
-    pub fn num_features(&self) -> usize {
-        self.stage_dim(self.depths.len() - 1)
-    }
-
-    /// The total downsampling: patch · 2^(stages − 1) (SimMIM's `encoder_stride`).
-    pub fn stride(&self) -> usize {
-        self.patch_size << (self.depths.len() - 1)
-    }
-
-    /// Checks that the configuration can be built, naming the problem.
-    pub fn validate(&self) -> Result<()> {
-        use crate::error::config_err;
-        let stages = self.depths.len();
-        if stages == 0 || self.num_heads.len() != stages {
-            return Err(config_err(format!(
-                "Swin needs one head count per stage: {} stages, {} head counts",
-                stages,
-                self.num_heads.len()
-            )));
-        }
-        let s = self.stride();
-        if self.patch_size == 0 || !self.img_size[0].is_multiple_of(s) || !self.img_size[1].is_multiple_of(s) {
-            return Err(config_err(format!(
-                "a {}x{} image does not halve evenly through {stages} stages of patch {} (needs multiples of {s})",
-                self.img_size[0], self.img_size[1], self.patch_size
-            )));
-        }
-        for i in 0..stages {
-            let (d, h) = (self.stage_dim(i), self.num_heads[i]);
-            if h == 0 || !d.is_multiple_of(h) {
-                return Err(config_err(format!("stage {i}: {h} heads do not divide the width {d}")));
-            }
-            let g = self.stage_grid(i);
-            let w = self.window.min(g[0].min(g[1]));
-            if w == 0 || !g[0].is_multiple_of(w) || !g[1].is_multiple_of(w) {
-                return Err(config_err(format!(
-                    "stage {i}: window {} does not tile its {}x{} grid",
-                    self.window, g[0], g[1]
-                )));
-            }
-        }
-        if !(0.0..1.0).contains(&self.drop_path) {
-            return Err(config_err(format!("drop_path {} is outside [0, 1)", self.drop_path)));
-        }
-        Ok(())
-    }
-}
-
 /// One stage: blocks alternating regular and shifted windows, then patch
 /// merging (all stages but the last).
 pub struct SwinStage {
@@ -634,6 +521,19 @@ mod encoder_tests {
         for (name, t) in m.named_tensors() {
             assert!(g.get(&t).is_some(), "{name} has no gradient");
         }
+    }
+
+    /// SimMIM's Swin-B: window 6 at 192 (stage 3 is 6×6, one window), no
+    /// drop path.
+    #[test]
+    fn simmim_swin_base_preset() {
+        let c = SwinConfig::preset("simmim-swin-base", [192, 192], 3).unwrap();
+        assert_eq!(
+            (c.window, c.drop_path, c.embed_dim, c.stage_grid(3)),
+            (6, 0.0, 128, [6, 6])
+        );
+        assert_eq!(c.stage_window(3), (6, 0));
+        assert_eq!(c.stage_window(0), (6, 3));
     }
 
     #[test]

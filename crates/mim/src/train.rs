@@ -96,7 +96,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.masking
-            .build(self.model.encoder.patch_size, self.model.encoder.grid())?;
+            .build(self.model.encoder.patch_size(), self.model.encoder.grid())?;
         if self.batch_size == 0 {
             return Err(config_err("batch size must be at least 1"));
         }
@@ -211,7 +211,7 @@ impl Trainer {
         }
         let masking = config
             .masking
-            .build(config.model.encoder.patch_size, config.model.encoder.grid())?;
+            .build(config.model.encoder.patch_size(), config.model.encoder.grid())?;
         let params = model.parameters();
         let (decay, no_decay): (Vec<_>, Vec<_>) = params.iter().partition(|(n, t)| decays(n, t));
         let groups = vec![
@@ -345,8 +345,9 @@ impl TrainConfig {
             crate::TargetConfig::Codebook { size, .. } => format!("codebook of {size}"),
         };
         format!(
-            "ViT {}/{}/{} (patch {}, {}x{}x{}), {method}, target {target}, {:?} products",
-            e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size[0], e.img_size[1], e.in_chans, self.precision
+            "{}, {method}, target {target}, {:?} products",
+            e.describe(),
+            self.precision
         )
     }
 }

@@ -20,7 +20,7 @@
 //! image's own tokens.
 
 use crate::config::{InitScheme, PosEmbedKind, RelPosBias, VitConfig};
-use crate::error::{MimError, Result};
+use crate::error::Result;
 use crate::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
 use crate::masking::{Mask, MimRng};
 use crate::pos_embed::sincos_2d;
@@ -162,18 +162,7 @@ impl VisionTransformer {
 
     /// Checks that images fit this encoder, naming both shapes if not.
     pub fn check_images(&self, imgs: &Tensor) -> Result<()> {
-        let c = &self.config;
-        let want = [c.in_chans, c.img_size[0], c.img_size[1]];
-        if imgs.rank() != 4 || imgs.shape()[1..] != want {
-            return Err(MimError::Input(format!(
-                "images of shape {:?} do not fit this encoder, which takes (B, {}, {}, {})",
-                imgs.shape(),
-                want[0],
-                want[1],
-                want[2]
-            )));
-        }
-        Ok(())
+        crate::encoder::check_image_shape(imgs, self.config.in_chans, self.config.img_size)
     }
 
     /// The patches' absolute positional embeddings `(1, L, D)`, if any.

@@ -231,12 +231,12 @@ pub fn render_rows(
     scale: Option<u32>,
 ) -> Result<RgbImage> {
     let e = &model.config.encoder;
-    let (n, c, [h, w]) = (imgs.shape()[0], e.in_chans, e.img_size);
+    let (n, c, [h, w]) = (imgs.shape()[0], e.in_chans(), e.img_size());
     let pred = no_grad(|| model.predict(imgs, mask, false, &mut MimRng::seed_from_u64(0)))?;
     let (pred, data) = (pred.data(), imgs.data());
     let out = pred.len() / n.max(1);
     let l = e.num_patches();
-    let dims = PatchDims::new(1, c, h, w, e.patch_size);
+    let dims = PatchDims::new(1, c, h, w, e.patch_size());
     let factor = scale.unwrap_or_else(|| 96u32.div_ceil(h.min(w) as u32).max(1));
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
@@ -254,7 +254,7 @@ pub fn render_rows(
         let original = to_rgb(img, c, h, w, norm);
         let row = [
             original.clone(),
-            masked(&original, hidden, e.grid()[1], e.patch_size as u32),
+            masked(&original, hidden, e.grid()[1], e.patch_size() as u32),
             to_rgb(&rec, c, h, w, norm),
             to_rgb(&pasted, c, h, w, norm),
         ];

@@ -123,7 +123,7 @@ proptest! {
     fn config_json_never_panics(random in ".{0,200}", e in edits(), keep in 1usize..4000) {
         let valid = serde_json::to_vec(&TrainConfig::mae(
             tessera_mim::ModelConfig {
-                encoder: tessera_mim::VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap(),
+                encoder: tessera_mim::VitConfig::preset("vit-tiny", [32, 32], 4, 3).unwrap().into(),
                 method: tessera_mim::Method::SimMim,
                 target: tessera_mim::TargetConfig::Pixels { loss: tessera_mim::PixelLoss::L1, norm_pix: false },
             },

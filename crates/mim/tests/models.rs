@@ -235,17 +235,17 @@ fn features_are_deterministic_and_unmasked() {
 
 /// `ModelConfig::state_len` counts, without building, exactly the values of
 /// the built model's state: MAE and SimMIM heads, other widths, MLP ratios,
-/// channels and grids.
+/// channels and grids, the ViT's optional tensors, Swin.
 #[test]
 fn state_len_matches_the_built_model() {
     use tessera_mim::{DecoderConfig, Method, MimModel, ModelConfig};
     let mut configs = vec![tiny_mae(norm_pix()), tiny_simmim(norm_pix())];
     let mut wide = tiny_mae(norm_pix());
-    wide.encoder.embed_dim = 48;
-    wide.encoder.num_heads = 3;
-    wide.encoder.mlp_ratio = 2.5;
-    wide.encoder.in_chans = 1;
-    wide.encoder.img_size = [24, 16];
+    wide.encoder.vit_mut().unwrap().embed_dim = 48;
+    wide.encoder.vit_mut().unwrap().num_heads = 3;
+    wide.encoder.vit_mut().unwrap().mlp_ratio = 2.5;
+    wide.encoder.vit_mut().unwrap().in_chans = 1;
+    wide.encoder.vit_mut().unwrap().img_size = [24, 16];
     wide.method = Method::Mae {
         decoder: DecoderConfig {
             embed_dim: 24,
@@ -255,6 +255,32 @@ fn state_len_matches_the_built_model() {
         },
     };
     configs.push(wide);
+    // The ViT options that add or replace tensors.
+    let mut beit = tiny_simmim(norm_pix());
+    {
+        let e = beit.encoder.vit_mut().unwrap();
+        e.pos_embed = tessera_mim::PosEmbedKind::None;
+        e.rel_pos_bias = tessera_mim::RelPosBias::PerBlock;
+        e.layer_scale = Some(0.1);
+        e.qkv_bias = tessera_mim::QkvBias::QV;
+        e.final_norm = false;
+    }
+    configs.push(beit.clone());
+    if let Some(e) = beit.encoder.vit_mut() {
+        e.rel_pos_bias = tessera_mim::RelPosBias::Shared;
+    }
+    configs.push(beit);
+    // Swin: stages, merging, clamped windows, the r²-wide SimMIM head, a codebook.
+    for (preset, size) in [("swin-mini", 32), ("swin-tiny", 224)] {
+        let mut c = tiny_simmim(norm_pix());
+        c.encoder = tessera_mim::SwinConfig::preset(preset, [size, size], 3).unwrap().into();
+        configs.push(c.clone());
+        c.target = tessera_mim::TargetConfig::Codebook {
+            size: 7,
+            normalize: false,
+        };
+        configs.push(c);
+    }
     for cfg in configs {
         let cfg: ModelConfig = cfg;
         let model = MimModel::new(
@@ -300,4 +326,82 @@ fn simmim_head_channels_are_in_pixel_shuffle_order() {
             }
         }
     }
+}
+
+/// A codebook target on Swin: the head predicts `r²·K` logits per output
+/// token, entry `k` of patch `(i, j)` in channel `k·r² + i·r + j` (pixel
+/// shuffle of a K-channel map); with zero weights and bias equal to the
+/// channel index, the logits of every patch read back its own channels.
+#[test]
+fn swin_codebook_logits_are_pixel_shuffled_per_patch() {
+    use tessera_mim::model::Head;
+    use tessera_mim::{MimModel, TargetConfig};
+    let mut cfg = tiny_simmim(norm_pix());
+    cfg.encoder = tessera_mim::SwinConfig::preset("swin-mini", [32, 32], 3)
+        .unwrap()
+        .into();
+    cfg.target = TargetConfig::Codebook {
+        size: 5,
+        normalize: false,
+    };
+    let model = MimModel::new(cfg, &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0)).unwrap();
+    let Head::SimMim(head) = &model.head else {
+        panic!("SimMIM head")
+    };
+    let ch = head.bias.numel();
+    assert_eq!(ch, 4 * 4 * 5); // r = 8 / 2 = 4 patches a side per output token
+    head.weight.set_data(&vec![0.0; head.weight.numel()]).unwrap();
+    head.bias
+        .set_data(&(0..ch).map(|c| c as f32).collect::<Vec<_>>())
+        .unwrap();
+    let imgs = tessera_tensor::Tensor::zeros(&[1, 3, 32, 32]);
+    let mask = tessera_mim::Mask::from_hidden(vec![false; 256], 1, 256).unwrap();
+    let mut rng = <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0);
+    let pred = model.predict(&imgs, &mask, false, &mut rng).unwrap().to_vec(); // (1, 256, 5)
+    for row in 0..16 {
+        for col in 0..16 {
+            let (i, j) = (row % 4, col % 4);
+            for k in 0..5 {
+                let got = pred[(row * 16 + col) * 5 + k];
+                assert_eq!(got, (k * 16 + i * 4 + j) as f32, "patch ({row}, {col}) entry {k}");
+            }
+        }
+    }
+}
+
+/// MAE needs an encoder that runs on the visible patches alone; Swin's
+/// windows and merging need the whole grid, so the pair is refused by name.
+#[test]
+fn mae_with_swin_is_refused() {
+    let mut cfg = tiny_mae(norm_pix());
+    cfg.encoder = tessera_mim::SwinConfig::preset("swin-mini", [32, 32], 3)
+        .unwrap()
+        .into();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("MAE with a Swin encoder") && e.contains("simmim"), "{e}");
+    assert!(
+        tessera_mim::MimModel::new(cfg, &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0)).is_err()
+    );
+}
+
+/// A Swin model's configuration survives JSON (checkpoint metadata), and a
+/// ViT configuration written before Swin existed (a bare encoder object)
+/// still reads as a ViT.
+#[test]
+fn encoder_configs_round_trip_and_old_json_reads() {
+    let mut cfg = tiny_simmim(norm_pix());
+    cfg.encoder = tessera_mim::SwinConfig::preset("swin-mini", [32, 32], 3)
+        .unwrap()
+        .into();
+    let s = serde_json::to_string(&cfg).unwrap();
+    assert_eq!(serde_json::from_str::<tessera_mim::ModelConfig>(&s).unwrap(), cfg);
+    let vit = tiny_mae(norm_pix());
+    let s = serde_json::to_string(&vit).unwrap();
+    assert!(s.contains("\"encoder\":{\"img_size\""), "{s}");
+    assert_eq!(serde_json::from_str::<tessera_mim::ModelConfig>(&s).unwrap(), vit);
+    let bad = s.replace("\"depth\":", "\"deepness\":");
+    let e = serde_json::from_str::<tessera_mim::ModelConfig>(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("depth"), "{e}");
 }

@@ -32,7 +32,7 @@ fn config() -> ModelConfig {
     e.layer_scale = Some(0.1);
     e.qkv_bias = QkvBias::QV;
     ModelConfig {
-        encoder: e,
+        encoder: e.into(),
         method: Method::SimMim,
         target: TargetConfig::Pixels {
             loss: PixelLoss::L1,
@@ -132,7 +132,7 @@ fn an_official_simmim_state_dict_loads_without_metadata() {
 
     let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
     let mut want = config();
-    want.encoder.init = tessera_mim::InitScheme::Beit;
+    want.encoder.vit_mut().unwrap().init = tessera_mim::InitScheme::Beit;
     assert_eq!(model.config, want);
 
     let get = |name: &str| file.get(name, path).unwrap();

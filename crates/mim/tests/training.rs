@@ -155,7 +155,10 @@ fn save_then_load_gives_identical_outputs_and_other_sizes_load() {
     assert_eq!(p1, p2);
     // At 24×24 (a 6×6 grid) the positional tables are regenerated.
     let bigger = load_model(&path, Some([24, 24])).unwrap();
-    assert_eq!(bigger.encoder.pos_embed.as_ref().unwrap().shape(), &[1, 37, 32]);
+    assert_eq!(
+        bigger.encoder.vit().unwrap().pos_embed.as_ref().unwrap().shape(),
+        &[1, 37, 32]
+    );
     assert_eq!(
         bigger.features(&images(1, 3, 24, 24, 1), Pool::Mean).unwrap().shape(),
         &[1, 32]
@@ -169,7 +172,7 @@ fn checkpoint_of_another_configuration_is_refused_by_name() {
     let path = dir.join("m.safetensors");
     Trainer::new(config(2)).unwrap().save(&path).unwrap();
     let mut other = tiny_mae(norm_pix());
-    other.encoder.depth = 3;
+    other.encoder.vit_mut().unwrap().depth = 3;
     let e = Trainer::resume_checked(&path, &other).err().unwrap().to_string();
     assert!(
         e.contains("m.safetensors") && e.contains("another model configuration"),
@@ -180,8 +183,8 @@ fn checkpoint_of_another_configuration_is_refused_by_name() {
     let mut wide = tessera_mim::MimModel::new(
         {
             let mut c = tiny_mae(norm_pix());
-            c.encoder.embed_dim = 64;
-            c.encoder.num_heads = 2;
+            c.encoder.vit_mut().unwrap().embed_dim = 64;
+            c.encoder.vit_mut().unwrap().num_heads = 2;
             c
         },
         &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0),
@@ -196,7 +199,7 @@ fn checkpoint_of_another_configuration_is_refused_by_name() {
 fn a_non_finite_loss_stops_before_the_update_and_names_the_step() {
     let mut t = Trainer::new(config(4)).unwrap();
     t.train_step(&batches(1)[0]).unwrap();
-    let before: Vec<f32> = t.model.encoder.norm.as_ref().unwrap().weight.to_vec();
+    let before: Vec<f32> = t.model.encoder.vit().unwrap().norm.as_ref().unwrap().weight.to_vec();
     let mut bad = images(4, 3, 16, 16, 1).to_vec();
     bad[5] = f32::NAN;
     let bad = Tensor::new(bad, &[4, 3, 16, 16]).unwrap();
@@ -208,7 +211,10 @@ fn a_non_finite_loss_stops_before_the_update_and_names_the_step() {
         other => panic!("expected a non-finite error, got {:?}", other.map(|s| s.loss)),
     }
     assert_eq!(t.step, 1);
-    assert_eq!(t.model.encoder.norm.as_ref().unwrap().weight.to_vec(), before);
+    assert_eq!(
+        t.model.encoder.vit().unwrap().norm.as_ref().unwrap().weight.to_vec(),
+        before
+    );
 }
 
 #[test]

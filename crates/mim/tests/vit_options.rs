@@ -179,10 +179,10 @@ fn every_option_gets_a_gradient_with_both_methods() {
         (tiny_mae(norm_pix()), RelPosBias::PerBlock),
     ] {
         let mut cfg = cfg;
-        cfg.encoder = beit_like(rel);
+        cfg.encoder = beit_like(rel).into();
         let mut r = rng();
         let model = MimModel::new(cfg, &mut r).unwrap();
-        randomise(&model.encoder, 7);
+        randomise(model.encoder.vit().unwrap(), 7);
         let imgs = images(2, 3, 16, 16, 5);
         let mask = mae_mask(2, &mut r);
         let grads = loss_gradients(&model, &imgs, &mask, &mut r);
@@ -205,10 +205,10 @@ fn checkpoints_keep_the_options() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("m.safetensors");
     let mut cfg = tiny_simmim(norm_pix());
-    cfg.encoder = beit_like(RelPosBias::PerBlock);
+    cfg.encoder = beit_like(RelPosBias::PerBlock).into();
     let trainer = tessera_mim::Trainer::new(tessera_mim::TrainConfig::mae(cfg, 2, 10)).unwrap();
     let model = &trainer.model;
-    randomise(&model.encoder, 9);
+    randomise(model.encoder.vit().unwrap(), 9);
     trainer.save(&path).unwrap();
     let loaded = tessera_mim::checkpoint::load_model(&path, None).unwrap();
     assert_eq!(loaded.config, model.config);

@@ -18,7 +18,7 @@ pub fn tiny_vit(chans: usize) -> VitConfig {
 
 pub fn tiny_mae(target: TargetConfig) -> ModelConfig {
     ModelConfig {
-        encoder: tiny_vit(3),
+        encoder: tiny_vit(3).into(),
         method: Method::Mae {
             decoder: DecoderConfig {
                 embed_dim: 32,
@@ -33,7 +33,7 @@ pub fn tiny_mae(target: TargetConfig) -> ModelConfig {
 
 pub fn tiny_simmim(target: TargetConfig) -> ModelConfig {
     ModelConfig {
-        encoder: tiny_vit(3),
+        encoder: tiny_vit(3).into(),
         method: Method::SimMim,
         target,
     }
