@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use std::path::PathBuf;
 use std::str::FromStr;
 use tessera_mim::data::transform::Transform;
-use tessera_mim::data::{self, DataSpec, Dataset, Normalization, Split};
+use tessera_mim::data::{self, DataSpec, Dataset, Normalization, RawImage, Split};
 use tessera_mim::{
     DecoderConfig, EncoderConfig, InitScheme, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias,
     RelPosBias, SwinConfig, TargetConfig, VitConfig,
@@ -649,6 +649,32 @@ pub fn si(v: f64) -> String {
         (1.0, "")
     };
     format!("{:.1}{s}", v / d)
+}
+
+/// Reads image files and applies the evaluation transform.
+pub fn load_files(
+    paths: &[PathBuf],
+    size: [usize; 2],
+    chans: usize,
+    norm: &Normalization,
+) -> Result<tessera_tensor::Tensor> {
+    let t = eval_transform(size, chans, norm);
+    let mut data = Vec::new();
+    for p in paths {
+        let img = image::open(p).map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", p.display()))?;
+        let raw = if img.color().has_color() {
+            let rgb = img.to_rgb8();
+            RawImage::from_interleaved(rgb.as_raw(), 3, rgb.height() as usize, rgb.width() as usize)
+        } else {
+            let g = img.to_luma8();
+            RawImage::from_interleaved(g.as_raw(), 1, g.height() as usize, g.width() as usize)
+        };
+        data.extend(t.apply(&raw, &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0)));
+    }
+    Ok(tessera_tensor::Tensor::new(
+        data,
+        &[paths.len(), chans, size[0], size[1]],
+    )?)
 }
 
 /// Evaluation transform: resize/crop to the model's size, no augmentation.

@@ -6,12 +6,16 @@
 //! tessera reconstruct  four-panel reconstructions from a checkpoint
 //! tessera probe        linear-probe and k-NN accuracy of the frozen encoder
 //! tessera bench        timed training steps, as one JSON line
+//! tessera finetune     supervised fine-tuning of a pre-trained encoder (MAE's recipe)
+//! tessera evaluate     top-1, top-5, per-class accuracy and confusion matrix
+//! tessera predict      the top classes of image files
 //! ```
 
 #![forbid(unsafe_code)]
 
 mod bench;
 mod common;
+mod finetune;
 mod info;
 mod pretrain;
 mod probe;
@@ -49,6 +53,14 @@ enum Command {
     Probe(Box<probe::Args>),
     /// Time full training steps (forward, backward, AdamW) and print one JSON line.
     Bench(Box<bench::Args>),
+    /// Fine-tune a pre-trained encoder (or a fresh one) as a classifier, with
+    /// MAE's recipe: layer decay, mixup/cutmix, label smoothing, drop path.
+    Finetune(Box<finetune::Args>),
+    /// Top-1, top-5 and per-class accuracy of a fine-tuned classifier, and a
+    /// confusion-matrix picture.
+    Evaluate(Box<finetune::EvaluateArgs>),
+    /// Print the most likely classes of image files.
+    Predict(Box<finetune::PredictArgs>),
 }
 
 /// Clap's error as one line (its message is several: usage, hint): the first,
@@ -81,13 +93,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    // `pretrain --resume` needs to know which options were typed, not defaulted.
-    if let (Command::Pretrain(a), Some(("pretrain", m))) = (&mut cli.command, matches.subcommand()) {
-        a.given = m
-            .ids()
+    // `pretrain --resume` and `finetune --checkpoint` need to know which
+    // options were typed, not defaulted.
+    let typed = |m: &clap::ArgMatches| -> Vec<String> {
+        m.ids()
             .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
             .map(|id| id.to_string())
-            .collect();
+            .collect()
+    };
+    match (&mut cli.command, matches.subcommand()) {
+        (Command::Pretrain(a), Some(("pretrain", m))) => a.given = typed(m),
+        (Command::Finetune(a), Some(("finetune", m))) => a.given = typed(m),
+        _ => {}
     }
     if cli.threads == Some(0) {
         eprintln!("error: --threads must be at least 1");
@@ -113,6 +130,9 @@ fn main() -> ExitCode {
         Command::Reconstruct(a) => reconstruct::run(*a),
         Command::Probe(a) => probe::run(*a),
         Command::Bench(a) => bench::run(*a),
+        Command::Finetune(a) => finetune::run(*a),
+        Command::Evaluate(a) => finetune::evaluate_run(*a),
+        Command::Predict(a) => finetune::predict_run(*a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -298,7 +298,7 @@ fn resumed_config(args: &Args, config: TrainConfig, old: TrainConfig, ckpt: &std
 /// A flag that the first Ctrl-C (SIGINT) or SIGTERM sets: the run then
 /// finishes its step, writes a checkpoint and stops. A second one stops at
 /// once (exit 130).
-fn stop_on_signal() -> Arc<AtomicBool> {
+pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let installed = ctrlc::set_handler(move || {

@@ -9,7 +9,7 @@
 //! (1 = hidden) and the model inputs `images (N, C, H, W)` as safetensors, to
 //! compare number by number with PyTorch.
 
-use crate::common::{DataArgs, EncoderArg, MaskArgs, OfficialArgs, check_encoder, eval_transform};
+use crate::common::{DataArgs, EncoderArg, MaskArgs, OfficialArgs, check_encoder, eval_transform, load_files};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use rand::SeedableRng;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use tessera_mim::checkpoint::TensorFile;
 use tessera_mim::checkpoint::{load_model_hinted, parse_meta};
 use tessera_mim::data::transform::load_batch;
-use tessera_mim::data::{Normalization, RawImage, Split};
+use tessera_mim::data::{Normalization, Split};
 use tessera_mim::train::TrainConfig;
 use tessera_mim::viz::{NormPixView, render_rows, save_png};
 use tessera_mim::{Mask, MimRng};
@@ -81,24 +81,6 @@ pub struct Args {
 pub enum SplitArg {
     Train,
     Test,
-}
-
-/// Reads image files and applies the evaluation transform.
-fn load_files(paths: &[PathBuf], size: [usize; 2], chans: usize, norm: &Normalization) -> Result<Tensor> {
-    let t = eval_transform(size, chans, norm);
-    let mut data = Vec::new();
-    for p in paths {
-        let img = image::open(p).map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", p.display()))?;
-        let raw = if img.color().has_color() {
-            let rgb = img.to_rgb8();
-            RawImage::from_interleaved(rgb.as_raw(), 3, rgb.height() as usize, rgb.width() as usize)
-        } else {
-            let g = img.to_luma8();
-            RawImage::from_interleaved(g.as_raw(), 1, g.height() as usize, g.width() as usize)
-        };
-        data.extend(t.apply(&raw, &mut MimRng::seed_from_u64(0)));
-    }
-    Ok(Tensor::new(data, &[paths.len(), chans, size[0], size[1]])?)
 }
 
 fn load_mask_file(path: &Path, n: usize, l: usize) -> Result<Mask> {

@@ -10,6 +10,10 @@
 //!
 //! cross-entropy:  ℓ_r = logsumexp(logits_r) − logits_r[t_r]
 //!                 dlogits_r += dloss · w_r / Σw · (softmax(logits_r) − onehot(t_r))
+//!
+//! soft targets (label smoothing, mixup; rows of q sum to 1):
+//!                 ℓ_r = Σ_k q_rk (logsumexp(logits_r) − logits_rk)
+//!                 dlogits_r += dloss / R · (softmax(logits_r) · Σ_k q_rk − q_r)
 //! ```
 //! Without weights every row has weight 1. If `Σ w = 0` (nothing to predict) the
 //! loss is 0 and the gradients are 0. Sums are taken in f64 over fixed chunks of
@@ -354,6 +358,82 @@ pub fn cross_entropy_backward_with(
         .for_each(|((dl, x), ((l, t), c))| ce_grads::run(isa, dl, x, l, t, c));
 }
 
+/// Mean cross-entropy of `logits (R, K)` against soft targets `q (R, K)`
+/// (timm's `SoftTargetCrossEntropy`: label smoothing, mixup, cutmix); writes
+/// each row's log-sum-exp into `lse (R)` for the backward.
+pub fn soft_cross_entropy_forward(lse: &mut [f32], logits: &[f32], q: &[f32], rows: usize, k: usize) -> f32 {
+    soft_cross_entropy_forward_with(crate::cpu::isa(), lse, logits, q, rows, k)
+}
+
+/// [`soft_cross_entropy_forward`] on a chosen instruction set.
+pub fn soft_cross_entropy_forward_with(
+    isa: crate::cpu::Isa,
+    lse: &mut [f32],
+    logits: &[f32],
+    q: &[f32],
+    rows: usize,
+    k: usize,
+) -> f32 {
+    check_rows("soft_cross_entropy_forward", logits.len(), q.len(), None, rows, k);
+    assert_eq!(
+        lse.len(),
+        rows,
+        "loss::soft_cross_entropy_forward: lse has {} values, want {rows}",
+        lse.len()
+    );
+    if rows == 0 {
+        return 0.0;
+    }
+    lse.par_chunks_mut(ROW_CHUNK)
+        .zip(logits.par_chunks(ROW_CHUNK * k))
+        .for_each(|(l, x)| row_lse::run(isa, l, x));
+    let total = sum_f64(rows, ROW_CHUNK, |r| {
+        (0..k)
+            .map(|j| q[r * k + j] as f64 * (lse[r] - logits[r * k + j]) as f64)
+            .sum::<f64>()
+    });
+    (total / rows as f64) as f32
+}
+
+/// Accumulates `dlogits (R, K)` of [`soft_cross_entropy_forward`] for an
+/// upstream gradient `dloss`.
+pub fn soft_cross_entropy_backward(
+    dlogits: &mut [f32],
+    dloss: f32,
+    logits: &[f32],
+    lse: &[f32],
+    q: &[f32],
+    rows: usize,
+    k: usize,
+) {
+    check_rows(
+        "soft_cross_entropy_backward",
+        logits.len(),
+        dlogits.len(),
+        None,
+        rows,
+        k,
+    );
+    assert!(
+        q.len() == rows * k && lse.len() == rows,
+        "loss::soft_cross_entropy_backward: q or lse size"
+    );
+    if rows == 0 {
+        return;
+    }
+    let c = dloss / rows as f32;
+    dlogits
+        .par_chunks_mut(k)
+        .zip(logits.par_chunks(k).zip(q.par_chunks(k)))
+        .zip(lse.par_iter())
+        .for_each(|((dl, (x, q)), &l)| {
+            let mass: f32 = q.iter().sum();
+            for j in 0..k {
+                dl[j] += c * ((x[j] - l).exp() * mass - q[j]);
+            }
+        });
+}
+
 /// The formulas, one row at a time in f64.
 pub mod reference {
     use super::Distance;
@@ -401,6 +481,18 @@ pub mod reference {
             den += w;
         }
         if den == 0.0 { 0.0 } else { (num / den) as f32 }
+    }
+
+    /// See [`super::soft_cross_entropy_forward`].
+    pub fn soft_cross_entropy_forward(logits: &[f32], q: &[f32], rows: usize, k: usize) -> f32 {
+        let mut num = 0f64;
+        for r in 0..rows {
+            let row = &logits[r * k..(r + 1) * k];
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            num += (0..k).map(|j| q[r * k + j] as f64 * (lse - row[j] as f64)).sum::<f64>();
+        }
+        if rows == 0 { 0.0 } else { (num / rows as f64) as f32 }
     }
 }
 
@@ -527,6 +619,43 @@ mod tests {
                         }
                     }
                 }
+            }
+        });
+    }
+
+    /// Soft targets (smoothed, mixed, and one not summing to 1) against f64
+    /// and finite differences; a one-hot `q` is the hard cross-entropy.
+    #[test]
+    fn soft_cross_entropy_matches_reference_and_finite_differences() {
+        for_each_isa("soft cross-entropy", |isa| {
+            for (t, &rows) in ODD_SIZES.iter().enumerate() {
+                let k = ODD_SIZES[(t + 2) % 6].max(2);
+                let logits: Vec<f32> = random_vec(rows * k, t as u64).iter().map(|v| 4.0 * v).collect();
+                let q: Vec<f32> = random_vec(rows * k, 50 + t as u64).iter().map(|v| v.abs()).collect();
+                let mut lse = vec![0.0; rows];
+                let got = soft_cross_entropy_forward_with(isa, &mut lse, &logits, &q, rows, k);
+                let want = reference::soft_cross_entropy_forward(&logits, &q, rows, k);
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "rows {rows} k {k}: {got} vs {want}"
+                );
+                if rows * k <= 200 {
+                    let mut dl = vec![0.0; rows * k];
+                    soft_cross_entropy_backward(&mut dl, 1.0, &logits, &lse, &q, rows, k);
+                    let num = numeric_grad(&logits, |x| reference::soft_cross_entropy_forward(x, &q, rows, k));
+                    for i in 0..dl.len() {
+                        assert!((dl[i] - num[i]).abs() < 1e-3, "d/dlogits[{i}]: {} vs {}", dl[i], num[i]);
+                    }
+                }
+                // One-hot targets: the hard loss.
+                let targets: Vec<u32> = (0..rows).map(|r| ((r * 3 + t) % k) as u32).collect();
+                let mut onehot = vec![0.0; rows * k];
+                for (r, &c) in targets.iter().enumerate() {
+                    onehot[r * k + c as usize] = 1.0;
+                }
+                let soft = soft_cross_entropy_forward_with(isa, &mut lse, &logits, &onehot, rows, k);
+                let hard = reference::cross_entropy_forward(&logits, &targets, None, rows, k);
+                assert!((soft - hard).abs() <= 1e-5 * (1.0 + hard.abs()));
             }
         });
     }

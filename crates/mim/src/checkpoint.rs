@@ -32,7 +32,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tessera_tensor::Tensor;
-use tessera_tensor::optim::{AdamState, Optimizer};
+use tessera_tensor::optim::{AdamState, AdamW, Optimizer};
 
 /// A tensor read from a file: shape and values.
 #[derive(Clone, Debug, PartialEq)]
@@ -352,14 +352,7 @@ impl Trainer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut file = TensorFile::default();
         self.model.store_state(&mut file);
-        let mut steps = BTreeMap::new();
-        for (name, t) in &self.params {
-            if let Some(st) = self.optimizer.state(t) {
-                file.insert_raw(format!("optimizer.exp_avg.{name}"), t.shape().to_vec(), st.m.clone());
-                file.insert_raw(format!("optimizer.exp_avg_sq.{name}"), t.shape().to_vec(), st.v.clone());
-                steps.insert(name.clone(), st.step);
-            }
-        }
+        let steps = store_optimizer(&mut file, &self.params, &self.optimizer);
         let meta = &mut file.metadata;
         meta.insert("format".into(), "pt".into());
         meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
@@ -402,21 +395,51 @@ impl Trainer {
         self.model.load_state(file, path, None)?;
         self.step = parse_meta(file, "tessera.step", path)?;
         self.rng = parse_meta(file, "tessera.rng", path)?;
-        let steps: BTreeMap<String, u64> = parse_meta(file, "tessera.optimizer_steps", path)?;
-        for (name, t) in &self.params {
-            let Some(&step) = steps.get(name) else { continue };
-            let m = file.get(&format!("optimizer.exp_avg.{name}"), path)?.data.clone();
-            let v = file.get(&format!("optimizer.exp_avg_sq.{name}"), path)?.data.clone();
-            self.optimizer
-                .set_state(t, AdamState { step, m, v })
-                .map_err(|e| MimError::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!("optimizer state of '{name}': {e}"),
-                })?;
-        }
+        restore_optimizer(file, path, &self.params, &mut self.optimizer)?;
         self.optimizer.set_lr(self.config.lr_at(self.step));
         Ok(())
     }
+}
+
+/// Adds AdamW's moments of every parameter to `file`
+/// (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`) and returns each
+/// one's step count (for the `tessera.optimizer_steps` metadata).
+pub(crate) fn store_optimizer(
+    file: &mut TensorFile,
+    params: &[(String, Tensor)],
+    optimizer: &AdamW,
+) -> BTreeMap<String, u64> {
+    let mut steps = BTreeMap::new();
+    for (name, t) in params {
+        if let Some(st) = optimizer.state(t) {
+            file.insert_raw(format!("optimizer.exp_avg.{name}"), t.shape().to_vec(), st.m.clone());
+            file.insert_raw(format!("optimizer.exp_avg_sq.{name}"), t.shape().to_vec(), st.v.clone());
+            steps.insert(name.clone(), st.step);
+        }
+    }
+    steps
+}
+
+/// Restores what [`store_optimizer`] wrote.
+pub(crate) fn restore_optimizer(
+    file: &TensorFile,
+    path: &Path,
+    params: &[(String, Tensor)],
+    optimizer: &mut AdamW,
+) -> Result<()> {
+    let steps: BTreeMap<String, u64> = parse_meta(file, "tessera.optimizer_steps", path)?;
+    for (name, t) in params {
+        let Some(&step) = steps.get(name) else { continue };
+        let m = file.get(&format!("optimizer.exp_avg.{name}"), path)?.data.clone();
+        let v = file.get(&format!("optimizer.exp_avg_sq.{name}"), path)?.data.clone();
+        optimizer
+            .set_state(t, AdamState { step, m, v })
+            .map_err(|e| MimError::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!("optimizer state of '{name}': {e}"),
+            })?;
+    }
+    Ok(())
 }
 
 /// Refuses metadata that describes another model than the tensors hold,
@@ -453,7 +476,7 @@ pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, 
 }
 
 /// A metadata value as JSON.
-fn json<T: Serialize>(v: &T) -> String {
+pub(crate) fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("configuration and state serialise to JSON")
 }
 

@@ -25,6 +25,7 @@ pub mod data;
 pub mod encoder;
 pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod flops;
 pub mod layers;
 pub mod masking;

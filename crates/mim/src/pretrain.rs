@@ -154,7 +154,7 @@ pub struct Pretrainer<'a> {
     options: RunOptions,
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> MimError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> MimError {
     MimError::Io {
         path: path.to_path_buf(),
         source,
@@ -453,7 +453,7 @@ impl<'a> Pretrainer<'a> {
 
 /// Keeps the lines of `metrics.jsonl` whose step is at most `step` (whole
 /// JSON lines only), rewriting the file atomically if anything goes.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(()); // no metrics yet
     };

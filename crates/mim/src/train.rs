@@ -40,7 +40,7 @@ pub enum MatmulPrecision {
 }
 
 impl MatmulPrecision {
-    fn kernel(self) -> Precision {
+    pub(crate) fn kernel(self) -> Precision {
         match self {
             MatmulPrecision::F32 => Precision::F32,
             MatmulPrecision::Bf16 => Precision::Bf16,
@@ -146,16 +146,23 @@ impl TrainConfig {
     /// The learning rate of update number `step` (0-based): linear warm-up
     /// from 0, then a half-cycle cosine to `min_lr`.
     pub fn lr_at(&self, step: u64) -> f32 {
-        let peak = self.peak_lr() as f64;
-        let (s, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
-        let lr = if s < w {
-            peak * s / w
-        } else {
-            let progress = if t > w { ((s - w) / (t - w)).min(1.0) } else { 1.0 };
-            self.min_lr as f64 + (peak - self.min_lr as f64) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-        };
-        lr as f32
+        warmup_cosine(step, self.warmup_steps, self.total_steps, self.peak_lr(), self.min_lr)
     }
+}
+
+/// MAE's schedule (`lr_sched.adjust_learning_rate`, per step): the rate of
+/// update `step` (0-based) rises linearly from 0 to `peak` over `warmup`
+/// steps, then follows a half-cycle cosine to `min` at `total`.
+pub fn warmup_cosine(step: u64, warmup: u64, total: u64, peak: f32, min: f32) -> f32 {
+    let (peak, min) = (peak as f64, min as f64);
+    let (s, w, t) = (step as f64, warmup as f64, total as f64);
+    let lr = if s < w {
+        peak * s / w
+    } else {
+        let progress = if t > w { ((s - w) / (t - w)).min(1.0) } else { 1.0 };
+        min + (peak - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    };
+    lr as f32
 }
 
 /// MAE's rule: no weight decay on 1-D tensors (biases, norms, layer scales)

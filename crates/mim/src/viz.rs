@@ -263,6 +263,35 @@ pub fn render_rows(
     Ok(grid(&rows, 4))
 }
 
+/// A confusion matrix `(K, K)` of counts as a picture: one 24-pixel cell per
+/// (true class row, predicted class column), shaded by the row's share (white
+/// 0 to dark blue 1), correct cells in green, a grey grid between cells.
+pub fn confusion_matrix(counts: &[Vec<usize>]) -> RgbImage {
+    let k = counts.len();
+    let cell = 24u32;
+    let side = k as u32 * (cell + 1) + 1;
+    let mut img = RgbImage::from_pixel(side.max(1), side.max(1), Rgb([160, 160, 160]));
+    for (r, row) in counts.iter().enumerate() {
+        let total: usize = row.iter().sum();
+        for (c, &n) in row.iter().enumerate() {
+            let share = if total > 0 { n as f32 / total as f32 } else { 0.0 };
+            let shade = |full: f32| (255.0 - share * (255.0 - full)).round() as u8;
+            let colour = if r == c {
+                Rgb([shade(20.0), shade(120.0), shade(40.0)])
+            } else {
+                Rgb([shade(20.0), shade(40.0), shade(140.0)])
+            };
+            let (x0, y0) = (1 + c as u32 * (cell + 1), 1 + r as u32 * (cell + 1));
+            for y in y0..y0 + cell {
+                for x in x0..x0 + cell {
+                    img.put_pixel(x, y, colour);
+                }
+            }
+        }
+    }
+    img
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

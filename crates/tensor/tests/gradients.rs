@@ -280,7 +280,16 @@ fn losses() {
         ok(vec![pred.clone(), far], |t| t[0].l1_loss(&t[1], Some(&mask)));
         let targets: Vec<u32> = (0..rows).map(|r| (r % p) as u32).collect();
         ok(vec![pred.clone()], |t| t[0].cross_entropy(&targets, None));
-        ok(vec![pred], |t| t[0].cross_entropy(&targets, Some(&mask)));
+        ok(vec![pred.clone()], |t| t[0].cross_entropy(&targets, Some(&mask)));
+        // Soft targets: smoothed one-hot rows mixed with another row's.
+        let soft: Vec<f32> = (0..rows * p)
+            .map(|i| {
+                let (r, k) = (i / p, i % p);
+                let hot = |c: usize| if k == c { 0.9 } else { 0.0 } + 0.1 / p as f32;
+                0.7 * hot(r % p) + 0.3 * hot((r + 1) % p)
+            })
+            .collect();
+        ok(vec![pred], |t| t[0].soft_cross_entropy(&soft));
     }
 }
 

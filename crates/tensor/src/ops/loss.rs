@@ -128,7 +128,61 @@ impl Backward for CrossEntropyBackward {
     }
 }
 
+struct SoftCrossEntropyBackward {
+    logits: Tensor,
+    q: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+impl Backward for SoftCrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "soft_cross_entropy"
+    }
+    fn inputs(&self) -> Vec<&Tensor> {
+        vec![&self.logits]
+    }
+    fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
+        if let Some(mut dl) = g.take(&self.logits) {
+            let k = *self.logits.shape().last().unwrap_or(&1);
+            kloss::soft_cross_entropy_backward(
+                &mut dl,
+                dout[0],
+                &self.logits.data(),
+                &self.lse,
+                &self.q,
+                self.lse.len(),
+                k,
+            );
+            g.put(&self.logits, Some(dl));
+        }
+        Ok(())
+    }
+}
+
 impl Tensor {
+    /// Softmax cross-entropy of `self = logits (…, K)` against soft targets
+    /// `q` (one distribution of `K` values per row: label smoothing, mixup),
+    /// averaged over rows: `mean_r Σ_k −q_rk · log softmax(logits_r)_k`.
+    pub fn soft_cross_entropy(&self, q: &[f32]) -> Result<Tensor> {
+        let _timer = crate::profile::scope("soft_cross_entropy", "forward");
+        let (rows, k) = rows_of("soft_cross_entropy", self, None)?;
+        if q.len() != rows * k {
+            return Err(shape_err(
+                "soft_cross_entropy",
+                format!("{} target values for {rows} rows of {k} logits", q.len()),
+            ));
+        }
+        let mut lse = vec![0f32; rows];
+        let loss = kloss::soft_cross_entropy_forward(&mut lse, &self.data(), q, rows, k);
+        Ok(Tensor::from_op(vec![loss], vec![], &[self], || {
+            Box::new(SoftCrossEntropyBackward {
+                logits: self.clone(),
+                q: q.to_vec(),
+                lse,
+            })
+        }))
+    }
+
     /// Mean squared error against `target` (same shape), averaged per row over
     /// the last axis, then over rows weighted by `weight` (one value per row;
     /// MAE's mask, 1 = hidden). A zero total weight gives 0.

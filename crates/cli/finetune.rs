@@ -1,0 +1,461 @@
+//! `tessera finetune`, `tessera evaluate`, `tessera predict`: supervised
+//! fine-tuning of a pre-trained (or fresh) encoder with MAE's recipe, and
+//! what the resulting classifier does on a test split or on image files.
+
+use crate::common::{DataArgs, ModelArgs, OfficialArgs, PrecisionArg, load_files};
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tessera_mim::checkpoint::load_model_hinted;
+use tessera_mim::data::transform::EpochSampler;
+use tessera_mim::data::{Dataset, First, Normalization, Split};
+use tessera_mim::finetune::{
+    Classifier, ClassifierConfig, ClassifierPool, EvalReport, FinetuneConfig, FinetuneObserver, FinetuneRun,
+    FinetuneStats, Finetuner, MixupConfig, check_labelled, evaluate, load_classifier, probabilities, top_k,
+};
+use tessera_mim::pretrain::RunOptions;
+use tessera_mim::{EncoderConfig, MimRng};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PoolArg {
+    /// Mean of the patch tokens and its own LayerNorm (MAE's global_pool).
+    Mean,
+    /// The class token after the final norm (the seed's ViT).
+    Cls,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Pre-training checkpoint to start from: Tessera's, or an official MAE
+    /// or SimMIM state dict in safetensors.
+    #[arg(long, required_unless_present = "from_scratch", conflicts_with = "from_scratch")]
+    pub checkpoint: Option<PathBuf>,
+    /// Train the encoder from random weights (the supervised baseline),
+    /// shaped by the model options.
+    #[arg(long)]
+    pub from_scratch: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Encoder options (with --from-scratch; with --checkpoint they must
+    /// agree with it, and --heads gives the heads of an official file).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// How tokens become the classified vector (Swin: mean).
+    #[arg(long, value_enum, default_value = "mean")]
+    pub pool: PoolArg,
+    /// Training length in epochs.
+    #[arg(long, default_value_t = 10.0)]
+    pub epochs: f64,
+    /// Images per optimizer step.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Learning rate per 256 images (MAE's fine-tuning default).
+    #[arg(long, default_value_t = 1e-3)]
+    pub blr: f32,
+    /// Absolute peak learning rate (overrides --blr).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_lr: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f32,
+    /// Layer-wise learning-rate decay (1: none).
+    #[arg(long, default_value_t = 0.75)]
+    pub layer_decay: f32,
+    /// Linear warm-up in epochs (default: 5% of the run, MAE's 5 of 100).
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.1)]
+    pub smoothing: f32,
+    /// Mixup's Beta α (0: off).
+    #[arg(long, default_value_t = 0.8)]
+    pub mixup: f32,
+    /// CutMix's Beta α (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub cutmix: f32,
+    /// Probability of mixing a batch.
+    #[arg(long, default_value_t = 1.0)]
+    pub mixup_prob: f32,
+    /// Probability of CutMix rather than mixup when both are on.
+    #[arg(long, default_value_t = 0.5)]
+    pub mixup_switch_prob: f32,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    pub clip_grad: Option<f32>,
+    /// No random resized crops and flips.
+    #[arg(long)]
+    pub no_augment: bool,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use at most this many training images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Evaluate each epoch on at most this many test images.
+    #[arg(long)]
+    pub val_limit: Option<usize>,
+    #[arg(long, default_value = "runs/finetune")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Stop (with a checkpoint) after this step; `--resume` continues.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    #[arg(long)]
+    pub quiet: bool,
+    /// The ids of the options typed on the command line (filled by `main`).
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// The model options that shape the encoder.
+const ENCODER_OPTIONS: [&str; 10] = [
+    "encoder",
+    "preset",
+    "img_size",
+    "patch",
+    "chans",
+    "dim",
+    "depth",
+    "heads",
+    "depths",
+    "stage_heads",
+];
+
+/// The encoder to fine-tune, with the pre-trained one when given.
+fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)> {
+    let native = args.data.native();
+    let Some(path) = &args.checkpoint else {
+        return Ok((args.model.build(native)?.encoder, None));
+    };
+    let hints = tessera_mim::official::ModelHints {
+        heads: args.model.heads,
+        ..Default::default()
+    };
+    let pre = load_model_hinted(path, None, &hints, false)?;
+    let have = pre.config.encoder.clone();
+    if args.given.iter().any(|g| ENCODER_OPTIONS.contains(&g.as_str())) {
+        let mut want = args.model.build(native)?.encoder;
+        // Fine-tuning options are not part of the comparison.
+        match (&mut want, &have) {
+            (EncoderConfig::Vit(w), EncoderConfig::Vit(h)) => {
+                (w.drop_path, w.final_norm, w.init) = (h.drop_path, h.final_norm, h.init);
+            }
+            (EncoderConfig::Swin(w), EncoderConfig::Swin(h)) => w.drop_path = h.drop_path,
+            _ => {}
+        }
+        if want != have {
+            bail!(
+                "{} holds a pre-trained {}, not the requested {}",
+                path.display(),
+                have.describe(),
+                want.describe()
+            );
+        }
+    }
+    Ok((have, Some(pre.encoder)))
+}
+
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl FinetuneObserver for Progress {
+    fn started(&mut self, start: u64, _total: u64, _spe: usize) {
+        self.bar.set_position(start);
+    }
+    fn step(&mut self, stats: &FinetuneStats, images_per_s: f64) {
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} img/s",
+            stats.loss, stats.lr, images_per_s
+        ));
+        self.bar.set_position(stats.step);
+    }
+    fn evaluated(&mut self, epoch: u64, r: &EvalReport) {
+        self.bar.println(format!(
+            "epoch {epoch}: val top-1 {:.2}%, top-5 {:.2}%",
+            100.0 * r.top1,
+            100.0 * r.top5
+        ));
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if !(args.epochs > 0.0 && args.epochs.is_finite()) {
+        bail!("--epochs must be a positive number, got {}", args.epochs);
+    }
+    let (enc, pretrained) = encoder(&args)?;
+    let (size, chans) = (enc.img_size(), enc.in_chans());
+    let full = args.data.open(Split::Train, size, chans)?;
+    let train_ds = First::new(full.as_ref(), args.limit.unwrap_or(usize::MAX));
+    let test_ds = args.data.open(Split::Test, size, chans)?;
+    let classes = train_ds.class_names();
+    if classes.len() < 2 {
+        bail!(
+            "{} has no labels: fine-tuning needs a labelled data set",
+            train_ds.name()
+        );
+    }
+    let pool = match args.pool {
+        PoolArg::Mean => ClassifierPool::Mean,
+        PoolArg::Cls => ClassifierPool::Cls,
+    };
+    let drop_path = args.model.drop_path.unwrap_or(0.1);
+    let model_cfg = ClassifierConfig::new(enc, classes, pool, drop_path)?;
+    check_labelled(&train_ds, model_cfg.num_classes)?;
+    check_labelled(test_ds.as_ref(), model_cfg.num_classes)?;
+    let spe = EpochSampler {
+        n: train_ds.len(),
+        batch: args.batch,
+        seed: args.seed,
+    }
+    .steps_per_epoch() as f64;
+    if spe == 0.0 {
+        bail!(
+            "--batch {} is larger than the {} training images",
+            args.batch,
+            train_ds.len()
+        );
+    }
+    let total = (args.epochs * spe).round().max(1.0) as u64;
+    let mut config = FinetuneConfig::mae(model_cfg, train_ds.normalization(), args.batch, total);
+    config.base_lr = args.lr.map_or(args.blr, |lr| lr * 256.0 / args.batch as f32);
+    config.min_lr = args.min_lr;
+    config.weight_decay = args.weight_decay;
+    config.layer_decay = args.layer_decay;
+    if let Some(w) = args.warmup_epochs {
+        config.warmup_steps = (w * spe).round() as u64;
+    }
+    config.label_smoothing = args.smoothing;
+    config.mixup = MixupConfig {
+        mixup_alpha: args.mixup,
+        cutmix_alpha: args.cutmix,
+        prob: args.mixup_prob,
+        switch_prob: args.mixup_switch_prob,
+    };
+    config.augment = !args.no_augment;
+    config.clip_grad = args.clip_grad;
+    config.seed = args.seed;
+    config.precision = args.precision.config();
+    config.validate()?;
+    let model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(config.seed))?;
+    let source = match (&pretrained, &args.checkpoint) {
+        (Some(enc), Some(path)) => {
+            let n = model.load_encoder(enc)?;
+            format!("{} ({n} encoder tensors)", path.display())
+        }
+        _ => "random weights (from scratch)".to_string(),
+    };
+    let tuner = Finetuner::new(config, model)?;
+    let options = RunOptions {
+        resume: args.resume,
+        overwrite: args.overwrite,
+        stop_after: args.stop_after,
+        ckpt_interval: Some(Duration::from_secs(300)),
+        stop: Some(crate::pretrain::stop_on_signal()),
+        ..RunOptions::new(&args.out)
+    };
+    let mut run = FinetuneRun::new(tuner, &train_ds, test_ds.as_ref(), options)?;
+    run.val_limit = args.val_limit;
+    let config = run.tuner.config.clone();
+    if run.tuner.step >= config.total_steps {
+        println!(
+            "{} is already at step {} of {}; nothing to do",
+            args.out.join("checkpoint.safetensors").display(),
+            run.tuner.step,
+            config.total_steps
+        );
+        return Ok(());
+    }
+    println!(
+        "fine-tuning {} ({} classes, pool {:?}) from {source} on {} ({} images, {} steps of {}, {} per epoch), \
+         layer decay {}, mixup {}/{}, smoothing {}, output {}",
+        config.model.encoder.describe(),
+        config.model.num_classes,
+        config.model.pool,
+        train_ds.name(),
+        train_ds.len(),
+        config.total_steps,
+        config.batch_size,
+        spe,
+        config.layer_decay,
+        config.mixup.mixup_alpha,
+        config.mixup.cutmix_alpha,
+        config.label_smoothing,
+        args.out.display()
+    );
+    let bar = ProgressBar::new(config.total_steps);
+    if args.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut progress = Progress { bar };
+    let end = run.run(&mut progress)?;
+    progress.bar.finish_and_clear();
+    let stats = end.last.context("no step ran")?;
+    if end.interrupted {
+        println!(
+            "interrupted at step {} of {}: checkpoint {}; run the same command with --resume to continue",
+            stats.step,
+            config.total_steps,
+            end.checkpoint.display()
+        );
+        return Ok(());
+    }
+    let top1 = end.report.map_or(f64::NAN, |r| r.top1);
+    println!(
+        "done: step {}, loss {:.4}, val top-1 {:.2}%; checkpoint {}",
+        stats.step,
+        stats.loss,
+        100.0 * top1,
+        end.checkpoint.display()
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------ evaluate
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvaluateArgs {
+    /// A fine-tuned checkpoint (Tessera's, or an official MAE fine-tuned
+    /// state dict in safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub official: OfficialArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Evaluate at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Where to write the confusion matrix picture.
+    #[arg(long, default_value = "confusion.png")]
+    pub confusion: PathBuf,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The statistics a classifier's inputs are normalised with: its recipe's,
+/// else (official files) ImageNet's.
+fn classifier_norm(path: &Path) -> Normalization {
+    tessera_mim::checkpoint::TensorFile::load(path)
+        .ok()
+        .and_then(|f| {
+            tessera_mim::checkpoint::parse_meta::<FinetuneConfig>(&f, "tessera.finetune", path)
+                .ok()
+                .map(|c| c.normalization)
+        })
+        .unwrap_or_else(Normalization::imagenet)
+}
+
+pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
+    let model = load_classifier(&args.checkpoint, &args.official.hints())?;
+    let e = &model.config.encoder;
+    let (size, chans) = (e.img_size(), e.in_chans());
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Test => Split::Test,
+    };
+    let ds = args.data.open(split, size, chans)?;
+    check_labelled(ds.as_ref(), model.config.num_classes)
+        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
+    let norm = classifier_norm(&args.checkpoint);
+    let t = crate::common::eval_transform(size, chans, &norm);
+    let bar = ProgressBar::new(0);
+    if args.json {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let r = evaluate(&model, ds.as_ref(), &t, args.batch.max(1), args.limit, &mut |d, n| {
+        bar.set_length(n as u64);
+        bar.set_position(d as u64);
+    })?;
+    bar.finish_and_clear();
+    let img = tessera_mim::viz::confusion_matrix(&r.confusion);
+    tessera_mim::viz::save_png(&img, &args.confusion)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({} images): top-1 {:.2}%, top-5 {:.2}%",
+        args.checkpoint.display(),
+        ds.name(),
+        r.images,
+        100.0 * r.top1,
+        100.0 * r.top5
+    );
+    println!("{:<24} {:>8} {:>9}", "class", "images", "accuracy");
+    for (c, acc) in r.per_class().iter().enumerate() {
+        let n: usize = r.confusion[c].iter().sum();
+        let acc = acc.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        println!("{:<24} {n:>8} {acc:>9}", r.class_names[c]);
+    }
+    println!(
+        "confusion matrix (rows: true class, columns: predicted) in {}",
+        args.confusion.display()
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------ predict
+
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// A fine-tuned checkpoint.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub official: OfficialArgs,
+    /// Image files (PNG/JPEG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Classes to print per image.
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
+}
+
+pub fn predict_run(args: PredictArgs) -> Result<()> {
+    if args.top == 0 {
+        bail!("--top must be at least 1");
+    }
+    let model = load_classifier(&args.checkpoint, &args.official.hints())?;
+    let e = &model.config.encoder;
+    let norm = classifier_norm(&args.checkpoint);
+    let imgs = load_files(&args.images, e.img_size(), e.in_chans(), &norm)?;
+    let k = model.config.num_classes;
+    let probs = probabilities(&model, &imgs)?;
+    for (i, path) in args.images.iter().enumerate() {
+        let row = &probs[i * k..(i + 1) * k];
+        let best: Vec<String> = top_k(row, args.top.min(k))
+            .into_iter()
+            .map(|c| format!("{} {:.1}%", model.config.class_names[c], 100.0 * row[c]))
+            .collect();
+        println!("{}: {}", path.display(), best.join(", "));
+    }
+    Ok(())
+}
