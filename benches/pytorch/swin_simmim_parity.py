@@ -28,10 +28,9 @@ import json
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from parity_init import randomise_
+from parity_init import patchify, randomise_, simmim_loss
 from swin_parity import CHANS, DEPTHS, DIM, HEADS, IMG, PATCH, WINDOW, Swin
 
 STRIDE = PATCH << (len(DEPTHS) - 1)
@@ -59,18 +58,7 @@ class SimMIM(nn.Module):
 
     def forward(self, x, mask):
         x_rec = self.decoder(self.encoder(x, mask))
-        pixel_mask = mask.repeat_interleave(PATCH, 1).repeat_interleave(PATCH, 2).unsqueeze(1).contiguous()
-        loss_recon = F.l1_loss(x, x_rec, reduction="none")
-        loss = (loss_recon * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / CHANS
-        return loss, x_rec
-
-
-def patchify(imgs):
-    """(B, C, H, W) -> (B, L, p*p*C) in MAE's order (row, column, channel)."""
-    b, c, h, w = imgs.shape
-    g = h // PATCH
-    x = imgs.reshape(b, c, g, PATCH, g, PATCH)
-    return torch.einsum("nchpwq->nhwpqc", x).reshape(b, g * g, PATCH * PATCH * c)
+        return simmim_loss(x, x_rec, mask, PATCH, CHANS), x_rec
 
 
 def main():
@@ -90,7 +78,7 @@ def main():
     tensors["images"] = imgs.float()
     tensors["mask"] = mask.reshape(2, g * g).float()
     tensors["loss"] = loss.reshape(1).float()
-    tensors["pred"] = patchify(x_rec).float().contiguous()
+    tensors["pred"] = patchify(x_rec, PATCH).float().contiguous()
     meta = {
         "config": json.dumps(
             dict(img=IMG, patch=PATCH, chans=CHANS, dim=DIM, depths=DEPTHS, heads=HEADS, window=WINDOW, stride=STRIDE)

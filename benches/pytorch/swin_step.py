@@ -30,8 +30,8 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from parity_init import simmim_loss
 from swin_parity import Swin
 
 WORKLOADS = {
@@ -70,10 +70,7 @@ class SimMIM(nn.Module):
         self.decoder = nn.Sequential(nn.Conv2d(width, self.stride**2 * CHANS, 1), nn.PixelShuffle(self.stride))
 
     def forward(self, x, mask):
-        x_rec = self.decoder(self.encoder(x, mask))
-        m = mask.repeat_interleave(self.patch, 1).repeat_interleave(self.patch, 2).unsqueeze(1)
-        loss = (F.l1_loss(x, x_rec, reduction="none") * m).sum() / (m.sum() + 1e-5) / CHANS
-        return loss
+        return simmim_loss(x, self.decoder(self.encoder(x, mask)), mask, self.patch, CHANS)
 
 
 def simmim_mask(batch, img, cell, patch, ratio=0.6):

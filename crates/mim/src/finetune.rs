@@ -38,8 +38,8 @@ use crate::encoder::Encoder;
 use crate::error::{MimError, Result, config_err};
 use crate::layers::{LayerNorm, Linear, Module, join};
 use crate::masking::MimRng;
-use crate::pretrain::{RunOptions, io_err, truncate_metrics};
-use crate::train::{MatmulPrecision, decays};
+use crate::pretrain::{RunOptions, check_run_start, io_err, truncate_metrics};
+use crate::train::{MatmulPrecision, clip_checked, decays};
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,7 +48,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
+use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
 use tessera_tensor::{GradStore, Tensor};
 
 /// How the classifier turns tokens into one vector.
@@ -698,18 +698,7 @@ impl Finetuner {
             }
             let mut grads = GradStore::new();
             loss.backward_into(&mut grads)?;
-            let params: Vec<Tensor> = self.params.iter().map(|(_, t)| t.clone()).collect();
-            let norm = match self.config.clip_grad {
-                Some(max) => clip_grad_norm(&mut grads, &params, max),
-                None => grad_norm(&grads, &params),
-            };
-            if !norm.is_finite() {
-                return Err(MimError::NonFinite {
-                    step: self.step + 1,
-                    what: "gradient norm",
-                    value: norm,
-                });
-            }
+            let norm = clip_checked(&mut grads, &self.params, self.config.clip_grad, self.step + 1)?;
             self.optimizer.step(&grads)?;
             self.step += 1;
             Ok(FinetuneStats {
@@ -977,22 +966,8 @@ impl<'a> FinetuneRun<'a> {
         let k = tuner.config.model.num_classes;
         check_labelled(train, k)?;
         check_labelled(val, k)?;
-        if train.len() < tuner.config.batch_size {
-            return Err(MimError::Input(format!(
-                "the batch of {} images is larger than the {} training images of {}",
-                tuner.config.batch_size,
-                train.len(),
-                train.name()
-            )));
-        }
+        check_run_start(&options, train, tuner.config.batch_size)?;
         let ckpt = options.checkpoint();
-        let metrics = options.out.join("metrics.jsonl");
-        if !options.resume && !options.overwrite && (ckpt.exists() || metrics.exists()) {
-            return Err(MimError::Input(format!(
-                "{} holds a run already: continue it with --resume, or start over with --overwrite",
-                options.out.display()
-            )));
-        }
         let tuner = if options.resume && ckpt.exists() {
             let mut old = Finetuner::resume(&ckpt)?;
             let mut want = tuner.config.clone();

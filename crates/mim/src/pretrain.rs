@@ -175,22 +175,8 @@ impl<'a> Pretrainer<'a> {
         options: RunOptions,
     ) -> Result<Self> {
         config.validate()?;
-        if config.batch_size == 0 || train.len() < config.batch_size {
-            return Err(MimError::Input(format!(
-                "the batch of {} images is larger than the {} training images of {}",
-                config.batch_size,
-                train.len(),
-                train.name()
-            )));
-        }
+        check_run_start(&options, train, config.batch_size)?;
         let ckpt = options.checkpoint();
-        let metrics = options.out.join("metrics.jsonl");
-        if !options.resume && !options.overwrite && (ckpt.exists() || metrics.exists()) {
-            return Err(MimError::Input(format!(
-                "{} holds a run already: continue it with --resume, or start over with --overwrite",
-                options.out.display()
-            )));
-        }
         if options.recon_count == 0 {
             return Err(MimError::Input("--recon-count must be at least 1".into()));
         }
@@ -449,6 +435,27 @@ impl<'a> Pretrainer<'a> {
             interrupted,
         })
     }
+}
+
+/// Refuses a batch larger than the training set, and a fresh run (neither
+/// `resume` nor `overwrite`) in a folder that holds one.
+pub(crate) fn check_run_start(options: &RunOptions, train: &dyn Dataset, batch: usize) -> Result<()> {
+    if batch == 0 || train.len() < batch {
+        return Err(MimError::Input(format!(
+            "the batch of {batch} images is larger than the {} training images of {}",
+            train.len(),
+            train.name()
+        )));
+    }
+    let ckpt = options.checkpoint();
+    let metrics = options.out.join("metrics.jsonl");
+    if !options.resume && !options.overwrite && (ckpt.exists() || metrics.exists()) {
+        return Err(MimError::Input(format!(
+            "{} holds a run already: continue it with --resume, or start over with --overwrite",
+            options.out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Keeps the lines of `metrics.jsonl` whose step is at most `step` (whole

@@ -309,19 +309,8 @@ impl Trainer {
             };
             scaled.backward_into(&mut grads)?;
         }
-        let params: Vec<Tensor> = self.params.iter().map(|(_, t)| t.clone()).collect();
-        let norm = match self.config.clip_grad {
-            Some(max) => clip_grad_norm(&mut grads, &params, max),
-            None => grad_norm(&grads, &params),
-        };
+        let norm = clip_checked(&mut grads, &self.params, self.config.clip_grad, self.step + 1)?;
         let loss = (loss_sum / accum as f64) as f32;
-        if !norm.is_finite() {
-            return Err(MimError::NonFinite {
-                step: self.step + 1,
-                what: "gradient norm",
-                value: norm,
-            });
-        }
         self.optimizer.step(&grads)?;
         self.step += 1;
         Ok(StepStats {
@@ -331,6 +320,29 @@ impl Trainer {
             grad_norm: norm,
         })
     }
+}
+
+/// The global gradient norm of `params` (clipped to `clip` if given), or
+/// an error naming update `step` if it is not finite (before any update).
+pub(crate) fn clip_checked(
+    grads: &mut GradStore,
+    params: &[(String, Tensor)],
+    clip: Option<f32>,
+    step: u64,
+) -> Result<f32> {
+    let params: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    let norm = match clip {
+        Some(max) => clip_grad_norm(grads, &params, max),
+        None => grad_norm(grads, &params),
+    };
+    if !norm.is_finite() {
+        return Err(MimError::NonFinite {
+            step,
+            what: "gradient norm",
+            value: norm,
+        });
+    }
+    Ok(norm)
 }
 
 impl TrainConfig {
