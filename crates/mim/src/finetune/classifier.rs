@@ -1,0 +1,225 @@
+//! The classifier: an encoder with a linear head, and its layer numbering
+//! for layer-wise learning-rate decay.
+
+use crate::config::EncoderConfig;
+use crate::encoder::Encoder;
+use crate::error::{MimError, Result, config_err};
+use crate::layers::{LayerNorm, Linear, Module, join};
+use crate::masking::MimRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_tensor::Tensor;
+
+/// How the classifier turns tokens into one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassifierPool {
+    /// The \[CLS\] token after the final norm (the seed's ViT; ViT only).
+    Cls,
+    /// The mean of the patch tokens, then its own LayerNorm `fc_norm` (MAE's
+    /// `global_pool`; the encoder has no final norm). Swin: the mean of the
+    /// last stage after its final norm, no `fc_norm`.
+    Mean,
+}
+
+/// A classifier's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierConfig {
+    pub encoder: EncoderConfig,
+    pub num_classes: usize,
+    pub pool: ClassifierPool,
+    /// The data set's class names (for `predict`), `num_classes` of them.
+    pub class_names: Vec<String>,
+}
+
+impl ClassifierConfig {
+    /// A classifier on `encoder` (whose drop path is set to `drop_path`);
+    /// with mean pooling a ViT loses its final norm to `fc_norm`, as MAE's.
+    pub fn new(
+        mut encoder: EncoderConfig,
+        class_names: Vec<String>,
+        pool: ClassifierPool,
+        drop_path: f32,
+    ) -> Result<ClassifierConfig> {
+        match &mut encoder {
+            EncoderConfig::Vit(v) => {
+                v.drop_path = drop_path;
+                v.final_norm = pool == ClassifierPool::Cls;
+            }
+            EncoderConfig::Swin(s) => s.drop_path = drop_path,
+        }
+        let c = ClassifierConfig {
+            encoder,
+            num_classes: class_names.len(),
+            pool,
+            class_names,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the parts and how they fit.
+    pub fn validate(&self) -> Result<()> {
+        self.encoder.validate()?;
+        if self.num_classes < 2 {
+            return Err(config_err(format!(
+                "a classifier needs at least 2 classes, got {}",
+                self.num_classes
+            )));
+        }
+        if self.class_names.len() != self.num_classes {
+            return Err(config_err(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            )));
+        }
+        if self.pool == ClassifierPool::Cls && self.encoder.swin().is_some() {
+            return Err(config_err("Swin has no [CLS] token: pool its tokens by their mean"));
+        }
+        Ok(())
+    }
+
+    /// Number of layers for layer-wise decay: the blocks plus one (the
+    /// embedding is layer 0, the head layer `num_layers`).
+    pub fn num_layers(&self) -> usize {
+        match &self.encoder {
+            EncoderConfig::Vit(v) => v.depth + 1,
+            EncoderConfig::Swin(s) => s.depths.iter().sum::<usize>() + 1,
+        }
+    }
+
+    /// The layer of a parameter (see the module docs).
+    pub fn layer_id(&self, name: &str) -> usize {
+        let top = self.num_layers();
+        let embedding = ["cls_token", "pos_embed", "mask_token"].contains(&name) || name.starts_with("patch_embed.");
+        if embedding {
+            return 0;
+        }
+        let index = |rest: &str| rest.split('.').next().and_then(|i| i.parse::<usize>().ok());
+        match &self.encoder {
+            EncoderConfig::Vit(_) => match name.strip_prefix("blocks.").and_then(index) {
+                Some(i) => i + 1,
+                None => top,
+            },
+            EncoderConfig::Swin(s) => {
+                let Some(rest) = name.strip_prefix("layers.") else {
+                    return top;
+                };
+                let Some(stage) = index(rest) else { return top };
+                let before: usize = s.depths[..stage.min(s.depths.len())].iter().sum();
+                let rest = rest.split_once('.').map_or("", |r| r.1);
+                if let Some(block) = rest.strip_prefix("blocks.").and_then(index) {
+                    before + block + 1
+                } else {
+                    // downsample: the number of the stage's last block.
+                    before + s.depths.get(stage).copied().unwrap_or(0)
+                }
+            }
+        }
+    }
+}
+
+/// An encoder with a classification head.
+pub struct Classifier {
+    pub config: ClassifierConfig,
+    pub encoder: Encoder,
+    /// MAE's `fc_norm` (ViT with mean pooling).
+    pub fc_norm: Option<LayerNorm>,
+    pub head: Linear,
+}
+
+impl Classifier {
+    /// A fresh classifier (the encoder as its family initialises, the head
+    /// truncated normal with std 2e-5, zero bias).
+    pub fn new<R: Rng + ?Sized>(config: ClassifierConfig, rng: &mut R) -> Result<Classifier> {
+        config.validate()?;
+        let encoder = Encoder::new(&config.encoder, rng)?;
+        let d = config.encoder.out_dim();
+        let fc_norm = match (&config.encoder, config.pool) {
+            (EncoderConfig::Vit(v), ClassifierPool::Mean) => Some(LayerNorm::new(d, v.norm_eps)),
+            _ => None,
+        };
+        let head = Linear::new(d, config.num_classes, true, rng);
+        head.weight.set_data(&tessera_tensor::init::trunc_normal(
+            head.weight.numel(),
+            0.0,
+            2e-5,
+            -2.0,
+            2.0,
+            rng,
+        ))?;
+        if let Some(b) = &head.bias {
+            b.set_data(&vec![0.0; b.numel()])?;
+        }
+        Ok(Classifier {
+            config,
+            encoder,
+            fc_norm,
+            head,
+        })
+    }
+
+    /// Copies the pre-trained encoder's weights (same family and shape) into
+    /// this classifier's; the tensors it has no use for (a ViT's final norm
+    /// under mean pooling) are skipped. Returns how many tensors were copied.
+    pub fn load_encoder(&self, pretrained: &Encoder) -> Result<usize> {
+        let theirs: BTreeMap<String, Tensor> = pretrained.named_tensors().into_iter().collect();
+        let mut copied = 0;
+        for (name, t) in self.encoder.named_tensors() {
+            let Some(src) = theirs.get(&name) else {
+                return Err(MimError::Input(format!(
+                    "the pre-trained encoder has no tensor '{name}' (another encoder family or option?)"
+                )));
+            };
+            if src.shape() != t.shape() {
+                return Err(MimError::Input(format!(
+                    "the pre-trained encoder's '{name}' has shape {:?}, this classifier's {:?}",
+                    src.shape(),
+                    t.shape()
+                )));
+            }
+            t.set_data(&src.to_vec())?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
+    /// Logits `(B, K)` of images `(B, C, H, W)`; `train` turns on stochastic
+    /// depth (drawn from `rng`).
+    pub fn forward(&self, imgs: &Tensor, train: bool, rng: &mut MimRng) -> Result<Tensor> {
+        self.encoder.check_images(imgs)?;
+        let pooled = match &self.encoder {
+            Encoder::Vit(vit) => {
+                let tokens = vit.forward_all(imgs, train, rng)?; // (B, 1 + L, D)
+                match (self.config.pool, &self.fc_norm) {
+                    (ClassifierPool::Mean, Some(norm)) => {
+                        norm.forward(&crate::vit::pool_tokens(&tokens, crate::Pool::Mean)?)?
+                    }
+                    _ => crate::vit::pool_tokens(&tokens, crate::Pool::Cls)?,
+                }
+            }
+            Encoder::Swin(swin) => swin.stages(&swin.embed(imgs)?, train, rng)?.mean(&[1, 2], false)?,
+        };
+        Ok(self.head.forward(&pooled)?)
+    }
+
+    /// The tensors an optimizer updates.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
+    }
+}
+
+impl Module for Classifier {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
+        self.encoder.visit(prefix, f);
+        if let Some(n) = &self.fc_norm {
+            n.visit(&join(prefix, "fc_norm"), f);
+        }
+        self.head.visit(&join(prefix, "head"), f);
+    }
+}
