@@ -32,7 +32,7 @@
 //!
 //! The parts: [`classifier`] (the model and its layer numbering), [`recipe`]
 //! (mixup, label smoothing, the recipe and its parameter groups), [`run`]
-//! (steps, checkpoints, the run with per-epoch validation) and [`evaluate`]
+//! (steps, checkpoints, the run with per-epoch validation) and [`mod@evaluate`]
 //! (accuracy, confusion matrix, loading classifiers).
 
 pub mod classifier;
