@@ -58,19 +58,22 @@ class SwinForSimMIM(Swin):
 
 
 class SimMIM(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, chans=CHANS, drop_path=0.1):
         super().__init__()
-        self.patch = cfg["patch"]
+        self.patch, self.chans = cfg["patch"], chans
         self.stride = cfg["patch"] << (len(cfg["depths"]) - 1)
         self.encoder = SwinForSimMIM(
-            img=cfg["img"], patch=cfg["patch"], chans=CHANS, dim=cfg["dim"], depths=cfg["depths"],
-            heads=cfg["heads"], window=cfg["window"], drop_path=0.1,
+            img=cfg["img"], patch=cfg["patch"], chans=chans, dim=cfg["dim"], depths=cfg["depths"],
+            heads=cfg["heads"], window=cfg["window"], drop_path=drop_path,
         )
         width = cfg["dim"] << (len(cfg["depths"]) - 1)
-        self.decoder = nn.Sequential(nn.Conv2d(width, self.stride**2 * CHANS, 1), nn.PixelShuffle(self.stride))
+        self.decoder = nn.Sequential(nn.Conv2d(width, self.stride**2 * chans, 1), nn.PixelShuffle(self.stride))
+
+    def reconstruct(self, x, mask):
+        return self.decoder(self.encoder(x, mask))
 
     def forward(self, x, mask):
-        return simmim_loss(x, self.decoder(self.encoder(x, mask)), mask, self.patch, CHANS)
+        return simmim_loss(x, self.reconstruct(x, mask), mask, self.patch, self.chans)
 
 
 def simmim_mask(batch, img, cell, patch, ratio=0.6):
