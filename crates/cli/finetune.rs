@@ -256,6 +256,12 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => "random weights (from scratch)".to_string(),
     };
+    let ckpt = args.out.join("checkpoint.safetensors");
+    let source = if args.resume && ckpt.exists() {
+        format!("{} (resumed; started from {source})", ckpt.display())
+    } else {
+        source
+    };
     let tuner = Finetuner::new(config, model)?;
     let options = RunOptions {
         resume: args.resume,
