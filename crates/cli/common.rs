@@ -629,6 +629,21 @@ pub fn check_encoder(want: Option<EncoderArg>, model: &tessera_mim::MimModel, pa
     Ok(())
 }
 
+/// The progress bar of a training run: elapsed time, steps, a message
+/// (loss, rate, throughput) and the time left; hidden with `quiet`.
+pub fn step_bar(total_steps: u64, quiet: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total_steps);
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -2,16 +2,16 @@
 //! fine-tuning of a pre-trained (or fresh) encoder with MAE's recipe, and
 //! what the resulting classifier does on a test split or on image files.
 
-use crate::common::{DataArgs, ModelArgs, OfficialArgs, PrecisionArg, load_files};
+use crate::common::{DataArgs, ModelArgs, OfficialArgs, PrecisionArg, load_files, step_bar};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use rand::SeedableRng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::transform::EpochSampler;
-use tessera_mim::data::{Dataset, First, Normalization, Split};
+use tessera_mim::data::{Dataset, First, Split};
 use tessera_mim::finetune::{
     Classifier, ClassifierConfig, ClassifierPool, EvalReport, FinetuneConfig, FinetuneObserver, FinetuneRun,
     FinetuneStats, Finetuner, MixupConfig, check_labelled, evaluate, load_classifier, probabilities, top_k,
@@ -300,16 +300,9 @@ pub fn run(args: Args) -> Result<()> {
         config.label_smoothing,
         args.out.display()
     );
-    let bar = ProgressBar::new(config.total_steps);
-    if args.quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let mut progress = Progress { bar };
+    let mut progress = Progress {
+        bar: step_bar(config.total_steps, args.quiet),
+    };
     let end = run.run(&mut progress)?;
     progress.bar.finish_and_clear();
     let stats = end.last.context("no step ran")?;
@@ -366,21 +359,8 @@ pub struct EvaluateArgs {
     pub json: bool,
 }
 
-/// The statistics a classifier's inputs are normalised with: its recipe's,
-/// else (official files) ImageNet's.
-fn classifier_norm(path: &Path) -> Normalization {
-    tessera_mim::checkpoint::TensorFile::load(path)
-        .ok()
-        .and_then(|f| {
-            tessera_mim::checkpoint::parse_meta::<FinetuneConfig>(&f, "tessera.finetune", path)
-                .ok()
-                .map(|c| c.normalization)
-        })
-        .unwrap_or_else(Normalization::imagenet)
-}
-
 pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
-    let model = load_classifier(&args.checkpoint, &args.official.hints())?;
+    let (model, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
     let e = &model.config.encoder;
     let (size, chans) = (e.img_size(), e.in_chans());
     let split = match args.split {
@@ -390,7 +370,6 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
     let ds = args.data.open(split, size, chans)?;
     check_labelled(ds.as_ref(), model.config.num_classes)
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
-    let norm = classifier_norm(&args.checkpoint);
     let t = crate::common::eval_transform(size, chans, &norm);
     let bar = ProgressBar::new(0);
     if args.json {
@@ -449,9 +428,8 @@ pub fn predict_run(args: PredictArgs) -> Result<()> {
     if args.top == 0 {
         bail!("--top must be at least 1");
     }
-    let model = load_classifier(&args.checkpoint, &args.official.hints())?;
+    let (model, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
     let e = &model.config.encoder;
-    let norm = classifier_norm(&args.checkpoint);
     let imgs = load_files(&args.images, e.img_size(), e.in_chans(), &norm)?;
     let k = model.config.num_classes;
     let probs = probabilities(&model, &imgs)?;

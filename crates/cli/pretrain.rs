@@ -9,7 +9,7 @@
 
 use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg};
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -359,17 +359,8 @@ struct Progress {
 
 impl Progress {
     fn new(config: &TrainConfig, args: &Args, pictures_of: String) -> Progress {
-        let bar = ProgressBar::new(config.total_steps);
-        if args.quiet {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
         Progress {
-            bar,
+            bar: crate::common::step_bar(config.total_steps, args.quiet),
             description: config.describe(),
             out: args.out.clone(),
             batch: config.batch_size,

@@ -225,15 +225,7 @@ impl Trainer {
             ParamGroup::new(decay.into_iter().map(|(_, t)| t.clone()).collect(), config.weight_decay),
             ParamGroup::new(no_decay.into_iter().map(|(_, t)| t.clone()).collect(), 0.0),
         ];
-        let optimizer = AdamW::new(
-            groups,
-            AdamWConfig {
-                lr: config.lr_at(0),
-                beta1: config.betas[0],
-                beta2: config.betas[1],
-                eps: 1e-8,
-            },
-        );
+        let optimizer = adamw(groups, config.lr_at(0), config.betas);
         // The mask generator is seeded apart from the initialisation.
         let rng = MimRng::seed_from_u64(config.seed ^ 0x6d61_736b_5f72_6e67);
         Ok(Trainer {
@@ -320,6 +312,19 @@ impl Trainer {
             grad_norm: norm,
         })
     }
+}
+
+/// AdamW over `groups` at rate `lr` with `betas` and ε = 1e-8 (PyTorch's).
+pub(crate) fn adamw(groups: Vec<ParamGroup>, lr: f32, betas: [f32; 2]) -> AdamW {
+    AdamW::new(
+        groups,
+        AdamWConfig {
+            lr,
+            beta1: betas[0],
+            beta2: betas[1],
+            eps: 1e-8,
+        },
+    )
 }
 
 /// The global gradient norm of `params` (clipped to `clip` if given), or

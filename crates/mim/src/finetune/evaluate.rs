@@ -4,8 +4,8 @@
 use super::run::load_tensors;
 use super::{Classifier, ClassifierConfig, ClassifierPool, FinetuneConfig};
 use crate::checkpoint::{TensorFile, parse_meta};
-use crate::config::EncoderConfig;
 use crate::data::Dataset;
+use crate::data::Normalization;
 use crate::data::transform::{Transform, load_batch};
 use crate::error::{MimError, Result};
 use crate::masking::MimRng;
@@ -114,10 +114,13 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
 /// an official MAE fine-tuned `state_dict` (`head.weight (K, D)`, `fc_norm`
 /// with global pooling; the encoder read off the shapes as for pre-training
 /// files, heads from `hints`), whose classes are then named `0…K−1`.
-pub fn load_classifier(path: &Path, hints: &crate::official::ModelHints) -> Result<Classifier> {
+/// Also returns the statistics its inputs are normalised with: the
+/// recipe's, or ImageNet's for an official file.
+pub fn load_classifier(path: &Path, hints: &crate::official::ModelHints) -> Result<(Classifier, Normalization)> {
     let file = TensorFile::load(path)?;
-    let config = if file.metadata.contains_key("tessera.finetune") {
-        parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?.model
+    let (config, norm) = if file.metadata.contains_key("tessera.finetune") {
+        let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
+        (recipe.model, recipe.normalization)
     } else if file.metadata.contains_key("tessera.config") {
         return Err(MimError::Checkpoint {
             path: path.to_path_buf(),
@@ -129,19 +132,16 @@ pub fn load_classifier(path: &Path, hints: &crate::official::ModelHints) -> Resu
             msg: "has no classifier head ('head.weight'): not a fine-tuned checkpoint".into(),
         })?;
         let k = head.shape.first().copied().unwrap_or(0);
-        let mut enc = crate::official::infer_config(&file, path, hints, false)?.encoder;
+        let enc = crate::official::infer_config(&file, path, hints, false)?.encoder;
         let pool = if file.tensors.contains_key("fc_norm.weight") {
             ClassifierPool::Mean
         } else {
             ClassifierPool::Cls
         };
-        if let EncoderConfig::Vit(v) = &mut enc {
-            v.drop_path = 0.0;
-        }
         let names = (0..k).map(|i| i.to_string()).collect();
-        ClassifierConfig::new(enc, names, pool, 0.0)?
+        (ClassifierConfig::new(enc, names, pool, 0.0)?, Normalization::imagenet())
     };
     let mut model = Classifier::new(config, &mut MimRng::seed_from_u64(0))?;
     load_tensors(&mut model, &file, path)?;
-    Ok(model)
+    Ok((model, norm))
 }

@@ -8,7 +8,7 @@ use crate::error::{MimError, Result, config_err};
 use crate::layers::Module;
 use crate::masking::MimRng;
 use crate::pretrain::{RunOptions, check_run_start, io_err, truncate_metrics};
-use crate::train::clip_checked;
+use crate::train::{adamw, clip_checked};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer};
+use tessera_tensor::optim::{AdamW, Optimizer};
 use tessera_tensor::{GradStore, Tensor};
 
 /// What one fine-tuning step did.
@@ -47,15 +47,7 @@ impl Finetuner {
             return Err(config_err("the classifier's configuration differs from the recipe's"));
         }
         let params = model.parameters();
-        let optimizer = AdamW::new(
-            param_groups(&config, &params),
-            AdamWConfig {
-                lr: config.lr_at(0),
-                beta1: config.betas[0],
-                beta2: config.betas[1],
-                eps: 1e-8,
-            },
-        );
+        let optimizer = adamw(param_groups(&config, &params), config.lr_at(0), config.betas);
         let rng = MimRng::seed_from_u64(config.seed ^ 0x6669_6e65_7475_6e65);
         Ok(Finetuner {
             config,
