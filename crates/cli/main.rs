@@ -19,6 +19,7 @@ mod finetune;
 mod info;
 mod pretrain;
 mod probe;
+mod ranks;
 mod reconstruct;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -80,7 +81,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let names: Vec<&str> = lines.take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
         first = format!("{} {}", first, names.join(", "));
     }
-    eprintln!("{first} (see --help)");
+    // Under an MPI launcher every rank parses the same command line: one says it.
+    if ranks::launcher_rank().unwrap_or(0) == 0 {
+        eprintln!("{first} (see --help)");
+    }
     ExitCode::from(2)
 }
 
@@ -110,10 +114,8 @@ fn main() -> ExitCode {
         eprintln!("error: --threads must be at least 1");
         return ExitCode::FAILURE;
     }
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.threads.unwrap_or(0))
-        .build()
-    {
+    let threads = cli.threads.unwrap_or_else(ranks::default_threads);
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: cannot start the worker threads: {e}");
@@ -124,22 +126,27 @@ fn main() -> ExitCode {
     // tensor the same way across cores, so each core finds the half it
     // worked on last in its own cache (about 10% faster steps than driving
     // the pool from outside).
-    let result = pool.install(|| match cli.command {
-        Command::Info(a) => info::run(*a),
-        Command::Pretrain(a) => pretrain::run(*a),
-        Command::Reconstruct(a) => reconstruct::run(*a),
-        Command::Probe(a) => probe::run(*a),
-        Command::Bench(a) => bench::run(*a),
-        Command::Finetune(a) => finetune::run(*a),
-        Command::Evaluate(a) => finetune::evaluate_run(*a),
-        Command::Predict(a) => finetune::predict_run(*a),
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the context chain joined with ": ".
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+    pool.install(|| {
+        // MPI starts on this worker, which then makes every MPI call
+        // (funnelled threading).
+        let ranks = ranks::Ranks::start();
+        let result = match cli.command {
+            Command::Pretrain(a) => pretrain::run(*a, ranks.comm.clone()),
+            _ if ranks.comm.size() > 1 => Err(anyhow::Error::new(tessera_mim::MimError::Ranks(format!(
+                "started as {} ranks: only `tessera pretrain` runs data-parallel; start other commands without mpirun",
+                ranks.comm.size()
+            )))),
+            Command::Info(a) => info::run(*a),
+            Command::Reconstruct(a) => reconstruct::run(*a),
+            Command::Probe(a) => probe::run(*a),
+            Command::Bench(a) => bench::run(*a),
+            Command::Finetune(a) => finetune::run(*a),
+            Command::Evaluate(a) => finetune::evaluate_run(*a),
+            Command::Predict(a) => finetune::predict_run(*a),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => ranks.fail(&e),
         }
-    }
+    })
 }

@@ -11,12 +11,14 @@ use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tessera_mim::checkpoint::{TensorFile, parse_meta};
 use tessera_mim::data::transform::EpochSampler;
 use tessera_mim::data::{Dataset, First, Split};
+use tessera_mim::distributed::Communicator;
 use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
 use tessera_mim::train::TrainConfig;
 use tessera_mim::{StepStats, TargetConfig};
@@ -115,7 +117,11 @@ pub struct Args {
     pub given: Vec<String>,
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// `tessera pretrain`, on one process or as one rank of `comm` (under
+/// `mpirun`, built with `--features mpi`): every rank runs this same
+/// function; rank 0 alone prints and writes.
+pub fn run(args: Args, comm: Rc<dyn Communicator>) -> Result<()> {
+    let root = comm.rank() == 0;
     // Everything that can be wrong with the options is checked before the
     // output folder is touched, and named by its option.
     check_options(&args)?;
@@ -159,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
     config.accum_steps = args.accum;
     config.seed = args.seed;
     config.precision = args.precision.config();
-    if let (TargetConfig::Codebook { size, .. }, false) = (&config.model.target, args.resume) {
+    if let (TargetConfig::Codebook { size, .. }, false, true) = (&config.model.target, args.resume, root) {
         eprintln!(
             "fitting a codebook of {size} entries on the patches of {} images",
             train_ds.len().min(4096)
@@ -182,8 +188,25 @@ pub fn run(args: Args) -> Result<()> {
         max_memory: args.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
     };
     let mut run = Pretrainer::new(config, &train_ds, test_ds.as_ref(), options)?;
+    if comm.size() > 1 {
+        if root {
+            let floats: usize = run.trainer.model.parameters().iter().map(|(_, t)| t.numel()).sum();
+            println!(
+                "data-parallel over {}: global batch {}, up to {} images per rank and step, \
+                 {:.1} MB of gradients summed per step",
+                comm.describe(),
+                run.trainer.config.batch_size,
+                run.trainer.config.batch_size.div_ceil(comm.size()),
+                floats as f64 * 4.0 / 1e6
+            );
+        }
+        run.set_communicator(comm.clone())?;
+    }
     let config = run.trainer.config.clone();
     if run.trainer.step >= config.total_steps {
+        if !root {
+            return Ok(());
+        }
         println!(
             "{} is already at step {} of {}; nothing to do",
             run.options().checkpoint().display(),
@@ -192,10 +215,13 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let mut progress = Progress::new(&config, &args, test_ds.name());
+    let mut progress = Progress::new(&config, &args, test_ds.name(), !root);
     let end = run.run(&mut progress)?;
     progress.bar.finish_and_clear();
     let stats = end.last.context("no step ran")?;
+    if !root {
+        return Ok(());
+    }
     if end.interrupted {
         println!(
             "interrupted at step {} of {}: checkpoint {}; run the same command with --resume to continue",
@@ -301,12 +327,18 @@ fn resumed_config(args: &Args, config: TrainConfig, old: TrainConfig, ckpt: &std
 pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Under an MPI launcher every rank gets the signal; rank 0 says so.
+    let speak = crate::ranks::launcher_rank().unwrap_or(0) == 0;
     let installed = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nstopping now");
+            if speak {
+                eprintln!("\nstopping now");
+            }
             std::process::exit(130);
         }
-        eprintln!("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)");
+        if speak {
+            eprintln!("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)");
+        }
     });
     if let Err(e) = installed {
         eprintln!("warning: Ctrl-C will stop without a checkpoint ({e})");
@@ -358,9 +390,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(config: &TrainConfig, args: &Args, pictures_of: String) -> Progress {
+    fn new(config: &TrainConfig, args: &Args, pictures_of: String, silent: bool) -> Progress {
         Progress {
-            bar: crate::common::step_bar(config.total_steps, args.quiet),
+            bar: crate::common::step_bar(config.total_steps, args.quiet || silent),
             description: config.describe(),
             out: args.out.clone(),
             batch: config.batch_size,

@@ -33,6 +33,11 @@ pub enum MimError {
         "{what} is not finite ({value}) at step {step}; stopping before the update (the last checkpoint is intact)"
     )]
     NonFinite { step: u64, what: &'static str, value: f32 },
+    /// The ranks of a data-parallel run disagree (configuration, data,
+    /// state). Every rank gets this same error at the same point, so every
+    /// rank can stop cleanly; rank 0 alone needs to report it.
+    #[error("{0}")]
+    Ranks(String),
 }
 
 /// Result of a MIM operation.

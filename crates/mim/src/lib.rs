@@ -22,6 +22,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod encoder;
 pub mod error;
 pub mod eval;

@@ -417,6 +417,23 @@ impl Mask {
         Mask::from_hidden(hidden, batch, l).expect("sizes agree by construction")
     }
 
+    /// Rows `rows` of this mask (a data-parallel rank's images).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Mask> {
+        if rows.start > rows.end || rows.end > self.batch {
+            return Err(MimError::Input(format!(
+                "rows {}..{} of a mask of {} images",
+                rows.start, rows.end, self.batch
+            )));
+        }
+        let l = self.num_patches;
+        Mask::from_hidden(self.hidden[rows.start * l..rows.end * l].to_vec(), rows.len(), l)
+    }
+
+    /// Number of hidden patches over the whole batch.
+    pub fn hidden_total(&self) -> usize {
+        self.hidden.iter().filter(|&&h| h).count()
+    }
+
     /// No patch hidden (feature extraction).
     pub fn none(batch: usize, num_patches: usize) -> Mask {
         Mask::from_hidden(vec![false; batch * num_patches], batch, num_patches).expect("sizes agree")

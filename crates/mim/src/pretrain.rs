@@ -31,6 +31,7 @@
 
 use crate::data::Dataset;
 use crate::data::transform::{Augment, EpochSampler, Transform, load_batch};
+use crate::distributed::{Communicator, check_agreement, fingerprint};
 use crate::error::{MimError, Result};
 use crate::masking::Mask;
 use crate::model::MimModel;
@@ -41,6 +42,7 @@ use rand::SeedableRng;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -241,6 +243,15 @@ impl<'a> Pretrainer<'a> {
         })
     }
 
+    /// Trains data-parallel over `comm`'s ranks ([`Trainer::set_communicator`]):
+    /// every rank builds the same `Pretrainer` (same command, data and
+    /// checkpoint; checked when the run starts), each loads and trains on
+    /// its rows of every batch, and rank 0 alone writes the output folder
+    /// and reports to the observer.
+    pub fn set_communicator(&mut self, comm: Rc<dyn Communicator>) -> Result<()> {
+        self.trainer.set_communicator(comm)
+    }
+
     /// The run's output options.
     pub fn options(&self) -> &RunOptions {
         &self.options
@@ -252,10 +263,35 @@ impl<'a> Pretrainer<'a> {
         let opts = self.options.clone();
         let config = self.trainer.config.clone();
         let ckpt = opts.checkpoint();
-        let (train, test) = (self.train, self.test);
+        let train = self.train;
         let e = &config.model.encoder;
         let (size, chans) = (e.img_size(), e.in_chans());
         let start = self.trainer.step;
+        let comm = self.trainer.communicator_rc();
+        // Rank 0 writes the folder and reports; the others only train.
+        let root = comm.rank() == 0;
+        let end = opts
+            .stop_after
+            .map_or(config.total_steps, |s| s.clamp(start, config.total_steps));
+        if comm.size() > 1 {
+            let what = serde_json::json!({
+                "config": &config,
+                "data": train.name(),
+                "images": train.len(),
+                "augment": opts.augment,
+                "end": end,
+            });
+            check_agreement(
+                comm.as_ref(),
+                "configuration or data set",
+                fingerprint(what.to_string().as_bytes()),
+            )?;
+            check_agreement(
+                comm.as_ref(),
+                "starting state (step, weights or random state)",
+                self.trainer.state_fingerprint(),
+            )?;
+        }
         if start >= config.total_steps {
             return Ok(RunEnd {
                 last: None,
@@ -265,37 +301,21 @@ impl<'a> Pretrainer<'a> {
                 interrupted: false,
             });
         }
-        std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
-        // A write interrupted by a crash leaves its temporary file: remove it.
-        crate::checkpoint::remove_stale_temporaries(&opts.out);
         let metrics_path = opts.out.join("metrics.jsonl");
-        if opts.overwrite && !opts.resume {
-            for old in [&ckpt, &metrics_path] {
-                if old.exists() {
-                    std::fs::remove_file(old).map_err(|e| io_err(old, e))?;
-                }
-            }
-            let recon = opts.out.join("recon");
-            if recon.exists() {
-                std::fs::remove_dir_all(&recon).map_err(|e| io_err(&recon, e))?;
-            }
+        if root {
+            self.prepare_folder(&config, &metrics_path)?;
         }
-        // Resuming: metrics past the checkpoint (written after it, before an
-        // interruption) would be written again; drop them, and any partial line.
-        truncate_metrics(&metrics_path, start)?;
-        let config_json = opts.out.join("config.json");
-        let text = serde_json::to_string_pretty(&config).expect("a configuration serialises to JSON");
-        crate::checkpoint::write_atomically(&config_json, text.as_bytes())?;
-
-        // Fixed test images and masks for the pictures.
+        let e = &config.model.encoder;
+        let (train, test) = (self.train, self.test);
         let norm = train.normalization().for_channels(chans);
+        // Fixed test images and masks for the pictures (rank 0's).
         let eval_t = Transform {
             size,
             channels: chans,
             augment: None,
             norm: norm.clone(),
         };
-        let n_recon = opts.recon_count.min(test.len());
+        let n_recon = if root { opts.recon_count.min(test.len()) } else { 0 };
         let (recon_imgs, _) = load_batch(test, &picture_indices(test, n_recon), &eval_t, 0)?;
         let recon_mask = Mask::sample(
             self.trainer.masking(),
@@ -316,7 +336,6 @@ impl<'a> Pretrainer<'a> {
             save_png(&img, &path)?;
             Ok(path)
         };
-
         let sampler = EpochSampler {
             n: train.len(),
             batch: config.batch_size,
@@ -328,19 +347,24 @@ impl<'a> Pretrainer<'a> {
             augment: opts.augment.then(Augment::mae),
             norm: norm.clone(),
         };
-        let mut metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| io_err(&metrics_path, e))?;
-        observer.started(&RunStart {
-            data_name: train.name(),
-            train_images: train.len(),
-            steps_per_epoch: sampler.steps_per_epoch(),
-            start_step: start,
-            total_steps: config.total_steps,
-            masking: self.trainer.masking().describe(),
-        });
+        let mut metrics = if root {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| io_err(&metrics_path, e))?;
+            observer.started(&RunStart {
+                data_name: train.name(),
+                train_images: train.len(),
+                steps_per_epoch: sampler.steps_per_epoch(),
+                start_step: start,
+                total_steps: config.total_steps,
+                masking: self.trainer.masking().describe(),
+            });
+            Some(file)
+        } else {
+            None
+        };
 
         let seed = config.seed;
         let mut last = None;
@@ -354,22 +378,23 @@ impl<'a> Pretrainer<'a> {
             .num_threads(rayon::current_num_threads())
             .build()
             .map_err(|e| MimError::Input(format!("cannot start the data loader's threads: {e}")))?;
-        let end = opts
-            .stop_after
-            .map_or(config.total_steps, |s| s.clamp(start, config.total_steps));
+        // This rank's rows of every global batch (all of them on one process).
+        let rows = self.trainer.local_rows();
         let trainer = &mut self.trainer;
         let mut interrupted = false;
         let mut last_ckpt = Instant::now();
         std::thread::scope(|scope| -> Result<()> {
             // Load the next batch while this one trains.
             let (tx, rx) = sync_channel(1);
-            let (loader_pool, sampler, train_t) = (&loader_pool, &sampler, &train_t);
+            let (loader_pool, sampler, train_t, rows) = (&loader_pool, &sampler, &train_t, &rows);
             scope.spawn(move || {
                 for step in start..end {
                     let epoch = step / sampler.steps_per_epoch() as u64;
                     let aug_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
+                    let all = sampler.indices(step);
+                    let mine: Vec<usize> = rows.iter().map(|&r| all[r]).collect();
                     let batch = loader_pool
-                        .install(|| load_batch(train, &sampler.indices(step), train_t, aug_seed))
+                        .install(|| load_batch(train, &mine, train_t, aug_seed))
                         .map(|b| b.0);
                     if tx.send((step, batch)).is_err() {
                         break;
@@ -385,19 +410,26 @@ impl<'a> Pretrainer<'a> {
                 let ips = config.batch_size as f64 / dt;
                 let r = rate.map_or(ips, |r| 0.9 * r + 0.1 * ips);
                 rate = Some(r);
-                observer.step(&stats, r);
-                let line = serde_json::json!({
-                    "step": stats.step,
-                    "epoch": step as f64 / sampler.steps_per_epoch() as f64,
-                    "loss": stats.loss,
-                    "lr": stats.lr,
-                    "grad_norm": stats.grad_norm,
-                    "images_per_s": ips,
-                    "time_s": t0.elapsed().as_secs_f64(),
-                });
-                writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
                 let stop_now = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
                 let overdue = opts.ckpt_interval.is_some_and(|d| last_ckpt.elapsed() >= d);
+                // Ranks decide together (a signal may reach them a step
+                // apart, and clocks differ): stop or save if any rank says so.
+                let mut flags = [f32::from(u8::from(stop_now)), f32::from(u8::from(overdue))];
+                comm.all_reduce_sum(&mut flags);
+                let (stop_now, overdue) = (flags[0] > 0.0, flags[1] > 0.0);
+                if let Some(metrics) = metrics.as_mut() {
+                    observer.step(&stats, r);
+                    let line = serde_json::json!({
+                        "step": stats.step,
+                        "epoch": step as f64 / sampler.steps_per_epoch() as f64,
+                        "loss": stats.loss,
+                        "lr": stats.lr,
+                        "grad_norm": stats.grad_norm,
+                        "images_per_s": ips,
+                        "time_s": t0.elapsed().as_secs_f64(),
+                    });
+                    writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
+                }
                 if stats.step.is_multiple_of(opts.ckpt_every.max(1))
                     || stats.step == config.total_steps
                     || Some(stats.step) == opts.stop_after
@@ -405,13 +437,24 @@ impl<'a> Pretrainer<'a> {
                     || overdue
                 {
                     last_ckpt = Instant::now();
-                    // The metrics up to here are on disk before the checkpoint
-                    // that a resume truncates them back to.
-                    metrics.sync_data().map_err(|e| io_err(&metrics_path, e))?;
-                    trainer.save(&ckpt)?;
-                    observer.checkpoint(&ckpt, stats.step);
+                    if comm.size() > 1 {
+                        // Identical updates keep the copies identical; a
+                        // checkpoint is where that is checked.
+                        check_agreement(
+                            comm.as_ref(),
+                            &format!("model after step {} (the copies diverged)", stats.step),
+                            trainer.state_fingerprint(),
+                        )?;
+                    }
+                    if let Some(metrics) = metrics.as_mut() {
+                        // The metrics up to here are on disk before the checkpoint
+                        // that a resume truncates them back to.
+                        metrics.sync_data().map_err(|e| io_err(&metrics_path, e))?;
+                        trainer.save(&ckpt)?;
+                        observer.checkpoint(&ckpt, stats.step);
+                    }
                 }
-                if opts.recon_every > 0 && stats.step % opts.recon_every == 0 {
+                if root && opts.recon_every > 0 && stats.step % opts.recon_every == 0 {
                     let p = write_picture(trainer, stats.step)?;
                     observer.picture(&p, stats.step);
                 }
@@ -425,15 +468,48 @@ impl<'a> Pretrainer<'a> {
             Ok(())
         })?;
         let stats = last.ok_or_else(|| MimError::Input("no step ran".into()))?;
-        let picture = write_picture(&self.trainer, stats.step)?;
-        observer.picture(&picture, stats.step);
+        let picture = if root {
+            let p = write_picture(&self.trainer, stats.step)?;
+            observer.picture(&p, stats.step);
+            Some(p)
+        } else {
+            None
+        };
         Ok(RunEnd {
             last: Some(stats),
             images_per_s: rate.unwrap_or(0.0),
             checkpoint: ckpt,
-            picture: Some(picture),
+            picture,
             interrupted,
         })
+    }
+
+    /// Rank 0's preparation of the output folder: stale temporaries gone,
+    /// an overwritten run's files deleted, metrics past a resumed
+    /// checkpoint dropped, `config.json` written.
+    fn prepare_folder(&self, config: &TrainConfig, metrics_path: &Path) -> Result<()> {
+        let opts = &self.options;
+        let ckpt = opts.checkpoint();
+        std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
+        // A write interrupted by a crash leaves its temporary file: remove it.
+        crate::checkpoint::remove_stale_temporaries(&opts.out);
+        if opts.overwrite && !opts.resume {
+            for old in [&ckpt, metrics_path] {
+                if old.exists() {
+                    std::fs::remove_file(old).map_err(|e| io_err(old, e))?;
+                }
+            }
+            let recon = opts.out.join("recon");
+            if recon.exists() {
+                std::fs::remove_dir_all(&recon).map_err(|e| io_err(&recon, e))?;
+            }
+        }
+        // Resuming: metrics past the checkpoint (written after it, before an
+        // interruption) would be written again; drop them, and any partial line.
+        truncate_metrics(metrics_path, self.trainer.step)?;
+        let config_json = opts.out.join("config.json");
+        let text = serde_json::to_string_pretty(config).expect("a configuration serialises to JSON");
+        crate::checkpoint::write_atomically(&config_json, text.as_bytes())
     }
 }
 

@@ -18,11 +18,13 @@
 //! from another thread.
 
 use crate::config::{ModelConfig, is_positive};
+use crate::distributed::{Communicator, Solo, all_reduce_slices, shard, with_batch_shard};
 use crate::error::{MimError, Result, config_err};
 use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 use crate::model::MimModel;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 use tessera_tensor::Precision;
 use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
 use tessera_tensor::{GradStore, Tensor};
@@ -197,6 +199,9 @@ pub struct Trainer {
     pub rng: MimRng,
     masking: Box<dyn MaskingStrategy>,
     pub(crate) params: Vec<(String, Tensor)>,
+    /// The ranks this model is trained over ([`Solo`] unless
+    /// [`Trainer::set_communicator`] says otherwise).
+    comm: Rc<dyn Communicator>,
 }
 
 impl Trainer {
@@ -236,7 +241,61 @@ impl Trainer {
             rng,
             masking,
             params,
+            comm: Rc::new(Solo),
         })
+    }
+
+    /// Trains data-parallel over `comm`'s ranks from now on: each step this
+    /// rank takes its rows of every (micro-)batch ([`Trainer::local_rows`])
+    /// and gradients are summed over ranks before the update. Every rank must
+    /// hold the same trainer state. Refused if a micro-batch has fewer images
+    /// than there are ranks.
+    pub fn set_communicator(&mut self, comm: Rc<dyn Communicator>) -> Result<()> {
+        let micro = self.config.batch_size / self.config.accum_steps;
+        if micro < comm.size() {
+            return Err(config_err(format!(
+                "a batch of {} images ({micro} per accumulation step) cannot be split over {} ranks: \
+                 every rank needs at least one image",
+                self.config.batch_size,
+                comm.size()
+            )));
+        }
+        self.comm = comm;
+        Ok(())
+    }
+
+    /// The ranks this trainer trains over.
+    pub fn communicator(&self) -> &dyn Communicator {
+        self.comm.as_ref()
+    }
+
+    pub(crate) fn communicator_rc(&self) -> Rc<dyn Communicator> {
+        self.comm.clone()
+    }
+
+    /// A fingerprint of the trainable state (step, parameters, random
+    /// state): equal on every rank of a data-parallel run, or they diverged.
+    pub fn state_fingerprint(&self) -> u64 {
+        let mut h = crate::distributed::fingerprint(&self.step.to_le_bytes());
+        let rng = serde_json::to_string(&self.rng).unwrap_or_default();
+        h ^= crate::distributed::fingerprint(rng.as_bytes()).rotate_left(1);
+        for (i, (_, t)) in self.params.iter().enumerate() {
+            let bytes: Vec<u8> = t.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+            h ^= crate::distributed::fingerprint(&bytes).rotate_left((i % 63) as u32 + 2);
+        }
+        h
+    }
+
+    /// The rows of each global batch (positions `0..batch`) this rank
+    /// trains on: its [`shard`] of every accumulation step's micro-batch.
+    /// All of them on one process.
+    pub fn local_rows(&self) -> Vec<usize> {
+        let accum = self.config.accum_steps;
+        let micro = self.config.batch_size / accum;
+        let (rank, size) = (self.comm.rank(), self.comm.size());
+        (0..accum)
+            .flat_map(|i| shard(micro, rank, size).map(move |r| i * micro + r))
+            .collect()
     }
 
     /// The masking strategy in use.
@@ -254,13 +313,21 @@ impl Trainer {
         )
     }
 
-    /// One optimizer update on `imgs (B, C, H, W)`, B = the configured batch.
+    /// One optimizer update on `imgs (B, C, H, W)`: the configured batch on
+    /// one process, this rank's [`Trainer::local_rows`] of it when
+    /// data-parallel. Every rank returns the same statistics (the loss of
+    /// the whole batch).
     pub fn train_step(&mut self, imgs: &Tensor) -> Result<StepStats> {
         let b = imgs.shape().first().copied().unwrap_or(0);
-        if b != self.config.batch_size {
+        let want = self.local_rows().len();
+        if b != want {
+            let of = if self.comm.size() > 1 {
+                format!(" (rank {} of {})", self.comm.rank(), self.comm.size())
+            } else {
+                String::new()
+            };
             return Err(MimError::Input(format!(
-                "a step takes {} images, got a batch of {b}",
-                self.config.batch_size
+                "a step takes {want} images{of}, got a batch of {b}"
             )));
         }
         self.model.encoder.check_images(imgs)?;
@@ -274,18 +341,56 @@ impl Trainer {
         let lr = self.config.lr_at(self.step);
         self.optimizer.set_lr(lr);
         let accum = self.config.accum_steps;
-        let micro = b / accum;
+        let micro = self.config.batch_size / accum;
+        let (rank, size) = (self.comm.rank(), self.comm.size());
         let mut grads = GradStore::new();
         let mut loss_sum = 0f64;
-        for i in 0..accum {
-            let part = if accum == 1 {
+        let mut at = 0;
+        for _ in 0..accum {
+            let rows = shard(micro, rank, size);
+            let part = if rows.len() == b {
                 imgs.clone()
             } else {
-                imgs.narrow(0, i * micro, micro)?
+                imgs.narrow(0, at, rows.len())?
             };
-            let mask = self.sample_mask(micro);
-            let out = self.model.forward(&part, &mask, true, &mut self.rng)?;
+            at += rows.len();
+            // The mask of the whole micro-batch, so that the mask stream
+            // advances alike on every rank; this rank keeps its rows, and its
+            // loss (a mean over its hidden patches) counts by its share of
+            // the micro-batch's hidden patches.
+            let whole = self.sample_mask(micro);
+            let (mask, share) = if size == 1 {
+                (whole, 1.0)
+            } else {
+                let mine = whole.rows(rows.clone())?;
+                let share = mine.hidden_total() as f64 / whole.hidden_total().max(1) as f64;
+                (mine, share)
+            };
+            let (model, rng) = (&self.model, &mut self.rng);
+            let out = with_batch_shard(rows.start, micro, || model.forward(&part, &mask, true, rng))?;
             let loss = out.loss.item()?;
+            // With several ranks a bad loss is found after the sum below, by
+            // every rank at once (a rank that stopped alone would leave the
+            // others waiting for its gradients).
+            if size == 1 && !loss.is_finite() {
+                return Err(MimError::NonFinite {
+                    step: self.step + 1,
+                    what: "loss",
+                    value: loss,
+                });
+            }
+            loss_sum += loss as f64 * share;
+            let weight = share / accum as f64;
+            let scaled = if weight == 1.0 {
+                out.loss
+            } else {
+                out.loss.mul_scalar(weight as f32)
+            };
+            scaled.backward_into(&mut grads)?;
+        }
+        let mut loss = (loss_sum / accum as f64) as f32;
+        if size > 1 {
+            loss = self.reduce_gradients(&mut grads, loss)?;
             if !loss.is_finite() {
                 return Err(MimError::NonFinite {
                     step: self.step + 1,
@@ -293,16 +398,8 @@ impl Trainer {
                     value: loss,
                 });
             }
-            loss_sum += loss as f64;
-            let scaled = if accum == 1 {
-                out.loss
-            } else {
-                out.loss.mul_scalar(1.0 / accum as f32)
-            };
-            scaled.backward_into(&mut grads)?;
         }
         let norm = clip_checked(&mut grads, &self.params, self.config.clip_grad, self.step + 1)?;
-        let loss = (loss_sum / accum as f64) as f32;
         self.optimizer.step(&grads)?;
         self.step += 1;
         Ok(StepStats {
@@ -311,6 +408,37 @@ impl Trainer {
             lr,
             grad_norm: norm,
         })
+    }
+
+    /// Sums the gradients (and `loss`, this rank's weighted part) over the
+    /// ranks and returns the whole batch's loss. Every parameter takes part
+    /// on every rank (zeros where this rank has no gradient), with a count of
+    /// the ranks that had one: a parameter no rank reached stays without a
+    /// gradient, as on one process, so AdamW skips it alike.
+    fn reduce_gradients(&self, grads: &mut GradStore, loss: f32) -> Result<f32> {
+        // 1 where this rank has a gradient, summed into a count of ranks.
+        let mut small: Vec<f32> = self
+            .params
+            .iter()
+            .map(|(_, t)| f32::from(u8::from(grads.get(t).is_some())))
+            .collect();
+        let mut bufs: Vec<Vec<f32>> = self
+            .params
+            .iter()
+            .map(|(_, t)| grads.remove(t).unwrap_or_else(|| vec![0.0; t.numel()]))
+            .collect();
+        small.push(loss);
+        {
+            let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|g| g.as_mut_slice()).collect();
+            slices.push(small.as_mut_slice());
+            all_reduce_slices(self.comm.as_ref(), &mut slices);
+        }
+        for (((_, t), g), &present) in self.params.iter().zip(bufs).zip(&small) {
+            if present > 0.0 {
+                grads.insert(t, g)?;
+            }
+        }
+        Ok(small[small.len() - 1])
     }
 }
 
