@@ -129,6 +129,20 @@ fn ranks_match_one_process_and_resume_with_another_count() {
         // Rank 0 alone prints (one "done" line) and writes.
         assert_eq!(stdout.matches("done: step 50").count(), 1, "{stdout}");
         assert_same(&format!("{n} ranks"), &reference, &losses(&dir));
+        let first: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        if n > 1 {
+            assert_eq!(first["ranks"], n, "{first}");
+            assert!(first["reduce_s"].as_f64().unwrap() >= 0.0, "{first}");
+        } else {
+            assert!(first.get("ranks").is_none(), "{first}");
+        }
     }
     // Stopped after 20 steps on 2 ranks, resumed on 3.
     let split = tmp("split");

@@ -199,6 +199,10 @@ pub struct ModelArgs {
     /// Swin: window side in tokens (overrides the preset).
     #[arg(long)]
     pub window: Option<usize>,
+    /// Swin: add a learned absolute position embedding to the patch
+    /// embeddings (Swin's `ape`; off in the papers' models).
+    #[arg(long)]
+    pub ape: bool,
     /// Swin: blocks per stage, e.g. 2,2,6,2 (overrides the preset).
     #[arg(long, value_delimiter = ',')]
     pub depths: Option<Vec<usize>>,
@@ -368,6 +372,7 @@ impl ModelArgs {
             (self.window.is_some(), "--window"),
             (self.depths.is_some(), "--depths"),
             (self.stage_heads.is_some(), "--stage-heads"),
+            (self.ape, "--ape"),
         ] {
             if given {
                 bail!("{name} is a Swin option; this encoder is a ViT (--encoder swin for Swin)");
@@ -463,6 +468,7 @@ impl ModelArgs {
         if let Some(d) = self.drop_path {
             c.drop_path = d;
         }
+        c.ape = self.ape;
         c.validate()?;
         Ok(c)
     }

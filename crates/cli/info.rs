@@ -231,6 +231,13 @@ fn print_swin(e: &SwinConfig, row: &dyn Fn(&str, String, String)) {
         format!("(B, {l}, {d0})"),
         format!("conv {p}x{p} stride {p}: patch_embed.proj.weight [{d0}, {c}, {p}, {p}], then patch_embed.norm"),
     );
+    if e.ape {
+        row(
+            "+ absolute positions",
+            format!("(B, {l}, {d0})"),
+            format!("absolute_pos_embed [1, {l}, {d0}], learned (ape)"),
+        );
+    }
     for i in 0..e.depths.len() {
         let [h, w] = e.stage_grid(i);
         let (d, heads) = (e.stage_dim(i), e.num_heads[i]);

@@ -301,6 +301,11 @@ pub struct SwinConfig {
     pub drop_path: f32,
     /// LayerNorm epsilon (Swin: PyTorch's default 1e-5).
     pub norm_eps: f32,
+    /// Swin's `ape` option: a learned absolute position embedding
+    /// `absolute_pos_embed (1, L, C)` added to the patch embeddings (after
+    /// the mask token in SimMIM). Off in every preset, as in the papers.
+    #[serde(default)]
+    pub ape: bool,
 }
 
 impl SwinConfig {
@@ -349,6 +354,7 @@ impl SwinConfig {
             mlp_ratio: 4.0,
             drop_path: 0.1,
             norm_eps: 1e-5,
+            ape: false,
         })
     }
 
@@ -650,6 +656,10 @@ impl EncoderConfig {
             EncoderConfig::Swin(e) => {
                 let d0 = e.embed_dim as u128;
                 let mut n = d0 * c * p * p + d0 + 2 * d0; // patch_embed.proj, patch_embed.norm
+                if e.ape {
+                    let [h, w] = e.stage_grid(0);
+                    n += (h * w) as u128 * d0; // absolute_pos_embed
+                }
                 for (i, (&depth, &heads)) in e.depths.iter().zip(&e.num_heads).enumerate() {
                     let d = e.stage_dim(i) as u128;
                     let w = e.stage_window(i).0 as u128;

@@ -261,6 +261,7 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> 
         mlp_ratio: fc1[0] as f32 / d as f32,
         drop_path: 0.1,
         norm_eps: 1e-5,
+        ape: file.tensors.contains_key("encoder.absolute_pos_embed"),
     };
     let config = ModelConfig {
         encoder: swin.into(),

@@ -419,7 +419,7 @@ impl<'a> Pretrainer<'a> {
                 let (stop_now, overdue) = (flags[0] > 0.0, flags[1] > 0.0);
                 if let Some(metrics) = metrics.as_mut() {
                     observer.step(&stats, r);
-                    let line = serde_json::json!({
+                    let mut line = serde_json::json!({
                         "step": stats.step,
                         "epoch": step as f64 / sampler.steps_per_epoch() as f64,
                         "loss": stats.loss,
@@ -428,6 +428,12 @@ impl<'a> Pretrainer<'a> {
                         "images_per_s": ips,
                         "time_s": t0.elapsed().as_secs_f64(),
                     });
+                    if comm.size() > 1 {
+                        // Rank 0's time in the gradient sum (waiting for the
+                        // slowest rank included).
+                        line["reduce_s"] = stats.reduce_s.into();
+                        line["ranks"] = comm.size().into();
+                    }
                     writeln!(metrics, "{line}").map_err(|e| io_err(&metrics_path, e))?;
                 }
                 if stats.step.is_multiple_of(opts.ckpt_every.max(1))

@@ -325,6 +325,8 @@ pub struct SwinTransformer {
     pub config: SwinConfig,
     pub patch_embed: crate::layers::PatchEmbed,
     pub patch_norm: LayerNorm,
+    /// `(1, L, C)` with `ape`.
+    pub absolute_pos_embed: Option<Tensor>,
     pub layers: Vec<SwinStage>,
     pub norm: LayerNorm,
 }
@@ -366,10 +368,19 @@ impl SwinTransformer {
             });
         }
         let norm = LayerNorm::new(c.num_features(), c.norm_eps);
+        let absolute_pos_embed = if c.ape {
+            // Swin: trunc_normal_(std=.02).
+            let [h, w] = c.stage_grid(0);
+            let v = tessera_tensor::init::trunc_normal(h * w * c.embed_dim, 0.0, 0.02, -2.0, 2.0, rng);
+            Some(Tensor::param(v, &[1, h * w, c.embed_dim])?)
+        } else {
+            None
+        };
         let swin = SwinTransformer {
             config,
             patch_embed,
             patch_norm,
+            absolute_pos_embed,
             layers,
             norm,
         };
@@ -406,16 +417,23 @@ impl SwinTransformer {
         Ok(())
     }
 
-    /// Patch embeddings, normalised: `(B, L, C)` for images `(B, C, H, W)`.
+    /// Patch embeddings, normalised: `(B, L, C)` for images `(B, C, H, W)`
+    /// (without the absolute positions: [`SwinTransformer::stages`] adds
+    /// them, after SimMIM's mask token, as the official code does).
     pub fn embed(&self, imgs: &Tensor) -> Result<Tensor> {
         Ok(self.patch_norm.forward(&self.patch_embed.forward(imgs)?)?)
     }
 
     /// The stages and the final norm over embedded tokens `x (B, L, C)` →
     /// `(B, H/s, W/s, C_last)` (channels last, `s` the total stride).
+    /// With `ape`, the absolute position embedding is added first.
     pub fn stages<R: Rng + ?Sized>(&self, x: &Tensor, train: bool, rng: &mut R) -> Result<Tensor> {
         let b = x.shape()[0] as isize;
         let [h, w] = self.config.stage_grid(0);
+        let x = match &self.absolute_pos_embed {
+            Some(pos) => x.add(pos)?, // (B, L, C) + (1, L, C)
+            None => x.clone(),
+        };
         let mut x = x.reshape(&[b, h as isize, w as isize, -1])?;
         for stage in &self.layers {
             for (block, &rate) in stage.blocks.iter().zip(&stage.drop_path) {
@@ -440,6 +458,9 @@ impl Module for SwinTransformer {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
         self.patch_embed.visit(&join(prefix, "patch_embed"), f);
         self.patch_norm.visit(&join(prefix, "patch_embed.norm"), f);
+        if let Some(pos) = &self.absolute_pos_embed {
+            f(join(prefix, "absolute_pos_embed"), pos);
+        }
         for (i, stage) in self.layers.iter().enumerate() {
             let p = join(prefix, &format!("layers.{i}"));
             for (j, block) in stage.blocks.iter().enumerate() {
@@ -521,6 +542,43 @@ mod encoder_tests {
         for (name, t) in m.named_tensors() {
             assert!(g.get(&t).is_some(), "{name} has no gradient");
         }
+    }
+
+    /// Swin's `ape`: a `(1, L, C)` table named `absolute_pos_embed`, std 0.02,
+    /// added before the first stage (it changes the features and gets a
+    /// gradient), without weight decay.
+    #[test]
+    fn absolute_positions_are_added_before_the_stages() {
+        let mut c = SwinConfig::preset("swin-mini", [32, 32], 3).unwrap();
+        c.ape = true;
+        let m = SwinTransformer::new(c.clone(), &mut MimRng::seed_from_u64(0)).unwrap();
+        let pos = m.absolute_pos_embed.clone().expect("ape on");
+        assert_eq!(pos.shape(), &[1, 256, 48]);
+        let v = pos.to_vec();
+        let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        assert!((std - 0.02).abs() < 0.002, "std {std}");
+        let named = m.named_tensors();
+        assert_eq!(named.iter().filter(|(n, _)| n == "absolute_pos_embed").count(), 1);
+        assert!(!crate::train::decays("encoder.absolute_pos_embed", &pos));
+        let imgs = Tensor::new(
+            tessera_tensor::init::normal(2 * 3 * 32 * 32, 0.0, 1.0, &mut MimRng::seed_from_u64(1)),
+            &[2, 3, 32, 32],
+        )
+        .unwrap();
+        let with = m.features(&imgs).unwrap().to_vec();
+        pos.set_data(&vec![0.0; pos.numel()]).unwrap();
+        let without = m.features(&imgs).unwrap().to_vec();
+        assert!(with.iter().zip(&without).any(|(a, b)| (a - b).abs() > 1e-4));
+        let loss = m
+            .stages(&m.embed(&imgs).unwrap(), true, &mut MimRng::seed_from_u64(2))
+            .unwrap()
+            .sum_all();
+        let g = loss.backward().unwrap();
+        assert!(g.get(&pos).unwrap().iter().any(|&x| x != 0.0));
+        // Without `ape` there is no such tensor (the presets' default).
+        c.ape = false;
+        let plain = SwinTransformer::new(c, &mut MimRng::seed_from_u64(0)).unwrap();
+        assert!(plain.absolute_pos_embed.is_none());
     }
 
     /// SimMIM's Swin-B: window 6 at 192 (stage 3 is 6×6, one window), no

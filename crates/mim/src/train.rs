@@ -171,7 +171,13 @@ pub fn warmup_cosine(step: u64, warmup: u64, total: u64, peak: f32, min: f32) ->
 /// and on tokens and positional embeddings; nor, as BEiT and SimMIM, on
 /// relative position bias tables.
 pub fn decays(name: &str, t: &Tensor) -> bool {
-    let skip = ["cls_token", "mask_token", "pos_embed", "decoder_pos_embed"];
+    let skip = [
+        "cls_token",
+        "mask_token",
+        "pos_embed",
+        "decoder_pos_embed",
+        "absolute_pos_embed",
+    ];
     // The last part of the name (SimMIM's carry an `encoder.` prefix).
     let leaf = name.rsplit('.').next().unwrap_or(name);
     t.rank() > 1 && !name.ends_with(".bias") && leaf != "relative_position_bias_table" && !skip.contains(&leaf)
@@ -186,6 +192,10 @@ pub struct StepStats {
     pub lr: f32,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
+    /// Seconds this step spent summing gradients over ranks (0 on one
+    /// process).
+    #[serde(default)]
+    pub reduce_s: f32,
 }
 
 /// A model with its optimizer, masking strategy and random state.
@@ -389,8 +399,11 @@ impl Trainer {
             scaled.backward_into(&mut grads)?;
         }
         let mut loss = (loss_sum / accum as f64) as f32;
+        let mut reduce_s = 0.0;
         if size > 1 {
+            let t0 = std::time::Instant::now();
             loss = self.reduce_gradients(&mut grads, loss)?;
+            reduce_s = t0.elapsed().as_secs_f32();
             if !loss.is_finite() {
                 return Err(MimError::NonFinite {
                     step: self.step + 1,
@@ -407,6 +420,7 @@ impl Trainer {
             loss,
             lr,
             grad_norm: norm,
+            reduce_s,
         })
     }
 

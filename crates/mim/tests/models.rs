@@ -275,6 +275,11 @@ fn state_len_matches_the_built_model() {
         let mut c = tiny_simmim(norm_pix());
         c.encoder = tessera_mim::SwinConfig::preset(preset, [size, size], 3).unwrap().into();
         configs.push(c.clone());
+        let mut ape = c.clone();
+        if let tessera_mim::EncoderConfig::Swin(s) = &mut ape.encoder {
+            s.ape = true;
+        }
+        configs.push(ape);
         c.target = tessera_mim::TargetConfig::Codebook {
             size: 7,
             normalize: false,

@@ -35,6 +35,7 @@ fn swin_encoder_matches_pytorch() {
         mlp_ratio: 4.0,
         drop_path: 0.0,
         norm_eps: 1e-5,
+        ape: false,
     };
     let model = SwinTransformer::new(config, &mut MimRng::seed_from_u64(0)).unwrap();
     let weights: Vec<(String, Tensor)> = model.named_tensors();
@@ -94,6 +95,7 @@ fn simmim_config() -> ModelConfig {
         mlp_ratio: 4.0,
         drop_path: 0.0,
         norm_eps: 1e-5,
+        ape: false,
     };
     ModelConfig {
         encoder: encoder.into(),
@@ -202,6 +204,31 @@ fn an_official_simmim_swin_state_dict_loads_without_metadata() {
     }
     assert_eq!(model.config, want);
     check_simmim(&model, &file, path, "reconstruction of the official file");
+    std::fs::remove_dir_all(official.parent().unwrap()).ok();
+}
+
+/// The same file with Swin's `ape` table (`encoder.absolute_pos_embed`,
+/// zeros): the option is read off the tensor's presence, and a zero table
+/// leaves PyTorch's reconstruction unchanged.
+#[test]
+fn an_official_state_dict_with_absolute_positions_turns_ape_on() {
+    let (file, path) = simmim_fixture();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .tensors
+        .iter()
+        .filter(|(n, _)| !EXTRA.contains(&n.as_str()))
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.clone()))
+        .collect();
+    let attn_mask = tessera_kernels::window::shifted_window_mask(8, 8, 4, 2);
+    tensors.push(("encoder.layers.0.blocks.1.attn_mask".into(), vec![4, 16, 16], attn_mask));
+    tensors.push(("encoder.absolute_pos_embed".into(), vec![1, 64, 16], vec![0.0; 64 * 16]));
+    let official = write_state_dict("simmim-ape", &tensors);
+    let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
+    let EncoderConfig::Swin(s) = &model.config.encoder else {
+        panic!("a Swin model")
+    };
+    assert!(s.ape);
+    check_simmim(&model, &file, path, "reconstruction with a zero absolute table");
     std::fs::remove_dir_all(official.parent().unwrap()).ok();
 }
 

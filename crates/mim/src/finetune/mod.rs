@@ -123,6 +123,9 @@ mod tests {
             ("layers.2.blocks.5.mlp.fc1.weight", 10),
             ("layers.2.downsample.norm.weight", 10),
             ("layers.3.blocks.1.attn.relative_position_bias_table", 12),
+            // SimMIM's `get_swin_layer` puts what it does not name (the
+            // absolute positions of `ape`) on top.
+            ("absolute_pos_embed", 13),
             ("norm.weight", 13),
             ("head.weight", 13),
         ] {
