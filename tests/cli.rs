@@ -1353,3 +1353,29 @@ fn official_mae_state_dicts_reconstruct_and_probe() {
     let e = fails(&["reconstruct", "--checkpoint", ckpt, "--synthetic-len", "96"]);
     assert!(e.contains("--heads") && e.contains("mae.safetensors"), "{e}");
 }
+
+/// A binary built without MPI support, started as several ranks by an MPI
+/// launcher (its environment), refuses to run N separate trainings into one
+/// folder: rank 0 says why in one line, the others exit silently.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn ranks_without_mpi_support_are_refused() {
+    let dir = tmp("no-mpi");
+    let out = dir.join("run");
+    for (rank, says) in [("0", true), ("1", false)] {
+        let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["pretrain", "--steps", "2", "--out"])
+            .arg(&out)
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("OMPI_COMM_WORLD_RANK", rank)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(stderr.lines().count(), usize::from(says), "rank {rank}: {stderr}");
+        if says {
+            assert!(stderr.contains("built without MPI support"), "{stderr}");
+        }
+    }
+    assert!(!out.exists(), "nothing written");
+}

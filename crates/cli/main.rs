@@ -130,7 +130,9 @@ fn main() -> ExitCode {
         // MPI starts on this worker, which then makes every MPI call
         // (funnelled threading).
         let ranks = ranks::Ranks::start();
+        let unsupported = ranks::unsupported_launch();
         let result = match cli.command {
+            _ if unsupported.is_some() => Err(anyhow::Error::new(unsupported.expect("checked"))),
             Command::Pretrain(a) => pretrain::run(*a, ranks.comm.clone()),
             _ if ranks.comm.size() > 1 => Err(anyhow::Error::new(tessera_mim::MimError::Ranks(format!(
                 "started as {} ranks: only `tessera pretrain` runs data-parallel; start other commands without mpirun",

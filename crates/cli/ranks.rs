@@ -28,6 +28,26 @@ pub fn launcher_rank() -> Option<usize> {
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
+/// The number of ranks an MPI launcher started, from its environment.
+fn launcher_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// A binary built without MPI support but started as several ranks would
+/// train N separate copies into one output folder; this says so instead.
+pub fn unsupported_launch() -> Option<MimError> {
+    let n = launcher_size().filter(|&n| n > 1)?;
+    (!cfg!(feature = "mpi")).then(|| {
+        MimError::Ranks(format!(
+            "started as {n} ranks by an MPI launcher, but this tessera was built without MPI support \
+             (each rank would train alone and overwrite the others' files): build it with \
+             `cargo build --release --features mpi`"
+        ))
+    })
+}
+
 pub struct Ranks {
     pub comm: Rc<dyn Communicator>,
 }
@@ -62,15 +82,16 @@ impl Ranks {
         let shared = e
             .chain()
             .any(|c| matches!(c.downcast_ref::<MimError>(), Some(MimError::Ranks(_))));
+        if shared {
+            // Rank 0 (by MPI, or by the launcher's numbering) speaks for all.
+            if rank == 0 && launcher_rank().unwrap_or(0) == 0 {
+                eprintln!("error: {e:#}");
+            }
+            return ExitCode::FAILURE;
+        }
         if size == 1 {
             // One line: the context chain joined with ": ".
             eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-        if shared {
-            if rank == 0 {
-                eprintln!("error: {e:#}");
-            }
             return ExitCode::FAILURE;
         }
         eprintln!("error: rank {rank} of {size}: {e:#}");
