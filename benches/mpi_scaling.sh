@@ -3,9 +3,11 @@
 # against R MPI ranks of T/R threads each, same global batch, on the
 # synthetic data (no download). Workloads as `tessera bench`'s: tiny32
 # (ViT-Ti/4 at 32, decoder 128/4/4, batch 64) and base224 (ViT-B/16 at 224,
-# MAE's decoder, batch 8). Prints one JSON line per run: median images/s
-# and median gradient-sum time (rank 0's `reduce_s`, waits included) over
-# the steps after the first quarter.
+# MAE's decoder, batch 8), the ranks summing gradients during backward
+# (overlap, the default) and after it (--no-overlap). Prints one JSON line
+# per run: median images/s and median gradient-sum time (rank 0's
+# `reduce_s`: time in starting sums during backward plus waiting for them
+# after it) over the steps after the first quarter.
 #   benches/mpi_scaling.sh                 # 1 x 2 threads against 2 ranks x 1 thread
 #   THREADS=16 RANKS="2 4 8 16" benches/mpi_scaling.sh   # a 16-core machine
 # Needs Open MPI (README, "Several processes") and a quiet machine.
@@ -43,9 +45,12 @@ for round in $(seq "$ROUNDS"); do
     report $w 1 "$THREADS" "$d"
     for r in $RANKS; do
       t=$((THREADS / r))
-      d=$out/$w-${r}x$t-$round
-      mpirun -np "$r" --bind-to none "$B" --threads "$t" "${common[@]}" "${a[@]}" --out "$d" >/dev/null
-      report $w "$r" "$t" "$d"
+      for mode in overlap after; do
+        d=$out/$w-${r}x$t-$mode-$round
+        flag=(); if [ $mode = after ]; then flag=(--no-overlap); fi
+        mpirun -np "$r" --bind-to none "$B" --threads "$t" "${common[@]}" "${a[@]}" "${flag[@]}" --out "$d" >/dev/null
+        report "$w ($mode)" "$r" "$t" "$d"
+      done
     done
   done
 done

@@ -144,6 +144,10 @@ fn ranks_match_one_process_and_resume_with_another_count() {
             assert!(first.get("ranks").is_none(), "{first}");
         }
     }
+    // Gradient sums after backward instead of during it: the same losses.
+    let after = tmp("np2-after");
+    ranks(2, &after, "50", &["--no-overlap"]);
+    assert_same("2 ranks, sums after backward", &reference, &losses(&after));
     // Stopped after 20 steps on 2 ranks, resumed on 3.
     let split = tmp("split");
     ranks(2, &split, "50", &["--stop-after", "20"]);

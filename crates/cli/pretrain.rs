@@ -111,6 +111,11 @@ pub struct Args {
     /// memory the system reports available).
     #[arg(long)]
     pub max_memory: Option<f64>,
+    /// Under mpirun: sum gradients over ranks only after backward, instead
+    /// of starting each bucket's sum while backward still runs (to measure
+    /// what the overlap saves).
+    #[arg(long)]
+    pub no_overlap: bool,
     /// The ids of the options typed on the command line (filled by `main`):
     /// with `--resume`, those that differ from the checkpoint's run are refused.
     #[arg(skip)]
@@ -201,6 +206,7 @@ pub fn run(args: Args, comm: Rc<dyn Communicator>) -> Result<()> {
             );
         }
         run.set_communicator(comm.clone())?;
+        run.trainer.set_overlap(!args.no_overlap);
     }
     let config = run.trainer.config.clone();
     if run.trainer.step >= config.total_steps {

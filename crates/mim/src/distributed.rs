@@ -29,8 +29,10 @@
 //! [`drop_path_scale`]: crate::layers::drop_path_scale
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Barrier, Mutex};
+use tessera_tensor::{GradStore, Tensor, TensorId};
 
 /// The collective operations data-parallel training needs. Every rank must
 /// call each operation in the same order with the same buffer lengths.
@@ -41,6 +43,15 @@ pub trait Communicator {
     fn size(&self) -> usize;
     /// Element-wise sum over ranks, in place: every rank ends with the sum.
     fn all_reduce_sum(&self, buf: &mut [f32]);
+    /// Starts the element-wise sum of `buf` over ranks and returns at once
+    /// where the communicator can work in the background (`MpiWorld` has
+    /// a thread for it); [`PendingSum::wait`] gives the sum. Sums are matched
+    /// across ranks by the order in which they are started. By default the
+    /// sum is done before returning.
+    fn start_sum(&self, mut buf: Vec<f32>) -> PendingSum {
+        self.all_reduce_sum(&mut buf);
+        PendingSum::Done(buf)
+    }
     /// Every rank's `value`, indexed by rank.
     fn all_gather_u64(&self, value: u64) -> Vec<u64>;
     /// Ends every rank of the job with exit status `code` (MPI_Abort). Called
@@ -49,6 +60,26 @@ pub trait Communicator {
     fn abort(&self, code: i32) -> !;
     /// A short description (`"MPI, 3 ranks"`).
     fn describe(&self) -> String;
+}
+
+/// A sum started by [`Communicator::start_sum`].
+pub enum PendingSum {
+    /// Already summed.
+    Done(Vec<f32>),
+    /// Being summed by a communication thread, which sends the result.
+    Running(std::sync::mpsc::Receiver<Vec<f32>>),
+}
+
+impl PendingSum {
+    /// The sum over ranks (waits for it if needed).
+    pub fn wait(self) -> Vec<f32> {
+        match self {
+            PendingSum::Done(v) => v,
+            PendingSum::Running(rx) => rx
+                .recv()
+                .expect("the MPI thread answers every sum it accepted (it aborts the job otherwise)"),
+        }
+    }
 }
 
 /// One process: rank 0 of 1, nothing to exchange.
@@ -85,47 +116,138 @@ pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
-/// Gradient buckets for [`Communicator::all_reduce_sum`]: 4 Mi floats (16 MiB)
-/// each, so the copy into and out of a bucket stays in a bounded buffer.
+/// The most values in one gradient bucket: 4 Mi floats (16 MiB), the
+/// order of PyTorch DDP's 25 MB buckets.
 pub const BUCKET_FLOATS: usize = 4 << 20;
 
-/// Sums `slices` (the gradients, in parameter order) over ranks, in place,
-/// packing them into buckets of at most [`BUCKET_FLOATS`] values so that one
-/// collective call moves many small tensors. A no-op on one rank.
-pub fn all_reduce_slices(comm: &dyn Communicator, slices: &mut [&mut [f32]]) {
-    if comm.size() == 1 {
-        return;
+/// Which parameters share a bucket when gradients are summed over ranks.
+/// Buckets are filled from the last parameter to the first — roughly the
+/// order in which backward completes their gradients (the head before the
+/// embedding) — each up to `bucket_floats` values (a larger parameter has a
+/// bucket of its own).
+#[derive(Clone, Debug)]
+pub struct BucketPlan {
+    /// Parameter indices of each bucket, in the order buckets are summed.
+    buckets: Vec<Vec<usize>>,
+    /// Parameter index by tensor.
+    index: HashMap<TensorId, usize>,
+    /// Each parameter's size.
+    sizes: Vec<usize>,
+}
+
+impl BucketPlan {
+    pub fn new(params: &[(String, Tensor)], bucket_floats: usize) -> BucketPlan {
+        let mut buckets: Vec<Vec<usize>> = Vec::new();
+        let mut filled = usize::MAX;
+        for (i, (_, t)) in params.iter().enumerate().rev() {
+            if filled.saturating_add(t.numel()) > bucket_floats {
+                buckets.push(Vec::new());
+                filled = 0;
+            }
+            buckets.last_mut().expect("a bucket was opened").push(i);
+            filled += t.numel();
+        }
+        BucketPlan {
+            buckets,
+            index: params.iter().enumerate().map(|(i, (_, t))| (t.id(), i)).collect(),
+            sizes: params.iter().map(|(_, t)| t.numel()).collect(),
+        }
     }
-    let mut bucket: Vec<f32> = Vec::with_capacity(BUCKET_FLOATS);
-    // The slices packed in the current bucket: (index, start within slice).
-    let mut members: Vec<(usize, usize, usize)> = Vec::new();
-    let flush = |bucket: &mut Vec<f32>, members: &mut Vec<(usize, usize, usize)>, slices: &mut [&mut [f32]]| {
-        if bucket.is_empty() {
-            return;
+
+    /// Number of buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// True if there is no parameter.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// One step's gradient sum over ranks, bucket by bucket. Handed to backward
+/// ([`GradientSum::leaf_ready`] from [`Tensor::backward_into_with`]), it
+/// starts each bucket as soon as all its gradients are complete, so the sum
+/// runs while backward goes on; [`GradientSum::finish`] starts what is left
+/// and collects the sums. Buckets are started strictly in plan order, so
+/// every rank starts the same sums in the same order even where their
+/// backward passes complete gradients differently.
+pub struct GradientSum<'a> {
+    plan: &'a BucketPlan,
+    params: &'a [(String, Tensor)],
+    comm: &'a dyn Communicator,
+    ready: Vec<bool>,
+    next: usize,
+    pending: Vec<PendingSum>,
+}
+
+impl<'a> GradientSum<'a> {
+    pub fn new(plan: &'a BucketPlan, params: &'a [(String, Tensor)], comm: &'a dyn Communicator) -> Self {
+        GradientSum {
+            plan,
+            params,
+            comm,
+            ready: vec![false; params.len()],
+            next: 0,
+            pending: Vec::new(),
         }
-        comm.all_reduce_sum(bucket);
-        let mut at = 0;
-        for &(i, from, len) in members.iter() {
-            slices[i][from..from + len].copy_from_slice(&bucket[at..at + len]);
-            at += len;
-        }
-        bucket.clear();
-        members.clear();
-    };
-    for i in 0..slices.len() {
-        let mut from = 0;
-        while from < slices[i].len() {
-            let room = BUCKET_FLOATS - bucket.len();
-            let len = room.min(slices[i].len() - from);
-            bucket.extend_from_slice(&slices[i][from..from + len]);
-            members.push((i, from, len));
-            from += len;
-            if bucket.len() == BUCKET_FLOATS {
-                flush(&mut bucket, &mut members, slices);
+    }
+
+    /// `leaf`'s gradient in `grads` is complete: start every bucket, in
+    /// order, whose gradients all are.
+    pub fn leaf_ready(&mut self, leaf: &Tensor, grads: &GradStore) {
+        if let Some(&i) = self.plan.index.get(&leaf.id()) {
+            self.ready[i] = true;
+            while self.next < self.plan.buckets.len() && self.plan.buckets[self.next].iter().all(|&p| self.ready[p]) {
+                self.start_next(grads);
             }
         }
     }
-    flush(&mut bucket, &mut members, slices);
+
+    fn start_next(&mut self, grads: &GradStore) {
+        let members = &self.plan.buckets[self.next];
+        let mut buf = Vec::with_capacity(members.iter().map(|&p| self.plan.sizes[p]).sum());
+        for &p in members {
+            match grads.get(&self.params[p].1) {
+                Some(g) => buf.extend_from_slice(g),
+                // No gradient here (another rank may have one): zeros.
+                None => buf.resize(buf.len() + self.plan.sizes[p], 0.0),
+            }
+        }
+        self.pending.push(self.comm.start_sum(buf));
+        self.next += 1;
+    }
+
+    /// Starts the buckets not started yet, then one last small sum: for
+    /// every parameter the number of ranks that had a gradient, and `loss`
+    /// (this rank's part of the batch's loss). Waits for every sum, puts the
+    /// summed gradients in `grads` — a parameter no rank reached stays
+    /// without one, as on one process, so AdamW skips it alike — and
+    /// returns the batch's loss.
+    pub fn finish(mut self, grads: &mut GradStore, loss: f32) -> crate::Result<f32> {
+        while self.next < self.plan.buckets.len() {
+            self.start_next(grads);
+        }
+        let mut counts: Vec<f32> = self
+            .params
+            .iter()
+            .map(|(_, t)| f32::from(u8::from(grads.get(t).is_some())))
+            .collect();
+        counts.push(loss);
+        let counts = self.comm.start_sum(counts).wait();
+        for (members, pending) in self.plan.buckets.iter().zip(self.pending) {
+            let sum = pending.wait();
+            let mut at = 0;
+            for &p in members {
+                let n = self.plan.sizes[p];
+                if counts[p] > 0.0 {
+                    grads.insert(&self.params[p].1, sum[at..at + n].to_vec())?;
+                }
+                at += n;
+            }
+        }
+        Ok(counts[self.params.len()])
+    }
 }
 
 /// FNV-1a, 64 bits: a fingerprint of a configuration for [`check_agreement`].
@@ -274,27 +396,45 @@ pub use self::mpi_world::MpiWorld;
 
 #[cfg(feature = "mpi")]
 mod mpi_world {
-    use super::Communicator;
-    use mpi::collective::SystemOperation;
-    use mpi::topology::{Communicator as _, SimpleCommunicator};
-    use mpi::traits::CommunicatorCollectives;
+    use super::{Communicator, PendingSum};
+    use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 
-    /// `MPI_COMM_WORLD` (Open MPI or MPICH through rsmpi). MPI is finalised
+    /// What the MPI thread is asked to do, in the order every rank asks.
+    enum Job {
+        Sum(Vec<f32>, SyncSender<Vec<f32>>),
+        Gather(u64, SyncSender<Vec<u64>>),
+        Abort(i32),
+    }
+
+    /// `MPI_COMM_WORLD` (Open MPI or MPICH through rsmpi), driven by a thread
+    /// of its own: that thread initialises MPI and makes every MPI call
+    /// (funnelled threading), taking jobs in order from a channel. A sum
+    /// started during backward ([`Communicator::start_sum`]) then runs
+    /// while the training thread goes on differentiating. MPI is finalised
     /// when this is dropped.
     pub struct MpiWorld {
-        world: SimpleCommunicator,
-        _universe: mpi::environment::Universe,
+        jobs: Option<std::sync::mpsc::Sender<Job>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+        rank: usize,
+        size: usize,
     }
 
     impl MpiWorld {
-        /// Initialises MPI with funnelled threading (only the thread that
-        /// called this makes MPI calls; rayon's workers and the data loader
-        /// never do). `None` if MPI was initialised already.
+        /// Starts the MPI thread and MPI in it. `None` if MPI was
+        /// initialised already (or could not be).
         pub fn init() -> Option<MpiWorld> {
-            let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)?;
+            let (ready_tx, ready_rx) = sync_channel::<Option<(usize, usize)>>(1);
+            let (jobs_tx, jobs_rx) = channel::<Job>();
+            let thread = std::thread::Builder::new()
+                .name("tessera-mpi".into())
+                .spawn(move || serve(jobs_rx, ready_tx))
+                .ok()?;
+            let (rank, size) = ready_rx.recv().ok().flatten()?;
             Some(MpiWorld {
-                world: universe.world(),
-                _universe: universe,
+                jobs: Some(jobs_tx),
+                thread: Some(thread),
+                rank,
+                size,
             })
         }
 
@@ -305,29 +445,86 @@ mod mpi_world {
                 .iter()
                 .any(|v| std::env::var_os(v).is_some())
         }
+
+        fn send(&self, job: Job) {
+            self.jobs
+                .as_ref()
+                .expect("jobs are sent while the world lives")
+                .send(job)
+                .expect("the MPI thread lives as long as the world");
+        }
+    }
+
+    /// The MPI thread: initialise, report rank and size, then serve jobs
+    /// until the world is dropped (the channel closes), and finalise.
+    fn serve(jobs: Receiver<Job>, ready: SyncSender<Option<(usize, usize)>>) {
+        use mpi::collective::SystemOperation;
+        use mpi::topology::Communicator as _;
+        use mpi::traits::CommunicatorCollectives;
+        let Some((universe, _)) = mpi::initialize_with_threading(mpi::Threading::Funneled) else {
+            let _ = ready.send(None);
+            return;
+        };
+        let world = universe.world();
+        let _ = ready.send(Some((world.rank() as usize, world.size() as usize)));
+        for job in jobs {
+            match job {
+                Job::Sum(send, reply) => {
+                    let mut sum = vec![0f32; send.len()];
+                    world.all_reduce_into(&send[..], &mut sum[..], SystemOperation::sum());
+                    let _ = reply.send(sum);
+                }
+                Job::Gather(value, reply) => {
+                    let mut all = vec![0u64; world.size() as usize];
+                    world.all_gather_into(&value, &mut all[..]);
+                    let _ = reply.send(all);
+                }
+                Job::Abort(code) => world.abort(code),
+            }
+        }
+        drop(universe); // MPI_Finalize
+    }
+
+    impl Drop for MpiWorld {
+        fn drop(&mut self) {
+            drop(self.jobs.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
     }
 
     impl Communicator for MpiWorld {
         fn rank(&self) -> usize {
-            self.world.rank() as usize
+            self.rank
         }
         fn size(&self) -> usize {
-            self.world.size() as usize
+            self.size
         }
         fn all_reduce_sum(&self, buf: &mut [f32]) {
-            let send = buf.to_vec();
-            self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+            let sum = self.start_sum(buf.to_vec()).wait();
+            buf.copy_from_slice(&sum);
+        }
+        fn start_sum(&self, buf: Vec<f32>) -> PendingSum {
+            let (tx, rx) = sync_channel(1);
+            self.send(Job::Sum(buf, tx));
+            PendingSum::Running(rx)
         }
         fn all_gather_u64(&self, value: u64) -> Vec<u64> {
-            let mut all = vec![0u64; self.size()];
-            self.world.all_gather_into(&value, &mut all[..]);
-            all
+            let (tx, rx) = sync_channel(1);
+            self.send(Job::Gather(value, tx));
+            rx.recv().expect("the MPI thread answers")
         }
         fn abort(&self, code: i32) -> ! {
-            self.world.abort(code)
+            // The MPI thread aborts the job once it is free; should it be
+            // stuck in a sum that never completes, end this rank anyway
+            // (the launcher then ends the others).
+            self.send(Job::Abort(code));
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            std::process::exit(code)
         }
         fn describe(&self) -> String {
-            format!("MPI, {} ranks", self.size())
+            format!("MPI, {} ranks", self.size)
         }
     }
 }
@@ -368,25 +565,61 @@ mod tests {
         }
     }
 
+    /// Buckets hold whole parameters, last first, up to the limit (a larger
+    /// one alone); summed early (as backward reports leaves, in any order)
+    /// or late, over 2 ranks, with a parameter only one rank has a gradient
+    /// for and one no rank has: the sums, the counts and the loss are right.
     #[test]
-    fn bucketed_reduce_matches_a_flat_one() {
-        // Sizes around the bucket boundary, so that a tensor splits across
-        // buckets and a bucket holds several tensors.
-        let sizes = [3, BUCKET_FLOATS - 2, 5, BUCKET_FLOATS + 7, 1];
-        let out = ThreadGroup::run(2, |c| {
-            let mut bufs: Vec<Vec<f32>> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| (0..n).map(|j| (c.rank() * 7 + i + j % 13) as f32).collect())
-                .collect();
-            let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            all_reduce_slices(&c, &mut slices);
-            bufs
-        });
-        for bufs in &out {
-            for (i, b) in bufs.iter().enumerate() {
-                for (j, &v) in b.iter().enumerate() {
-                    assert_eq!(v, (2 * (i + j % 13) + 7) as f32, "tensor {i} value {j}");
+    fn gradient_buckets_sum_early_or_late() {
+        let sizes = [3usize, 5, 9, 2, 4];
+        let params: Vec<(String, Tensor)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (format!("p{i}"), Tensor::param(vec![0.0; n], &[n]).unwrap()))
+            .collect();
+        let plan = BucketPlan::new(&params, 8);
+        assert_eq!(plan.buckets, vec![vec![4, 3], vec![2], vec![1, 0]]);
+        for early in [false, true] {
+            let out = ThreadGroup::run(2, |c| {
+                let mut grads = GradStore::new();
+                for (i, (_, t)) in params.iter().enumerate() {
+                    // p1: rank 1 only; p3: nobody.
+                    if i == 3 || (i == 1 && c.rank() == 0) {
+                        continue;
+                    }
+                    let g = (0..t.numel()).map(|j| (10 * c.rank() + i + j) as f32).collect();
+                    grads.insert(t, g).unwrap();
+                }
+                let mut sum = GradientSum::new(&plan, &params, &c);
+                if early {
+                    for i in [4, 2, 0, 1] {
+                        sum.leaf_ready(&params[i].1, &grads);
+                    }
+                    assert_eq!(sum.next, 0, "bucket 0 waits for p3, the others for bucket 0");
+                }
+                let loss = sum.finish(&mut grads, 0.25 + c.rank() as f32).unwrap();
+                (
+                    loss,
+                    params
+                        .iter()
+                        .map(|(_, t)| grads.get(t).map(|g| g.to_vec()))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            for (loss, g) in out {
+                assert_eq!(loss, 1.5);
+                for (i, gi) in g.iter().enumerate() {
+                    match i {
+                        3 => assert!(gi.is_none(), "no rank had p3"),
+                        1 => assert_eq!(
+                            gi.as_ref().unwrap(),
+                            &(0..5).map(|j| (11 + j) as f32).collect::<Vec<_>>()
+                        ),
+                        _ => {
+                            let want: Vec<f32> = (0..sizes[i]).map(|j| (10 + 2 * (i + j)) as f32).collect();
+                            assert_eq!(gi.as_ref().unwrap(), &want, "p{i}");
+                        }
+                    }
                 }
             }
         }

@@ -18,7 +18,7 @@
 //! from another thread.
 
 use crate::config::{ModelConfig, is_positive};
-use crate::distributed::{Communicator, Solo, all_reduce_slices, shard, with_batch_shard};
+use crate::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard, with_batch_shard};
 use crate::error::{MimError, Result, config_err};
 use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
 use crate::model::MimModel;
@@ -212,6 +212,10 @@ pub struct Trainer {
     /// The ranks this model is trained over ([`Solo`] unless
     /// [`Trainer::set_communicator`] says otherwise).
     comm: Rc<dyn Communicator>,
+    /// How gradients are bucketed for the sum over ranks.
+    buckets: BucketPlan,
+    /// Start each bucket's sum during backward (else after it).
+    overlap: bool,
 }
 
 impl Trainer {
@@ -250,9 +254,17 @@ impl Trainer {
             step: 0,
             rng,
             masking,
+            buckets: BucketPlan::new(&params, BUCKET_FLOATS),
             params,
             comm: Rc::new(Solo),
+            overlap: true,
         })
+    }
+
+    /// With several ranks, start summing each bucket of gradients while
+    /// backward still runs (`true`, the default) or only after it.
+    pub fn set_overlap(&mut self, overlap: bool) {
+        self.overlap = overlap;
     }
 
     /// Trains data-parallel over `comm`'s ranks from now on: each step this
@@ -356,7 +368,10 @@ impl Trainer {
         let mut grads = GradStore::new();
         let mut loss_sum = 0f64;
         let mut at = 0;
-        for _ in 0..accum {
+        // The sum over ranks (with one rank, nothing is ever started).
+        let mut sum = GradientSum::new(&self.buckets, &self.params, self.comm.as_ref());
+        let mut started_s = 0f64;
+        for micro_step in 0..accum {
             let rows = shard(micro, rank, size);
             let part = if rows.len() == b {
                 imgs.clone()
@@ -368,7 +383,12 @@ impl Trainer {
             // advances alike on every rank; this rank keeps its rows, and its
             // loss (a mean over its hidden patches) counts by its share of
             // the micro-batch's hidden patches.
-            let whole = self.sample_mask(micro);
+            let whole = Mask::sample(
+                self.masking.as_ref(),
+                micro,
+                self.config.model.encoder.grid(),
+                &mut self.rng,
+            );
             let (mask, share) = if size == 1 {
                 (whole, 1.0)
             } else {
@@ -396,14 +416,24 @@ impl Trainer {
             } else {
                 out.loss.mul_scalar(weight as f32)
             };
-            scaled.backward_into(&mut grads)?;
+            if size > 1 && self.overlap && micro_step + 1 == accum {
+                // The last backward of the step: each bucket's sum starts as
+                // soon as its gradients are complete.
+                scaled.backward_into_with(&mut grads, &mut |leaf, g| {
+                    let t = std::time::Instant::now();
+                    sum.leaf_ready(leaf, g);
+                    started_s += t.elapsed().as_secs_f64();
+                })?;
+            } else {
+                scaled.backward_into(&mut grads)?;
+            }
         }
         let mut loss = (loss_sum / accum as f64) as f32;
         let mut reduce_s = 0.0;
         if size > 1 {
             let t0 = std::time::Instant::now();
-            loss = self.reduce_gradients(&mut grads, loss)?;
-            reduce_s = t0.elapsed().as_secs_f32();
+            loss = sum.finish(&mut grads, loss)?;
+            reduce_s = (t0.elapsed().as_secs_f64() + started_s) as f32;
             if !loss.is_finite() {
                 return Err(MimError::NonFinite {
                     step: self.step + 1,
@@ -422,37 +452,6 @@ impl Trainer {
             grad_norm: norm,
             reduce_s,
         })
-    }
-
-    /// Sums the gradients (and `loss`, this rank's weighted part) over the
-    /// ranks and returns the whole batch's loss. Every parameter takes part
-    /// on every rank (zeros where this rank has no gradient), with a count of
-    /// the ranks that had one: a parameter no rank reached stays without a
-    /// gradient, as on one process, so AdamW skips it alike.
-    fn reduce_gradients(&self, grads: &mut GradStore, loss: f32) -> Result<f32> {
-        // 1 where this rank has a gradient, summed into a count of ranks.
-        let mut small: Vec<f32> = self
-            .params
-            .iter()
-            .map(|(_, t)| f32::from(u8::from(grads.get(t).is_some())))
-            .collect();
-        let mut bufs: Vec<Vec<f32>> = self
-            .params
-            .iter()
-            .map(|(_, t)| grads.remove(t).unwrap_or_else(|| vec![0.0; t.numel()]))
-            .collect();
-        small.push(loss);
-        {
-            let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|g| g.as_mut_slice()).collect();
-            slices.push(small.as_mut_slice());
-            all_reduce_slices(self.comm.as_ref(), &mut slices);
-        }
-        for (((_, t), g), &present) in self.params.iter().zip(bufs).zip(&small) {
-            if present > 0.0 {
-                grads.insert(t, g)?;
-            }
-        }
-        Ok(small[small.len() - 1])
     }
 }
 

@@ -53,6 +53,11 @@ fn take_rows(imgs: &Tensor, rows: &[usize]) -> Tensor {
 type Trajectory = (Vec<f32>, Vec<(String, Vec<f32>)>);
 
 fn train(config: &TrainConfig, steps: usize, ranks: Option<usize>) -> Trajectory {
+    train_with(config, steps, ranks, true)
+}
+
+/// [`train`], choosing whether gradient sums start during backward.
+fn train_with(config: &TrainConfig, steps: usize, ranks: Option<usize>, overlap: bool) -> Trajectory {
     let batches: Vec<Tensor> = (0..steps)
         .map(|i| images(config.batch_size, 3, 16, 16, 500 + i as u64))
         .collect();
@@ -61,6 +66,7 @@ fn train(config: &TrainConfig, steps: usize, ranks: Option<usize>) -> Trajectory
         if let Some(c) = comm {
             t.set_communicator(Rc::new(c)).unwrap();
         }
+        t.set_overlap(overlap);
         let rows = t.local_rows();
         let losses: Vec<f32> = batches
             .iter()
@@ -119,6 +125,8 @@ fn ranks_match_one_process_on_the_global_batch() {
     for n in [1, 2, 3] {
         assert_close(&format!("{n} ranks"), &one, &train(&c, 6, Some(n)));
     }
+    // Sums started after backward rather than during it: the same sums.
+    assert_close("3 ranks, sums after backward", &one, &train_with(&c, 6, Some(3), false));
 }
 
 #[test]

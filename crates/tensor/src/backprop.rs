@@ -214,6 +214,34 @@ impl Tensor {
 
     /// Back-propagates a given output gradient `dout` (of this tensor's size).
     pub fn backward_from(&self, dout: Vec<f32>, store: &mut GradStore) -> Result<()> {
+        self.backward_from_with(dout, store, &mut |_, _| {})
+    }
+
+    /// Like [`Tensor::backward_into`], calling `on_leaf(leaf, store)` as soon
+    /// as a leaf's gradient in `store` is complete for this pass (every
+    /// operation that read the leaf has been differentiated), while the rest
+    /// of the graph still runs. Data-parallel training starts summing a
+    /// bucket of gradients over processes from here.
+    pub fn backward_into_with(
+        &self,
+        store: &mut GradStore,
+        on_leaf: &mut dyn FnMut(&Tensor, &GradStore),
+    ) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(TensorError::Backward(format!(
+                "backward() starts from a single value, this tensor has shape {:?}; use backward_from",
+                self.shape()
+            )));
+        }
+        self.backward_from_with(vec![1.0], store, on_leaf)
+    }
+
+    fn backward_from_with(
+        &self,
+        dout: Vec<f32>,
+        store: &mut GradStore,
+        on_leaf: &mut dyn FnMut(&Tensor, &GradStore),
+    ) -> Result<()> {
         if dout.len() != self.numel() {
             return Err(TensorError::Backward(format!(
                 "output gradient has {} values, the tensor has shape {:?}",
@@ -245,7 +273,12 @@ impl Tensor {
                     TensorError::Backward(m) => TensorError::Backward(format!("{}: {m}", f.name())),
                     other => TensorError::Backward(format!("{}: {other}", f.name())),
                 })?,
-                None if node.is_leaf() => store.accumulate(node.id(), dout),
+                None if node.is_leaf() => {
+                    // In reverse topological order every reader of the leaf
+                    // came before it: its gradient is now complete.
+                    store.accumulate(node.id(), dout);
+                    on_leaf(&node, store);
+                }
                 None => {
                     return Err(TensorError::Backward(format!(
                         "the graph through a tensor of shape {:?} was already freed by an earlier backward",

@@ -88,3 +88,35 @@ fn dropping_a_deep_graph_without_backward_does_not_overflow() {
     drop(x);
     assert!(p.requires_grad());
 }
+
+/// `backward_into_with` reports each leaf once, when its gradient is
+/// already the final one: here `a` is read by two operations (its gradient
+/// has two parts) and `b` by one, deeper in the graph than `a`'s last use.
+#[test]
+fn leaves_are_reported_once_their_gradient_is_complete() {
+    let a = Tensor::param(vec![1.0, 2.0, 3.0], &[3]).unwrap();
+    let b = Tensor::param(vec![0.5, -1.0, 2.0], &[3]).unwrap();
+    let unused = Tensor::param(vec![4.0], &[1]).unwrap();
+    let c = Tensor::new(vec![1.0, 1.0, 1.0], &[3]).unwrap();
+    // y = Σ ((a·b + c)·a): dy/da = 2ab + c, dy/db = a².
+    let y = a.mul(&b).unwrap().add(&c).unwrap().mul(&a).unwrap().sum_all();
+    let full = y.backward().unwrap();
+    let y = a.mul(&b).unwrap().add(&c).unwrap().mul(&a).unwrap().sum_all();
+    let mut store = GradStore::new();
+    let mut seen: Vec<(tessera_tensor::TensorId, Vec<f32>)> = Vec::new();
+    y.backward_into_with(&mut store, &mut |leaf, s| {
+        seen.push((leaf.id(), s.get(leaf).unwrap().to_vec()));
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 2, "a and b once each; no constant, no unused parameter");
+    for (id, g) in &seen {
+        let t = if *id == a.id() { &a } else { &b };
+        assert_eq!(
+            g.as_slice(),
+            full.get(t).unwrap(),
+            "reported before its gradient was complete"
+        );
+    }
+    assert_eq!(full.get(&a).unwrap(), &[2.0, -3.0, 13.0]);
+    assert!(store.get(&unused).is_none());
+}
