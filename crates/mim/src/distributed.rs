@@ -252,7 +252,13 @@ impl<'a> GradientSum<'a> {
 
 /// FNV-1a, 64 bits: a fingerprint of a configuration for [`check_agreement`].
 pub fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+    fingerprint_iter(bytes.iter().copied())
+}
+
+/// [`fingerprint`] of bytes as they come (a parameter's f32 values as
+/// little-endian bytes, without copying them into a buffer first).
+pub fn fingerprint_iter(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

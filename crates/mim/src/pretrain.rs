@@ -263,7 +263,7 @@ impl<'a> Pretrainer<'a> {
         let opts = self.options.clone();
         let config = self.trainer.config.clone();
         let ckpt = opts.checkpoint();
-        let train = self.train;
+        let (train, test) = (self.train, self.test);
         let e = &config.model.encoder;
         let (size, chans) = (e.img_size(), e.in_chans());
         let start = self.trainer.step;
@@ -305,8 +305,6 @@ impl<'a> Pretrainer<'a> {
         if root {
             self.prepare_folder(&config, &metrics_path)?;
         }
-        let e = &config.model.encoder;
-        let (train, test) = (self.train, self.test);
         let norm = train.normalization().for_channels(chans);
         // Fixed test images and masks for the pictures (rank 0's).
         let eval_t = Transform {

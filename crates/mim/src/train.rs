@@ -302,8 +302,8 @@ impl Trainer {
         let rng = serde_json::to_string(&self.rng).unwrap_or_default();
         h ^= crate::distributed::fingerprint(rng.as_bytes()).rotate_left(1);
         for (i, (_, t)) in self.params.iter().enumerate() {
-            let bytes: Vec<u8> = t.data().iter().flat_map(|v| v.to_le_bytes()).collect();
-            h ^= crate::distributed::fingerprint(&bytes).rotate_left((i % 63) as u32 + 2);
+            let values = crate::distributed::fingerprint_iter(t.data().iter().flat_map(|v| v.to_le_bytes()));
+            h ^= values.rotate_left((i % 63) as u32 + 2);
         }
         h
     }
@@ -383,6 +383,7 @@ impl Trainer {
             // advances alike on every rank; this rank keeps its rows, and its
             // loss (a mean over its hidden patches) counts by its share of
             // the micro-batch's hidden patches.
+            // (`sample_mask`'s body: `sum` above holds parts of `self`.)
             let whole = Mask::sample(
                 self.masking.as_ref(),
                 micro,
@@ -402,12 +403,8 @@ impl Trainer {
             // With several ranks a bad loss is found after the sum below, by
             // every rank at once (a rank that stopped alone would leave the
             // others waiting for its gradients).
-            if size == 1 && !loss.is_finite() {
-                return Err(MimError::NonFinite {
-                    step: self.step + 1,
-                    what: "loss",
-                    value: loss,
-                });
+            if size == 1 {
+                check_loss(loss, self.step + 1)?;
             }
             loss_sum += loss as f64 * share;
             let weight = share / accum as f64;
@@ -434,13 +431,7 @@ impl Trainer {
             let t0 = std::time::Instant::now();
             loss = sum.finish(&mut grads, loss)?;
             reduce_s = (t0.elapsed().as_secs_f64() + started_s) as f32;
-            if !loss.is_finite() {
-                return Err(MimError::NonFinite {
-                    step: self.step + 1,
-                    what: "loss",
-                    value: loss,
-                });
-            }
+            check_loss(loss, self.step + 1)?;
         }
         let norm = clip_checked(&mut grads, &self.params, self.config.clip_grad, self.step + 1)?;
         self.optimizer.step(&grads)?;
@@ -451,6 +442,19 @@ impl Trainer {
             lr,
             grad_norm: norm,
             reduce_s,
+        })
+    }
+}
+
+/// A non-finite loss at update `step` is an error (before any update).
+fn check_loss(loss: f32, step: u64) -> Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(MimError::NonFinite {
+            step,
+            what: "loss",
+            value: loss,
         })
     }
 }

@@ -179,6 +179,21 @@ fn write_state_dict(name: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> s
     out
 }
 
+/// The fixture's weights as an official SimMIM-Swin `state_dict` holds
+/// them: no Tessera metadata, plus Swin's `attn_mask` buffer of the shifted
+/// block (stage 0: 8×8 tokens, window 4, so 4 windows of 16 tokens).
+fn official_tensors(file: &TensorFile) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .tensors
+        .iter()
+        .filter(|(n, _)| !EXTRA.contains(&n.as_str()))
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.clone()))
+        .collect();
+    let attn_mask = tessera_kernels::window::shifted_window_mask(8, 8, 4, 2);
+    tensors.push(("encoder.layers.0.blocks.1.attn_mask".into(), vec![4, 16, 16], attn_mask));
+    tensors
+}
+
 /// The fixture's weights as an official SimMIM-Swin `state_dict` holds them
 /// (no Tessera metadata, Swin's `attn_mask` buffer of the shifted block):
 /// the configuration is read off the shapes — stages, depths, heads, window
@@ -187,15 +202,7 @@ fn write_state_dict(name: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> s
 #[test]
 fn an_official_simmim_swin_state_dict_loads_without_metadata() {
     let (file, path) = simmim_fixture();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
-        .tensors
-        .iter()
-        .filter(|(n, _)| !EXTRA.contains(&n.as_str()))
-        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.clone()))
-        .collect();
-    // Stage 0 (8×8 tokens, window 4) has 4 windows of 16 tokens.
-    let attn_mask = tessera_kernels::window::shifted_window_mask(8, 8, 4, 2);
-    tensors.push(("encoder.layers.0.blocks.1.attn_mask".into(), vec![4, 16, 16], attn_mask));
+    let tensors = official_tensors(&file);
     let official = write_state_dict("simmim", &tensors);
     let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
     let mut want = simmim_config();
@@ -213,14 +220,7 @@ fn an_official_simmim_swin_state_dict_loads_without_metadata() {
 #[test]
 fn an_official_state_dict_with_absolute_positions_turns_ape_on() {
     let (file, path) = simmim_fixture();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
-        .tensors
-        .iter()
-        .filter(|(n, _)| !EXTRA.contains(&n.as_str()))
-        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.clone()))
-        .collect();
-    let attn_mask = tessera_kernels::window::shifted_window_mask(8, 8, 4, 2);
-    tensors.push(("encoder.layers.0.blocks.1.attn_mask".into(), vec![4, 16, 16], attn_mask));
+    let mut tensors = official_tensors(&file);
     tensors.push(("encoder.absolute_pos_embed".into(), vec![1, 64, 16], vec![0.0; 64 * 16]));
     let official = write_state_dict("simmim-ape", &tensors);
     let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();

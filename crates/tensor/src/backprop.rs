@@ -203,13 +203,7 @@ impl Tensor {
     /// Like [`Tensor::backward`], adding into an existing store (gradient
     /// accumulation over micro-batches).
     pub fn backward_into(&self, store: &mut GradStore) -> Result<()> {
-        if self.numel() != 1 {
-            return Err(TensorError::Backward(format!(
-                "backward() starts from a single value, this tensor has shape {:?}; use backward_from",
-                self.shape()
-            )));
-        }
-        self.backward_from(vec![1.0], store)
+        self.backward_into_with(store, &mut |_, _| {})
     }
 
     /// Back-propagates a given output gradient `dout` (of this tensor's size).
