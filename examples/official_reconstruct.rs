@@ -8,11 +8,11 @@
 
 use rand::SeedableRng;
 use std::path::PathBuf;
-use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::Normalization;
 use tessera_mim::data::transform::Transform;
-use tessera_mim::official::ModelHints;
-use tessera_mim::viz::{NormPixView, render_rows, save_png};
+use tessera_mim::io::checkpoint::load_model_hinted;
+use tessera_mim::io::official::ModelHints;
+use tessera_mim::io::picture::{NormPixView, render_rows, save_png};
 use tessera_mim::{Mask, MaskingConfig, MimRng};
 use tessera_tensor::Tensor;
 

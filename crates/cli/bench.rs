@@ -7,9 +7,10 @@ use anyhow::{Result, bail};
 use clap::ValueEnum;
 use rand::{RngExt, SeedableRng};
 use std::time::{Duration, Instant};
-use tessera_mim::train::{TrainConfig, Trainer};
+use tessera_mim::model::flops;
+use tessera_mim::train::pretrain::{TrainConfig, Trainer};
 use tessera_mim::{
-    DecoderConfig, MaskingConfig, Method, MimRng, ModelConfig, PixelLoss, SwinConfig, TargetConfig, VitConfig, flops,
+    DecoderConfig, MaskingConfig, Method, MimRng, ModelConfig, PixelLoss, SwinConfig, TargetConfig, VitConfig,
 };
 use tessera_tensor::Tensor;
 
@@ -177,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let med = median(&mut times);
     let l = e.num_patches();
-    let len_keep = l - tessera_mim::masking::hidden_count(l, ratio);
+    let len_keep = l - tessera_mim::model::masking::hidden_count(l, ratio);
     let gflop = flops::train_step(&config.model, len_keep, batch) / 1e9;
     // Model FLOPs utilisation: the step's useful GFLOP/s over this machine's
     // f32 FMA peak on the same threads, measured now (after the timed steps).

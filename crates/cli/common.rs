@@ -522,8 +522,8 @@ pub struct OfficialArgs {
 }
 
 impl OfficialArgs {
-    pub fn hints(&self) -> tessera_mim::official::ModelHints {
-        tessera_mim::official::ModelHints {
+    pub fn hints(&self) -> tessera_mim::io::official::ModelHints {
+        tessera_mim::io::official::ModelHints {
             heads: self.heads,
             decoder_heads: self.decoder_heads,
             norm_pix: Some(!self.raw_pixels),

@@ -9,14 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::time::Duration;
-use tessera_mim::checkpoint::load_model_hinted;
 use tessera_mim::data::transform::EpochSampler;
 use tessera_mim::data::{Dataset, First, Split};
-use tessera_mim::finetune::{
-    Classifier, ClassifierConfig, ClassifierPool, EvalReport, FinetuneConfig, FinetuneObserver, FinetuneRun,
-    FinetuneStats, Finetuner, MixupConfig, check_labelled, evaluate, load_classifier, probabilities, top_k,
-};
-use tessera_mim::pretrain::RunOptions;
+use tessera_mim::eval::accuracy::{EvalReport, evaluate, load_classifier, probabilities, top_k};
+use tessera_mim::io::checkpoint::load_model_hinted;
+use tessera_mim::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+use tessera_mim::run::pretrain::RunOptions;
+use tessera_mim::train::finetune::{FinetuneObserver, FinetuneRun, FinetuneStats, Finetuner, check_labelled};
+use tessera_mim::train::recipe::{FinetuneConfig, MixupConfig};
 use tessera_mim::{EncoderConfig, MimRng};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -135,7 +135,7 @@ fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)>
     let Some(path) = &args.checkpoint else {
         return Ok((args.model.build(native)?.encoder, None));
     };
-    let hints = tessera_mim::official::ModelHints {
+    let hints = tessera_mim::io::official::ModelHints {
         heads: args.model.heads,
         ..Default::default()
     };
@@ -380,8 +380,8 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
         bar.set_position(d as u64);
     })?;
     bar.finish_and_clear();
-    let img = tessera_mim::viz::confusion_matrix(&r.confusion);
-    tessera_mim::viz::save_png(&img, &args.confusion)?;
+    let img = tessera_mim::io::picture::confusion_matrix(&r.confusion);
+    tessera_mim::io::picture::save_png(&img, &args.confusion)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());

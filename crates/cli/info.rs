@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use image::imageops::FilterType;
 use rand::SeedableRng;
 use std::path::PathBuf;
-use tessera_mim::layers::Module;
-use tessera_mim::masking::hidden_count;
-use tessera_mim::viz::{patched, save_png, upscale};
-use tessera_mim::{EncoderConfig, Method, MimModel, MimRng, SwinConfig, VitConfig, flops};
+use tessera_mim::io::picture::{patched, save_png, upscale};
+use tessera_mim::model::flops;
+use tessera_mim::model::layers::Module;
+use tessera_mim::model::masking::hidden_count;
+use tessera_mim::{EncoderConfig, Method, MimModel, MimRng, SwinConfig, VitConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,9 +34,9 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..1.0).contains(&args.mask_ratio) {
         anyhow::bail!("--mask-ratio {} is outside [0, 1)", args.mask_ratio);
     }
-    tessera_mim::memory::check(
+    tessera_mim::train::memory::check(
         "building this model",
-        tessera_mim::memory::model_bytes(&cfg),
+        tessera_mim::train::memory::model_bytes(&cfg),
         None,
         "reduce --img-size, --dim or --depth",
     )?;

@@ -1,5 +1,5 @@
 //! `tessera pretrain`: MAE / SimMIM pre-training — options in, a progress bar
-//! out; the run itself is `tessera_mim::pretrain::Pretrainer`.
+//! out; the run itself is `tessera_mim::run::pretrain::Pretrainer`.
 //!
 //! Writes into `--out`: `checkpoint.safetensors` (atomically, every
 //! `--ckpt-every` steps and at the end), `metrics.jsonl` (one JSON object per
@@ -15,12 +15,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tessera_mim::checkpoint::{TensorFile, parse_meta};
 use tessera_mim::data::transform::EpochSampler;
 use tessera_mim::data::{Dataset, First, Split};
-use tessera_mim::distributed::Communicator;
-use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
-use tessera_mim::train::TrainConfig;
+use tessera_mim::io::checkpoint::{TensorFile, parse_meta};
+use tessera_mim::run::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
+use tessera_mim::train::distributed::Communicator;
+use tessera_mim::train::pretrain::TrainConfig;
 use tessera_mim::{StepStats, TargetConfig};
 
 #[derive(clap::Args, Debug)]

@@ -12,11 +12,11 @@ use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
-use tessera_mim::checkpoint::{TensorFile, load_model_hinted};
 use tessera_mim::data::{Dataset, Split};
-use tessera_mim::eval::{
+use tessera_mim::eval::probe::{
     Features, ProbeConfig, encoder_features, encoder_features_mean_and_cls, knn, linear_probe, pixel_features,
 };
+use tessera_mim::io::checkpoint::{TensorFile, load_model_hinted};
 use tessera_mim::{MimModel, MimRng, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

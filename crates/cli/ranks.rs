@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::rc::Rc;
 use tessera_mim::MimError;
-use tessera_mim::distributed::{Communicator, Solo};
+use tessera_mim::train::distributed::{Communicator, Solo};
 
 /// Worker threads when `--threads` is not given: every core, shared among
 /// the ranks an MPI launcher started on this machine (Open MPI and MPICH say
@@ -58,7 +58,7 @@ impl Ranks {
     pub fn start() -> Ranks {
         #[cfg(feature = "mpi")]
         {
-            use tessera_mim::distributed::MpiWorld;
+            use tessera_mim::train::distributed::MpiWorld;
             // Funnelled threading: the thread that starts MPI makes every
             // MPI call (`main` starts it on the worker that runs the command).
             if MpiWorld::launched()

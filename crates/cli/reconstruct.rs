@@ -14,12 +14,12 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
-use tessera_mim::checkpoint::TensorFile;
-use tessera_mim::checkpoint::{load_model_hinted, parse_meta};
 use tessera_mim::data::transform::load_batch;
 use tessera_mim::data::{Normalization, Split};
-use tessera_mim::train::TrainConfig;
-use tessera_mim::viz::{NormPixView, render_rows, save_png};
+use tessera_mim::io::checkpoint::TensorFile;
+use tessera_mim::io::checkpoint::{load_model_hinted, parse_meta};
+use tessera_mim::io::picture::{NormPixView, render_rows, save_png};
+use tessera_mim::train::pretrain::TrainConfig;
 use tessera_mim::{Mask, MimRng};
 use tessera_tensor::{Tensor, no_grad};
 
@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
         // Four panels per image, each upscaled; 3 bytes a pixel.
         let [h, w] = e.img_size();
         let pixels = n as u128 * 4 * (h as u128 * scale as u128 + 4) * (w as u128 * scale as u128 + 4);
-        tessera_mim::memory::check("this picture", 3 * pixels, None, "reduce --scale or --count")?;
+        tessera_mim::train::memory::check("this picture", 3 * pixels, None, "reduce --scale or --count")?;
     }
     let picture = render_rows(&model, &imgs, &mask, &norm, view, args.scale)?;
     let (loss, pred) = no_grad(|| -> Result<(f32, Tensor)> {

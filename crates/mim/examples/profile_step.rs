@@ -4,7 +4,7 @@
 
 use rand::{RngExt, SeedableRng};
 use std::time::Instant;
-use tessera_mim::train::{TrainConfig, Trainer};
+use tessera_mim::train::pretrain::{TrainConfig, Trainer};
 use tessera_mim::{DecoderConfig, Method, MimRng, ModelConfig, PixelLoss, TargetConfig, VitConfig};
 use tessera_tensor::{Tensor, profile};
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tessera_mim::data::Split;
 use tessera_mim::data::synthetic::SyntheticDataset;
-use tessera_mim::distributed::{Communicator, ThreadGroup};
-use tessera_mim::pretrain::{Pretrainer, RunOptions};
-use tessera_mim::train::{TrainConfig, Trainer};
+use tessera_mim::run::pretrain::{Pretrainer, RunOptions};
+use tessera_mim::train::distributed::{Communicator, ThreadGroup};
+use tessera_mim::train::pretrain::{TrainConfig, Trainer};
 use tessera_mim::{EncoderConfig, ModelConfig};
 use tessera_tensor::Tensor;
 

@@ -4,11 +4,11 @@
 
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
-use tessera_mim::checkpoint::TensorFile;
 use tessera_mim::data::cifar::read_batch;
 use tessera_mim::data::folder::decode;
 use tessera_mim::data::idx::{read_images, read_labels};
-use tessera_mim::train::TrainConfig;
+use tessera_mim::io::checkpoint::TensorFile;
+use tessera_mim::train::pretrain::TrainConfig;
 
 /// A per-test folder (removed at the end of each case's process).
 fn scratch(name: &str) -> PathBuf {

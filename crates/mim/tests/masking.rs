@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use rand::SeedableRng;
-use tessera_mim::masking::{ceil_count, has_hidden_neighbour, hidden_count};
+use tessera_mim::model::masking::{ceil_count, has_hidden_neighbour, hidden_count};
 use tessera_mim::{Mask, MaskingConfig, MimRng};
 
 fn sample(cfg: &MaskingConfig, patch: usize, grid: [usize; 2], batch: usize, seed: u64) -> Mask {

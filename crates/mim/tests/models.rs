@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use rand::SeedableRng;
-use tessera_mim::layers::Module;
+use tessera_mim::model::layers::Module;
 use tessera_mim::{Mask, MaskingConfig, MimModel, MimRng, PixelLoss, Pool, TargetConfig, VisionTransformer, VitConfig};
 use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
 
@@ -129,8 +129,8 @@ fn every_parameter_receives_a_nonzero_gradient() {
         let state: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
         // (SimMIM's encoder tensors carry its `encoder.` prefix.)
         let pos = match model.head {
-            tessera_mim::model::Head::Mae(_) => "pos_embed",
-            tessera_mim::model::Head::SimMim(_) => "encoder.pos_embed",
+            tessera_mim::model::mim::Head::Mae(_) => "pos_embed",
+            tessera_mim::model::mim::Head::SimMim(_) => "encoder.pos_embed",
         };
         assert!(state.contains(&pos.to_string()), "{state:?}");
     }
@@ -305,7 +305,7 @@ fn state_len_matches_the_built_model() {
 #[test]
 fn simmim_head_channels_are_in_pixel_shuffle_order() {
     let model = MimModel::new(tiny_simmim(norm_pix()), &mut rng()).unwrap();
-    let tessera_mim::model::Head::SimMim(head) = &model.head else {
+    let tessera_mim::model::mim::Head::SimMim(head) = &model.head else {
         unreachable!()
     };
     let (out, p, c) = (48, 4, 3);
@@ -339,7 +339,7 @@ fn simmim_head_channels_are_in_pixel_shuffle_order() {
 /// channel index, the logits of every patch read back its own channels.
 #[test]
 fn swin_codebook_logits_are_pixel_shuffled_per_patch() {
-    use tessera_mim::model::Head;
+    use tessera_mim::model::mim::Head;
     use tessera_mim::{MimModel, TargetConfig};
     let mut cfg = tiny_simmim(norm_pix());
     cfg.encoder = tessera_mim::SwinConfig::preset("swin-mini", [32, 32], 3)

@@ -8,7 +8,7 @@
 
 use rand::SeedableRng;
 use std::path::Path;
-use tessera_mim::checkpoint::TensorFile;
+use tessera_mim::io::checkpoint::TensorFile;
 use tessera_mim::{
     Mask, Method, MimModel, MimRng, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig, VitConfig,
 };
@@ -130,7 +130,7 @@ fn an_official_simmim_state_dict_loads_without_metadata() {
     let official = dir.join("simmim.safetensors");
     std::fs::write(&official, safetensors::serialize(views, None).unwrap()).unwrap();
 
-    let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
+    let model = tessera_mim::io::checkpoint::load_model(&official, None).unwrap();
     let mut want = config();
     want.encoder.vit_mut().unwrap().init = tessera_mim::InitScheme::Beit;
     assert_eq!(model.config, want);

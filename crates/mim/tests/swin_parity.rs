@@ -9,9 +9,9 @@
 use rand::SeedableRng;
 use std::collections::BTreeSet;
 use std::path::Path;
-use tessera_mim::checkpoint::TensorFile;
-use tessera_mim::layers::Module;
-use tessera_mim::swin::{SwinConfig, SwinTransformer};
+use tessera_mim::io::checkpoint::TensorFile;
+use tessera_mim::model::layers::Module;
+use tessera_mim::model::swin::{SwinConfig, SwinTransformer};
 use tessera_mim::{EncoderConfig, Mask, Method, MimModel, MimRng, ModelConfig, PixelLoss, Pool, TargetConfig};
 use tessera_tensor::Tensor;
 
@@ -204,7 +204,7 @@ fn an_official_simmim_swin_state_dict_loads_without_metadata() {
     let (file, path) = simmim_fixture();
     let tensors = official_tensors(&file);
     let official = write_state_dict("simmim", &tensors);
-    let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
+    let model = tessera_mim::io::checkpoint::load_model(&official, None).unwrap();
     let mut want = simmim_config();
     if let EncoderConfig::Swin(s) = &mut want.encoder {
         s.drop_path = 0.1; // not in a state dict: Swin's default
@@ -223,7 +223,7 @@ fn an_official_state_dict_with_absolute_positions_turns_ape_on() {
     let mut tensors = official_tensors(&file);
     tensors.push(("encoder.absolute_pos_embed".into(), vec![1, 64, 16], vec![0.0; 64 * 16]));
     let official = write_state_dict("simmim-ape", &tensors);
-    let model = tessera_mim::checkpoint::load_model(&official, None).unwrap();
+    let model = tessera_mim::io::checkpoint::load_model(&official, None).unwrap();
     let EncoderConfig::Swin(s) = &model.config.encoder else {
         panic!("a Swin model")
     };
@@ -263,8 +263,8 @@ fn a_timm_swin_state_dict_loads_as_the_encoder() {
             .any(|(n, _, _)| n == "layers.2.downsample.reduction.weight")
     );
     let timm = write_state_dict("timm", &tensors);
-    let hints = tessera_mim::official::ModelHints::default();
-    let model = tessera_mim::checkpoint::load_model_hinted(&timm, Some([16, 16]), &hints, false).unwrap();
+    let hints = tessera_mim::io::official::ModelHints::default();
+    let model = tessera_mim::io::checkpoint::load_model_hinted(&timm, Some([16, 16]), &hints, false).unwrap();
     assert_eq!(model.config.encoder.swin().unwrap().depths, [2, 2, 1]);
 
     let mut reference = MimModel::new(simmim_config(), &mut MimRng::seed_from_u64(0)).unwrap();

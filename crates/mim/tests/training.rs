@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use std::path::PathBuf;
-use tessera_mim::checkpoint::load_model;
-use tessera_mim::train::{TrainConfig, Trainer, decays};
+use tessera_mim::io::checkpoint::load_model;
+use tessera_mim::train::pretrain::{TrainConfig, Trainer, decays};
 use tessera_mim::{MaskingConfig, MimError, Pool, TargetConfig};
 use tessera_tensor::Tensor;
 
@@ -179,7 +179,7 @@ fn checkpoint_of_another_configuration_is_refused_by_name() {
         "{e}"
     );
     // Loading weights into a differently shaped model names the tensor.
-    let file = tessera_mim::checkpoint::TensorFile::load(&path).unwrap();
+    let file = tessera_mim::io::checkpoint::TensorFile::load(&path).unwrap();
     let mut wide = tessera_mim::MimModel::new(
         {
             let mut c = tiny_mae(norm_pix());
@@ -296,9 +296,9 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
 /// hints, and the loaded model computes exactly what the saved one did.
 #[test]
 fn official_state_dicts_load_by_shape_with_clear_errors() {
-    use tessera_mim::checkpoint::TensorFile;
-    use tessera_mim::checkpoint::load_model_hinted;
-    use tessera_mim::official::ModelHints;
+    use tessera_mim::io::checkpoint::TensorFile;
+    use tessera_mim::io::checkpoint::load_model_hinted;
+    use tessera_mim::io::official::ModelHints;
     let dir = tmp("official");
     let mut t = Trainer::new(config(2)).unwrap();
     t.train_step(&batches(1)[0]).unwrap();
@@ -327,7 +327,7 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     // The encoder alone: fine for features, refused where the decoder is needed.
     let mut enc = file.clone();
     enc.tensors
-        .retain(|name, _| tessera_mim::official::is_encoder_tensor(name));
+        .retain(|name, _| tessera_mim::io::official::is_encoder_tensor(name));
     let enc_path = dir.join("encoder.safetensors");
     enc.save(&enc_path).unwrap();
     let e_model = load_model_hinted(&enc_path, None, &hints, false).unwrap();
@@ -367,7 +367,7 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
     use std::path::Path;
     use tessera_mim::data::Split;
     use tessera_mim::data::synthetic::SyntheticDataset;
-    use tessera_mim::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
+    use tessera_mim::run::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
     #[derive(Default)]
     struct Seen {
         started: Vec<u64>,
@@ -463,7 +463,7 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
 /// tensor, instead of running to a garbage picture and "loss NaN".
 #[test]
 fn non_finite_weights_are_refused_by_name() {
-    use tessera_mim::checkpoint::TensorFile;
+    use tessera_mim::io::checkpoint::TensorFile;
     let dir = tmp("nan");
     let t = Trainer::new(config(2)).unwrap();
     let path = dir.join("m.safetensors");
@@ -481,7 +481,7 @@ fn non_finite_weights_are_refused_by_name() {
 /// built, instead of allocating gigabytes and aborting.
 #[test]
 fn metadata_claiming_a_huge_model_is_refused_before_building() {
-    use tessera_mim::checkpoint::TensorFile;
+    use tessera_mim::io::checkpoint::TensorFile;
     let dir = tmp("huge-meta");
     let t = Trainer::new(config(2)).unwrap();
     let path = dir.join("m.safetensors");
@@ -507,7 +507,7 @@ fn metadata_claiming_a_huge_model_is_refused_before_building() {
 fn pictures_take_one_image_per_class() {
     use tessera_mim::data::synthetic::SyntheticDataset;
     use tessera_mim::data::{Dataset, Split};
-    use tessera_mim::pretrain::picture_indices;
+    use tessera_mim::run::pretrain::picture_indices;
     let ds = SyntheticDataset::new(200, [16, 16], 3, 0, Split::Test).unwrap();
     let idx = picture_indices(&ds, 6);
     assert_eq!(idx.len(), 6);

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use rand::SeedableRng;
-use tessera_mim::layers::Module;
+use tessera_mim::model::layers::Module;
 use tessera_mim::{Mask, MimModel, MimRng, PosEmbedKind, QkvBias, RelPosBias, VisionTransformer, VitConfig};
 
 fn rng() -> MimRng {
@@ -210,7 +210,7 @@ fn checkpoints_keep_the_options() {
     let model = &trainer.model;
     randomise(model.encoder.vit().unwrap(), 9);
     trainer.save(&path).unwrap();
-    let loaded = tessera_mim::checkpoint::load_model(&path, None).unwrap();
+    let loaded = tessera_mim::io::checkpoint::load_model(&path, None).unwrap();
     assert_eq!(loaded.config, model.config);
     let imgs = images(1, 3, 16, 16, 6);
     let f = |m: &MimModel| m.features(&imgs, tessera_mim::Pool::Mean).unwrap().to_vec();
@@ -223,7 +223,7 @@ fn checkpoints_keep_the_options() {
 /// unchanged in expectation; the rate rises linearly over the blocks.
 #[test]
 fn drop_path_is_identity_in_eval_and_unbiased_in_train() {
-    use tessera_mim::layers::drop_path_scale;
+    use tessera_mim::model::layers::drop_path_scale;
     let mut r = rng();
     let rate = 0.3;
     let s = drop_path_scale(20_000, rate, &mut r).unwrap().to_vec();
@@ -319,7 +319,7 @@ fn without_the_final_norm() {
     assert!(bare.named_tensors().iter().all(|(n, _)| !n.starts_with("norm.")));
     let imgs = images(2, 3, 16, 16, 9);
     let x = bare.forward_all(&imgs, false, &mut rng()).unwrap();
-    let ln = tessera_mim::layers::LayerNorm::new(32, 1e-6);
+    let ln = tessera_mim::model::layers::LayerNorm::new(32, 1e-6);
     let want = normed.forward_all(&imgs, false, &mut rng()).unwrap().to_vec();
     assert_eq!(ln.forward(&x).unwrap().to_vec(), want);
 }

@@ -38,7 +38,7 @@
 use super::transform::convert_channels;
 use super::{Dataset, Normalization, RawImage, Split, mix_seed, out_of_range};
 use crate::error::{Result, config_err};
-use crate::masking::MimRng;
+use crate::model::masking::MimRng;
 use rand::{RngExt, SeedableRng};
 use std::f32::consts::{FRAC_PI_2, FRAC_PI_4, TAU};
 

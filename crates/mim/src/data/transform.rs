@@ -27,7 +27,7 @@
 
 use super::{Dataset, Normalization, RawImage, mix_seed, out_of_range};
 use crate::error::{MimError, Result, config_err};
-use crate::masking::MimRng;
+use crate::model::masking::MimRng;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use std::borrow::Cow;

@@ -5,9 +5,9 @@ use crate::MimRng;
 use crate::config::TargetConfig;
 use crate::data::Normalization;
 use crate::error::{MimError, Result};
-use crate::masking::Mask;
-use crate::model::MimModel;
-use crate::target::{Codebook, patch_stats};
+use crate::model::masking::Mask;
+use crate::model::mim::MimModel;
+use crate::model::target::{Codebook, patch_stats};
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use std::path::Path;
@@ -44,7 +44,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .map_err(|e| MimError::Input(format!("{}: cannot encode PNG: {e}", path.display())))?;
-    crate::checkpoint::write_atomically(path, bytes.get_ref())
+    crate::io::checkpoint::write_atomically(path, bytes.get_ref())
 }
 
 /// Panels side by side, rows stacked, separated by `gap` pixels of white.

@@ -1,14 +1,16 @@
 //! Fine-tuning steps, checkpoints, and the run with per-epoch validation.
 
-use super::{Classifier, EvalReport, FinetuneConfig, evaluate, mix_batch, param_groups};
-use crate::checkpoint::{TensorFile, json, parse_meta, restore_optimizer, store_optimizer};
 use crate::data::Dataset;
 use crate::data::transform::{EpochSampler, load_batch};
 use crate::error::{MimError, Result, config_err};
-use crate::layers::Module;
-use crate::masking::MimRng;
-use crate::pretrain::{RunOptions, check_run_start, io_err, truncate_metrics};
-use crate::train::{adamw, clip_checked};
+use crate::eval::accuracy::{EvalReport, evaluate};
+use crate::io::checkpoint::{TensorFile, json, parse_meta, restore_optimizer, store_optimizer};
+use crate::model::classifier::Classifier;
+use crate::model::layers::Module;
+use crate::model::masking::MimRng;
+use crate::run::pretrain::{RunOptions, check_run_start, io_err, truncate_metrics};
+use crate::train::pretrain::{adamw, clip_checked};
+use crate::train::recipe::{FinetuneConfig, mix_batch, param_groups};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
@@ -164,7 +166,7 @@ impl Finetuner {
 
 /// Copies every tensor of `model` from `file`, refusing missing ones, other
 /// shapes and non-finite values by name.
-pub(super) fn load_tensors(model: &mut Classifier, file: &TensorFile, path: &Path) -> Result<()> {
+pub(crate) fn load_tensors(model: &mut Classifier, file: &TensorFile, path: &Path) -> Result<()> {
     let ckpt = |msg: String| MimError::Checkpoint {
         path: path.to_path_buf(),
         msg,
@@ -290,7 +292,7 @@ impl<'a> FinetuneRun<'a> {
         let ckpt = opts.checkpoint();
         let (train, val) = (self.train, self.val);
         std::fs::create_dir_all(&opts.out).map_err(|err| io_err(&opts.out, err))?;
-        crate::checkpoint::remove_stale_temporaries(&opts.out);
+        crate::io::checkpoint::remove_stale_temporaries(&opts.out);
         let metrics_path = opts.out.join("metrics.jsonl");
         if opts.overwrite && !opts.resume && metrics_path.exists() {
             std::fs::remove_file(&metrics_path).map_err(|err| io_err(&metrics_path, err))?;
@@ -298,7 +300,7 @@ impl<'a> FinetuneRun<'a> {
         let start = self.tuner.step;
         truncate_metrics(&metrics_path, start)?;
         let text = serde_json::to_string_pretty(&config).expect("a recipe serialises to JSON");
-        crate::checkpoint::write_atomically(&opts.out.join("config.json"), text.as_bytes())?;
+        crate::io::checkpoint::write_atomically(&opts.out.join("config.json"), text.as_bytes())?;
         let (train_t, eval_t) = (config.train_transform(), config.eval_transform());
         let sampler = EpochSampler {
             n: train.len(),

@@ -9,9 +9,9 @@
 
 use crate::config::EncoderConfig;
 use crate::error::{MimError, Result};
-use crate::layers::Module;
-use crate::swin::SwinTransformer;
-use crate::vit::{Pool, VisionTransformer};
+use crate::model::layers::Module;
+use crate::model::swin::SwinTransformer;
+use crate::model::vit::{Pool, VisionTransformer};
 use rand::Rng;
 use tessera_tensor::Tensor;
 

@@ -1,7 +1,7 @@
 //! Supervised fine-tuning and classification: how MIM pre-training is judged
 //! (MAE's headline numbers are fine-tuned top-1).
 //!
-//! A [`Classifier`] is an encoder (ViT or Swin) with a linear head, named as
+//! A [`Classifier`](crate::model::classifier::Classifier) is an encoder (ViT or Swin) with a linear head, named as
 //! MAE's `models_vit.VisionTransformer` and Swin's classifier so their
 //! fine-tuned checkpoints load:
 //!
@@ -13,7 +13,7 @@
 //! The head starts from a truncated normal of std 2e-5 and zero bias (MAE's
 //! `trunc_normal_(model.head.weight, std=2e-5)`).
 //!
-//! The recipe is MAE's `main_finetune.py` ([`FinetuneConfig::mae`]): AdamW
+//! The recipe is MAE's `main_finetune.py` ([`FinetuneConfig::mae`](recipe::FinetuneConfig::mae)): AdamW
 //! (β = 0.9, 0.999), layer-wise learning-rate decay 0.75, weight decay 0.05
 //! except norms, biases, tokens and tables, linear warm-up then cosine to
 //! 1e-6, stochastic depth 0.1, label smoothing 0.1, mixup 0.8 and cutmix 1.0
@@ -30,27 +30,26 @@
 //! numbered across stages; each patch merging shares the number of the block
 //! before it (SimMIM's rule).
 //!
-//! The parts: [`classifier`] (the model and its layer numbering), [`recipe`]
-//! (mixup, label smoothing, the recipe and its parameter groups), [`run`]
-//! (steps, checkpoints, the run with per-epoch validation) and [`mod@evaluate`]
-//! (accuracy, confusion matrix, loading classifiers).
+//! The parts: [`crate::model::classifier`] (the model and its layer
+//! numbering), [`recipe`] (mixup, label smoothing, the recipe and its
+//! parameter groups), [`finetune`] (steps, checkpoints, the run with
+//! per-epoch validation) and [`crate::eval::accuracy`] (accuracy, confusion
+//! matrix, loading classifiers).
 
-pub mod classifier;
-pub mod evaluate;
+pub mod distributed;
+pub mod finetune;
+pub mod memory;
+pub mod pretrain;
 pub mod recipe;
-pub mod run;
-
-pub use classifier::{Classifier, ClassifierConfig, ClassifierPool};
-pub use evaluate::{EvalReport, evaluate, load_classifier, probabilities, top_k};
-pub use recipe::{FinetuneConfig, Mixed, MixupConfig, beta, mix_batch, param_groups, smooth_targets};
-pub use run::{FinetuneEnd, FinetuneObserver, FinetuneRun, FinetuneStats, Finetuner, check_labelled};
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::VitConfig;
     use crate::data::Normalization;
-    use crate::masking::MimRng;
+    use crate::eval::accuracy::top_k;
+    use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+    use crate::model::masking::MimRng;
+    use crate::train::recipe::{FinetuneConfig, Mixed, MixupConfig, beta, mix_batch, param_groups, smooth_targets};
     use rand::SeedableRng;
     use tessera_tensor::Tensor;
 
@@ -276,7 +275,9 @@ mod tests {
         assert_eq!(a, b);
         let mut rng = MimRng::seed_from_u64(5);
         let rate = 0.3;
-        let s = crate::layers::drop_path_scale(40000, rate, &mut rng).unwrap().to_vec();
+        let s = crate::model::layers::drop_path_scale(40000, rate, &mut rng)
+            .unwrap()
+            .to_vec();
         assert!(s.iter().all(|&v| v == 0.0 || (v - 1.0 / (1.0 - rate)).abs() < 1e-6));
         let mean = s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
         assert!((mean - 1.0).abs() < 0.01, "mean factor {mean}");

@@ -225,12 +225,12 @@ pub struct Block {
 /// Stochastic depth's per-image factors `(B, 1, 1)`: 0 with probability
 /// `rate`, else `1/(1 − rate)`, so the branch is unchanged in expectation.
 ///
-/// Inside [`crate::distributed::with_batch_shard`] the draws are made for the
+/// Inside [`crate::train::distributed::with_batch_shard`] the draws are made for the
 /// whole global batch and this batch's rows kept, so a data-parallel rank
 /// drops exactly the images one process with the whole batch would.
 pub fn drop_path_scale<R: Rng + ?Sized>(batch: usize, rate: f32, rng: &mut R) -> Result<Tensor> {
     let keep = 1.0 / (1.0 - rate);
-    let (offset, global) = crate::distributed::batch_shard(batch).unwrap_or((0, batch));
+    let (offset, global) = crate::train::distributed::batch_shard(batch).unwrap_or((0, batch));
     // Every draw of the global batch is made, kept or not, so the stream
     // advances the same way on every rank.
     let all: Vec<f32> = (0..global)

@@ -1,11 +1,11 @@
 //! The fine-tuning recipe: mixup and CutMix, label smoothing, the
 //! hyper-parameters, and the optimizer's parameter groups.
 
-use super::ClassifierConfig;
 use crate::data::Normalization;
 use crate::data::transform::Transform;
 use crate::error::{Result, config_err};
-use crate::train::{MatmulPrecision, decays};
+use crate::model::classifier::ClassifierConfig;
+use crate::train::pretrain::{MatmulPrecision, decays};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -300,7 +300,7 @@ impl FinetuneConfig {
 
     /// The base learning rate of update `step` (0-based): warm-up, then cosine.
     pub fn lr_at(&self, step: u64) -> f32 {
-        crate::train::warmup_cosine(step, self.warmup_steps, self.total_steps, self.peak_lr(), self.min_lr)
+        crate::train::pretrain::warmup_cosine(step, self.warmup_steps, self.total_steps, self.peak_lr(), self.min_lr)
     }
 
     /// The training transform: crops and flips (if `augment`), normalised.

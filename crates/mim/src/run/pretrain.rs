@@ -6,7 +6,7 @@
 //! ```no_run
 //! use tessera_mim::data::Split;
 //! use tessera_mim::data::synthetic::SyntheticDataset;
-//! use tessera_mim::pretrain::{Pretrainer, RunOptions};
+//! use tessera_mim::run::pretrain::{Pretrainer, RunOptions};
 //! use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, TargetConfig, TrainConfig, VitConfig};
 //! # fn main() -> tessera_mim::Result<()> {
 //! let model = ModelConfig {
@@ -31,12 +31,12 @@
 
 use crate::data::Dataset;
 use crate::data::transform::{Augment, EpochSampler, Transform, load_batch};
-use crate::distributed::{Communicator, check_agreement, fingerprint};
 use crate::error::{MimError, Result};
-use crate::masking::Mask;
-use crate::model::MimModel;
-use crate::train::{StepStats, TrainConfig, Trainer};
-use crate::viz::{NormPixView, render_rows, save_png};
+use crate::io::picture::{NormPixView, render_rows, save_png};
+use crate::model::masking::Mask;
+use crate::model::mim::MimModel;
+use crate::train::distributed::{Communicator, check_agreement, fingerprint};
+use crate::train::pretrain::{StepStats, TrainConfig, Trainer};
 use crate::{MimRng, TargetConfig};
 use rand::SeedableRng;
 use std::fs::OpenOptions;
@@ -76,7 +76,7 @@ pub struct RunOptions {
     /// step, writes a checkpoint and returns with `interrupted`.
     pub stop: Option<Arc<AtomicBool>>,
     /// Refuse a run whose estimated memory exceeds this many bytes (default:
-    /// the memory the system reports available; see [`crate::memory`]).
+    /// the memory the system reports available; see [`crate::train::memory`]).
     pub max_memory: Option<u64>,
 }
 
@@ -182,9 +182,9 @@ impl<'a> Pretrainer<'a> {
         if options.recon_count == 0 {
             return Err(MimError::Input("--recon-count must be at least 1".into()));
         }
-        crate::memory::check(
+        crate::train::memory::check(
             "pre-training this model",
-            crate::memory::training_bytes(&config),
+            crate::train::memory::training_bytes(&config),
             options.max_memory,
             "reduce --batch, --img-size, --dim or --depth (or raise --max-memory)",
         )?;
@@ -496,7 +496,7 @@ impl<'a> Pretrainer<'a> {
         let ckpt = opts.checkpoint();
         std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
         // A write interrupted by a crash leaves its temporary file: remove it.
-        crate::checkpoint::remove_stale_temporaries(&opts.out);
+        crate::io::checkpoint::remove_stale_temporaries(&opts.out);
         if opts.overwrite && !opts.resume {
             for old in [&ckpt, metrics_path] {
                 if old.exists() {
@@ -513,7 +513,7 @@ impl<'a> Pretrainer<'a> {
         truncate_metrics(metrics_path, self.trainer.step)?;
         let config_json = opts.out.join("config.json");
         let text = serde_json::to_string_pretty(config).expect("a configuration serialises to JSON");
-        crate::checkpoint::write_atomically(&config_json, text.as_bytes())
+        crate::io::checkpoint::write_atomically(&config_json, text.as_bytes())
     }
 }
 
@@ -555,7 +555,7 @@ pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .collect();
     let kept: String = keep.iter().map(|l| format!("{l}\n")).collect();
     if kept != text {
-        crate::checkpoint::write_atomically(path, kept.as_bytes())?;
+        crate::io::checkpoint::write_atomically(path, kept.as_bytes())?;
     }
     Ok(())
 }

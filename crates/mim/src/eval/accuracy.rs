@@ -1,14 +1,15 @@
 //! Accuracy of a classifier: top-1, top-5, per class, the confusion matrix;
 //! loading a classifier from a checkpoint.
 
-use super::run::load_tensors;
-use super::{Classifier, ClassifierConfig, ClassifierPool, FinetuneConfig};
-use crate::checkpoint::{TensorFile, parse_meta};
 use crate::data::Dataset;
 use crate::data::Normalization;
 use crate::data::transform::{Transform, load_batch};
 use crate::error::{MimError, Result};
-use crate::masking::MimRng;
+use crate::io::checkpoint::{TensorFile, parse_meta};
+use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+use crate::model::masking::MimRng;
+use crate::train::finetune::load_tensors;
+use crate::train::recipe::FinetuneConfig;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -116,7 +117,7 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
 /// files, heads from `hints`), whose classes are then named `0…K−1`.
 /// Also returns the statistics its inputs are normalised with: the
 /// recipe's, or ImageNet's for an official file.
-pub fn load_classifier(path: &Path, hints: &crate::official::ModelHints) -> Result<(Classifier, Normalization)> {
+pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> Result<(Classifier, Normalization)> {
     let file = TensorFile::load(path)?;
     let (config, norm) = if file.metadata.contains_key("tessera.finetune") {
         let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
@@ -132,7 +133,7 @@ pub fn load_classifier(path: &Path, hints: &crate::official::ModelHints) -> Resu
             msg: "has no classifier head ('head.weight'): not a fine-tuned checkpoint".into(),
         })?;
         let k = head.shape.first().copied().unwrap_or(0);
-        let enc = crate::official::infer_config(&file, path, hints, false)?.encoder;
+        let enc = crate::io::official::infer_config(&file, path, hints, false)?.encoder;
         let pool = if file.tensors.contains_key("fc_norm.weight") {
             ClassifierPool::Mean
         } else {

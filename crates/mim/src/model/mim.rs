@@ -35,13 +35,13 @@
 //! reordered to MAE's patchify order `(i, j, c)` for the loss and pictures.
 
 use crate::config::{EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, TargetConfig};
-use crate::encoder::Encoder;
 use crate::error::{MimError, Result};
-use crate::layers::{Block, LayerNorm, Linear, Module, join, visit_blocks};
-use crate::masking::{Mask, MimRng};
-use crate::pos_embed::sincos_2d;
-use crate::target::{Codebook, normalize_patches, patchify_images};
-use crate::vit::Pool;
+use crate::model::encoder::Encoder;
+use crate::model::layers::{Block, LayerNorm, Linear, Module, join, visit_blocks};
+use crate::model::masking::{Mask, MimRng};
+use crate::model::pos_embed::sincos_2d;
+use crate::model::target::{Codebook, normalize_patches, patchify_images};
+use crate::model::vit::Pool;
 use rand::Rng;
 use tessera_kernels::patch::PatchDims;
 use tessera_tensor::init::{normal, trunc_normal, uniform};
@@ -214,7 +214,8 @@ impl MimModel {
                             None => head.mask_token.clone(),
                         };
                         let masked = x.mul(&keep)?.add(&token.mul(&w)?)?;
-                        let all = vit.transform(&vit.prepend_cls(&masked)?, crate::vit::Tokens::All, train, rng)?;
+                        let all =
+                            vit.transform(&vit.prepend_cls(&masked)?, crate::model::vit::Tokens::All, train, rng)?;
                         all.narrow(1, 1, l)? // (B, L, D)
                     }
                     Encoder::Swin(swin) => {

@@ -11,18 +11,18 @@
 //! a model's tensors in and out ([`MimModel::load_state`], [`MimModel::store_state`]),
 //! a training run's save and resume ([`Trainer::save`], [`Trainer::resume`]),
 //! and loading a model for use ([`load_model`], [`load_model_hinted`]; MAE's
-//! own `state_dict`s through [`crate::official`]).
+//! own `state_dict`s through [`crate::io::official`]).
 //!
 //! Files are written atomically: to a temporary file in the same folder,
 //! flushed to disk, then renamed over the target. A crash leaves either the old
 //! checkpoint or the new one, never half of one.
 
 use crate::error::{MimError, Result};
-use crate::masking::MimRng;
-use crate::model::MimModel;
-use crate::official::{self, ModelHints};
-use crate::target::Codebook;
-use crate::train::{TrainConfig, Trainer};
+use crate::io::official::{self, ModelHints};
+use crate::model::masking::MimRng;
+use crate::model::mim::MimModel;
+use crate::model::target::Codebook;
+use crate::train::pretrain::{TrainConfig, Trainer};
 use crate::{ModelConfig, TargetConfig};
 use rand::SeedableRng;
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -199,7 +199,7 @@ impl TensorFile {
         };
         for (name, view) in st.tensors() {
             // BEiT's integer index buffers are recomputed, never read.
-            if view.dtype() != Dtype::F32 && crate::official::is_recomputed_buffer(&name) {
+            if view.dtype() != Dtype::F32 && crate::io::official::is_recomputed_buffer(&name) {
                 continue;
             }
             if view.dtype() != Dtype::F32 {
@@ -266,7 +266,7 @@ impl MimModel {
         wanted: impl Fn(&str) -> bool,
     ) -> Result<()> {
         use crate::config::PosEmbedKind;
-        use crate::pos_embed::resize;
+        use crate::model::pos_embed::resize;
         let grid = self.config.encoder.grid();
         // Only a ViT has absolute positional tables to resize.
         let enc_kind = self.config.encoder.vit().map_or(PosEmbedKind::None, |v| v.pos_embed);
@@ -492,7 +492,7 @@ pub fn load_model(path: &Path, img_size: Option<[usize; 2]>) -> Result<MimModel>
 
 /// [`load_model`], also for checkpoints without Tessera's metadata (MAE's
 /// released weights): their configuration is read off the tensors' shapes,
-/// with `hints` for what shapes cannot say ([`crate::official`]). With
+/// with `hints` for what shapes cannot say ([`crate::io::official`]). With
 /// `need_decoder` false an encoder-only file is accepted (for features); its
 /// decoder stays randomly initialised.
 pub fn load_model_hinted(

@@ -26,7 +26,7 @@
 //! `MPI_COMM_WORLD` through rsmpi. docs/distributed.md has the design.
 //!
 //! [`Mask::rows`]: crate::Mask::rows
-//! [`drop_path_scale`]: crate::layers::drop_path_scale
+//! [`drop_path_scale`]: crate::model::layers::drop_path_scale
 
 use std::cell::Cell;
 use std::collections::HashMap;

@@ -10,8 +10,8 @@
 
 use crate::config::{EncoderConfig, Method, ModelConfig};
 use crate::error::{MimError, Result};
-use crate::masking::hidden_count;
-use crate::train::TrainConfig;
+use crate::model::masking::hidden_count;
+use crate::train::pretrain::TrainConfig;
 
 const F32: u128 = 4;
 

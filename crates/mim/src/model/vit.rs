@@ -21,9 +21,9 @@
 
 use crate::config::{InitScheme, PosEmbedKind, RelPosBias, VitConfig};
 use crate::error::Result;
-use crate::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
-use crate::masking::{Mask, MimRng};
-use crate::pos_embed::sincos_2d;
+use crate::model::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
+use crate::model::masking::{Mask, MimRng};
+use crate::model::pos_embed::sincos_2d;
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
 use tessera_kernels::relpos;
@@ -162,7 +162,7 @@ impl VisionTransformer {
 
     /// Checks that images fit this encoder, naming both shapes if not.
     pub fn check_images(&self, imgs: &Tensor) -> Result<()> {
-        crate::encoder::check_image_shape(imgs, self.config.in_chans, self.config.img_size)
+        crate::model::encoder::check_image_shape(imgs, self.config.in_chans, self.config.img_size)
     }
 
     /// The patches' absolute positional embeddings `(1, L, D)`, if any.

@@ -2,10 +2,10 @@
 //! for layer-wise learning-rate decay.
 
 use crate::config::EncoderConfig;
-use crate::encoder::Encoder;
 use crate::error::{MimError, Result, config_err};
-use crate::layers::{LayerNorm, Linear, Module, join};
-use crate::masking::MimRng;
+use crate::model::encoder::Encoder;
+use crate::model::layers::{LayerNorm, Linear, Module, join};
+use crate::model::masking::MimRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -195,9 +195,9 @@ impl Classifier {
                 let tokens = vit.forward_all(imgs, train, rng)?; // (B, 1 + L, D)
                 match (self.config.pool, &self.fc_norm) {
                     (ClassifierPool::Mean, Some(norm)) => {
-                        norm.forward(&crate::vit::pool_tokens(&tokens, crate::Pool::Mean)?)?
+                        norm.forward(&crate::model::vit::pool_tokens(&tokens, crate::Pool::Mean)?)?
                     }
-                    _ => crate::vit::pool_tokens(&tokens, crate::Pool::Cls)?,
+                    _ => crate::model::vit::pool_tokens(&tokens, crate::Pool::Cls)?,
                 }
             }
             Encoder::Swin(swin) => swin.stages(&swin.embed(imgs)?, train, rng)?.mean(&[1, 2], false)?,

@@ -54,12 +54,12 @@
 //! (224 for window 7, 192 for SimMIM's window 6); `--img-size` overrides it.
 //! LayerNorm eps is Swin's 1e-5; drop path 0.1.
 
-use crate::checkpoint::TensorFile;
 use crate::config::{
     DecoderConfig, InitScheme, Method, ModelConfig, PRESETS, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, SwinConfig,
     TargetConfig, VitConfig,
 };
 use crate::error::{MimError, Result};
+use crate::io::checkpoint::TensorFile;
 use std::collections::BTreeSet;
 use std::path::Path;
 

@@ -18,10 +18,10 @@
 //! from another thread.
 
 use crate::config::{ModelConfig, is_positive};
-use crate::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard, with_batch_shard};
 use crate::error::{MimError, Result, config_err};
-use crate::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
-use crate::model::MimModel;
+use crate::model::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
+use crate::model::mim::MimModel;
+use crate::train::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard, with_batch_shard};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
@@ -298,11 +298,11 @@ impl Trainer {
     /// A fingerprint of the trainable state (step, parameters, random
     /// state): equal on every rank of a data-parallel run, or they diverged.
     pub fn state_fingerprint(&self) -> u64 {
-        let mut h = crate::distributed::fingerprint(&self.step.to_le_bytes());
+        let mut h = crate::train::distributed::fingerprint(&self.step.to_le_bytes());
         let rng = serde_json::to_string(&self.rng).unwrap_or_default();
-        h ^= crate::distributed::fingerprint(rng.as_bytes()).rotate_left(1);
+        h ^= crate::train::distributed::fingerprint(rng.as_bytes()).rotate_left(1);
         for (i, (_, t)) in self.params.iter().enumerate() {
-            let values = crate::distributed::fingerprint_iter(t.data().iter().flat_map(|v| v.to_le_bytes()));
+            let values = crate::train::distributed::fingerprint_iter(t.data().iter().flat_map(|v| v.to_le_bytes()));
             h ^= values.rotate_left((i % 63) as u32 + 2);
         }
         h

@@ -7,8 +7,8 @@
 use crate::data::Dataset;
 use crate::data::transform::{Transform, load_batch};
 use crate::error::{MimError, Result};
-use crate::model::MimModel;
-use crate::vit::Pool;
+use crate::model::mim::MimModel;
+use crate::model::vit::Pool;
 use rayon::prelude::*;
 use tessera_kernels::gemm::{MatMut, MatRef, gemm};
 use tessera_tensor::Tensor;
@@ -435,7 +435,7 @@ pub fn knn(train: &Features, test: &Features, classes: usize, k: usize, temperat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::MimRng;
+    use crate::model::masking::MimRng;
     use rand::{RngExt, SeedableRng};
 
     /// Gaussian blobs around class centres in 8-D.

@@ -5,8 +5,8 @@
 //! `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`; `downsample.norm`,
 //! `downsample.reduction`), and [`SwinTransformer`] stacks them into the
 //! encoder (presets `swin-mini`, `swin-tiny`, `swin-small`, `swin-base`,
-//! `simmim-swin-base`), which [`crate::encoder::Encoder`] offers to the
-//! models beside the ViT (SimMIM only: see [`crate::model`]).
+//! `simmim-swin-base`), which [`crate::model::encoder::Encoder`] offers to the
+//! models beside the ViT (SimMIM only: see [`crate::model::mim`]).
 //!
 //! ```text
 //! x (B, H, W, C)
@@ -23,7 +23,7 @@
 use crate::config::QkvBias;
 pub use crate::config::SwinConfig;
 use crate::error::Result;
-use crate::layers::{Attention, Block, LayerNorm, Linear, Module, drop_path_scale, join};
+use crate::model::layers::{Attention, Block, LayerNorm, Linear, Module, drop_path_scale, join};
 use rand::Rng;
 use tessera_kernels::{relpos, window};
 use tessera_tensor::Tensor;
@@ -163,7 +163,7 @@ impl Module for PatchMerging {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::MimRng;
+    use crate::model::masking::MimRng;
     use rand::SeedableRng;
 
     fn rng() -> MimRng {
@@ -323,7 +323,7 @@ pub struct SwinStage {
 /// `layers.{i}.downsample.…`, `norm`.
 pub struct SwinTransformer {
     pub config: SwinConfig,
-    pub patch_embed: crate::layers::PatchEmbed,
+    pub patch_embed: crate::model::layers::PatchEmbed,
     pub patch_norm: LayerNorm,
     /// `(1, L, C)` with `ape`.
     pub absolute_pos_embed: Option<Tensor>,
@@ -343,7 +343,7 @@ impl SwinTransformer {
                 0.0
             }
         };
-        let patch_embed = crate::layers::PatchEmbed::new(c.in_chans, c.embed_dim, c.patch_size, rng);
+        let patch_embed = crate::model::layers::PatchEmbed::new(c.in_chans, c.embed_dim, c.patch_size, rng);
         let patch_norm = LayerNorm::new(c.embed_dim, c.norm_eps);
         let mut k = 0;
         let mut layers = Vec::new();
@@ -448,7 +448,7 @@ impl SwinTransformer {
 
     /// The image representation: the mean of the last stage's tokens, `(B, C_last)`.
     pub fn features(&self, imgs: &Tensor) -> Result<Tensor> {
-        let mut rng = <crate::masking::MimRng as rand::SeedableRng>::seed_from_u64(0);
+        let mut rng = <crate::model::masking::MimRng as rand::SeedableRng>::seed_from_u64(0);
         let x = self.stages(&self.embed(imgs)?, false, &mut rng)?; // (B, h, w, C)
         Ok(x.mean(&[1, 2], false)?)
     }
@@ -477,7 +477,7 @@ impl Module for SwinTransformer {
 #[cfg(test)]
 mod encoder_tests {
     use super::*;
-    use crate::masking::MimRng;
+    use crate::model::masking::MimRng;
     use rand::SeedableRng;
 
     /// Swin-T without its classifier has 27 519 354 parameters (timm's
@@ -559,7 +559,7 @@ mod encoder_tests {
         assert!((std - 0.02).abs() < 0.002, "std {std}");
         let named = m.named_tensors();
         assert_eq!(named.iter().filter(|(n, _)| n == "absolute_pos_embed").count(), 1);
-        assert!(!crate::train::decays("encoder.absolute_pos_embed", &pos));
+        assert!(!crate::train::pretrain::decays("encoder.absolute_pos_embed", &pos));
         let imgs = Tensor::new(
             tessera_tensor::init::normal(2 * 3 * 32 * 32, 0.0, 1.0, &mut MimRng::seed_from_u64(1)),
             &[2, 3, 32, 32],
