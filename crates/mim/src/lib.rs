@@ -25,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod rng;
 pub mod run;
 pub mod train;
 
@@ -34,8 +35,9 @@ pub use config::{
 };
 pub use error::{MimError, Result};
 pub use model::encoder::Encoder;
-pub use model::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
+pub use model::masking::{Mask, MaskingConfig, MaskingStrategy};
 pub use model::mim::{MimModel, MimOutput};
 pub use model::swin::SwinTransformer;
 pub use model::vit::{Pool, Tokens, VisionTransformer};
+pub use rng::MimRng;
 pub use train::pretrain::{MatmulPrecision, StepStats, TrainConfig, Trainer};

@@ -180,7 +180,7 @@ fn path_hash(rel: &Path) -> u64 {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    super::splitmix64(h)
+    crate::rng::splitmix64(h)
 }
 
 /// How a folder's splits were made, for [`Dataset::name`].

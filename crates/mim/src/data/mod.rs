@@ -250,20 +250,6 @@ pub(crate) fn out_of_range(name: &str, i: usize, len: usize) -> MimError {
     MimError::Input(format!("{name}: image index {i} is out of range ({len} images)"))
 }
 
-/// SplitMix64's finalizer: a bijective mix of 64 bits.
-pub(crate) fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A seed derived from two values (e.g. a run seed and an image index), so
-/// that nearby pairs give unrelated generators.
-pub fn mix_seed(a: u64, b: u64) -> u64 {
-    splitmix64(splitmix64(a) ^ b)
-}
-
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::path::PathBuf;
@@ -330,12 +316,5 @@ mod tests {
         // 1x2 RGB: pixels (255, 0, 51) and (0, 255, 102).
         let img = RawImage::from_interleaved(&[255, 0, 51, 0, 255, 102], 3, 1, 2);
         assert_eq!(img.data, vec![1.0, 0.0, 0.0, 1.0, 0.2, 0.4]);
-    }
-
-    #[test]
-    fn mix_seed_separates_pairs() {
-        assert_ne!(mix_seed(1, 2), mix_seed(2, 1));
-        assert_ne!(mix_seed(0, 0), mix_seed(0, 1));
-        assert_eq!(mix_seed(7, 9), mix_seed(7, 9));
     }
 }

@@ -36,9 +36,10 @@
 //! separates them far better (docs/mim.md, "What a first run shows").
 
 use super::transform::convert_channels;
-use super::{Dataset, Normalization, RawImage, Split, mix_seed, out_of_range};
+use super::{Dataset, Normalization, RawImage, Split, out_of_range};
 use crate::error::{Result, config_err};
-use crate::model::masking::MimRng;
+use crate::rng::MimRng;
+use crate::rng::mix_seed;
 use rand::{RngExt, SeedableRng};
 use std::f32::consts::{FRAC_PI_2, FRAC_PI_4, TAU};
 

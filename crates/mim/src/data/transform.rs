@@ -25,9 +25,10 @@
 //! [`load_batch`] applies a transform to a batch in parallel; [`EpochSampler`]
 //! says which images make up each training step.
 
-use super::{Dataset, Normalization, RawImage, mix_seed, out_of_range};
+use super::{Dataset, Normalization, RawImage, out_of_range};
 use crate::error::{MimError, Result, config_err};
-use crate::model::masking::MimRng;
+use crate::rng::MimRng;
+use crate::rng::mix_seed;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 use std::borrow::Cow;

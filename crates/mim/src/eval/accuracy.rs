@@ -7,7 +7,7 @@ use crate::data::transform::{Transform, load_batch};
 use crate::error::{MimError, Result};
 use crate::io::checkpoint::{TensorFile, parse_meta};
 use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
-use crate::model::masking::MimRng;
+use crate::rng::MimRng;
 use crate::train::finetune::load_tensors;
 use crate::train::recipe::FinetuneConfig;
 use rand::SeedableRng;

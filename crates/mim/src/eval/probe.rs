@@ -435,7 +435,7 @@ pub fn knn(train: &Features, test: &Features, classes: usize, k: usize, temperat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::masking::MimRng;
+    use crate::rng::MimRng;
     use rand::{RngExt, SeedableRng};
 
     /// Gaussian blobs around class centres in 8-D.

@@ -19,9 +19,9 @@
 
 use crate::error::{MimError, Result};
 use crate::io::official::{self, ModelHints};
-use crate::model::masking::MimRng;
 use crate::model::mim::MimModel;
 use crate::model::target::Codebook;
+use crate::rng::MimRng;
 use crate::train::pretrain::{TrainConfig, Trainer};
 use crate::{ModelConfig, TargetConfig};
 use rand::SeedableRng;

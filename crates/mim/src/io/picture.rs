@@ -1,13 +1,13 @@
 //! Pictures: images back from normalised tensors, reconstructions from
 //! predictions, the four-panel rows of MAE's demo, and the seed's patched image.
 
-use crate::MimRng;
 use crate::config::TargetConfig;
 use crate::data::Normalization;
 use crate::error::{MimError, Result};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
 use crate::model::target::{Codebook, patch_stats};
+use crate::rng::MimRng;
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use std::path::Path;

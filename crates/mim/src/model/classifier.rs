@@ -5,7 +5,7 @@ use crate::config::EncoderConfig;
 use crate::error::{MimError, Result, config_err};
 use crate::model::encoder::Encoder;
 use crate::model::layers::{LayerNorm, Linear, Module, join};
-use crate::model::masking::MimRng;
+use crate::rng::MimRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

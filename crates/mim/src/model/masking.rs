@@ -16,13 +16,10 @@
 //! | `simmim` | `⌈cells·r⌉` random cells of a coarser grid (cell = a multiple of the patch) | SimMIM |
 
 use crate::error::{MimError, Result, config_err};
+use crate::rng::MimRng;
 use rand::RngExt;
-use rand::rngs::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 use tessera_tensor::Tensor;
-
-/// The random generator used throughout the library (seedable, serialisable).
-pub type MimRng = Xoshiro256PlusPlus;
 
 /// A strategy that chooses the hidden patches of one image.
 pub trait MaskingStrategy: Send + Sync {

@@ -38,10 +38,11 @@ use crate::config::{EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, T
 use crate::error::{MimError, Result};
 use crate::model::encoder::Encoder;
 use crate::model::layers::{Block, LayerNorm, Linear, Module, join, visit_blocks};
-use crate::model::masking::{Mask, MimRng};
+use crate::model::masking::Mask;
 use crate::model::pos_embed::sincos_2d;
 use crate::model::target::{Codebook, normalize_patches, patchify_images};
 use crate::model::vit::Pool;
+use crate::rng::MimRng;
 use rand::Rng;
 use tessera_kernels::patch::PatchDims;
 use tessera_tensor::init::{normal, trunc_normal, uniform};

@@ -163,7 +163,7 @@ impl Module for PatchMerging {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::masking::MimRng;
+    use crate::rng::MimRng;
     use rand::SeedableRng;
 
     fn rng() -> MimRng {
@@ -448,7 +448,7 @@ impl SwinTransformer {
 
     /// The image representation: the mean of the last stage's tokens, `(B, C_last)`.
     pub fn features(&self, imgs: &Tensor) -> Result<Tensor> {
-        let mut rng = <crate::model::masking::MimRng as rand::SeedableRng>::seed_from_u64(0);
+        let mut rng = <crate::rng::MimRng as rand::SeedableRng>::seed_from_u64(0);
         let x = self.stages(&self.embed(imgs)?, false, &mut rng)?; // (B, h, w, C)
         Ok(x.mean(&[1, 2], false)?)
     }
@@ -477,7 +477,7 @@ impl Module for SwinTransformer {
 #[cfg(test)]
 mod encoder_tests {
     use super::*;
-    use crate::model::masking::MimRng;
+    use crate::rng::MimRng;
     use rand::SeedableRng;
 
     /// Swin-T without its classifier has 27 519 354 parameters (timm's

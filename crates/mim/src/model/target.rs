@@ -9,7 +9,7 @@
 //! Either way the loss is averaged over hidden patches only.
 
 use crate::error::{MimError, Result};
-use crate::model::masking::MimRng;
+use crate::rng::MimRng;
 use rand::RngExt;
 use rayon::prelude::*;
 use tessera_kernels::gemm::{MatMut, MatRef, gemm};

@@ -22,8 +22,9 @@
 use crate::config::{InitScheme, PosEmbedKind, RelPosBias, VitConfig};
 use crate::error::Result;
 use crate::model::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
-use crate::model::masking::{Mask, MimRng};
+use crate::model::masking::Mask;
 use crate::model::pos_embed::sincos_2d;
+use crate::rng::MimRng;
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
 use tessera_kernels::relpos;

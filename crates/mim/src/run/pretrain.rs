@@ -29,15 +29,16 @@
 //! `recon_every` steps and at the end). With `resume`, a run continues from
 //! its checkpoint along the exact trajectory of an uninterrupted run.
 
+use crate::config::TargetConfig;
 use crate::data::Dataset;
 use crate::data::transform::{Augment, EpochSampler, Transform, load_batch};
 use crate::error::{MimError, Result};
 use crate::io::picture::{NormPixView, render_rows, save_png};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
+use crate::rng::MimRng;
 use crate::train::distributed::{Communicator, check_agreement, fingerprint};
 use crate::train::pretrain::{StepStats, TrainConfig, Trainer};
-use crate::{MimRng, TargetConfig};
 use rand::SeedableRng;
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -7,7 +7,7 @@ use crate::eval::accuracy::{EvalReport, evaluate};
 use crate::io::checkpoint::{TensorFile, json, parse_meta, restore_optimizer, store_optimizer};
 use crate::model::classifier::Classifier;
 use crate::model::layers::Module;
-use crate::model::masking::MimRng;
+use crate::rng::MimRng;
 use crate::run::pretrain::{RunOptions, check_run_start, io_err, truncate_metrics};
 use crate::train::pretrain::{adamw, clip_checked};
 use crate::train::recipe::{FinetuneConfig, mix_batch, param_groups};

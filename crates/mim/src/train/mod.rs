@@ -48,7 +48,7 @@ mod tests {
     use crate::data::Normalization;
     use crate::eval::accuracy::top_k;
     use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
-    use crate::model::masking::MimRng;
+    use crate::rng::MimRng;
     use crate::train::recipe::{FinetuneConfig, Mixed, MixupConfig, beta, mix_batch, param_groups, smooth_targets};
     use rand::SeedableRng;
     use tessera_tensor::Tensor;

@@ -19,8 +19,9 @@
 
 use crate::config::{ModelConfig, is_positive};
 use crate::error::{MimError, Result, config_err};
-use crate::model::masking::{Mask, MaskingConfig, MaskingStrategy, MimRng};
+use crate::model::masking::{Mask, MaskingConfig, MaskingStrategy};
 use crate::model::mim::MimModel;
+use crate::rng::MimRng;
 use crate::train::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard, with_batch_shard};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
