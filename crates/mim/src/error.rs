@@ -1,7 +1,7 @@
 //! Errors of the MIM library. Each names what it is about: the file, the key,
 //! the option, the shapes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tessera_tensor::TensorError;
 use thiserror::Error;
 
@@ -45,4 +45,20 @@ pub type Result<T> = std::result::Result<T, MimError>;
 
 pub(crate) fn config_err(msg: impl Into<String>) -> MimError {
     MimError::Config(msg.into())
+}
+
+/// An I/O error about `path` (for `map_err(|e| io_err(path, e))`).
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> MimError {
+    MimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A checkpoint at `path` that cannot be used, and why.
+pub(crate) fn ckpt_err(path: &Path, msg: impl Into<String>) -> MimError {
+    MimError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }

@@ -8,7 +8,7 @@
 //! from `batches.meta.txt` when it is present.
 
 use super::{Dataset, Normalization, RawImage, Split, out_of_range};
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, io_err};
 use std::path::{Path, PathBuf};
 
 /// Image side.
@@ -43,10 +43,7 @@ pub fn split_files(split: Split) -> Vec<String> {
 /// Reads the records of one file: `(labels, images (N, 3, 32, 32) bytes)`.
 /// Labels must be below `classes`.
 pub fn read_batch(path: &Path, classes: usize) -> Result<(Vec<u8>, Vec<u8>)> {
-    let bytes = std::fs::read(path).map_err(|source| MimError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| io_err(path, source))?;
     if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
         return Err(MimError::Input(format!(
             "{}: {} bytes is not a whole number of CIFAR-10 records \
@@ -74,10 +71,7 @@ pub fn read_batch(path: &Path, classes: usize) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// Class names from `batches.meta.txt`: one per non-empty line.
 fn read_class_names(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|source| MimError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| io_err(path, source))?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)

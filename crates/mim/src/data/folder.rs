@@ -25,7 +25,7 @@
 
 use super::transform::convert_channels;
 use super::{Dataset, Normalization, RawImage, Split, out_of_range};
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, io_err};
 use std::path::{Path, PathBuf};
 
 /// Extensions of the files read (case-insensitive).
@@ -36,13 +36,6 @@ pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
 /// How deep image search goes inside a class subfolder.
 const MAX_DEPTH: usize = 16;
-
-fn io_err(path: &Path, source: std::io::Error) -> MimError {
-    MimError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 fn is_hidden(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))

@@ -12,7 +12,7 @@
 //! (47 MB for Fashion-MNIST's training set) and become floats in [`Dataset::get`].
 
 use super::{Dataset, Normalization, RawImage, Split, out_of_range};
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, io_err};
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -78,10 +78,7 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Reads a whole file, decompressing it if its name ends in `.gz`.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| MimError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let raw = std::fs::read(path).map_err(|source| io_err(path, source))?;
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
         // Inflate the header first, then no more than the size it declares
         // (and one byte, to notice a longer stream): a small file that would

@@ -4,7 +4,7 @@
 use crate::data::Dataset;
 use crate::data::Normalization;
 use crate::data::transform::{Transform, load_batch};
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, ckpt_err};
 use crate::io::checkpoint::{TensorFile, parse_meta};
 use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
 use crate::rng::MimRng;
@@ -123,14 +123,16 @@ pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> 
         let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
         (recipe.model, recipe.normalization)
     } else if file.metadata.contains_key("tessera.config") {
-        return Err(MimError::Checkpoint {
-            path: path.to_path_buf(),
-            msg: "is a pre-training checkpoint; fine-tune it first (tessera finetune --checkpoint …)".into(),
-        });
+        return Err(ckpt_err(
+            path,
+            "is a pre-training checkpoint; fine-tune it first (tessera finetune --checkpoint …)",
+        ));
     } else {
-        let head = file.get("head.weight", path).map_err(|_| MimError::Checkpoint {
-            path: path.to_path_buf(),
-            msg: "has no classifier head ('head.weight'): not a fine-tuned checkpoint".into(),
+        let head = file.get("head.weight", path).map_err(|_| {
+            ckpt_err(
+                path,
+                "has no classifier head ('head.weight'): not a fine-tuned checkpoint",
+            )
         })?;
         let k = head.shape.first().copied().unwrap_or(0);
         let enc = crate::io::official::infer_config(&file, path, hints, false)?.encoder;

@@ -17,7 +17,7 @@
 //! flushed to disk, then renamed over the target. A crash leaves either the old
 //! checkpoint or the new one, never half of one.
 
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, ckpt_err, io_err};
 use crate::io::official::{self, ModelHints};
 use crate::model::mim::MimModel;
 use crate::model::target::Codebook;
@@ -46,20 +46,6 @@ pub struct StoredTensor {
 pub struct TensorFile {
     pub tensors: BTreeMap<String, StoredTensor>,
     pub metadata: HashMap<String, String>,
-}
-
-fn ckpt_err(path: &Path, msg: impl Into<String>) -> MimError {
-    MimError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> MimError {
-    MimError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Writes `bytes` to `path` whole or not at all: a temporary file in the same
@@ -295,13 +281,13 @@ impl MimModel {
                     [s, s]
                 });
                 if old[0] * old[1] != old_l {
-                    return Err(MimError::Checkpoint {
-                        path: path.to_path_buf(),
-                        msg: format!(
+                    return Err(ckpt_err(
+                        path,
+                        format!(
                             "'{name}' has {old_l} patch positions, which is not a {}x{} grid",
                             old[0], old[1]
                         ),
-                    });
+                    ));
                 }
                 let kind = if name != "decoder_pos_embed" {
                     enc_kind
@@ -310,15 +296,15 @@ impl MimModel {
                 };
                 resize(&stored.data, t.shape()[2], old, grid, kind)
             } else {
-                return Err(MimError::Checkpoint {
-                    path: path.to_path_buf(),
-                    msg: format!(
+                return Err(ckpt_err(
+                    path,
+                    format!(
                         "tensor '{name}' has shape {:?} in the file but {:?} in this model \
                          (a checkpoint of another configuration?)",
                         stored.shape,
                         t.shape()
                     ),
-                });
+                ));
             };
             t.set_data(&data)?;
         }
@@ -381,10 +367,10 @@ impl Trainer {
         let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
         check_declared_size(&config.model, &file, path)?;
         if &config.model != expected {
-            return Err(MimError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: "was written for another model configuration than the one requested".into(),
-            });
+            return Err(ckpt_err(
+                path,
+                "was written for another model configuration than the one requested",
+            ));
         }
         let mut trainer = Trainer::new(config)?;
         trainer.restore(&file, path)?;
@@ -434,10 +420,7 @@ pub(crate) fn restore_optimizer(
         let v = file.get(&format!("optimizer.exp_avg_sq.{name}"), path)?.data.clone();
         optimizer
             .set_state(t, AdamState { step, m, v })
-            .map_err(|e| MimError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: format!("optimizer state of '{name}': {e}"),
-            })?;
+            .map_err(|e| ckpt_err(path, format!("optimizer state of '{name}': {e}")))?;
     }
     Ok(())
 }
@@ -469,10 +452,8 @@ fn check_declared_size(model: &ModelConfig, file: &TensorFile, path: &Path) -> R
 
 /// Reads a JSON metadata entry of a checkpoint.
 pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, path: &Path) -> Result<T> {
-    serde_json::from_str(file.meta(key, path)?).map_err(|e| MimError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: format!("metadata '{key}' is malformed: {e}"),
-    })
+    serde_json::from_str(file.meta(key, path)?)
+        .map_err(|e| ckpt_err(path, format!("metadata '{key}' is malformed: {e}")))
 }
 
 /// A metadata value as JSON.
@@ -511,10 +492,10 @@ pub fn load_model_hinted(
     let model_config = if official {
         let config = official::infer_config(&file, path, hints, need_decoder)?;
         if need_decoder && !official::has_decoder(&file) {
-            return Err(MimError::Checkpoint {
-                path: path.to_path_buf(),
-                msg: "holds an encoder alone (no decoder tensors); this needs the pre-training weights".into(),
-            });
+            return Err(ckpt_err(
+                path,
+                "holds an encoder alone (no decoder tensors); this needs the pre-training weights",
+            ));
         }
         config
     } else {

@@ -58,7 +58,7 @@ use crate::config::{
     DecoderConfig, InitScheme, Method, ModelConfig, PRESETS, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, SwinConfig,
     TargetConfig, VitConfig,
 };
-use crate::error::{MimError, Result};
+use crate::error::{Result, ckpt_err};
 use crate::io::checkpoint::TensorFile;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -74,19 +74,12 @@ pub struct ModelHints {
     pub norm_pix: Option<bool>,
 }
 
-fn err(path: &Path, msg: impl Into<String>) -> MimError {
-    MimError::Checkpoint {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 /// The shape of `name`, or an error naming it.
 fn shape<'a>(file: &'a TensorFile, name: &str, path: &Path) -> Result<&'a [usize]> {
     file.tensors
         .get(name)
         .map(|t| t.shape.as_slice())
-        .ok_or_else(|| err(path, format!("has no tensor '{name}' (not an MAE state dict?)")))
+        .ok_or_else(|| ckpt_err(path, format!("has no tensor '{name}' (not an MAE state dict?)")))
 }
 
 /// How many `{prefix}.{i}.` blocks the file holds (0, 1, … without a gap).
@@ -107,10 +100,10 @@ fn mlp_ratio(file: &TensorFile, prefix: &str, width: usize, path: &Path) -> Resu
 fn patch_geometry(file: &TensorFile, name: &str, path: &Path) -> Result<(usize, usize, usize)> {
     let pe = shape(file, name, path)?;
     let [d, c, p, p2] = *pe else {
-        return Err(err(path, format!("'{name}' has shape {pe:?}, want (D, C, p, p)")));
+        return Err(ckpt_err(path, format!("'{name}' has shape {pe:?}, want (D, C, p, p)")));
     };
     if p != p2 {
-        return Err(err(
+        return Err(ckpt_err(
             path,
             format!("'{name}' has a {p}x{p2} kernel; only square patches are supported"),
         ));
@@ -135,12 +128,12 @@ fn encoder_shape(
 ) -> Result<VitConfig> {
     let depth = count_blocks(file, prefix);
     if depth == 0 {
-        return Err(err(path, format!("has no '{prefix}.0.*' tensors")));
+        return Err(ckpt_err(path, format!("has no '{prefix}.0.*' tensors")));
     }
     let heads = match heads {
         Some(h) => h,
         None => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
-            err(
+            ckpt_err(
                 path,
                 format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
             )
@@ -231,7 +224,7 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> 
             path,
         )?;
         let [rows, h] = *table else {
-            return Err(err(
+            return Err(ckpt_err(
                 path,
                 format!("stage {i}'s relative table has shape {table:?}, want (T, H)"),
             ));
@@ -241,7 +234,7 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> 
     }
     let window = *windows
         .first()
-        .ok_or_else(|| err(path, "has no 'encoder.layers.0.blocks.0.*' tensors"))?;
+        .ok_or_else(|| ckpt_err(path, "has no 'encoder.layers.0.blocks.0.*' tensors"))?;
     let side = match file.tensors.get("encoder.layers.0.blocks.1.attn_mask") {
         Some(m) if !m.shape.is_empty() => {
             let per_side = (m.shape[0] as f64).sqrt().round() as usize;
@@ -275,7 +268,7 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> 
     if let Some(head) = file.tensors.get("decoder.0.weight") {
         let want = [config.head_channels(), config.encoder.out_dim(), 1, 1];
         if head.shape != want {
-            return Err(err(
+            return Err(ckpt_err(
                 path,
                 format!("'decoder.0.weight' has shape {:?}, want {want:?}", head.shape),
             ));
@@ -305,7 +298,7 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
         let side = ((t[0].saturating_sub(3)) as f64).sqrt().round() as usize;
         side.div_ceil(2)
     } else {
-        return Err(err(
+        return Err(ckpt_err(
             path,
             "has neither 'encoder.pos_embed' nor a relative position table: cannot tell its image size",
         ));
@@ -340,7 +333,7 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
     if let Some(head) = file.tensors.get("decoder.0.weight")
         && head.shape != [p * p * c, d, 1, 1]
     {
-        return Err(err(
+        return Err(ckpt_err(
             path,
             format!(
                 "'decoder.0.weight' has shape {:?}, want ({}, {d}, 1, 1)",
@@ -367,7 +360,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
     let l = match *pos {
         [1, n, w] if w == d && n >= 2 => n - 1,
         _ => {
-            return Err(err(
+            return Err(ckpt_err(
                 path,
                 format!("'pos_embed' has shape {pos:?}, want (1, 1 + L, {d})"),
             ));
@@ -375,7 +368,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
     };
     let g = (l as f64).sqrt().round() as usize;
     if g * g != l {
-        return Err(err(
+        return Err(ckpt_err(
             path,
             format!("'pos_embed' has {l} patch positions, not a square grid"),
         ));
@@ -390,7 +383,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
             None if dd == 512 => 16,
             None if !need_decoder => 1,
             None => {
-                return Err(err(
+                return Err(ckpt_err(
                     path,
                     format!("has a {dd}-wide decoder (MAE's is 512): give its number of heads (--decoder-heads)"),
                 ));
@@ -458,7 +451,7 @@ pub fn check_names(file: &TensorFile, path: &Path, model: &[String], wanted: imp
     if !extra.is_empty() {
         parts.push(format!("unexpected {} tensor(s): {}", extra.len(), list(&extra)));
     }
-    Err(err(
+    Err(ckpt_err(
         path,
         format!("does not match the model it describes: {}", parts.join("; ")),
     ))

@@ -3,7 +3,7 @@
 
 use crate::config::TargetConfig;
 use crate::data::Normalization;
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, io_err};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
 use crate::model::target::{Codebook, patch_stats};
@@ -34,10 +34,7 @@ pub fn to_rgb(chw: &[f32], c: usize, h: usize, w: usize, norm: &Normalization) -
 /// Writes a PNG (creating its folder), naming the path in errors.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| MimError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     }
     // Whole or absent: encode into memory, then write a temporary file and
     // rename it over the target.

@@ -32,7 +32,7 @@
 use crate::config::TargetConfig;
 use crate::data::Dataset;
 use crate::data::transform::{Augment, EpochSampler, Transform, load_batch};
-use crate::error::{MimError, Result};
+use crate::error::{MimError, Result, ckpt_err, io_err};
 use crate::io::picture::{NormPixView, render_rows, save_png};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
@@ -157,13 +157,6 @@ pub struct Pretrainer<'a> {
     options: RunOptions,
 }
 
-pub(crate) fn io_err(path: &Path, source: std::io::Error) -> MimError {
-    MimError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 impl<'a> Pretrainer<'a> {
     /// A fresh run of `config` on `train` (pictures of `test` images), or with
     /// `options.resume` the run saved in `options.out` (its model must be
@@ -198,13 +191,13 @@ impl<'a> Pretrainer<'a> {
             }
             let mut t = Trainer::resume_checked(&ckpt, &config.model)?;
             if t.config.batch_size != config.batch_size {
-                return Err(MimError::Checkpoint {
-                    path: ckpt,
-                    msg: format!(
+                return Err(ckpt_err(
+                    &ckpt,
+                    format!(
                         "was trained with batch {}, not {}",
                         t.config.batch_size, config.batch_size
                     ),
-                });
+                ));
             }
             // A run may be given another length: extended (a finished run
             // continues), or shortened to no less than where it is.

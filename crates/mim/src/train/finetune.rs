@@ -2,13 +2,13 @@
 
 use crate::data::Dataset;
 use crate::data::transform::{EpochSampler, load_batch};
-use crate::error::{MimError, Result, config_err};
+use crate::error::{MimError, Result, ckpt_err, config_err, io_err};
 use crate::eval::accuracy::{EvalReport, evaluate};
 use crate::io::checkpoint::{TensorFile, json, parse_meta, restore_optimizer, store_optimizer};
 use crate::model::classifier::Classifier;
 use crate::model::layers::Module;
 use crate::rng::MimRng;
-use crate::run::pretrain::{RunOptions, check_run_start, io_err, truncate_metrics};
+use crate::run::pretrain::{RunOptions, check_run_start, truncate_metrics};
 use crate::train::pretrain::{adamw, clip_checked};
 use crate::train::recipe::{FinetuneConfig, mix_batch, param_groups};
 use rand::SeedableRng;
@@ -167,10 +167,7 @@ impl Finetuner {
 /// Copies every tensor of `model` from `file`, refusing missing ones, other
 /// shapes and non-finite values by name.
 pub(crate) fn load_tensors(model: &mut Classifier, file: &TensorFile, path: &Path) -> Result<()> {
-    let ckpt = |msg: String| MimError::Checkpoint {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let ckpt = |msg: String| ckpt_err(path, msg);
     for (name, t) in model.named_tensors() {
         let stored = file.get(&name, path)?;
         if stored.shape != t.shape() {
@@ -258,10 +255,10 @@ impl<'a> FinetuneRun<'a> {
             want.total_steps = old.config.total_steps;
             want.warmup_steps = old.config.warmup_steps;
             if want != old.config {
-                return Err(MimError::Checkpoint {
-                    path: ckpt,
-                    msg: "was written by another fine-tuning recipe or model than the one requested".into(),
-                });
+                return Err(ckpt_err(
+                    &ckpt,
+                    "was written by another fine-tuning recipe or model than the one requested",
+                ));
             }
             if tuner.config.total_steps < old.step {
                 return Err(MimError::Input(format!(
