@@ -8,10 +8,10 @@
 
 use std::io::Write;
 use tessera_mim::Pool;
-use tessera_mim::data::Dataset;
-use tessera_mim::data::Split;
 use tessera_mim::data::folder::ImageFolder;
-use tessera_mim::data::transform::{Transform, load_batch};
+use tessera_mim::data::loader::load_batch;
+use tessera_mim::data::transform::Transform;
+use tessera_mim::data::{Dataset, Split};
 use tessera_mim::io::checkpoint::load_model_hinted;
 use tessera_mim::io::official::ModelHints;
 use tessera_tensor::no_grad;

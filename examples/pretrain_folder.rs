@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use tessera_mim::data::Split;
 use tessera_mim::data::folder::ImageFolder;
-use tessera_mim::run::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
+use tessera_mim::run::RunOptions;
+use tessera_mim::run::pretrain::{Observer, Pretrainer, RunStart};
 use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, StepStats, TargetConfig, TrainConfig, VitConfig};
 
 /// Prints a line every 20 steps.

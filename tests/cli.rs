@@ -441,7 +441,7 @@ fn probe_prints_accuracies_with_baselines() {
         ]
     );
     // Every row's features were written, with their labels.
-    let f = tessera_mim::io::checkpoint::TensorFile::load(&dir.join("features/pretrained-encoder--cls.safetensors"))
+    let f = tessera_mim::io::safetensors::TensorFile::load(&dir.join("features/pretrained-encoder--cls.safetensors"))
         .unwrap();
     let p = Path::new("f");
     assert_eq!(f.get("train", p).unwrap().shape, [200, 32]);
@@ -550,7 +550,7 @@ fn simmim_with_relative_positions_and_layer_scale() {
         assert!(config.contains(want), "{want} not in {config}");
     }
     let ckpt = dir.join("checkpoint.safetensors");
-    let file = tessera_mim::io::checkpoint::TensorFile::load(&ckpt).unwrap();
+    let file = tessera_mim::io::safetensors::TensorFile::load(&ckpt).unwrap();
     let p = Path::new("c");
     assert_eq!(
         file.get("encoder.rel_pos_bias.relative_position_bias_table", p)
@@ -620,7 +620,7 @@ fn swin_simmim_end_to_end() {
         "{out}"
     );
     let ckpt = dir.join("checkpoint.safetensors");
-    let file = tessera_mim::io::checkpoint::TensorFile::load(&ckpt).unwrap();
+    let file = tessera_mim::io::safetensors::TensorFile::load(&ckpt).unwrap();
     let p = Path::new("c");
     for (name, shape) in [
         ("encoder.patch_embed.proj.weight", vec![16, 3, 2, 2]),
@@ -797,7 +797,7 @@ fn finetune_evaluate_predict_on_a_labelled_folder() {
     assert_eq!(val.len(), 8, "one evaluation per epoch");
     assert!(val[7] >= 0.8, "top-1 {val:?}, chance 0.33");
     // MAE's names: head, fc_norm, and no final norm under mean pooling.
-    let file = tessera_mim::io::checkpoint::TensorFile::load(&ckpt).unwrap();
+    let file = tessera_mim::io::safetensors::TensorFile::load(&ckpt).unwrap();
     let at = Path::new("c");
     assert_eq!(file.get("head.weight", at).unwrap().shape, [3, 32]);
     assert!(file.get("fc_norm.weight", at).is_ok() && file.get("norm.weight", at).is_err());

@@ -16,7 +16,8 @@ use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::probe::{
     Features, ProbeConfig, encoder_features, encoder_features_mean_and_cls, knn, linear_probe, pixel_features,
 };
-use tessera_mim::io::checkpoint::{TensorFile, load_model_hinted};
+use tessera_mim::io::checkpoint::load_model_hinted;
+use tessera_mim::io::safetensors::TensorFile;
 use tessera_mim::{MimModel, MimRng, Pool};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tessera_mim::data::cifar::read_batch;
 use tessera_mim::data::folder::decode;
 use tessera_mim::data::idx::{read_images, read_labels};
-use tessera_mim::io::checkpoint::TensorFile;
+use tessera_mim::io::safetensors::TensorFile;
 use tessera_mim::train::pretrain::TrainConfig;
 
 /// A per-test folder (removed at the end of each case's process).

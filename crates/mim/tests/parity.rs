@@ -8,7 +8,7 @@
 
 use rand::SeedableRng;
 use std::path::Path;
-use tessera_mim::io::checkpoint::TensorFile;
+use tessera_mim::io::safetensors::TensorFile;
 use tessera_mim::{
     Mask, Method, MimModel, MimRng, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig, VitConfig,
 };

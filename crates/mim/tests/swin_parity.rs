@@ -9,7 +9,7 @@
 use rand::SeedableRng;
 use std::collections::BTreeSet;
 use std::path::Path;
-use tessera_mim::io::checkpoint::TensorFile;
+use tessera_mim::io::safetensors::TensorFile;
 use tessera_mim::model::layers::Module;
 use tessera_mim::model::swin::{SwinConfig, SwinTransformer};
 use tessera_mim::{EncoderConfig, Mask, Method, MimModel, MimRng, ModelConfig, PixelLoss, Pool, TargetConfig};

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 use tessera_mim::io::checkpoint::load_model;
-use tessera_mim::train::pretrain::{TrainConfig, Trainer, decays};
+use tessera_mim::train::pretrain::{TrainConfig, Trainer};
+use tessera_mim::train::recipe::decays;
 use tessera_mim::{MaskingConfig, MimError, Pool, TargetConfig};
 use tessera_tensor::Tensor;
 
@@ -179,7 +180,7 @@ fn checkpoint_of_another_configuration_is_refused_by_name() {
         "{e}"
     );
     // Loading weights into a differently shaped model names the tensor.
-    let file = tessera_mim::io::checkpoint::TensorFile::load(&path).unwrap();
+    let file = tessera_mim::io::safetensors::TensorFile::load(&path).unwrap();
     let mut wide = tessera_mim::MimModel::new(
         {
             let mut c = tiny_mae(norm_pix());
@@ -296,9 +297,9 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
 /// hints, and the loaded model computes exactly what the saved one did.
 #[test]
 fn official_state_dicts_load_by_shape_with_clear_errors() {
-    use tessera_mim::io::checkpoint::TensorFile;
     use tessera_mim::io::checkpoint::load_model_hinted;
     use tessera_mim::io::official::ModelHints;
+    use tessera_mim::io::safetensors::TensorFile;
     let dir = tmp("official");
     let mut t = Trainer::new(config(2)).unwrap();
     t.train_step(&batches(1)[0]).unwrap();
@@ -367,7 +368,8 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
     use std::path::Path;
     use tessera_mim::data::Split;
     use tessera_mim::data::synthetic::SyntheticDataset;
-    use tessera_mim::run::pretrain::{Observer, Pretrainer, RunOptions, RunStart};
+    use tessera_mim::run::RunOptions;
+    use tessera_mim::run::pretrain::{Observer, Pretrainer, RunStart};
     #[derive(Default)]
     struct Seen {
         started: Vec<u64>,
@@ -463,7 +465,7 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
 /// tensor, instead of running to a garbage picture and "loss NaN".
 #[test]
 fn non_finite_weights_are_refused_by_name() {
-    use tessera_mim::io::checkpoint::TensorFile;
+    use tessera_mim::io::safetensors::TensorFile;
     let dir = tmp("nan");
     let t = Trainer::new(config(2)).unwrap();
     let path = dir.join("m.safetensors");
@@ -481,7 +483,7 @@ fn non_finite_weights_are_refused_by_name() {
 /// built, instead of allocating gigabytes and aborting.
 #[test]
 fn metadata_claiming_a_huge_model_is_refused_before_building() {
-    use tessera_mim::io::checkpoint::TensorFile;
+    use tessera_mim::io::safetensors::TensorFile;
     let dir = tmp("huge-meta");
     let t = Trainer::new(config(2)).unwrap();
     let path = dir.join("m.safetensors");

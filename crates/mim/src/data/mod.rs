@@ -4,7 +4,7 @@
 //! A [`Dataset`] hands out [`RawImage`]s at their native size, `(C, H, W)`
 //! values in `[0, 1]`, with an optional class label. [`transform::Transform`]
 //! converts the channels, crops and resizes (with MAE's augmentation when
-//! training) and normalizes; [`transform::load_batch`] does that for a batch in
+//! training) and normalizes; [`loader::load_batch`] does that for a batch in
 //! parallel and assembles a `(B, C, H, W)` tensor.
 //!
 //! | data set | module | files |
@@ -17,6 +17,7 @@
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod loader;
 pub mod synthetic;
 pub mod transform;
 

@@ -38,8 +38,7 @@
 use super::transform::convert_channels;
 use super::{Dataset, Normalization, RawImage, Split, out_of_range};
 use crate::error::{Result, config_err};
-use crate::rng::MimRng;
-use crate::rng::mix_seed;
+use crate::rng::{MimRng, mix_seed};
 use rand::{RngExt, SeedableRng};
 use std::f32::consts::{FRAC_PI_2, FRAC_PI_4, TAU};
 

@@ -1,18 +1,13 @@
-//! Accuracy of a classifier: top-1, top-5, per class, the confusion matrix;
-//! loading a classifier from a checkpoint.
+//! Accuracy of a classifier: top-1, top-5, per class, the confusion matrix.
 
 use crate::data::Dataset;
-use crate::data::Normalization;
-use crate::data::transform::{Transform, load_batch};
-use crate::error::{MimError, Result, ckpt_err};
-use crate::io::checkpoint::{TensorFile, parse_meta};
-use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+use crate::data::loader::load_batch;
+use crate::data::transform::Transform;
+use crate::error::{MimError, Result};
+use crate::model::classifier::Classifier;
 use crate::rng::MimRng;
-use crate::train::finetune::load_tensors;
-use crate::train::recipe::FinetuneConfig;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use tessera_tensor::Tensor;
 
 /// Top-1, top-5, per-class accuracy and the confusion matrix of a
@@ -111,40 +106,12 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// Loads a classifier for evaluation: a Tessera fine-tuning checkpoint, or
-/// an official MAE fine-tuned `state_dict` (`head.weight (K, D)`, `fc_norm`
-/// with global pooling; the encoder read off the shapes as for pre-training
-/// files, heads from `hints`), whose classes are then named `0…K−1`.
-/// Also returns the statistics its inputs are normalised with: the
-/// recipe's, or ImageNet's for an official file.
-pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> Result<(Classifier, Normalization)> {
-    let file = TensorFile::load(path)?;
-    let (config, norm) = if file.metadata.contains_key("tessera.finetune") {
-        let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
-        (recipe.model, recipe.normalization)
-    } else if file.metadata.contains_key("tessera.config") {
-        return Err(ckpt_err(
-            path,
-            "is a pre-training checkpoint; fine-tune it first (tessera finetune --checkpoint …)",
-        ));
-    } else {
-        let head = file.get("head.weight", path).map_err(|_| {
-            ckpt_err(
-                path,
-                "has no classifier head ('head.weight'): not a fine-tuned checkpoint",
-            )
-        })?;
-        let k = head.shape.first().copied().unwrap_or(0);
-        let enc = crate::io::official::infer_config(&file, path, hints, false)?.encoder;
-        let pool = if file.tensors.contains_key("fc_norm.weight") {
-            ClassifierPool::Mean
-        } else {
-            ClassifierPool::Cls
-        };
-        let names = (0..k).map(|i| i.to_string()).collect();
-        (ClassifierConfig::new(enc, names, pool, 0.0)?, Normalization::imagenet())
-    };
-    let mut model = Classifier::new(config, &mut MimRng::seed_from_u64(0))?;
-    load_tensors(&mut model, &file, path)?;
-    Ok((model, norm))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_by_value_then_index() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.2, 0.5, 0.0], 3), vec![1, 3, 2]);
+    }
 }

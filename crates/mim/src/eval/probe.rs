@@ -5,7 +5,8 @@
 //! temperature-weighted votes as in DINO/InstDisc), both scored on a test split.
 
 use crate::data::Dataset;
-use crate::data::transform::{Transform, load_batch};
+use crate::data::loader::load_batch;
+use crate::data::transform::Transform;
 use crate::error::{MimError, Result};
 use crate::model::mim::MimModel;
 use crate::model::vit::Pool;

@@ -1,230 +1,39 @@
-//! Safetensors checkpoints.
+//! Tessera's checkpoints, and loading models from them.
 //!
-//! A checkpoint holds the model's tensors under MAE's `state_dict` names (so
+//! A checkpoint is a safetensors file ([`TensorFile`]) holding the model's tensors under MAE's `state_dict` names (so
 //! `safetensors.torch.load_file` + `model.load_state_dict` works in PyTorch),
 //! the codebook of a discrete target (`codebook`), the AdamW moments
 //! (`optimizer.exp_avg.<name>`, `optimizer.exp_avg_sq.<name>`), and as JSON
 //! metadata the full training configuration, the step, each parameter's
 //! optimizer step and the random generator's state.
 //!
-//! Everything about checkpoints lives here: the file format ([`TensorFile`]),
-//! a model's tensors in and out ([`MimModel::load_state`], [`MimModel::store_state`]),
+//! Everything about checkpoints lives here: a model's tensors in and out ([`MimModel::load_state`], [`MimModel::store_state`]),
 //! a training run's save and resume ([`Trainer::save`], [`Trainer::resume`]),
 //! and loading a model for use ([`load_model`], [`load_model_hinted`]; MAE's
 //! own `state_dict`s through [`crate::io::official`]).
 //!
-//! Files are written atomically: to a temporary file in the same folder,
-//! flushed to disk, then renamed over the target. A crash leaves either the old
-//! checkpoint or the new one, never half of one.
+//! Files are written atomically ([`crate::io::safetensors::write_atomically`]):
+//! a crash leaves either the old checkpoint or the new one, never half of one.
 
-use crate::error::{MimError, Result, ckpt_err, io_err};
+use crate::data::Normalization;
+use crate::error::{Result, ckpt_err};
 use crate::io::official::{self, ModelHints};
+use crate::io::safetensors::TensorFile;
+use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+use crate::model::layers::Module;
 use crate::model::mim::MimModel;
 use crate::model::target::Codebook;
 use crate::rng::MimRng;
+use crate::train::finetune::Finetuner;
 use crate::train::pretrain::{TrainConfig, Trainer};
+use crate::train::recipe::FinetuneConfig;
 use crate::{ModelConfig, TargetConfig};
 use rand::SeedableRng;
-use safetensors::tensor::{Dtype, SafeTensors};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use tessera_tensor::Tensor;
 use tessera_tensor::optim::{AdamState, AdamW, Optimizer};
-
-/// A tensor read from a file: shape and values.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// The contents of a safetensors file.
-#[derive(Clone, Debug, Default)]
-pub struct TensorFile {
-    pub tensors: BTreeMap<String, StoredTensor>,
-    pub metadata: HashMap<String, String>,
-}
-
-/// Writes `bytes` to `path` whole or not at all: a temporary file in the same
-/// folder (`.NAME.tmp-PID`), flushed to disk, renamed over `path`, then the
-/// folder synced so the rename itself is durable. A crash leaves the old file
-/// or the new one, and at most a temporary file that the next run removes
-/// ([`remove_stale_temporaries`]).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| ckpt_err(path, "not a file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Removes temporary files that an interrupted [`write_atomically`] left in
-/// `dir` (`.NAME.tmp-PID`); returns how many.
-pub fn remove_stale_temporaries(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with('.') && n.contains(".tmp-")
-        })
-        .filter(|e| fs::remove_file(e.path()).is_ok())
-        .count()
-}
-
-impl TensorFile {
-    /// Adds a tensor's current values.
-    pub fn insert(&mut self, name: impl Into<String>, t: &Tensor) {
-        self.tensors.insert(
-            name.into(),
-            StoredTensor {
-                shape: t.shape().to_vec(),
-                data: t.to_vec(),
-            },
-        );
-    }
-
-    /// Adds raw values.
-    pub fn insert_raw(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        self.tensors.insert(name.into(), StoredTensor { shape, data });
-    }
-
-    /// Serialises to safetensors bytes (f32, little-endian), deterministically:
-    /// tensors and metadata keys in sorted order, so the same state always
-    /// gives the same bytes (and checksum). The format: an 8-byte
-    /// little-endian header length, the JSON header (space-padded to a
-    /// multiple of 8), then the tensors' data back to back.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let quote = |s: &str| serde_json::to_string(s).expect("a string serialises to JSON");
-        let mut header = String::from("{");
-        if !self.metadata.is_empty() {
-            let meta: BTreeMap<&String, &String> = self.metadata.iter().collect();
-            let entries: Vec<String> = meta.iter().map(|(k, v)| format!("{}:{}", quote(k), quote(v))).collect();
-            header.push_str(&format!("\"__metadata__\":{{{}}}", entries.join(",")));
-        }
-        let mut offset = 0usize;
-        for (name, t) in &self.tensors {
-            if t.shape.iter().product::<usize>() != t.data.len() {
-                return Err(MimError::Input(format!(
-                    "tensor {name}: shape {:?} does not hold {} values",
-                    t.shape,
-                    t.data.len()
-                )));
-            }
-            let end = offset + 4 * t.data.len();
-            if header.len() > 1 {
-                header.push(',');
-            }
-            let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-            header.push_str(&format!(
-                "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-                quote(name),
-                shape.join(",")
-            ));
-            offset = end;
-        }
-        header.push('}');
-        while header.len() % 8 != 0 {
-            header.push(' ');
-        }
-        let mut bytes = Vec::with_capacity(8 + header.len() + offset);
-        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(header.as_bytes());
-        for t in self.tensors.values() {
-            for v in &t.data {
-                bytes.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        Ok(bytes)
-    }
-
-    /// Writes atomically (temporary file, fsync, rename, fsync of the folder).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomically(path, &self.to_bytes()?)
-    }
-
-    /// Reads a safetensors file; every tensor must be f32.
-    pub fn load(path: &Path) -> Result<TensorFile> {
-        let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
-        Self::from_bytes(&bytes, path)
-    }
-
-    /// Parses safetensors bytes (`path` only names the source in errors).
-    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<TensorFile> {
-        let (_, meta) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| ckpt_err(path, format!("not a valid safetensors file ({e})")))?;
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| ckpt_err(path, format!("not a valid safetensors file ({e})")))?;
-        let mut out = TensorFile {
-            metadata: meta.metadata().clone().unwrap_or_default(),
-            ..Default::default()
-        };
-        for (name, view) in st.tensors() {
-            // BEiT's integer index buffers are recomputed, never read.
-            if view.dtype() != Dtype::F32 && crate::io::official::is_recomputed_buffer(&name) {
-                continue;
-            }
-            if view.dtype() != Dtype::F32 {
-                return Err(ckpt_err(
-                    path,
-                    format!("tensor '{name}' is {:?}; Tessera reads f32 tensors", view.dtype()),
-                ));
-            }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            out.tensors.insert(
-                name,
-                StoredTensor {
-                    shape: view.shape().to_vec(),
-                    data,
-                },
-            );
-        }
-        Ok(out)
-    }
-
-    /// The tensor `name`, with an error naming the file and key if missing.
-    pub fn get(&self, name: &str, path: &Path) -> Result<&StoredTensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| ckpt_err(path, format!("has no tensor '{name}'")))
-    }
-
-    /// A metadata entry, with an error naming it if missing.
-    pub fn meta(&self, key: &str, path: &Path) -> Result<&str> {
-        self.metadata
-            .get(key)
-            .map(|s| s.as_str())
-            .ok_or_else(|| ckpt_err(path, format!("has no '{key}' metadata (not written by Tessera?)")))
-    }
-}
 
 // ------------------------------------------------------------- models
 
@@ -387,6 +196,64 @@ impl Trainer {
     }
 }
 
+// ------------------------------------------------------------- fine-tuning runs
+
+impl Finetuner {
+    /// Writes a checkpoint atomically: the classifier under MAE's names, the
+    /// optimizer's moments, the step, the random state and the recipe.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut file = TensorFile::default();
+        for (name, t) in self.model.named_tensors() {
+            file.insert(name, &t);
+        }
+        let steps = store_optimizer(&mut file, &self.params, &self.optimizer);
+        let meta = &mut file.metadata;
+        meta.insert("format".into(), "pt".into());
+        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
+        meta.insert("tessera.finetune".into(), json(&self.config));
+        meta.insert("tessera.step".into(), self.step.to_string());
+        meta.insert("tessera.rng".into(), json(&self.rng));
+        meta.insert("tessera.optimizer_steps".into(), json(&steps));
+        file.save(path)
+    }
+
+    /// Continues a fine-tuning run from its checkpoint, on the exact
+    /// trajectory of an uninterrupted one.
+    pub fn resume(path: &Path) -> Result<Finetuner> {
+        let file = TensorFile::load(path)?;
+        let config: FinetuneConfig = parse_meta(&file, "tessera.finetune", path)?;
+        let mut model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(0))?;
+        load_tensors(&mut model, &file, path)?;
+        let mut t = Finetuner::new(config, model)?;
+        t.step = parse_meta(&file, "tessera.step", path)?;
+        t.rng = parse_meta(&file, "tessera.rng", path)?;
+        restore_optimizer(&file, path, &t.params, &mut t.optimizer)?;
+        t.optimizer.set_lr(t.config.lr_at(t.step));
+        Ok(t)
+    }
+}
+
+/// Copies every tensor of `model` from `file`, refusing missing ones, other
+/// shapes and non-finite values by name.
+pub(crate) fn load_tensors(model: &mut Classifier, file: &TensorFile, path: &Path) -> Result<()> {
+    let ckpt = |msg: String| ckpt_err(path, msg);
+    for (name, t) in model.named_tensors() {
+        let stored = file.get(&name, path)?;
+        if stored.shape != t.shape() {
+            return Err(ckpt(format!(
+                "tensor '{name}' has shape {:?} in the file but {:?} in this classifier",
+                stored.shape,
+                t.shape()
+            )));
+        }
+        if stored.data.iter().any(|v| !v.is_finite()) {
+            return Err(ckpt(format!("tensor '{name}' holds a non-finite value")));
+        }
+        t.set_data(&stored.data)?;
+    }
+    Ok(())
+}
+
 /// Adds AdamW's moments of every parameter to `file`
 /// (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`) and returns each
 /// one's step count (for the `tessera.optimizer_steps` metadata).
@@ -521,79 +388,40 @@ pub fn load_model_hinted(
     Ok(model)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("tessera-ckpt-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn round_trip_and_atomic_overwrite() {
-        let dir = tmpdir("rt");
-        let path = dir.join("a.safetensors");
-        let mut f = TensorFile::default();
-        f.insert_raw("w", vec![2, 3], (0..6).map(|v| v as f32).collect());
-        f.metadata.insert("k".into(), "v".into());
-        f.save(&path).unwrap();
-        let g = TensorFile::load(&path).unwrap();
-        assert_eq!(g.tensors, f.tensors);
-        assert_eq!(g.metadata["k"], "v");
-        // No temporary files left behind.
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    /// The same state gives the same bytes, whatever order it was built in
-    /// (metadata is a hash map), and the bytes read back through the
-    /// safetensors crate (shapes, values, metadata).
-    #[test]
-    fn same_state_same_bytes() {
-        let build = |order: &[usize]| {
-            let mut f = TensorFile::default();
-            for &i in order {
-                f.insert_raw(
-                    format!("t{i}"),
-                    vec![2, i + 1],
-                    (0..2 * (i + 1)).map(|x| x as f32 * 0.5 - i as f32).collect(),
-                );
-                f.metadata.insert(format!("key{i}"), format!("value \"{i}\""));
-            }
-            f
+/// Loads a classifier for evaluation: a Tessera fine-tuning checkpoint, or
+/// an official MAE fine-tuned `state_dict` (`head.weight (K, D)`, `fc_norm`
+/// with global pooling; the encoder read off the shapes as for pre-training
+/// files, heads from `hints`), whose classes are then named `0…K−1`.
+/// Also returns the statistics its inputs are normalised with: the
+/// recipe's, or ImageNet's for an official file.
+pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> Result<(Classifier, Normalization)> {
+    let file = TensorFile::load(path)?;
+    let (config, norm) = if file.metadata.contains_key("tessera.finetune") {
+        let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
+        (recipe.model, recipe.normalization)
+    } else if file.metadata.contains_key("tessera.config") {
+        return Err(ckpt_err(
+            path,
+            "is a pre-training checkpoint; fine-tune it first (tessera finetune --checkpoint …)",
+        ));
+    } else {
+        let head = file.get("head.weight", path).map_err(|_| {
+            ckpt_err(
+                path,
+                "has no classifier head ('head.weight'): not a fine-tuned checkpoint",
+            )
+        })?;
+        let k = head.shape.first().copied().unwrap_or(0);
+        let enc = crate::io::official::infer_config(&file, path, hints, false)?.encoder;
+        let pool = if file.tensors.contains_key("fc_norm.weight") {
+            ClassifierPool::Mean
+        } else {
+            ClassifierPool::Cls
         };
-        let a = build(&[0, 1, 2, 3, 4, 5, 6, 7]).to_bytes().unwrap();
-        let b = build(&[7, 3, 5, 0, 2, 6, 1, 4]).to_bytes().unwrap();
-        assert_eq!(a, b);
-        let back = TensorFile::from_bytes(&a, Path::new("x")).unwrap();
-        assert_eq!(back.tensors, build(&[0, 1, 2, 3, 4, 5, 6, 7]).tensors);
-        assert_eq!(back.metadata["key3"], "value \"3\"");
-        let st = SafeTensors::deserialize(&a).unwrap();
-        assert_eq!(st.tensor("t2").unwrap().shape(), &[2, 3]);
-    }
-
-    #[test]
-    fn truncated_and_garbage_files_are_clear_errors() {
-        let dir = tmpdir("bad");
-        let path = dir.join("a.safetensors");
-        let mut f = TensorFile::default();
-        f.insert_raw("w", vec![64], vec![1.0; 64]);
-        let bytes = f.to_bytes().unwrap();
-        fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        let e = TensorFile::load(&path).unwrap_err().to_string();
-        assert!(
-            e.contains("a.safetensors") && e.contains("not a valid safetensors"),
-            "{e}"
-        );
-        fs::write(&path, b"hello").unwrap();
-        assert!(TensorFile::load(&path).is_err());
-        let e = TensorFile::load(&dir.join("missing.safetensors"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("missing.safetensors"), "{e}");
-        fs::remove_dir_all(dir).unwrap();
-    }
+        let names = (0..k).map(|i| i.to_string()).collect();
+        (ClassifierConfig::new(enc, names, pool, 0.0)?, Normalization::imagenet())
+    };
+    let mut model = Classifier::new(config, &mut MimRng::seed_from_u64(0))?;
+    load_tensors(&mut model, &file, path)?;
+    Ok((model, norm))
 }

@@ -1,5 +1,6 @@
-//! Files: checkpoints, official weights, pictures.
+//! Files: the safetensors container, official weights, checkpoints, pictures.
 
 pub mod checkpoint;
 pub mod official;
 pub mod picture;
+pub mod safetensors;

@@ -59,7 +59,7 @@ use crate::config::{
     TargetConfig, VitConfig,
 };
 use crate::error::{Result, ckpt_err};
-use crate::io::checkpoint::TensorFile;
+use crate::io::safetensors::{TensorFile, is_recomputed_buffer};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -156,12 +156,6 @@ pub fn has_decoder(file: &TensorFile) -> bool {
 /// True for a SimMIM state dict (its encoder's tensors under `encoder.`).
 pub fn is_simmim(file: &TensorFile) -> bool {
     file.tensors.contains_key("encoder.patch_embed.proj.weight")
-}
-
-/// BEiT's and Swin's integer index buffers and Swin's shifted-window masks,
-/// which Tessera computes itself.
-pub fn is_recomputed_buffer(name: &str) -> bool {
-    name.ends_with("relative_position_index") || name.ends_with(".attn_mask")
 }
 
 /// True for a Swin state dict: SimMIM's (`encoder.layers.…`) or timm's

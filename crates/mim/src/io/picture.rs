@@ -41,7 +41,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .map_err(|e| MimError::Input(format!("{}: cannot encode PNG: {e}", path.display())))?;
-    crate::io::checkpoint::write_atomically(path, bytes.get_ref())
+    crate::io::safetensors::write_atomically(path, bytes.get_ref())
 }
 
 /// Panels side by side, rows stacked, separated by `gap` pixels of white.

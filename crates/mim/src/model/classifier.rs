@@ -1,5 +1,25 @@
 //! The classifier: an encoder with a linear head, and its layer numbering
-//! for layer-wise learning-rate decay.
+//! for layer-wise learning-rate decay. It is how MIM pre-training is judged
+//! (MAE's headline numbers are fine-tuned top-1).
+//!
+//! A [`Classifier`] is an encoder (ViT or Swin) with a linear head, named as
+//! MAE's `models_vit.VisionTransformer` and Swin's classifier so their
+//! fine-tuned checkpoints load:
+//!
+//! ```text
+//! ViT, pool cls:   encoder (final norm)        → token 0            → head (K, D)
+//! ViT, pool mean:  encoder (no final norm)     → mean of patch tokens → fc_norm → head
+//! Swin:            encoder (final norm)        → mean of the last stage          → head
+//! ```
+//! The head starts from a truncated normal of std 2e-5 and zero bias (MAE's
+//! `trunc_normal_(model.head.weight, std=2e-5)`).
+//!
+//! **Layer numbering** (for layer-wise learning-rate decay,
+//! [`crate::train::recipe`]): with `n` blocks the layers are numbered 0
+//! (patch embedding, \[CLS\], positions), 1…n (the blocks, in order) and
+//! n + 1 (the final norms and the head). Swin's blocks are numbered across
+//! stages; each patch merging shares the number of the block before it
+//! (SimMIM's rule).
 
 use crate::config::EncoderConfig;
 use crate::error::{MimError, Result, config_err};
@@ -221,5 +241,88 @@ impl Module for Classifier {
             n.visit(&join(prefix, "fc_norm"), f);
         }
         self.head.visit(&join(prefix, "head"), f);
+    }
+}
+
+/// A small ViT classifier for tests: 16×16 images, patch 4, width 16, two
+/// heads, three classes.
+#[cfg(test)]
+pub(crate) fn vit_classifier(depth: usize, pool: ClassifierPool) -> ClassifierConfig {
+    let mut e = crate::config::VitConfig::preset("vit-tiny", [16, 16], 4, 3).unwrap();
+    (e.embed_dim, e.depth, e.num_heads) = (16, depth, 2);
+    let names = (0..3).map(|i| format!("c{i}")).collect();
+    ClassifierConfig::new(e.into(), names, pool, 0.1).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Swin: blocks numbered across stages, merging with the stage's last
+    /// block, the embedding 0, the final norm and head on top.
+    #[test]
+    fn swin_layer_ids() {
+        let s = crate::config::SwinConfig::preset("swin-tiny", [224, 224], 3).unwrap();
+        let names = (0..5).map(|i| i.to_string()).collect();
+        let cfg = ClassifierConfig::new(s.into(), names, ClassifierPool::Mean, 0.1).unwrap();
+        assert_eq!(cfg.num_layers(), 13);
+        for (name, id) in [
+            ("patch_embed.norm.weight", 0),
+            ("layers.0.blocks.0.attn.qkv.weight", 1),
+            ("layers.0.blocks.1.norm1.weight", 2),
+            ("layers.0.downsample.reduction.weight", 2),
+            ("layers.2.blocks.0.mlp.fc1.weight", 5),
+            ("layers.2.blocks.5.mlp.fc1.weight", 10),
+            ("layers.2.downsample.norm.weight", 10),
+            ("layers.3.blocks.1.attn.relative_position_bias_table", 12),
+            // SimMIM's `get_swin_layer` puts what it does not name (the
+            // absolute positions of `ape`) on top.
+            ("absolute_pos_embed", 13),
+            ("norm.weight", 13),
+            ("head.weight", 13),
+        ] {
+            assert_eq!(cfg.layer_id(name), id, "{name}");
+        }
+        let bad = ClassifierConfig::new(
+            crate::config::SwinConfig::preset("swin-mini", [32, 32], 3)
+                .unwrap()
+                .into(),
+            vec!["a".into(), "b".into()],
+            ClassifierPool::Cls,
+            0.0,
+        );
+        assert!(bad.unwrap_err().to_string().contains("no [CLS]"));
+    }
+
+    /// Stochastic depth: in evaluation the classifier is deterministic (drop
+    /// path is the identity); in training the per-image factors are 0 or
+    /// 1/(1 − rate), 1 on average.
+    #[test]
+    fn drop_path_is_identity_in_eval_and_unbiased_in_train() {
+        let cfg = vit_classifier(2, ClassifierPool::Cls);
+        let model = Classifier::new(cfg, &mut MimRng::seed_from_u64(0)).unwrap();
+        let imgs = Tensor::new(
+            tessera_tensor::init::normal(2 * 3 * 16 * 16, 0.0, 1.0, &mut MimRng::seed_from_u64(1)),
+            &[2, 3, 16, 16],
+        )
+        .unwrap();
+        let a = model
+            .forward(&imgs, false, &mut MimRng::seed_from_u64(1))
+            .unwrap()
+            .to_vec();
+        let b = model
+            .forward(&imgs, false, &mut MimRng::seed_from_u64(2))
+            .unwrap()
+            .to_vec();
+        assert_eq!(a, b);
+        let mut rng = MimRng::seed_from_u64(5);
+        let rate = 0.3;
+        let s = crate::model::layers::drop_path_scale(40000, rate, &mut rng)
+            .unwrap()
+            .to_vec();
+        assert!(s.iter().all(|&v| v == 0.0 || (v - 1.0 / (1.0 - rate)).abs() < 1e-6));
+        let mean = s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
+        assert!((mean - 1.0).abs() < 0.01, "mean factor {mean}");
     }
 }

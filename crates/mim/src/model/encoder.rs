@@ -9,7 +9,7 @@
 
 use crate::config::EncoderConfig;
 use crate::error::{MimError, Result};
-use crate::model::layers::Module;
+use crate::model::layers::{Module, check_image_shape};
 use crate::model::swin::SwinTransformer;
 use crate::model::vit::{Pool, VisionTransformer};
 use rand::Rng;
@@ -19,22 +19,6 @@ use tessera_tensor::Tensor;
 pub enum Encoder {
     Vit(VisionTransformer),
     Swin(SwinTransformer),
-}
-
-/// Checks that images `(B, C, H, W)` fit an encoder of `chans` channels at
-/// `size`, naming both shapes if not.
-pub(crate) fn check_image_shape(imgs: &Tensor, chans: usize, size: [usize; 2]) -> Result<()> {
-    let want = [chans, size[0], size[1]];
-    if imgs.rank() != 4 || imgs.shape()[1..] != want {
-        return Err(MimError::Input(format!(
-            "images of shape {:?} do not fit this encoder, which takes (B, {}, {}, {})",
-            imgs.shape(),
-            want[0],
-            want[1],
-            want[2]
-        )));
-    }
-    Ok(())
 }
 
 impl Encoder {

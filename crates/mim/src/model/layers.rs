@@ -4,7 +4,9 @@
 //! biases, LayerNorm weight 1 and bias 0.
 
 use crate::config::QkvBias;
+use crate::error::MimError;
 use rand::{Rng, RngExt};
+use std::cell::Cell;
 use tessera_tensor::init::xavier_uniform;
 use tessera_tensor::{Result, Tensor};
 
@@ -222,15 +224,61 @@ pub struct Block {
     pub drop_path: f32,
 }
 
+thread_local! {
+    static BATCH_SHARD: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's forward pass marked as rows
+/// `offset..offset + b` of a global batch of `global`: per-sample random
+/// draws (drop path) are made for the whole global batch and sliced, so a
+/// rank draws what one process with the whole batch would. The previous
+/// setting is restored afterwards.
+pub fn with_batch_shard<R>(offset: usize, global: usize, f: impl FnOnce() -> R) -> R {
+    let prev = BATCH_SHARD.with(|s| s.replace(Some((offset, global))));
+    struct Restore(Option<(usize, usize)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BATCH_SHARD.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+/// The rows `(offset, global)` that a per-sample draw over a local batch of
+/// `b` should take, or `None` outside [`with_batch_shard`] (or when `b` does
+/// not fit the marked shard: a forward over other data, e.g. evaluation).
+pub fn batch_shard(b: usize) -> Option<(usize, usize)> {
+    BATCH_SHARD
+        .with(|s| s.get())
+        .filter(|&(offset, global)| offset + b <= global)
+}
+
+/// Checks that images `(B, C, H, W)` fit an encoder of `chans` channels at
+/// `size`, naming both shapes if not.
+pub(crate) fn check_image_shape(imgs: &Tensor, chans: usize, size: [usize; 2]) -> crate::error::Result<()> {
+    let want = [chans, size[0], size[1]];
+    if imgs.rank() != 4 || imgs.shape()[1..] != want {
+        return Err(MimError::Input(format!(
+            "images of shape {:?} do not fit this encoder, which takes (B, {}, {}, {})",
+            imgs.shape(),
+            want[0],
+            want[1],
+            want[2]
+        )));
+    }
+    Ok(())
+}
+
 /// Stochastic depth's per-image factors `(B, 1, 1)`: 0 with probability
 /// `rate`, else `1/(1 − rate)`, so the branch is unchanged in expectation.
 ///
-/// Inside [`crate::train::distributed::with_batch_shard`] the draws are made for the
+/// Inside [`with_batch_shard`] the draws are made for the
 /// whole global batch and this batch's rows kept, so a data-parallel rank
 /// drops exactly the images one process with the whole batch would.
 pub fn drop_path_scale<R: Rng + ?Sized>(batch: usize, rate: f32, rng: &mut R) -> Result<Tensor> {
     let keep = 1.0 / (1.0 - rate);
-    let (offset, global) = crate::train::distributed::batch_shard(batch).unwrap_or((0, batch));
+    let (offset, global) = batch_shard(batch).unwrap_or((0, batch));
     // Every draw of the global batch is made, kept or not, so the stream
     // advances the same way on every rank.
     let all: Vec<f32> = (0..global)
@@ -377,5 +425,20 @@ impl Module for PatchEmbed {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
         f(join(prefix, "proj.weight"), &self.weight);
         f(join(prefix, "proj.bias"), &self.bias);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_shard_is_scoped() {
+        assert_eq!(batch_shard(4), None);
+        with_batch_shard(2, 8, || {
+            assert_eq!(batch_shard(4), Some((2, 8)));
+            assert_eq!(batch_shard(7), None);
+        });
+        assert_eq!(batch_shard(4), None);
     }
 }

@@ -559,7 +559,7 @@ mod encoder_tests {
         assert!((std - 0.02).abs() < 0.002, "std {std}");
         let named = m.named_tensors();
         assert_eq!(named.iter().filter(|(n, _)| n == "absolute_pos_embed").count(), 1);
-        assert!(!crate::train::pretrain::decays("encoder.absolute_pos_embed", &pos));
+        assert!(!crate::train::recipe::decays("encoder.absolute_pos_embed", &pos));
         let imgs = Tensor::new(
             tessera_tensor::init::normal(2 * 3 * 32 * 32, 0.0, 1.0, &mut MimRng::seed_from_u64(1)),
             &[2, 3, 32, 32],

@@ -163,7 +163,7 @@ impl VisionTransformer {
 
     /// Checks that images fit this encoder, naming both shapes if not.
     pub fn check_images(&self, imgs: &Tensor) -> Result<()> {
-        crate::model::encoder::check_image_shape(imgs, self.config.in_chans, self.config.img_size)
+        crate::model::layers::check_image_shape(imgs, self.config.in_chans, self.config.img_size)
     }
 
     /// The patches' absolute positional embeddings `(1, L, D)`, if any.

@@ -6,7 +6,8 @@
 //! ```no_run
 //! use tessera_mim::data::Split;
 //! use tessera_mim::data::synthetic::SyntheticDataset;
-//! use tessera_mim::run::pretrain::{Pretrainer, RunOptions};
+//! use tessera_mim::run::RunOptions;
+//! use tessera_mim::run::pretrain::Pretrainer;
 //! use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, TargetConfig, TrainConfig, VitConfig};
 //! # fn main() -> tessera_mim::Result<()> {
 //! let model = ModelConfig {
@@ -31,12 +32,14 @@
 
 use crate::config::TargetConfig;
 use crate::data::Dataset;
-use crate::data::transform::{Augment, EpochSampler, Transform, load_batch};
+use crate::data::loader::{EpochSampler, load_batch};
+use crate::data::transform::{Augment, Transform};
 use crate::error::{MimError, Result, ckpt_err, io_err};
 use crate::io::picture::{NormPixView, render_rows, save_png};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
 use crate::rng::MimRng;
+use crate::run::{RunOptions, check_run_start, truncate_metrics};
 use crate::train::distributed::{Communicator, check_agreement, fingerprint};
 use crate::train::pretrain::{StepStats, TrainConfig, Trainer};
 use rand::SeedableRng;
@@ -44,67 +47,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::sync_channel;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tessera_tensor::Tensor;
-
-/// Where a run writes and how often.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// The output folder.
-    pub out: PathBuf,
-    /// Continue from `out/checkpoint.safetensors`.
-    pub resume: bool,
-    /// Start afresh in a folder that holds a run, deleting its checkpoint,
-    /// metrics and pictures (without it, such a folder is refused).
-    pub overwrite: bool,
-    /// A checkpoint every this many steps (and at the end).
-    pub ckpt_every: u64,
-    /// Reconstruction pictures every this many steps (0: only at the end).
-    pub recon_every: u64,
-    /// Test images in each picture.
-    pub recon_count: usize,
-    /// MAE's random resized crops and flips on the training images.
-    pub augment: bool,
-    /// Stop (with a checkpoint) after this step, as if interrupted.
-    pub stop_after: Option<u64>,
-    /// Also write a checkpoint when this long has passed since the last one
-    /// (so an interruption loses little, whatever `ckpt_every`).
-    pub ckpt_interval: Option<Duration>,
-    /// When set (by a signal handler, say), the run finishes the current
-    /// step, writes a checkpoint and returns with `interrupted`.
-    pub stop: Option<Arc<AtomicBool>>,
-    /// Refuse a run whose estimated memory exceeds this many bytes (default:
-    /// the memory the system reports available; see [`crate::train::memory`]).
-    pub max_memory: Option<u64>,
-}
-
-impl RunOptions {
-    /// Defaults: checkpoints and pictures every 100 steps, 6 pictured images,
-    /// augmentation on, a fresh run.
-    pub fn new(out: impl Into<PathBuf>) -> RunOptions {
-        RunOptions {
-            out: out.into(),
-            resume: false,
-            overwrite: false,
-            ckpt_every: 100,
-            recon_every: 100,
-            recon_count: 6,
-            augment: true,
-            stop_after: None,
-            ckpt_interval: Some(Duration::from_secs(300)),
-            stop: None,
-            max_memory: None,
-        }
-    }
-
-    /// `out/checkpoint.safetensors`.
-    pub fn checkpoint(&self) -> PathBuf {
-        self.out.join("checkpoint.safetensors")
-    }
-}
 
 /// What a run is about to do, for [`Observer::started`].
 #[derive(Clone, Debug)]
@@ -490,7 +436,7 @@ impl<'a> Pretrainer<'a> {
         let ckpt = opts.checkpoint();
         std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
         // A write interrupted by a crash leaves its temporary file: remove it.
-        crate::io::checkpoint::remove_stale_temporaries(&opts.out);
+        crate::io::safetensors::remove_stale_temporaries(&opts.out);
         if opts.overwrite && !opts.resume {
             for old in [&ckpt, metrics_path] {
                 if old.exists() {
@@ -507,51 +453,8 @@ impl<'a> Pretrainer<'a> {
         truncate_metrics(metrics_path, self.trainer.step)?;
         let config_json = opts.out.join("config.json");
         let text = serde_json::to_string_pretty(config).expect("a configuration serialises to JSON");
-        crate::io::checkpoint::write_atomically(&config_json, text.as_bytes())
+        crate::io::safetensors::write_atomically(&config_json, text.as_bytes())
     }
-}
-
-/// Refuses a batch larger than the training set, and a fresh run (neither
-/// `resume` nor `overwrite`) in a folder that holds one.
-pub(crate) fn check_run_start(options: &RunOptions, train: &dyn Dataset, batch: usize) -> Result<()> {
-    if batch == 0 || train.len() < batch {
-        return Err(MimError::Input(format!(
-            "the batch of {batch} images is larger than the {} training images of {}",
-            train.len(),
-            train.name()
-        )));
-    }
-    let ckpt = options.checkpoint();
-    let metrics = options.out.join("metrics.jsonl");
-    if !options.resume && !options.overwrite && (ckpt.exists() || metrics.exists()) {
-        return Err(MimError::Input(format!(
-            "{} holds a run already: continue it with --resume, or start over with --overwrite",
-            options.out.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Keeps the lines of `metrics.jsonl` whose step is at most `step` (whole
-/// JSON lines only), rewriting the file atomically if anything goes.
-pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(()); // no metrics yet
-    };
-    let keep: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .collect();
-    let kept: String = keep.iter().map(|l| format!("{l}\n")).collect();
-    if kept != text {
-        crate::io::checkpoint::write_atomically(path, kept.as_bytes())?;
-    }
-    Ok(())
 }
 
 /// Which `n` images of `ds` to picture: one per class in class order (then

@@ -9,7 +9,7 @@
 //!
 //! - **images**: the epoch permutation is a pure function of `(seed, step)`
 //!   and each image's augmentation is seeded from its data-set index
-//!   ([`crate::data::transform::load_batch`]), so a rank loads exactly its rows;
+//!   ([`crate::data::loader::load_batch`]), so a rank loads exactly its rows;
 //! - **masks**: every rank draws the mask of the *whole* batch from the
 //!   shared mask stream and keeps its rows ([`Mask::rows`]), so the stream
 //!   advances the same way on every rank;
@@ -25,10 +25,10 @@
 //! read the algorithm without MPI); `MpiWorld` (cargo feature `mpi`) is
 //! `MPI_COMM_WORLD` through rsmpi. docs/distributed.md has the design.
 //!
-//! [`Mask::rows`]: crate::Mask::rows
+//! [`Mask::rows`]: crate::model::masking::Mask::rows
 //! [`drop_path_scale`]: crate::model::layers::drop_path_scale
+//! [`with_batch_shard`]: crate::model::layers::with_batch_shard
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Barrier, Mutex};
@@ -283,36 +283,6 @@ pub fn check_agreement(comm: &dyn Communicator, what: &str, fingerprint: u64) ->
     Err(crate::MimError::Ranks(format!(
         "{who} another {what} than rank 0 (every rank must start from the same command, data and checkpoint)"
     )))
-}
-
-thread_local! {
-    static BATCH_SHARD: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
-}
-
-/// Runs `f` with this thread's forward pass marked as rows
-/// `offset..offset + b` of a global batch of `global`: per-sample random
-/// draws (drop path) are made for the whole global batch and sliced, so a
-/// rank draws what one process with the whole batch would. The previous
-/// setting is restored afterwards.
-pub fn with_batch_shard<R>(offset: usize, global: usize, f: impl FnOnce() -> R) -> R {
-    let prev = BATCH_SHARD.with(|s| s.replace(Some((offset, global))));
-    struct Restore(Option<(usize, usize)>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BATCH_SHARD.with(|s| s.set(self.0));
-        }
-    }
-    let _restore = Restore(prev);
-    f()
-}
-
-/// The rows `(offset, global)` that a per-sample draw over a local batch of
-/// `b` should take, or `None` outside [`with_batch_shard`] (or when `b` does
-/// not fit the marked shard: a forward over other data, e.g. evaluation).
-pub fn batch_shard(b: usize) -> Option<(usize, usize)> {
-    BATCH_SHARD
-        .with(|s| s.get())
-        .filter(|&(offset, global)| offset + b <= global)
 }
 
 /// Ranks as threads of one process, for tests: [`ThreadGroup::run`] starts
@@ -645,15 +615,5 @@ mod tests {
                 .into_iter()
                 .all(|b| b)
         );
-    }
-
-    #[test]
-    fn batch_shard_is_scoped() {
-        assert_eq!(batch_shard(4), None);
-        with_batch_shard(2, 8, || {
-            assert_eq!(batch_shard(4), Some((2, 8)));
-            assert_eq!(batch_shard(7), None);
-        });
-        assert_eq!(batch_shard(4), None);
     }
 }

@@ -19,37 +19,17 @@
 
 use crate::config::{ModelConfig, is_positive};
 use crate::error::{MimError, Result, config_err};
+use crate::model::layers::with_batch_shard;
 use crate::model::masking::{Mask, MaskingConfig, MaskingStrategy};
 use crate::model::mim::MimModel;
 use crate::rng::MimRng;
-use crate::train::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard, with_batch_shard};
+use crate::train::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard};
+use crate::train::recipe::{MatmulPrecision, adamw, clip_checked, decays, warmup_cosine};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
-use tessera_tensor::Precision;
-use tessera_tensor::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, clip_grad_norm, grad_norm};
+use tessera_tensor::optim::{AdamW, Optimizer, ParamGroup};
 use tessera_tensor::{GradStore, Tensor};
-
-/// The arithmetic of matrix products during training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MatmulPrecision {
-    /// f32 throughout (MAE's numerics).
-    #[default]
-    F32,
-    /// Mixed precision: matrix products take bfloat16 inputs and accumulate in
-    /// f32 (Intel AMX, or AVX512-BF16); weights, activations, gradients and AdamW stay f32.
-    Bf16,
-}
-
-impl MatmulPrecision {
-    pub(crate) fn kernel(self) -> Precision {
-        match self {
-            MatmulPrecision::F32 => Precision::F32,
-            MatmulPrecision::Bf16 => Precision::Bf16,
-        }
-    }
-}
 
 /// Everything that defines a training run (saved in every checkpoint).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,37 +131,6 @@ impl TrainConfig {
     pub fn lr_at(&self, step: u64) -> f32 {
         warmup_cosine(step, self.warmup_steps, self.total_steps, self.peak_lr(), self.min_lr)
     }
-}
-
-/// MAE's schedule (`lr_sched.adjust_learning_rate`, per step): the rate of
-/// update `step` (0-based) rises linearly from 0 to `peak` over `warmup`
-/// steps, then follows a half-cycle cosine to `min` at `total`.
-pub fn warmup_cosine(step: u64, warmup: u64, total: u64, peak: f32, min: f32) -> f32 {
-    let (peak, min) = (peak as f64, min as f64);
-    let (s, w, t) = (step as f64, warmup as f64, total as f64);
-    let lr = if s < w {
-        peak * s / w
-    } else {
-        let progress = if t > w { ((s - w) / (t - w)).min(1.0) } else { 1.0 };
-        min + (peak - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-    };
-    lr as f32
-}
-
-/// MAE's rule: no weight decay on 1-D tensors (biases, norms, layer scales)
-/// and on tokens and positional embeddings; nor, as BEiT and SimMIM, on
-/// relative position bias tables.
-pub fn decays(name: &str, t: &Tensor) -> bool {
-    let skip = [
-        "cls_token",
-        "mask_token",
-        "pos_embed",
-        "decoder_pos_embed",
-        "absolute_pos_embed",
-    ];
-    // The last part of the name (SimMIM's carry an `encoder.` prefix).
-    let leaf = name.rsplit('.').next().unwrap_or(name);
-    t.rank() > 1 && !name.ends_with(".bias") && leaf != "relative_position_bias_table" && !skip.contains(&leaf)
 }
 
 /// What one step did.
@@ -458,42 +407,6 @@ fn check_loss(loss: f32, step: u64) -> Result<()> {
             value: loss,
         })
     }
-}
-
-/// AdamW over `groups` at rate `lr` with `betas` and ε = 1e-8 (PyTorch's).
-pub(crate) fn adamw(groups: Vec<ParamGroup>, lr: f32, betas: [f32; 2]) -> AdamW {
-    AdamW::new(
-        groups,
-        AdamWConfig {
-            lr,
-            beta1: betas[0],
-            beta2: betas[1],
-            eps: 1e-8,
-        },
-    )
-}
-
-/// The global gradient norm of `params` (clipped to `clip` if given), or
-/// an error naming update `step` if it is not finite (before any update).
-pub(crate) fn clip_checked(
-    grads: &mut GradStore,
-    params: &[(String, Tensor)],
-    clip: Option<f32>,
-    step: u64,
-) -> Result<f32> {
-    let params: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
-    let norm = match clip {
-        Some(max) => clip_grad_norm(grads, &params, max),
-        None => grad_norm(grads, &params),
-    };
-    if !norm.is_finite() {
-        return Err(MimError::NonFinite {
-            step,
-            what: "gradient norm",
-            value: norm,
-        });
-    }
-    Ok(norm)
 }
 
 impl TrainConfig {

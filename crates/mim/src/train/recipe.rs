@@ -1,16 +1,121 @@
-//! The fine-tuning recipe: mixup and CutMix, label smoothing, the
-//! hyper-parameters, and the optimizer's parameter groups.
+//! Training recipes: the precision of products, the learning-rate schedule,
+//! which parameters decay, AdamW and clipping (shared by pre-training and
+//! fine-tuning), and the fine-tuning recipe: mixup and CutMix, label
+//! smoothing, the hyper-parameters, and the optimizer's parameter groups.
+//!
+//! The fine-tuning recipe is MAE's `main_finetune.py`
+//! ([`FinetuneConfig::mae`]): AdamW (β = 0.9, 0.999), layer-wise
+//! learning-rate decay 0.75, weight decay 0.05 except norms, biases, tokens
+//! and tables, linear warm-up then cosine to 1e-6, stochastic depth 0.1,
+//! label smoothing 0.1, mixup 0.8 and cutmix 1.0 (switchable), random resized
+//! crops (scale 0.08–1) and flips. RandAugment and random erasing are not
+//! implemented.
+//!
+//! **Layer-wise decay.** Layer `i` of a classifier of `n` blocks (numbered
+//! as [`crate::model::classifier`] says: 0 the embedding, n + 1 the head)
+//! learns at `lr · decay^(n + 1 − i)`. The head learns at the full rate, the
+//! embedding at `0.75^(n+1)` of it (3% for ViT-B): the lower layers hold the
+//! most general features, which pre-training made good, and a large update
+//! would destroy them before the randomly initialised head has learnt to use
+//! them.
 
 use crate::data::Normalization;
 use crate::data::transform::Transform;
-use crate::error::{Result, config_err};
+use crate::error::{MimError, Result, config_err};
 use crate::model::classifier::ClassifierConfig;
-use crate::train::pretrain::{MatmulPrecision, decays};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tessera_tensor::Tensor;
-use tessera_tensor::optim::ParamGroup;
+use tessera_tensor::optim::{AdamW, AdamWConfig, ParamGroup, clip_grad_norm, grad_norm};
+use tessera_tensor::{GradStore, Precision, Tensor};
+
+/// The arithmetic of matrix products during training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatmulPrecision {
+    /// f32 throughout (MAE's numerics).
+    #[default]
+    F32,
+    /// Mixed precision: matrix products take bfloat16 inputs and accumulate in
+    /// f32 (Intel AMX, or AVX512-BF16); weights, activations, gradients and AdamW stay f32.
+    Bf16,
+}
+
+impl MatmulPrecision {
+    pub(crate) fn kernel(self) -> Precision {
+        match self {
+            MatmulPrecision::F32 => Precision::F32,
+            MatmulPrecision::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+/// MAE's schedule (`lr_sched.adjust_learning_rate`, per step): the rate of
+/// update `step` (0-based) rises linearly from 0 to `peak` over `warmup`
+/// steps, then follows a half-cycle cosine to `min` at `total`.
+pub fn warmup_cosine(step: u64, warmup: u64, total: u64, peak: f32, min: f32) -> f32 {
+    let (peak, min) = (peak as f64, min as f64);
+    let (s, w, t) = (step as f64, warmup as f64, total as f64);
+    let lr = if s < w {
+        peak * s / w
+    } else {
+        let progress = if t > w { ((s - w) / (t - w)).min(1.0) } else { 1.0 };
+        min + (peak - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    };
+    lr as f32
+}
+
+/// MAE's rule: no weight decay on 1-D tensors (biases, norms, layer scales)
+/// and on tokens and positional embeddings; nor, as BEiT and SimMIM, on
+/// relative position bias tables.
+pub fn decays(name: &str, t: &Tensor) -> bool {
+    let skip = [
+        "cls_token",
+        "mask_token",
+        "pos_embed",
+        "decoder_pos_embed",
+        "absolute_pos_embed",
+    ];
+    // The last part of the name (SimMIM's carry an `encoder.` prefix).
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    t.rank() > 1 && !name.ends_with(".bias") && leaf != "relative_position_bias_table" && !skip.contains(&leaf)
+}
+
+/// AdamW over `groups` at rate `lr` with `betas` and ε = 1e-8 (PyTorch's).
+pub(crate) fn adamw(groups: Vec<ParamGroup>, lr: f32, betas: [f32; 2]) -> AdamW {
+    AdamW::new(
+        groups,
+        AdamWConfig {
+            lr,
+            beta1: betas[0],
+            beta2: betas[1],
+            eps: 1e-8,
+        },
+    )
+}
+
+/// The global gradient norm of `params` (clipped to `clip` if given), or
+/// an error naming update `step` if it is not finite (before any update).
+pub(crate) fn clip_checked(
+    grads: &mut GradStore,
+    params: &[(String, Tensor)],
+    clip: Option<f32>,
+    step: u64,
+) -> Result<f32> {
+    let params: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    let norm = match clip {
+        Some(max) => clip_grad_norm(grads, &params, max),
+        None => grad_norm(grads, &params),
+    };
+    if !norm.is_finite() {
+        return Err(MimError::NonFinite {
+            step,
+            what: "gradient norm",
+            value: norm,
+        });
+    }
+    Ok(norm)
+}
 
 /// Mixup and CutMix (timm's `Mixup`, batch mode): each step mixes every image
 /// with the batch's reversed order, by mixup (blend) or CutMix (paste a box)
@@ -300,7 +405,7 @@ impl FinetuneConfig {
 
     /// The base learning rate of update `step` (0-based): warm-up, then cosine.
     pub fn lr_at(&self, step: u64) -> f32 {
-        crate::train::pretrain::warmup_cosine(step, self.warmup_steps, self.total_steps, self.peak_lr(), self.min_lr)
+        warmup_cosine(step, self.warmup_steps, self.total_steps, self.peak_lr(), self.min_lr)
     }
 
     /// The training transform: crops and flips (if `augment`), normalised.
@@ -343,4 +448,168 @@ pub fn param_groups(config: &FinetuneConfig, params: &[(String, Tensor)]) -> Vec
             lr_scale: config.layer_decay.powi(top - id as i32),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::classifier::{Classifier, ClassifierPool, vit_classifier};
+    use crate::rng::MimRng;
+    use rand::SeedableRng;
+
+    /// MAE's `param_groups_lrd` on a 3-block ViT with decay 0.5: layer 0
+    /// (embeddings) at 0.5⁴, block i at 0.5^(3 − i), head and fc_norm at 1;
+    /// no weight decay on biases, norms, tokens, positions.
+    #[test]
+    fn layer_decay_follows_a_hand_computed_table() {
+        let cfg = vit_classifier(3, ClassifierPool::Mean);
+        let mut recipe = FinetuneConfig::mae(cfg.clone(), Normalization::uniform(0.0, 1.0, 3), 4, 10);
+        recipe.layer_decay = 0.5;
+        let model = Classifier::new(cfg.clone(), &mut MimRng::seed_from_u64(0)).unwrap();
+        let params = model.parameters();
+        let table = [
+            ("cls_token", 0, 0.0625, false),
+            ("patch_embed.proj.weight", 0, 0.0625, true),
+            ("patch_embed.proj.bias", 0, 0.0625, false),
+            ("blocks.0.attn.qkv.weight", 1, 0.125, true),
+            ("blocks.0.norm1.weight", 1, 0.125, false),
+            ("blocks.1.mlp.fc1.weight", 2, 0.25, true),
+            ("blocks.2.attn.proj.bias", 3, 0.5, false),
+            ("blocks.2.mlp.fc2.weight", 3, 0.5, true),
+            ("fc_norm.weight", 4, 1.0, false),
+            ("head.weight", 4, 1.0, true),
+            ("head.bias", 4, 1.0, false),
+        ];
+        let groups = param_groups(&recipe, &params);
+        for (name, id, scale, decayed) in table {
+            assert_eq!(cfg.layer_id(name), id, "{name}");
+            let t = &params
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .1;
+            let g = groups
+                .iter()
+                .find(|g| g.params.iter().any(|p| p.id() == t.id()))
+                .unwrap();
+            assert_eq!(g.lr_scale, scale, "{name}");
+            assert_eq!(g.weight_decay, if decayed { 0.05 } else { 0.0 }, "{name}");
+        }
+        // The fixed sin-cos table is no parameter; every parameter is in one group.
+        let grouped: usize = groups.iter().map(|g| g.params.len()).sum();
+        assert_eq!(grouped, params.len());
+        // No final norm under mean pooling (MAE's global_pool deletes it).
+        assert!(!params.iter().any(|(n, _)| n.starts_with("norm.")));
+    }
+
+    /// Label-smoothed cross-entropy as soft targets equals the direct
+    /// formula `(1 − s)·(−log p_y) + s·mean_k(−log p_k)`.
+    #[test]
+    fn label_smoothing_matches_the_direct_formula() {
+        let (b, k, s) = (3, 5, 0.1f32);
+        let logits: Vec<f32> = (0..b * k).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.4).collect();
+        let labels = [4u32, 0, 2];
+        let t = Tensor::new(logits.clone(), &[b, k]).unwrap();
+        let got = t
+            .soft_cross_entropy(&smooth_targets(&labels, k, s))
+            .unwrap()
+            .item()
+            .unwrap();
+        let mut want = 0f64;
+        for r in 0..b {
+            let row = &logits[r * k..(r + 1) * k];
+            let lse = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+            let nll = lse - row[labels[r] as usize] as f64;
+            let smooth = row.iter().map(|&v| lse - v as f64).sum::<f64>() / k as f64;
+            want += (1.0 - s as f64) * nll + s as f64 * smooth;
+        }
+        want /= b as f64;
+        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    /// Mixup blends image i with image B−1−i by lam and mixes the smoothed
+    /// targets by the same lam; CutMix pastes the partner's box and its lam is
+    /// the area left (every pixel checked); off, nothing changes.
+    #[test]
+    fn mixup_and_cutmix_mix_labels_as_pixels() {
+        let shape = [4, 2, 6, 5];
+        let n = shape.iter().product::<usize>();
+        let per = n / 4;
+        let imgs: Vec<f32> = (0..n).map(|i| (i / per) as f32 * 10.0 + (i % 7) as f32).collect();
+        let labels = [0u32, 1, 2, 1];
+        let k = 3;
+        let own = smooth_targets(&labels, k, 0.1);
+        let check_targets = |q: &[f32], lam: f32| {
+            for r in 0..4 {
+                for j in 0..k {
+                    let want = lam * own[r * k + j] + (1.0 - lam) * own[(3 - r) * k + j];
+                    assert!((q[r * k + j] - want).abs() < 1e-6);
+                }
+                assert!((q[r * k..(r + 1) * k].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        };
+        let mut rng = MimRng::seed_from_u64(3);
+        let only = |mixup_alpha, cutmix_alpha| MixupConfig {
+            mixup_alpha,
+            cutmix_alpha,
+            prob: 1.0,
+            switch_prob: 0.5,
+        };
+        for _ in 0..5 {
+            let mut x = imgs.clone();
+            let (q, m) = mix_batch(&mut x, shape, &labels, k, 0.1, &only(0.8, 0.0), &mut rng);
+            let Mixed::Mixup { lam } = m else { panic!("{m:?}") };
+            assert!((0.0..=1.0).contains(&lam));
+            for i in 0..n {
+                let partner = imgs[(3 - i / per) * per + i % per];
+                assert!((x[i] - (lam * imgs[i] + (1.0 - lam) * partner)).abs() < 1e-4);
+            }
+            check_targets(&q, lam);
+
+            let mut x = imgs.clone();
+            let (q, m) = mix_batch(&mut x, shape, &labels, k, 0.1, &only(0.0, 1.0), &mut rng);
+            let Mixed::CutMix {
+                lam,
+                top,
+                bottom,
+                left,
+                right,
+            } = m
+            else {
+                panic!("{m:?}")
+            };
+            let inside = |y: usize, xx: usize| (top..bottom).contains(&y) && (left..right).contains(&xx);
+            let mut pasted = 0;
+            for i in 0..n {
+                let (img, rest) = (i / per, i % per);
+                let (y, xx) = ((rest % 30) / 5, rest % 5);
+                let want = if inside(y, xx) {
+                    imgs[(3 - img) * per + rest]
+                } else {
+                    imgs[i]
+                };
+                assert_eq!(x[i], want);
+                pasted += inside(y, xx) as usize;
+            }
+            assert!((lam - (1.0 - pasted as f32 / n as f32)).abs() < 1e-6);
+            check_targets(&q, lam);
+        }
+        let mut x = imgs.clone();
+        let (q, m) = mix_batch(&mut x, shape, &labels, k, 0.1, &MixupConfig::off(), &mut rng);
+        assert_eq!((m, x, q), (Mixed::None, imgs, own));
+    }
+
+    /// Beta(α, α) draws have the right mean (½) and variance (1 / (4(2α+1))).
+    #[test]
+    fn beta_draws_have_the_right_moments() {
+        let mut rng = MimRng::seed_from_u64(9);
+        for alpha in [0.8, 1.0, 2.0] {
+            let v: Vec<f64> = (0..20000).map(|_| beta(alpha, &mut rng)).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+            assert!((mean - 0.5).abs() < 0.01, "α {alpha}: mean {mean}");
+            let want = 1.0 / (4.0 * (2.0 * alpha + 1.0));
+            assert!((var - want).abs() < 0.1 * want, "α {alpha}: var {var} vs {want}");
+        }
+    }
 }
