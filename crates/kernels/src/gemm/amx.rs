@@ -25,8 +25,9 @@
 //! asked once per process; [`available`] is false if the CPU or the kernel
 //! says no, and callers then use the f32 path.
 
-use super::MatRef;
+use super::bf16::to_bf16;
 use super::driver::Product;
+use super::view::MatRef;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -98,22 +99,6 @@ const CONFIG: TileConfig = TileConfig {
     colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
-
-/// f32 → bf16, rounding to nearest even (NaN stays NaN).
-#[inline(always)]
-pub fn to_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return 0x7fc0;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-/// bf16 → f32 (exact).
-#[inline(always)]
-pub fn from_bf16(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
-}
 
 thread_local! {
     /// This thread's packed A (bf16) and B (bf16 pairs) buffers, reused across calls.
@@ -431,21 +416,4 @@ pub(crate) unsafe fn sgemm_bf16(p: &Product, c: *mut f32, rsc: usize, csc: usize
         // SAFETY: releases this thread's tile state.
         unsafe { asm!("tilerelease", options(nostack)) };
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bf16_rounding() {
-        assert_eq!(from_bf16(to_bf16(1.0)), 1.0);
-        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
-        // 1 + 2^-8 is halfway between two bf16 values: ties to even (1.0).
-        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0);
-        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 512.0)), 1.0 + 1.0 / 128.0);
-        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
-        let x = 0.123_456_7f32;
-        assert!((from_bf16(to_bf16(x)) - x).abs() <= x * 2f32.powi(-8));
-    }
 }

@@ -24,14 +24,12 @@
 //! count.
 
 use super::kernel::{APanel, Epilogue, MicroKernel, store_edge};
+use super::pack::{KC, Scratch};
 use super::view::MatRef;
 use crate::par::SendPtr;
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-/// Depth of a k block: an A micro-panel (12 × 256 × 4 B = 12 KiB) stays in L1.
-pub(crate) const KC: usize = 256;
 /// Widest column block: its packed B slice (KC × 512 × 4 B = 512 KiB) stays in L2.
 const NC_MAX: usize = 512;
 /// Micro-panels of A packed at once (768 rows × KC, 768 KiB). A transposed A
@@ -332,52 +330,5 @@ pub(crate) unsafe fn copy_tile(
             // SAFETY: (i, j) lies in the region the caller vouched for.
             unsafe { *c.add(i * rsc + j * csc) = r.at(r0 + i, c0 + j) };
         }
-    }
-}
-
-/// Reusable packing buffers, from a free list of this thread's: no lock, and
-/// no allocation once the list holds enough buffers. A buffer goes back to the
-/// list of the thread that drops it (the one that took it: packing buffers
-/// never cross threads). A rayon task that runs inside another product's wait
-/// simply takes a second buffer.
-pub(crate) struct Scratch {
-    buf: Vec<f32>,
-    len: usize,
-}
-
-thread_local! {
-    static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl Scratch {
-    /// A buffer of at least `len` values (contents unspecified), 64-byte aligned:
-    /// the smallest free one that is large enough, else the largest, grown.
-    pub(crate) fn take(len: usize) -> Scratch {
-        let need = len + 16;
-        let mut buf = FREE.with_borrow_mut(|free| {
-            let fits = (0..free.len())
-                .filter(|&i| free[i].len() >= need)
-                .min_by_key(|&i| free[i].len());
-            let pick = fits.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
-            pick.map(|i| free.swap_remove(i)).unwrap_or_default()
-        });
-        if buf.len() < need {
-            buf.resize(need, 0.0);
-        }
-        Scratch { buf, len }
-    }
-
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
-        let off = self.buf.as_ptr().align_offset(64).min(15);
-        &mut self.buf[off..off + self.len]
-    }
-}
-
-impl Drop for Scratch {
-    /// Returns the buffer to the free list.
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        // `try_with`: a thread being torn down has no list any more.
-        let _ = FREE.try_with(|free| free.borrow_mut().push(buf));
     }
 }

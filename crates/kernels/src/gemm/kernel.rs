@@ -446,7 +446,7 @@ mod x86 {
 
         fn pack_a(dst: &mut [f32], a: &super::MatRef, r0: usize, rows: usize, pc: usize, kc: usize) {
             let panels = rows.div_ceil(MR16);
-            let mut buf = super::super::driver::Scratch::take(panels * kc * MR16);
+            let mut buf = super::super::pack::Scratch::take(panels * kc * MR16);
             let tmp = buf.as_mut_slice();
             super::pack::pack_a(tmp, a, r0, rows, pc, kc, MR16);
             let steps = kc.div_ceil(2);
@@ -456,7 +456,7 @@ mod x86 {
         }
 
         fn pack_b(dst: &mut [f32], b: &super::MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
-            let mut tmp = [0f32; super::super::driver::KC * 32];
+            let mut tmp = [0f32; super::super::pack::KC * 32];
             super::pack::pack_b(&mut tmp, b, c0, cols, pc, kc, 32);
             super::pack::bf16_pairs(&mut dst[..kc.div_ceil(2) * 32], &tmp[..kc * 32], 32);
         }

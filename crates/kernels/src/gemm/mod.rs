@@ -32,6 +32,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod bf16;
 pub(crate) mod driver;
 mod kernel;
 mod pack;

@@ -10,6 +10,7 @@
 //! operand (the row-major and the transposed layout) and a strided fallback.
 
 use super::view::MatRef;
+use std::cell::RefCell;
 
 /// Packs `rows` rows of A from `r0`, `kc` values of k from `pc`, into
 /// `⌈rows / mr⌉` consecutive micro-panels of `(kc, mr)` each.
@@ -178,7 +179,7 @@ crate::multiversion! {
     /// [`bf16_pairs`], compiled per instruction set (the rounding is integer
     /// arithmetic on the bits, which vectorises).
     fn bf16_pairs_body(dst: &mut [f32], src: &[f32], width: usize) {
-        use crate::gemm::amx::to_bf16;
+        use crate::gemm::bf16::to_bf16;
         let rows = src.len() / width;
         for (s, out) in dst.chunks_exact_mut(width).enumerate() {
             let lo = &src[2 * s * width..][..width];
@@ -253,6 +254,56 @@ mod transpose {
     #[cfg(not(target_arch = "x86_64"))]
     pub(super) unsafe fn block8(_: *const f32, _: usize, _: *mut f32, _: usize) {
         unreachable!("no AVX on this architecture")
+    }
+}
+
+/// Depth of a k block: an A micro-panel (12 × 256 × 4 B = 12 KiB) stays in L1.
+pub(crate) const KC: usize = 256;
+
+/// Reusable packing buffers, from a free list of this thread's: no lock, and
+/// no allocation once the list holds enough buffers. A buffer goes back to the
+/// list of the thread that drops it (the one that took it: packing buffers
+/// never cross threads). A rayon task that runs inside another product's wait
+/// simply takes a second buffer.
+pub(crate) struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+thread_local! {
+    static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    /// A buffer of at least `len` values (contents unspecified), 64-byte aligned:
+    /// the smallest free one that is large enough, else the largest, grown.
+    pub(crate) fn take(len: usize) -> Scratch {
+        let need = len + 16;
+        let mut buf = FREE.with_borrow_mut(|free| {
+            let fits = (0..free.len())
+                .filter(|&i| free[i].len() >= need)
+                .min_by_key(|&i| free[i].len());
+            let pick = fits.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
+            pick.map(|i| free.swap_remove(i)).unwrap_or_default()
+        });
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        Scratch { buf, len }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        let off = self.buf.as_ptr().align_offset(64).min(15);
+        &mut self.buf[off..off + self.len]
+    }
+}
+
+impl Drop for Scratch {
+    /// Returns the buffer to the free list.
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        // `try_with`: a thread being torn down has no list any more.
+        let _ = FREE.try_with(|free| free.borrow_mut().push(buf));
     }
 }
 
