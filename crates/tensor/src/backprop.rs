@@ -1,6 +1,7 @@
 //! Reverse-mode differentiation: the graph walk and where gradients live.
 //!
-//! Every recorded operation stores a [`Backward`] value holding its inputs and
+//! Every recorded operation stores a [`Backward`] value (defined beside
+//! [`Tensor`], which holds it) with its inputs and
 //! whatever it saved (LayerNorm's `mean`/`rstd`, attention's log-sum-exp).
 //! [`Tensor::backward`] orders the graph topologically, then visits it from the
 //! output back to the leaves: each node's gradient is handed to its `Backward`,
@@ -13,92 +14,8 @@
 //! through the same graph is an error, as in PyTorch.
 
 use crate::error::{Result, TensorError};
-use crate::tensor::{Tensor, TensorId};
+use crate::tensor::{Grads, Tensor, TensorId};
 use std::collections::{HashMap, HashSet};
-
-/// How to differentiate one recorded operation.
-pub(crate) trait Backward: Send + Sync {
-    /// The operation's name, for error messages.
-    fn name(&self) -> &'static str;
-    /// The tensors this operation read (those requiring gradients get some).
-    fn inputs(&self) -> Vec<&Tensor>;
-    /// Given the gradient `dout` of the operation's output `out`, add the
-    /// gradients of its inputs into `grads`.
-    fn backward(&self, out: &Tensor, dout: Vec<f32>, grads: &mut Grads) -> Result<()>;
-}
-
-/// A buffer from [`Grads::take_out`] as a kernel's output.
-pub(crate) fn grad_out(b: &mut Option<(Vec<f32>, bool)>) -> Option<tessera_kernels::GradOut<'_>> {
-    b.as_mut().map(|(v, add)| tessera_kernels::GradOut {
-        data: v.as_mut_slice(),
-        add: *add,
-    })
-}
-
-/// Gradients of the nodes in flight during one backward pass.
-pub(crate) struct Grads {
-    map: HashMap<TensorId, Vec<f32>>,
-}
-
-impl Grads {
-    /// The gradient buffer of `t` to accumulate into (zeros if it has none
-    /// yet), or `None` if `t` does not require a gradient. Must be returned
-    /// with [`Grads::put`].
-    pub(crate) fn take(&mut self, t: &Tensor) -> Option<Vec<f32>> {
-        if !t.requires_grad() {
-            return None;
-        }
-        Some(
-            self.map
-                .remove(&t.id())
-                .unwrap_or_else(|| crate::buffers::zeroed(t.numel())),
-        )
-    }
-
-    /// The gradient buffer of `t` for a kernel that can either overwrite or
-    /// accumulate: an existing gradient (accumulate), or a fresh buffer from
-    /// the pool whose contents the kernel must overwrite — no zeroing pass.
-    /// `None` if `t` does not require a gradient. Return it with [`Grads::put`].
-    pub(crate) fn take_out(&mut self, t: &Tensor) -> Option<(Vec<f32>, bool)> {
-        if !t.requires_grad() {
-            return None;
-        }
-        Some(match self.map.remove(&t.id()) {
-            Some(g) => (g, true),
-            None => (crate::buffers::uninit(t.numel()), false),
-        })
-    }
-
-    /// Returns a buffer from [`Grads::take`] (adding it to any gradient that
-    /// arrived for `t` in the meantime, as when an op reads `t` twice).
-    pub(crate) fn put(&mut self, t: &Tensor, g: Option<Vec<f32>>) {
-        if let Some(g) = g {
-            self.add(t, g);
-        }
-    }
-
-    /// Adds a complete gradient for `t`, moving the buffer in when `t` has none yet.
-    pub(crate) fn add(&mut self, t: &Tensor, g: Vec<f32>) {
-        if !t.requires_grad() {
-            return;
-        }
-        debug_assert_eq!(g.len(), t.numel(), "gradient size for {:?}", t.shape());
-        match self.map.get_mut(&t.id()) {
-            Some(existing) => {
-                tessera_kernels::par::add_assign(existing, &g);
-                crate::buffers::recycle(g);
-            }
-            None => {
-                self.map.insert(t.id(), g);
-            }
-        }
-    }
-
-    /// True if `t` should receive a gradient.
-    pub(crate) fn wants(&self, t: &Tensor) -> bool {
-        t.requires_grad()
-    }
-}
 
 /// The gradients of the leaves (parameters) after a backward pass.
 #[derive(Default, Debug, Clone)]

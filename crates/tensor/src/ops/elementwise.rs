@@ -1,10 +1,10 @@
 //! Element-wise arithmetic: binary operations with NumPy broadcasting, and
 //! unary / tensor-scalar operations.
 
-use crate::backprop::{Backward, Grads};
 use crate::error::{Result, shape_err};
 use crate::shape::{broadcast_shape, broadcast_strides, for_each_broadcast, numel};
 use crate::tensor::Tensor;
+use crate::tensor::{Backward, Grads};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Binary {

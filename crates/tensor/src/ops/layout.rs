@@ -3,10 +3,10 @@
 //! visible tokens with a gather and puts mask tokens back with another).
 
 use super::elementwise::{expand, sum_to};
-use crate::backprop::{Backward, Grads};
 use crate::error::{Result, invalid, shape_err};
 use crate::shape::{axis, broadcast_shape, infer_shape, numel, strides};
 use crate::tensor::Tensor;
+use crate::tensor::{Backward, Grads};
 use tessera_kernels::window::{self as kwindow, WindowDims};
 
 // ---------------------------------------------------------------- reshape

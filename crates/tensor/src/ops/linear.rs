@@ -1,9 +1,9 @@
 //! Linear layers and matrix products.
 
-use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, shape_err};
 use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
+use crate::tensor::{Backward, Grads, grad_out};
 use tessera_kernels::GradOut;
 use tessera_kernels::gemm::{MatMut, MatRef, gemm_batched, gemm_in};
 use tessera_kernels::linear as klinear;

@@ -2,9 +2,9 @@
 //! `tessera_kernels::loss`): a row is the last axis (a patch's pixels, a token's
 //! logits), and the optional weight has one value per row (MAE's mask).
 
-use crate::backprop::{Backward, Grads};
 use crate::error::{Result, invalid, shape_err};
 use crate::tensor::Tensor;
+use crate::tensor::{Backward, Grads};
 use tessera_kernels::loss::{self as kloss, Distance};
 
 /// Rows and row length of `pred`, after checking `weight` has one value per row.

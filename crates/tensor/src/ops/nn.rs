@@ -1,10 +1,10 @@
 //! Fused neural-network operations: each is one node in the graph with one
 //! kernel call forward and one backward (not a chain of element-wise nodes).
 
-use crate::backprop::{Backward, Grads, grad_out};
 use crate::error::{Result, invalid, shape_err};
 use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
+use crate::tensor::{Backward, Grads, grad_out};
 use rand::{Rng, RngExt};
 use tessera_kernels::attention::{self as kattn, AttnBias, AttnDims};
 use tessera_kernels::patch::{self as kpatch, PatchDims};

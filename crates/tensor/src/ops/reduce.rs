@@ -1,10 +1,10 @@
 //! Sums and means over axes.
 
 use super::elementwise::{expand, sum_to};
-use crate::backprop::{Backward, Grads};
 use crate::error::{Result, shape_err};
 use crate::shape::axis;
 use crate::tensor::Tensor;
+use crate::tensor::{Backward, Grads};
 
 /// The shape with the reduced axes kept as size 1, and the number of elements
 /// each output value sums.
