@@ -282,7 +282,7 @@ pub(crate) mod test_util {
     }
 
     /// The message of an error, for assertions.
-    pub fn msg<T>(r: crate::Result<T>) -> String {
+    pub fn msg<T>(r: crate::error::Result<T>) -> String {
         match r {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),

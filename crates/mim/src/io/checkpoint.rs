@@ -15,6 +15,7 @@
 //! Files are written atomically ([`crate::io::safetensors::write_atomically`]):
 //! a crash leaves either the old checkpoint or the new one, never half of one.
 
+use crate::config::{ModelConfig, TargetConfig};
 use crate::data::Normalization;
 use crate::error::{Result, ckpt_err};
 use crate::io::official::{self, ModelHints};
@@ -27,7 +28,6 @@ use crate::rng::MimRng;
 use crate::train::finetune::Finetuner;
 use crate::train::pretrain::{TrainConfig, Trainer};
 use crate::train::recipe::FinetuneConfig;
-use crate::{ModelConfig, TargetConfig};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -215,9 +215,9 @@ impl Classifier {
                 let tokens = vit.forward_all(imgs, train, rng)?; // (B, 1 + L, D)
                 match (self.config.pool, &self.fc_norm) {
                     (ClassifierPool::Mean, Some(norm)) => {
-                        norm.forward(&crate::model::vit::pool_tokens(&tokens, crate::Pool::Mean)?)?
+                        norm.forward(&crate::model::vit::pool_tokens(&tokens, crate::model::vit::Pool::Mean)?)?
                     }
-                    _ => crate::model::vit::pool_tokens(&tokens, crate::Pool::Cls)?,
+                    _ => crate::model::vit::pool_tokens(&tokens, crate::model::vit::Pool::Cls)?,
                 }
             }
             Encoder::Swin(swin) => swin.stages(&swin.embed(imgs)?, train, rng)?.mean(&[1, 2], false)?,

@@ -224,7 +224,7 @@ impl<'a> GradientSum<'a> {
     /// summed gradients in `grads` — a parameter no rank reached stays
     /// without one, as on one process, so AdamW skips it alike — and
     /// returns the batch's loss.
-    pub fn finish(mut self, grads: &mut GradStore, loss: f32) -> crate::Result<f32> {
+    pub fn finish(mut self, grads: &mut GradStore, loss: f32) -> crate::error::Result<f32> {
         while self.next < self.plan.buckets.len() {
             self.start_next(grads);
         }
@@ -265,9 +265,9 @@ pub fn fingerprint_iter(bytes: impl IntoIterator<Item = u8>) -> u64 {
 
 /// Checks that every rank holds the same `fingerprint` (of its
 /// configuration, data set and starting state); on a mismatch every rank
-/// gets the same [`crate::MimError::Ranks`] error naming the ranks that
+/// gets the same [`crate::error::MimError::Ranks`] error naming the ranks that
 /// differ from rank 0.
-pub fn check_agreement(comm: &dyn Communicator, what: &str, fingerprint: u64) -> crate::Result<()> {
+pub fn check_agreement(comm: &dyn Communicator, what: &str, fingerprint: u64) -> crate::error::Result<()> {
     let all = comm.all_gather_u64(fingerprint);
     let differ: Vec<String> = all
         .iter()
@@ -280,7 +280,7 @@ pub fn check_agreement(comm: &dyn Communicator, what: &str, fingerprint: u64) ->
         1 => format!("rank {} has", differ[0]),
         _ => format!("ranks {} have", differ.join(", ")),
     };
-    Err(crate::MimError::Ranks(format!(
+    Err(crate::error::MimError::Ranks(format!(
         "{who} another {what} than rank 0 (every rank must start from the same command, data and checkpoint)"
     )))
 }

@@ -415,17 +415,17 @@ impl TrainConfig {
     pub fn describe(&self) -> String {
         let e = &self.model.encoder;
         let method = match &self.model.method {
-            crate::Method::Mae { decoder } => format!(
+            crate::config::Method::Mae { decoder } => format!(
                 "MAE, decoder {}/{}/{}",
                 decoder.embed_dim, decoder.depth, decoder.num_heads
             ),
-            crate::Method::SimMim => "SimMIM".to_string(),
+            crate::config::Method::SimMim => "SimMIM".to_string(),
         };
         let target = match self.model.target {
-            crate::TargetConfig::Pixels { loss, norm_pix } => {
+            crate::config::TargetConfig::Pixels { loss, norm_pix } => {
                 format!("{}{:?} on pixels", if norm_pix { "normalised " } else { "" }, loss)
             }
-            crate::TargetConfig::Codebook { size, .. } => format!("codebook of {size}"),
+            crate::config::TargetConfig::Codebook { size, .. } => format!("codebook of {size}"),
         };
         format!(
             "{}, {method}, target {target}, {:?} products",

@@ -612,4 +612,15 @@ mod tests {
             assert!((var - want).abs() < 0.1 * want, "α {alpha}: var {var} vs {want}");
         }
     }
+
+    /// Swin's absolute positions (`ape`) are not weight-decayed, under
+    /// SimMIM's `encoder.` prefix or bare, like MAE's `pos_embed`.
+    #[test]
+    fn absolute_position_tables_do_not_decay() {
+        let table = Tensor::new(vec![0.0; 256 * 48], &[1, 256, 48]).unwrap();
+        for name in ["encoder.absolute_pos_embed", "absolute_pos_embed", "pos_embed"] {
+            assert!(!decays(name, &table), "{name}");
+        }
+        assert!(decays("encoder.layers.0.blocks.0.attn.qkv.weight", &table));
+    }
 }
