@@ -25,12 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = load_model_hinted(ckpt.as_ref(), None, &ModelHints::default(), false)?;
     let e = &model.config.encoder;
     let data = ImageFolder::open(dir.as_ref(), Split::Train)?;
-    let t = Transform {
-        size: e.img_size(),
-        channels: e.in_chans(),
-        augment: None,
-        norm: data.normalization().for_channels(e.in_chans()),
-    };
+    let t = Transform::eval(e, &data.normalization());
     let mut csv = std::io::BufWriter::new(std::fs::File::create(out)?);
     let indices: Vec<usize> = (0..data.len()).collect();
     for batch in indices.chunks(64) {

@@ -9,12 +9,12 @@
 use rand::SeedableRng;
 use std::path::PathBuf;
 use tessera_mim::data::Normalization;
+use tessera_mim::data::loader::load_images;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::io::checkpoint::load_model_hinted;
 use tessera_mim::io::official::ModelHints;
 use tessera_mim::io::picture::{NormPixView, render_rows, save_png};
 use tessera_mim::{Mask, MaskingConfig, MimRng};
-use tessera_tensor::Tensor;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
@@ -30,18 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = load_model_hinted(&ckpt, None, &ModelHints::default(), true)?;
     let e = &model.config.encoder;
     let norm = Normalization::imagenet().for_channels(e.in_chans());
-    let t = Transform {
-        size: e.img_size(),
-        channels: e.in_chans(),
-        augment: None,
-        norm: norm.clone(),
-    };
-    let mut data = Vec::new();
-    for f in &files {
-        let raw = tessera_mim::data::folder::decode(f)?;
-        data.extend(t.apply(&raw, &mut MimRng::seed_from_u64(0)));
-    }
-    let imgs = Tensor::new(data, &[files.len(), e.in_chans(), e.img_size()[0], e.img_size()[1]])?;
+    let imgs = load_images(&files, &Transform::eval(e, &norm))?;
     let strategy = MaskingConfig::Random { ratio: 0.75 }.build(e.patch_size(), e.grid())?;
     let mask = Mask::sample(strategy.as_ref(), files.len(), e.grid(), &mut MimRng::seed_from_u64(0));
     let picture = render_rows(&model, &imgs, &mask, &norm, NormPixView::VisibleStats, None)?;

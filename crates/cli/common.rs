@@ -6,8 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use std::str::FromStr;
-use tessera_mim::data::transform::Transform;
-use tessera_mim::data::{self, DataSpec, Dataset, Normalization, RawImage, Split};
+use tessera_mim::data::{self, DataSpec, Dataset, Split};
 use tessera_mim::{
     DecoderConfig, EncoderConfig, InitScheme, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias,
     RelPosBias, SwinConfig, TargetConfig, VitConfig,
@@ -474,6 +473,25 @@ impl ModelArgs {
     }
 }
 
+/// How an encoder's tokens become one vector (`--pool`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PoolArg {
+    /// Mean of the patch tokens (a ViT classifier adds its own LayerNorm,
+    /// MAE's global_pool; Swin: the mean of its last stage).
+    Mean,
+    /// The [CLS] token after the final norm (ViT only).
+    Cls,
+}
+
+impl PoolArg {
+    pub fn pool(self) -> tessera_mim::config::Pool {
+        match self {
+            PoolArg::Mean => tessera_mim::config::Pool::Mean,
+            PoolArg::Cls => tessera_mim::config::Pool::Cls,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     /// f32 products (Tessera's GEMM; matrixmultiply without AVX2): MAE's numerics.
@@ -483,10 +501,10 @@ pub enum PrecisionArg {
 }
 
 impl PrecisionArg {
-    pub fn config(self) -> tessera_mim::MatmulPrecision {
+    pub fn config(self) -> tessera_tensor::Precision {
         match self {
-            PrecisionArg::F32 => tessera_mim::MatmulPrecision::F32,
-            PrecisionArg::Bf16 => tessera_mim::MatmulPrecision::Bf16,
+            PrecisionArg::F32 => tessera_tensor::Precision::F32,
+            PrecisionArg::Bf16 => tessera_tensor::Precision::Bf16,
         }
     }
 }
@@ -670,42 +688,6 @@ pub fn si(v: f64) -> String {
         (1.0, "")
     };
     format!("{:.1}{s}", v / d)
-}
-
-/// Reads image files and applies the evaluation transform.
-pub fn load_files(
-    paths: &[PathBuf],
-    size: [usize; 2],
-    chans: usize,
-    norm: &Normalization,
-) -> Result<tessera_tensor::Tensor> {
-    let t = eval_transform(size, chans, norm);
-    let mut data = Vec::new();
-    for p in paths {
-        let img = image::open(p).map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", p.display()))?;
-        let raw = if img.color().has_color() {
-            let rgb = img.to_rgb8();
-            RawImage::from_interleaved(rgb.as_raw(), 3, rgb.height() as usize, rgb.width() as usize)
-        } else {
-            let g = img.to_luma8();
-            RawImage::from_interleaved(g.as_raw(), 1, g.height() as usize, g.width() as usize)
-        };
-        data.extend(t.apply(&raw, &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0)));
-    }
-    Ok(tessera_tensor::Tensor::new(
-        data,
-        &[paths.len(), chans, size[0], size[1]],
-    )?)
-}
-
-/// Evaluation transform: resize/crop to the model's size, no augmentation.
-pub fn eval_transform(size: [usize; 2], channels: usize, norm: &Normalization) -> Transform {
-    Transform {
-        size,
-        channels,
-        augment: None,
-        norm: norm.for_channels(channels),
-    }
 }
 
 #[cfg(test)]

@@ -2,31 +2,24 @@
 //! fine-tuning of a pre-trained (or fresh) encoder with MAE's recipe, and
 //! what the resulting classifier does on a test split or on image files.
 
-use crate::common::{DataArgs, ModelArgs, OfficialArgs, PrecisionArg, load_files, step_bar};
+use crate::common::{DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, step_bar};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::time::Duration;
-use tessera_mim::data::loader::EpochSampler;
+use tessera_mim::data::loader::{EpochSampler, load_images};
+use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Dataset, First, Split};
 use tessera_mim::eval::accuracy::{EvalReport, evaluate, probabilities, top_k};
 use tessera_mim::io::checkpoint::{load_classifier, load_model_hinted};
-use tessera_mim::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+use tessera_mim::model::classifier::{Classifier, ClassifierConfig};
 use tessera_mim::run::RunOptions;
 use tessera_mim::run::finetune::{FinetuneObserver, FinetuneRun, check_labelled};
 use tessera_mim::train::finetune::{FinetuneStats, Finetuner};
 use tessera_mim::train::recipe::{FinetuneConfig, MixupConfig};
 use tessera_mim::{EncoderConfig, MimRng};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PoolArg {
-    /// Mean of the patch tokens and its own LayerNorm (MAE's global_pool).
-    Mean,
-    /// The class token after the final norm (the seed's ViT).
-    Cls,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -207,10 +200,7 @@ pub fn run(args: Args) -> Result<()> {
             train_ds.name()
         );
     }
-    let pool = match args.pool {
-        PoolArg::Mean => ClassifierPool::Mean,
-        PoolArg::Cls => ClassifierPool::Cls,
-    };
+    let pool = args.pool.pool();
     let drop_path = args.model.drop_path.unwrap_or(0.1);
     let model_cfg = ClassifierConfig::new(enc, classes, pool, drop_path)?;
     check_labelled(&train_ds, model_cfg.num_classes)?;
@@ -371,7 +361,7 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
     let ds = args.data.open(split, size, chans)?;
     check_labelled(ds.as_ref(), model.config.num_classes)
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
-    let t = crate::common::eval_transform(size, chans, &norm);
+    let t = Transform::eval(e, &norm);
     let bar = ProgressBar::new(0);
     if args.json {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -431,7 +421,7 @@ pub fn predict_run(args: PredictArgs) -> Result<()> {
     }
     let (model, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
     let e = &model.config.encoder;
-    let imgs = load_files(&args.images, e.img_size(), e.in_chans(), &norm)?;
+    let imgs = load_images(&args.images, &Transform::eval(e, &norm))?;
     let k = model.config.num_classes;
     let probs = probabilities(&model, &imgs)?;
     for (i, path) in args.images.iter().enumerate() {

@@ -6,30 +6,19 @@
 //! `--baselines` adds the same two scores on raw pixels and on a randomly
 //! initialised encoder of the same shape, in the same run.
 
-use crate::common::{DataArgs, DataKind, EncoderArg, OfficialArgs, check_encoder, eval_transform};
+use crate::common::{DataArgs, DataKind, EncoderArg, OfficialArgs, PoolArg, check_encoder};
 use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
+use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Dataset, Split};
 use tessera_mim::eval::probe::{
     Features, ProbeConfig, encoder_features, encoder_features_mean_and_cls, knn, linear_probe, pixel_features,
 };
 use tessera_mim::io::checkpoint::load_model_hinted;
 use tessera_mim::io::safetensors::TensorFile;
-use tessera_mim::{MimModel, MimRng, Pool};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PoolArg {
-    /// Mean of the patch tokens and the \[CLS\] token, one row each (Swin,
-    /// which has no \[CLS\]: the mean alone).
-    Both,
-    /// Mean of the patch tokens.
-    Mean,
-    /// The \[CLS\] token.
-    Cls,
-}
+use tessera_mim::{MimModel, MimRng};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -45,9 +34,10 @@ pub struct Args {
     pub encoder: Option<EncoderArg>,
     #[command(flatten)]
     pub data: DataArgs,
-    /// How tokens become one feature vector.
-    #[arg(long, value_enum, default_value = "both")]
-    pub pool: PoolArg,
+    /// How tokens become one feature vector (default: both, a row each;
+    /// Swin, which has no [CLS] token: mean).
+    #[arg(long, value_enum)]
+    pub pool: Option<PoolArg>,
     /// Use at most this many training images (default: all of them; of the
     /// synthetic set, the first 2000).
     #[arg(long)]
@@ -114,9 +104,9 @@ pub fn run(mut args: Args) -> Result<()> {
     check_encoder(args.encoder, &model, &args.checkpoint)?;
     if model.encoder.swin().is_some() {
         match args.pool {
-            PoolArg::Both => args.pool = PoolArg::Mean,
-            PoolArg::Mean => {}
-            PoolArg::Cls => bail!(
+            None => args.pool = Some(PoolArg::Mean),
+            Some(PoolArg::Mean) => {}
+            Some(PoolArg::Cls) => bail!(
                 "{} holds a Swin encoder, which has no [CLS] token: use --pool mean",
                 args.checkpoint.display()
             ),
@@ -130,7 +120,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if classes < 2 {
         bail!("{} is not labelled (a probe needs classes)", train_ds.name());
     }
-    let t = eval_transform(size, chans, &train_ds.normalization());
+    let t = Transform::eval(e, &train_ds.normalization());
     if !(args.l2 >= 0.0 && args.l2.is_finite()) {
         bail!("--l2 {} must be a finite number ≥ 0", args.l2);
     }
@@ -147,18 +137,17 @@ pub fn run(mut args: Args) -> Result<()> {
             b.set_position(d as u64)
         };
         let f = match args.pool {
-            PoolArg::Both => {
+            None => {
                 let (mean, cls) = encoder_features_mean_and_cls(m, ds, &t, args.batch, limit, &mut progress)?;
                 vec![("mean", mean), ("cls", cls)]
             }
-            PoolArg::Mean => vec![(
-                "mean",
-                encoder_features(m, ds, &t, Pool::Mean, args.batch, limit, &mut progress)?,
-            )],
-            PoolArg::Cls => vec![(
-                "cls",
-                encoder_features(m, ds, &t, Pool::Cls, args.batch, limit, &mut progress)?,
-            )],
+            Some(pool) => {
+                let name = if pool == PoolArg::Mean { "mean" } else { "cls" };
+                vec![(
+                    name,
+                    encoder_features(m, ds, &t, pool.pool(), args.batch, limit, &mut progress)?,
+                )]
+            }
         };
         b.finish_and_clear();
         Ok(f)

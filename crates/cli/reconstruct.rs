@@ -9,12 +9,13 @@
 //! (1 = hidden) and the model inputs `images (N, C, H, W)` as safetensors, to
 //! compare number by number with PyTorch.
 
-use crate::common::{DataArgs, EncoderArg, MaskArgs, OfficialArgs, check_encoder, eval_transform, load_files};
+use crate::common::{DataArgs, EncoderArg, MaskArgs, OfficialArgs, check_encoder};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
-use tessera_mim::data::loader::load_batch;
+use tessera_mim::data::loader::{load_batch, load_images};
+use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Normalization, Split};
 use tessera_mim::io::checkpoint::{load_model_hinted, parse_meta};
 use tessera_mim::io::picture::{NormPixView, render_rows, save_png};
@@ -130,18 +131,11 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         let idx: Vec<usize> = (args.start..(args.start + args.count).min(ds.len())).collect();
-        (
-            load_batch(ds.as_ref(), &idx, &eval_transform(size, chans, &norm), 0)?.0,
-            norm,
-        )
+        (load_batch(ds.as_ref(), &idx, &Transform::eval(&e, &norm), 0)?.0, norm)
     } else {
         // Files have no data set: use ImageNet statistics, as for folders.
-        let norm = Normalization {
-            mean: vec![0.485, 0.456, 0.406],
-            std: vec![0.229, 0.224, 0.225],
-        }
-        .for_channels(chans);
-        (load_files(&args.images, size, chans, &norm)?, norm)
+        let norm = Normalization::imagenet().for_channels(chans);
+        (load_images(&args.images, &Transform::eval(&e, &norm))?, norm)
     };
     let n = imgs.shape()[0];
     let mask = match &args.mask_file {

@@ -53,7 +53,7 @@ fn run() {
     let mut cfg = TrainConfig::mae(model, batch, 1000);
     cfg.warmup_steps = 1;
     if std::env::var("TESSERA_MATMUL").is_ok_and(|v| v == "bf16") {
-        cfg.precision = tessera_mim::MatmulPrecision::Bf16;
+        cfg.precision = tessera_tensor::Precision::Bf16;
     }
     let mut t = Trainer::new(cfg).unwrap();
     let e = &t.config.model.encoder;

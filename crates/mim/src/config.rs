@@ -67,6 +67,21 @@ pub enum InitScheme {
     Beit,
 }
 
+/// How an encoder's tokens become one vector per image (for features,
+/// probes and classifiers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// The \[CLS\] token's output, after the final norm (ViT only; the
+    /// classifier of Dosovitskiy et al.).
+    Cls,
+    /// The mean of the patch tokens' outputs. A ViT classifier then applies
+    /// its own LayerNorm `fc_norm` and the encoder has no final norm (MAE's
+    /// `global_pool`); Swin's is the mean of the last stage after its final
+    /// norm.
+    Mean,
+}
+
 /// A Vision Transformer encoder, as in the seed document: patch embedding by a
 /// convolution with kernel = stride = patch, a \[CLS\] token, positional
 /// embeddings, `depth` pre-norm blocks, final LayerNorm.

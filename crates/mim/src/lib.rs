@@ -30,7 +30,7 @@ pub mod run;
 pub mod train;
 
 pub use config::{
-    DecoderConfig, EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias, RelPosBias,
+    DecoderConfig, EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, Pool, PosEmbedKind, QkvBias, RelPosBias,
     SwinConfig, TargetConfig, VitConfig,
 };
 pub use error::{MimError, Result};
@@ -38,7 +38,6 @@ pub use model::encoder::Encoder;
 pub use model::masking::{Mask, MaskingConfig, MaskingStrategy};
 pub use model::mim::{MimModel, MimOutput};
 pub use model::swin::SwinTransformer;
-pub use model::vit::{Pool, Tokens, VisionTransformer};
+pub use model::vit::{Tokens, VisionTransformer};
 pub use rng::MimRng;
 pub use train::pretrain::{StepStats, TrainConfig, Trainer};
-pub use train::recipe::MatmulPrecision;

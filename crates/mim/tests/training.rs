@@ -265,7 +265,7 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
     if !tessera_kernels::gemm::bf16_available() {
         eprintln!("bf16 training: skipping: this CPU has neither AMX-BF16 (with OS support) nor AVX512-BF16");
         let mut c = config(2);
-        c.precision = tessera_mim::MatmulPrecision::Bf16;
+        c.precision = tessera_tensor::Precision::Bf16;
         let e = Trainer::new(c).err().unwrap().to_string();
         assert!(e.contains("AMX"), "{e}");
         return;
@@ -273,7 +273,7 @@ fn bf16_mixed_precision_trains_and_stays_close_to_f32() {
     let data = batches(4);
     let mut c = config(40);
     let mut f32_run = Trainer::new(c.clone()).unwrap();
-    c.precision = tessera_mim::MatmulPrecision::Bf16;
+    c.precision = tessera_tensor::Precision::Bf16;
     let mut bf16_run = Trainer::new(c).unwrap();
     let (mut a, mut b) = (vec![], vec![]);
     for s in 0..40 {

@@ -1,13 +1,16 @@
-//! From a data set to batches: [`load_batch`] decodes and transforms a batch
-//! of images in parallel, [`EpochSampler`] says which images make up each
-//! training step.
+//! From images to batches: [`load_batch`] decodes and transforms a batch of
+//! a data set in parallel, [`EpochSampler`] says which images make up each
+//! training step, and [`load_images`] does for image files what
+//! [`load_batch`] does for a data set.
 
+use super::folder::decode;
 use super::transform::Transform;
 use super::{Dataset, out_of_range};
 use crate::error::{MimError, Result};
 use crate::rng::{MimRng, mix_seed};
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
+use std::path::PathBuf;
 use tessera_tensor::Tensor;
 
 /// Loads `indices` of `ds` in parallel (rayon) and assembles `(B, C, H, W)`
@@ -97,6 +100,30 @@ impl EpochSampler {
         perm.truncate((pos + 1) * self.batch);
         perm.split_off(pos * self.batch)
     }
+}
+
+/// Decodes image files ([`decode`]: PNG or JPEG, grey or RGB) and applies
+/// `t` to each (an evaluation transform: no random draws), giving
+/// `(N, C, H, W)`. Errors name the file.
+pub fn load_images(paths: &[PathBuf], t: &Transform) -> Result<Tensor> {
+    t.validate()?;
+    let per = t.output_len();
+    let mut out = vec![0f32; paths.len() * per];
+    let results: Vec<Result<()>> = out
+        .par_chunks_mut(per)
+        .zip(paths.par_iter())
+        .map(|(chunk, path)| {
+            let img = decode(path)?;
+            if img.data.is_empty() {
+                return Err(MimError::Input(format!("{}: the image is empty", path.display())));
+            }
+            t.apply_into(&img, &mut MimRng::seed_from_u64(0), chunk);
+            Ok(())
+        })
+        .collect();
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let [h, w] = t.size;
+    Ok(Tensor::new(out, &[paths.len(), t.channels, h, w])?)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! [`crate::data::loader`] applies a transform to batches of a data set.
 
 use super::{Normalization, RawImage};
+use crate::config::EncoderConfig;
 use crate::error::{Result, config_err};
 use crate::rng::MimRng;
 use rand::RngExt;
@@ -239,6 +240,23 @@ fn resample(img: &RawImage, rows: &Taps, cols: &Taps, out: &mut [f32]) {
 }
 
 impl Transform {
+    /// The evaluation transform for `encoder`: its size and channels, no
+    /// augmentation (resize and centre crop), normalised by `norm` (taken to
+    /// the encoder's channels, see [`Normalization::for_channels`]).
+    pub fn eval(encoder: &EncoderConfig, norm: &Normalization) -> Transform {
+        Transform {
+            size: encoder.img_size(),
+            channels: encoder.in_chans(),
+            augment: None,
+            norm: norm.for_channels(encoder.in_chans()),
+        }
+    }
+
+    /// The same transform with MAE's crops and flips (`augment`) or without.
+    pub fn augmented(self, augment: Option<Augment>) -> Transform {
+        Transform { augment, ..self }
+    }
+
     /// Values per output image: `C·H·W`.
     pub fn output_len(&self) -> usize {
         self.channels * self.size[0] * self.size[1]

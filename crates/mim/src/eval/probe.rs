@@ -4,12 +4,12 @@
 //! and a k-nearest-neighbour classifier (cosine similarity, k = 20,
 //! temperature-weighted votes as in DINO/InstDisc), both scored on a test split.
 
+use crate::config::Pool;
 use crate::data::Dataset;
 use crate::data::loader::load_batch;
 use crate::data::transform::Transform;
 use crate::error::{MimError, Result};
 use crate::model::mim::MimModel;
-use crate::model::vit::Pool;
 use rayon::prelude::*;
 use tessera_kernels::gemm::{MatMut, MatRef, gemm};
 use tessera_tensor::Tensor;

@@ -15,12 +15,13 @@
 //! Files are written atomically ([`crate::io::safetensors::write_atomically`]):
 //! a crash leaves either the old checkpoint or the new one, never half of one.
 
+use crate::config::Pool;
 use crate::config::{ModelConfig, TargetConfig};
 use crate::data::Normalization;
 use crate::error::{Result, ckpt_err};
 use crate::io::official::{self, ModelHints};
 use crate::io::safetensors::TensorFile;
-use crate::model::classifier::{Classifier, ClassifierConfig, ClassifierPool};
+use crate::model::classifier::{Classifier, ClassifierConfig};
 use crate::model::layers::Module;
 use crate::model::mim::MimModel;
 use crate::model::target::Codebook;
@@ -414,9 +415,9 @@ pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> 
         let k = head.shape.first().copied().unwrap_or(0);
         let enc = crate::io::official::infer_config(&file, path, hints, false)?.encoder;
         let pool = if file.tensors.contains_key("fc_norm.weight") {
-            ClassifierPool::Mean
+            Pool::Mean
         } else {
-            ClassifierPool::Cls
+            Pool::Cls
         };
         let names = (0..k).map(|i| i.to_string()).collect();
         (ClassifierConfig::new(enc, names, pool, 0.0)?, Normalization::imagenet())

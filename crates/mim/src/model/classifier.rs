@@ -21,7 +21,7 @@
 //! stages; each patch merging shares the number of the block before it
 //! (SimMIM's rule).
 
-use crate::config::EncoderConfig;
+use crate::config::{EncoderConfig, Pool};
 use crate::error::{MimError, Result, config_err};
 use crate::model::encoder::Encoder;
 use crate::model::layers::{LayerNorm, Linear, Module, join};
@@ -31,24 +31,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tessera_tensor::Tensor;
 
-/// How the classifier turns tokens into one vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClassifierPool {
-    /// The \[CLS\] token after the final norm (the seed's ViT; ViT only).
-    Cls,
-    /// The mean of the patch tokens, then its own LayerNorm `fc_norm` (MAE's
-    /// `global_pool`; the encoder has no final norm). Swin: the mean of the
-    /// last stage after its final norm, no `fc_norm`.
-    Mean,
-}
-
 /// A classifier's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierConfig {
     pub encoder: EncoderConfig,
     pub num_classes: usize,
-    pub pool: ClassifierPool,
+    pub pool: Pool,
     /// The data set's class names (for `predict`), `num_classes` of them.
     pub class_names: Vec<String>,
 }
@@ -59,13 +47,13 @@ impl ClassifierConfig {
     pub fn new(
         mut encoder: EncoderConfig,
         class_names: Vec<String>,
-        pool: ClassifierPool,
+        pool: Pool,
         drop_path: f32,
     ) -> Result<ClassifierConfig> {
         match &mut encoder {
             EncoderConfig::Vit(v) => {
                 v.drop_path = drop_path;
-                v.final_norm = pool == ClassifierPool::Cls;
+                v.final_norm = pool == Pool::Cls;
             }
             EncoderConfig::Swin(s) => s.drop_path = drop_path,
         }
@@ -95,7 +83,7 @@ impl ClassifierConfig {
                 self.num_classes
             )));
         }
-        if self.pool == ClassifierPool::Cls && self.encoder.swin().is_some() {
+        if self.pool == Pool::Cls && self.encoder.swin().is_some() {
             return Err(config_err("Swin has no [CLS] token: pool its tokens by their mean"));
         }
         Ok(())
@@ -158,7 +146,7 @@ impl Classifier {
         let encoder = Encoder::new(&config.encoder, rng)?;
         let d = config.encoder.out_dim();
         let fc_norm = match (&config.encoder, config.pool) {
-            (EncoderConfig::Vit(v), ClassifierPool::Mean) => Some(LayerNorm::new(d, v.norm_eps)),
+            (EncoderConfig::Vit(v), Pool::Mean) => Some(LayerNorm::new(d, v.norm_eps)),
             _ => None,
         };
         let head = Linear::new(d, config.num_classes, true, rng);
@@ -214,10 +202,10 @@ impl Classifier {
             Encoder::Vit(vit) => {
                 let tokens = vit.forward_all(imgs, train, rng)?; // (B, 1 + L, D)
                 match (self.config.pool, &self.fc_norm) {
-                    (ClassifierPool::Mean, Some(norm)) => {
-                        norm.forward(&crate::model::vit::pool_tokens(&tokens, crate::model::vit::Pool::Mean)?)?
+                    (Pool::Mean, Some(norm)) => {
+                        norm.forward(&crate::model::vit::pool_tokens(&tokens, crate::config::Pool::Mean)?)?
                     }
-                    _ => crate::model::vit::pool_tokens(&tokens, crate::model::vit::Pool::Cls)?,
+                    _ => crate::model::vit::pool_tokens(&tokens, crate::config::Pool::Cls)?,
                 }
             }
             Encoder::Swin(swin) => swin.stages(&swin.embed(imgs)?, train, rng)?.mean(&[1, 2], false)?,
@@ -247,7 +235,7 @@ impl Module for Classifier {
 /// A small ViT classifier for tests: 16×16 images, patch 4, width 16, two
 /// heads, three classes.
 #[cfg(test)]
-pub(crate) fn vit_classifier(depth: usize, pool: ClassifierPool) -> ClassifierConfig {
+pub(crate) fn vit_classifier(depth: usize, pool: Pool) -> ClassifierConfig {
     let mut e = crate::config::VitConfig::preset("vit-tiny", [16, 16], 4, 3).unwrap();
     (e.embed_dim, e.depth, e.num_heads) = (16, depth, 2);
     let names = (0..3).map(|i| format!("c{i}")).collect();
@@ -265,7 +253,7 @@ mod tests {
     fn swin_layer_ids() {
         let s = crate::config::SwinConfig::preset("swin-tiny", [224, 224], 3).unwrap();
         let names = (0..5).map(|i| i.to_string()).collect();
-        let cfg = ClassifierConfig::new(s.into(), names, ClassifierPool::Mean, 0.1).unwrap();
+        let cfg = ClassifierConfig::new(s.into(), names, Pool::Mean, 0.1).unwrap();
         assert_eq!(cfg.num_layers(), 13);
         for (name, id) in [
             ("patch_embed.norm.weight", 0),
@@ -289,7 +277,7 @@ mod tests {
                 .unwrap()
                 .into(),
             vec!["a".into(), "b".into()],
-            ClassifierPool::Cls,
+            Pool::Cls,
             0.0,
         );
         assert!(bad.unwrap_err().to_string().contains("no [CLS]"));
@@ -300,7 +288,7 @@ mod tests {
     /// 1/(1 − rate), 1 on average.
     #[test]
     fn drop_path_is_identity_in_eval_and_unbiased_in_train() {
-        let cfg = vit_classifier(2, ClassifierPool::Cls);
+        let cfg = vit_classifier(2, Pool::Cls);
         let model = Classifier::new(cfg, &mut MimRng::seed_from_u64(0)).unwrap();
         let imgs = Tensor::new(
             tessera_tensor::init::normal(2 * 3 * 16 * 16, 0.0, 1.0, &mut MimRng::seed_from_u64(1)),

@@ -8,10 +8,11 @@
 //! no \[CLS\]. Its representation is the mean of that grid.
 
 use crate::config::EncoderConfig;
+use crate::config::Pool;
 use crate::error::{MimError, Result};
 use crate::model::layers::{Module, check_image_shape};
 use crate::model::swin::SwinTransformer;
-use crate::model::vit::{Pool, VisionTransformer};
+use crate::model::vit::VisionTransformer;
 use rand::Rng;
 use tessera_tensor::Tensor;
 

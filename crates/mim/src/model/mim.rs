@@ -34,6 +34,7 @@
 //! channels are in pixel-shuffle order (channel-major); predictions are
 //! reordered to MAE's patchify order `(i, j, c)` for the loss and pictures.
 
+use crate::config::Pool;
 use crate::config::{EncoderConfig, InitScheme, Method, ModelConfig, PixelLoss, TargetConfig};
 use crate::error::{MimError, Result};
 use crate::model::encoder::Encoder;
@@ -41,7 +42,6 @@ use crate::model::layers::{Block, LayerNorm, Linear, Module, join, visit_blocks}
 use crate::model::masking::Mask;
 use crate::model::pos_embed::sincos_2d;
 use crate::model::target::{Codebook, normalize_patches, patchify_images};
-use crate::model::vit::Pool;
 use crate::rng::MimRng;
 use rand::Rng;
 use tessera_kernels::patch::PatchDims;

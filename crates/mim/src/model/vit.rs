@@ -19,7 +19,7 @@
 //! `qkv.bias`. On MAE's visible tokens the relative bias is gathered for each
 //! image's own tokens.
 
-use crate::config::{InitScheme, PosEmbedKind, RelPosBias, VitConfig};
+use crate::config::{InitScheme, Pool, PosEmbedKind, RelPosBias, VitConfig};
 use crate::error::Result;
 use crate::model::layers::{Attention, Block, LayerNorm, Module, PatchEmbed, join, visit_blocks};
 use crate::model::masking::Mask;
@@ -30,15 +30,6 @@ use std::borrow::Cow;
 use tessera_kernels::relpos;
 use tessera_tensor::Tensor;
 use tessera_tensor::init::{normal, trunc_normal, uniform};
-
-/// How to turn the encoder's tokens into one vector per image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pool {
-    /// The \[CLS\] token's output.
-    Cls,
-    /// The mean of the patch tokens' outputs.
-    Mean,
-}
 
 /// The Vision Transformer encoder.
 pub struct VisionTransformer {

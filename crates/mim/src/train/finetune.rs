@@ -76,7 +76,7 @@ impl Finetuner {
             return Err(MimError::Input(format!("label {bad} is not below the {k} classes")));
         }
         self.model.encoder.check_images(imgs)?;
-        tessera_tensor::with_matmul_precision(self.config.precision.kernel(), || {
+        tessera_tensor::with_matmul_precision(self.config.precision, || {
             let lr = self.config.lr_at(self.step);
             self.optimizer.set_lr(lr);
             let mut data = imgs.to_vec();

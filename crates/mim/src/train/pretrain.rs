@@ -24,12 +24,12 @@ use crate::model::masking::{Mask, MaskingConfig, MaskingStrategy};
 use crate::model::mim::MimModel;
 use crate::rng::MimRng;
 use crate::train::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard};
-use crate::train::recipe::{MatmulPrecision, adamw, clip_checked, decays, warmup_cosine};
+use crate::train::recipe::{adamw, clip_checked, decays, precision_serde, warmup_cosine};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
 use tessera_tensor::optim::{AdamW, Optimizer, ParamGroup};
-use tessera_tensor::{GradStore, Tensor};
+use tessera_tensor::{GradStore, Precision, Tensor};
 
 /// Everything that defines a training run (saved in every checkpoint).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,8 +51,8 @@ pub struct TrainConfig {
     pub clip_grad: Option<f32>,
     pub seed: u64,
     /// Arithmetic of the matrix products.
-    #[serde(default)]
-    pub precision: MatmulPrecision,
+    #[serde(default = "precision_serde::f32", with = "precision_serde")]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -71,7 +71,7 @@ impl TrainConfig {
             total_steps,
             clip_grad: None,
             seed: 0,
-            precision: MatmulPrecision::F32,
+            precision: Precision::F32,
         }
     }
 
@@ -107,7 +107,7 @@ impl TrainConfig {
                 self.warmup_steps, self.total_steps
             )));
         }
-        if self.precision == MatmulPrecision::Bf16 && !tessera_kernels::gemm::bf16_available() {
+        if self.precision == Precision::Bf16 && !tessera_kernels::gemm::bf16_available() {
             return Err(config_err(
                 "bf16 matrix products need Intel AMX (Sapphire Rapids or newer, and a Linux kernel that allows \
                  it) or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake); use f32",
@@ -306,7 +306,7 @@ impl Trainer {
         // Products of this step (forward and backward) run at the configured
         // precision: the engine's ops take it from this scope and hand it to
         // their kernels; the caller's setting is restored afterwards.
-        tessera_tensor::with_matmul_precision(self.config.precision.kernel(), || self.step_inner(imgs, b))
+        tessera_tensor::with_matmul_precision(self.config.precision, || self.step_inner(imgs, b))
     }
 
     fn step_inner(&mut self, imgs: &Tensor, b: usize) -> Result<StepStats> {

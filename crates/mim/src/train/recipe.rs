@@ -20,7 +20,7 @@
 //! them.
 
 use crate::data::Normalization;
-use crate::data::transform::Transform;
+use crate::data::transform::{Augment, Transform};
 use crate::error::{MimError, Result, config_err};
 use crate::model::classifier::ClassifierConfig;
 use rand::{Rng, RngExt};
@@ -29,24 +29,30 @@ use std::collections::BTreeMap;
 use tessera_tensor::optim::{AdamW, AdamWConfig, ParamGroup, clip_grad_norm, grad_norm};
 use tessera_tensor::{GradStore, Precision, Tensor};
 
-/// The arithmetic of matrix products during training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MatmulPrecision {
-    /// f32 throughout (MAE's numerics).
-    #[default]
-    F32,
-    /// Mixed precision: matrix products take bfloat16 inputs and accumulate in
-    /// f32 (Intel AMX, or AVX512-BF16); weights, activations, gradients and AdamW stay f32.
-    Bf16,
-}
+/// Serde for the arithmetic of matrix products in a saved configuration:
+/// the engine's own [`Precision`] as `"f32"` or `"bf16"` (f32 where a
+/// configuration predates the field). With bf16, products take bfloat16
+/// inputs and accumulate in f32 (Intel AMX, or AVX512-BF16); weights,
+/// activations, gradients and AdamW stay f32.
+pub(crate) mod precision_serde {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use tessera_tensor::Precision;
 
-impl MatmulPrecision {
-    pub(crate) fn kernel(self) -> Precision {
-        match self {
-            MatmulPrecision::F32 => Precision::F32,
-            MatmulPrecision::Bf16 => Precision::Bf16,
+    pub fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(D::Error::unknown_variant(other, &["f32", "bf16"])),
         }
+    }
+
+    /// A configuration without the field: MAE's f32.
+    pub fn f32() -> Precision {
+        Precision::F32
     }
 }
 
@@ -319,8 +325,9 @@ pub struct FinetuneConfig {
     pub crop_scale: (f32, f32),
     pub clip_grad: Option<f32>,
     pub seed: u64,
-    #[serde(default)]
-    pub precision: MatmulPrecision,
+    /// Arithmetic of the matrix products.
+    #[serde(default = "precision_serde::f32", with = "precision_serde")]
+    pub precision: Precision,
     /// The training set's channel statistics, applied to every input (by
     /// `evaluate` and `predict` too).
     pub normalization: Normalization,
@@ -354,7 +361,7 @@ impl FinetuneConfig {
             crop_scale: (0.08, 1.0),
             clip_grad: None,
             seed: 0,
-            precision: MatmulPrecision::F32,
+            precision: Precision::F32,
         }
     }
 
@@ -410,24 +417,15 @@ impl FinetuneConfig {
 
     /// The training transform: crops and flips (if `augment`), normalised.
     pub fn train_transform(&self) -> Transform {
-        Transform {
-            augment: self.augment.then(|| crate::data::transform::Augment {
-                scale: self.crop_scale,
-                ..crate::data::transform::Augment::mae()
-            }),
-            ..self.eval_transform()
-        }
+        self.eval_transform().augmented(self.augment.then(|| Augment {
+            scale: self.crop_scale,
+            ..Augment::mae()
+        }))
     }
 
     /// The evaluation transform: resize and centre crop, normalised.
     pub fn eval_transform(&self) -> Transform {
-        let e = &self.model.encoder;
-        Transform {
-            size: e.img_size(),
-            channels: e.in_chans(),
-            augment: None,
-            norm: self.normalization.for_channels(e.in_chans()),
-        }
+        Transform::eval(&self.model.encoder, &self.normalization)
     }
 }
 
@@ -453,7 +451,8 @@ pub fn param_groups(config: &FinetuneConfig, params: &[(String, Tensor)]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::classifier::{Classifier, ClassifierPool, vit_classifier};
+    use crate::config::Pool;
+    use crate::model::classifier::{Classifier, vit_classifier};
     use crate::rng::MimRng;
     use rand::SeedableRng;
 
@@ -462,7 +461,7 @@ mod tests {
     /// no weight decay on biases, norms, tokens, positions.
     #[test]
     fn layer_decay_follows_a_hand_computed_table() {
-        let cfg = vit_classifier(3, ClassifierPool::Mean);
+        let cfg = vit_classifier(3, Pool::Mean);
         let mut recipe = FinetuneConfig::mae(cfg.clone(), Normalization::uniform(0.0, 1.0, 3), 4, 10);
         recipe.layer_decay = 0.5;
         let model = Classifier::new(cfg.clone(), &mut MimRng::seed_from_u64(0)).unwrap();
