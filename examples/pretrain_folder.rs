@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 use tessera_mim::data::Split;
 use tessera_mim::data::folder::ImageFolder;
-use tessera_mim::run::RunOptions;
-use tessera_mim::run::pretrain::{Observer, Pretrainer, RunStart};
+use tessera_mim::run::pretrain::PretrainRun;
+use tessera_mim::run::{Observer, RunOptions, RunStart};
 use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, StepStats, TargetConfig, TrainConfig, VitConfig};
 
 /// Prints a line every 20 steps.
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = TrainConfig::mae(model, 8, steps);
     let mut options = RunOptions::new(&out);
     options.resume = out.join("checkpoint.safetensors").exists();
-    let end = Pretrainer::new(config, &train, &test, options)?.run(&mut Print)?;
+    let end = PretrainRun::new(config, &train, &test, options)?.run(&mut Print)?;
     println!("checkpoint {}, pictures {:?}", end.checkpoint.display(), end.picture);
     Ok(())
 }

@@ -6,7 +6,13 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tessera_mim::StepStats;
 use tessera_mim::data::{self, DataSpec, Dataset, Split};
+use tessera_mim::eval::accuracy::EvalReport;
+use tessera_mim::run::{Observer, RunEnd, RunOptions, RunStart};
 use tessera_mim::{
     DecoderConfig, EncoderConfig, InitScheme, MaskingConfig, Method, ModelConfig, PixelLoss, PosEmbedKind, QkvBias,
     RelPosBias, SwinConfig, TargetConfig, VitConfig,
@@ -479,7 +485,7 @@ pub enum PoolArg {
     /// Mean of the patch tokens (a ViT classifier adds its own LayerNorm,
     /// MAE's global_pool; Swin: the mean of its last stage).
     Mean,
-    /// The [CLS] token after the final norm (ViT only).
+    /// The \[CLS\] token after the final norm (ViT only).
     Cls,
 }
 
@@ -651,6 +657,155 @@ pub fn check_encoder(want: Option<EncoderArg>, model: &tessera_mim::MimModel, pa
         );
     }
     Ok(())
+}
+
+/// Where a training run writes, when it checkpoints and when it stops
+/// (`pretrain` and `finetune`).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Output folder (default: runs/pretrain or runs/finetune).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start over in an OUT that holds a run (its checkpoint, metrics and
+    /// pictures are deleted); without it such a folder is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Write a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub ckpt_every: u64,
+    /// Also write one when this many minutes have passed since the last
+    /// (0: steps only).
+    #[arg(long, default_value_t = 5.0)]
+    pub ckpt_minutes: f64,
+    /// Stop (with a checkpoint) after this step, as if interrupted; `--resume` continues.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Refuse runs estimated to need more than this many GiB (default: the
+    /// memory the system reports available).
+    #[arg(long)]
+    pub max_memory: Option<f64>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The output folder: `--out`, else `default`.
+    pub fn out(&self, default: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
+
+    /// The library's run options, stopping on the first Ctrl-C or SIGTERM.
+    pub fn options(&self, default_out: &str) -> Result<RunOptions> {
+        if !(self.ckpt_minutes >= 0.0 && self.ckpt_minutes.is_finite()) {
+            bail!("--ckpt-minutes must be zero or positive, got {}", self.ckpt_minutes);
+        }
+        Ok(RunOptions {
+            out: self.out(default_out),
+            resume: self.resume,
+            overwrite: self.overwrite,
+            ckpt_every: self.ckpt_every,
+            ckpt_interval: (self.ckpt_minutes > 0.0).then(|| Duration::from_secs_f64(self.ckpt_minutes * 60.0)),
+            stop_after: self.stop_after,
+            stop: Some(stop_on_signal()),
+            max_memory: self.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
+        })
+    }
+}
+
+/// A flag that the first Ctrl-C (SIGINT) or SIGTERM sets: the run then
+/// finishes its step, writes a checkpoint and stops. A second one stops at
+/// once (exit 130).
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Under an MPI launcher every rank gets the signal; rank 0 says so.
+    let speak = crate::ranks::launcher_rank().unwrap_or(0) == 0;
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            if speak {
+                eprintln!("\nstopping now");
+            }
+            std::process::exit(130);
+        }
+        if speak {
+            eprintln!("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)");
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will stop without a checkpoint ({e})");
+    }
+    stop
+}
+
+/// True (having said so) if a resumed run is already at its length.
+pub fn already_done(options: &RunOptions, step: u64, total_steps: u64, speak: bool) -> bool {
+    if step < total_steps {
+        return false;
+    }
+    if speak {
+        println!(
+            "{} is already at step {step} of {total_steps}; nothing to do",
+            options.checkpoint().display()
+        );
+    }
+    true
+}
+
+/// What a finished or interrupted run says.
+pub fn report_end(end: &RunEnd, total_steps: u64, done: impl FnOnce(&StepStats) -> String) -> Result<()> {
+    match &end.last {
+        None => bail!("no step ran"),
+        Some(s) if end.interrupted => println!(
+            "interrupted at step {} of {total_steps}: checkpoint {}; run the same command with --resume to continue",
+            s.step,
+            end.checkpoint.display()
+        ),
+        Some(s) => println!("{}", done(s)),
+    }
+    Ok(())
+}
+
+/// A training run's progress bar (position, loss, rate, throughput), the
+/// run's opening line, and fine-tuning's validation lines above the bar.
+pub struct Progress {
+    pub bar: indicatif::ProgressBar,
+    opening: Box<dyn FnMut(&RunStart) -> String>,
+}
+
+impl Progress {
+    /// A bar of `total_steps` (hidden with `quiet`) that prints `opening`
+    /// when the run starts.
+    pub fn new(total_steps: u64, quiet: bool, opening: impl FnMut(&RunStart) -> String + 'static) -> Progress {
+        Progress {
+            bar: step_bar(total_steps, quiet),
+            opening: Box::new(opening),
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn started(&mut self, run: &RunStart) {
+        self.bar.set_position(run.start_step);
+        println!("{}", (self.opening)(run));
+    }
+    fn step(&mut self, stats: &StepStats, images_per_s: f64) {
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} img/s",
+            stats.loss, stats.lr, images_per_s
+        ));
+        self.bar.set_position(stats.step);
+    }
+    fn evaluated(&mut self, epoch: u64, r: &EvalReport) {
+        self.bar.println(format!(
+            "epoch {epoch}: val top-1 {:.2}%, top-5 {:.2}%",
+            100.0 * r.top1,
+            100.0 * r.top5
+        ));
+    }
 }
 
 /// The progress bar of a training run: elapsed time, steps, a message

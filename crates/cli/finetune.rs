@@ -2,23 +2,24 @@
 //! fine-tuning of a pre-trained (or fresh) encoder with MAE's recipe, and
 //! what the resulting classifier does on a test split or on image files.
 
-use crate::common::{DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, step_bar};
+use crate::common::{
+    DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, Progress, RunArgs, already_done, report_end,
+};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use rand::SeedableRng;
 use std::path::PathBuf;
-use std::time::Duration;
-use tessera_mim::data::loader::{EpochSampler, load_images};
+use tessera_mim::data::loader::load_images;
 use tessera_mim::data::transform::Transform;
-use tessera_mim::data::{Dataset, First, Split};
-use tessera_mim::eval::accuracy::{EvalReport, evaluate, probabilities, top_k};
+use tessera_mim::data::{Dataset, First, Split, check_labelled};
+use tessera_mim::eval::accuracy::{evaluate, probabilities, top_k};
 use tessera_mim::io::checkpoint::{load_classifier, load_model_hinted};
 use tessera_mim::model::classifier::{Classifier, ClassifierConfig};
-use tessera_mim::run::RunOptions;
-use tessera_mim::run::finetune::{FinetuneObserver, FinetuneRun, check_labelled};
-use tessera_mim::train::finetune::{FinetuneStats, Finetuner};
-use tessera_mim::train::recipe::{FinetuneConfig, MixupConfig};
+use tessera_mim::run::RunStart;
+use tessera_mim::run::finetune::FinetuneRun;
+use tessera_mim::train::finetune::Finetuner;
+use tessera_mim::train::recipe::{FinetuneConfig, LearningRate, Length, MixupConfig, Schedule};
 use tessera_mim::{EncoderConfig, MimRng};
 
 #[derive(clap::Args, Debug)]
@@ -93,17 +94,8 @@ pub struct Args {
     /// Evaluate each epoch on at most this many test images.
     #[arg(long)]
     pub val_limit: Option<usize>,
-    #[arg(long, default_value = "runs/finetune")]
-    pub out: PathBuf,
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
-    /// Stop (with a checkpoint) after this step; `--resume` continues.
-    #[arg(long)]
-    pub stop_after: Option<u64>,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// The ids of the options typed on the command line (filled by `main`).
     #[arg(skip)]
     pub given: Vec<String>,
@@ -157,30 +149,6 @@ fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)>
     Ok((have, Some(pre.encoder)))
 }
 
-struct Progress {
-    bar: ProgressBar,
-}
-
-impl FinetuneObserver for Progress {
-    fn started(&mut self, start: u64, _total: u64, _spe: usize) {
-        self.bar.set_position(start);
-    }
-    fn step(&mut self, stats: &FinetuneStats, images_per_s: f64) {
-        self.bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} img/s",
-            stats.loss, stats.lr, images_per_s
-        ));
-        self.bar.set_position(stats.step);
-    }
-    fn evaluated(&mut self, epoch: u64, r: &EvalReport) {
-        self.bar.println(format!(
-            "epoch {epoch}: val top-1 {:.2}%, top-5 {:.2}%",
-            100.0 * r.top1,
-            100.0 * r.top5
-        ));
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
@@ -200,33 +168,75 @@ pub fn run(args: Args) -> Result<()> {
             train_ds.name()
         );
     }
-    let pool = args.pool.pool();
-    let drop_path = args.model.drop_path.unwrap_or(0.1);
-    let model_cfg = ClassifierConfig::new(enc, classes, pool, drop_path)?;
+    let model_cfg = ClassifierConfig::new(enc, classes, args.pool.pool(), args.model.drop_path.unwrap_or(0.1))?;
     check_labelled(&train_ds, model_cfg.num_classes)?;
     check_labelled(test_ds.as_ref(), model_cfg.num_classes)?;
-    let spe = EpochSampler {
-        n: train_ds.len(),
-        batch: args.batch,
-        seed: args.seed,
+    let config = recipe(&args, model_cfg, &train_ds)?;
+    let model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(config.seed))?;
+    let source = match (&pretrained, &args.checkpoint) {
+        (Some(enc), Some(path)) => {
+            let n = model.load_encoder(enc)?;
+            format!("{} ({n} encoder tensors)", path.display())
+        }
+        _ => "random weights (from scratch)".to_string(),
+    };
+    let options = args.run.options("runs/finetune")?;
+    let source = if args.run.resume && options.checkpoint().exists() {
+        format!("{} (resumed; started from {source})", options.checkpoint().display())
+    } else {
+        source
+    };
+    let mut run = FinetuneRun::new(Finetuner::new(config, model)?, &train_ds, test_ds.as_ref(), options)?;
+    run.val_limit = args.val_limit;
+    let config = run.tuner().config().clone();
+    if already_done(run.options(), run.tuner().step(), config.total_steps, true) {
+        return Ok(());
     }
-    .steps_per_epoch() as f64;
-    if spe == 0.0 {
-        bail!(
-            "--batch {} is larger than the {} training images",
-            args.batch,
-            train_ds.len()
-        );
-    }
-    let total = (args.epochs * spe).round().max(1.0) as u64;
-    let mut config = FinetuneConfig::mae(model_cfg, train_ds.normalization(), args.batch, total);
-    config.base_lr = args.lr.map_or(args.blr, |lr| lr * 256.0 / args.batch as f32);
+    let out = run.options().out.clone();
+    let c = config.clone();
+    let mut progress = Progress::new(config.total_steps, args.run.quiet, move |s: &RunStart| {
+        format!(
+            "fine-tuning {} ({} classes, pool {:?}) from {source} on {} ({} images, {} steps of {}, {} per epoch), \
+             layer decay {}, mixup {}/{}, smoothing {}, output {}",
+            c.model.encoder.describe(),
+            c.model.num_classes,
+            c.model.pool,
+            s.data_name,
+            s.train_images,
+            s.total_steps,
+            c.batch_size,
+            s.steps_per_epoch,
+            c.layer_decay,
+            c.mixup.mixup_alpha,
+            c.mixup.cutmix_alpha,
+            c.label_smoothing,
+            out.display()
+        )
+    });
+    let end = run.run(&mut progress)?;
+    progress.bar.finish_and_clear();
+    report_end(&end, config.total_steps, |s| {
+        format!(
+            "done: step {}, loss {:.4}, val top-1 {:.2}%; checkpoint {}",
+            s.step,
+            s.loss,
+            100.0 * end.validation.as_ref().map_or(f64::NAN, |r| r.top1),
+            end.checkpoint.display()
+        )
+    })
+}
+
+/// MAE's fine-tuning recipe for `model` on `train`, with the options given.
+fn recipe(args: &Args, model: ClassifierConfig, train: &dyn Dataset) -> Result<FinetuneConfig> {
+    let schedule = Schedule {
+        length: Length::Epochs(args.epochs),
+        warmup: args.warmup_epochs.map(Length::Epochs),
+        lr: args.lr.map_or(LearningRate::Per256(args.blr), LearningRate::Peak),
+    };
+    let mut config = FinetuneConfig::scheduled(model, train.normalization(), args.batch, &schedule, train.len());
     config.min_lr = args.min_lr;
     config.weight_decay = args.weight_decay;
     config.layer_decay = args.layer_decay;
-    if let Some(w) = args.warmup_epochs {
-        config.warmup_steps = (w * spe).round() as u64;
-    }
     config.label_smoothing = args.smoothing;
     config.mixup = MixupConfig {
         mixup_alpha: args.mixup,
@@ -239,82 +249,7 @@ pub fn run(args: Args) -> Result<()> {
     config.seed = args.seed;
     config.precision = args.precision.config();
     config.validate()?;
-    let model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(config.seed))?;
-    let source = match (&pretrained, &args.checkpoint) {
-        (Some(enc), Some(path)) => {
-            let n = model.load_encoder(enc)?;
-            format!("{} ({n} encoder tensors)", path.display())
-        }
-        _ => "random weights (from scratch)".to_string(),
-    };
-    let ckpt = args.out.join("checkpoint.safetensors");
-    let source = if args.resume && ckpt.exists() {
-        format!("{} (resumed; started from {source})", ckpt.display())
-    } else {
-        source
-    };
-    let tuner = Finetuner::new(config, model)?;
-    let options = RunOptions {
-        resume: args.resume,
-        overwrite: args.overwrite,
-        stop_after: args.stop_after,
-        ckpt_interval: Some(Duration::from_secs(300)),
-        stop: Some(crate::pretrain::stop_on_signal()),
-        ..RunOptions::new(&args.out)
-    };
-    let mut run = FinetuneRun::new(tuner, &train_ds, test_ds.as_ref(), options)?;
-    run.val_limit = args.val_limit;
-    let config = run.tuner.config.clone();
-    if run.tuner.step >= config.total_steps {
-        println!(
-            "{} is already at step {} of {}; nothing to do",
-            args.out.join("checkpoint.safetensors").display(),
-            run.tuner.step,
-            config.total_steps
-        );
-        return Ok(());
-    }
-    println!(
-        "fine-tuning {} ({} classes, pool {:?}) from {source} on {} ({} images, {} steps of {}, {} per epoch), \
-         layer decay {}, mixup {}/{}, smoothing {}, output {}",
-        config.model.encoder.describe(),
-        config.model.num_classes,
-        config.model.pool,
-        train_ds.name(),
-        train_ds.len(),
-        config.total_steps,
-        config.batch_size,
-        spe,
-        config.layer_decay,
-        config.mixup.mixup_alpha,
-        config.mixup.cutmix_alpha,
-        config.label_smoothing,
-        args.out.display()
-    );
-    let mut progress = Progress {
-        bar: step_bar(config.total_steps, args.quiet),
-    };
-    let end = run.run(&mut progress)?;
-    progress.bar.finish_and_clear();
-    let stats = end.last.context("no step ran")?;
-    if end.interrupted {
-        println!(
-            "interrupted at step {} of {}: checkpoint {}; run the same command with --resume to continue",
-            stats.step,
-            config.total_steps,
-            end.checkpoint.display()
-        );
-        return Ok(());
-    }
-    let top1 = end.report.map_or(f64::NAN, |r| r.top1);
-    println!(
-        "done: step {}, loss {:.4}, val top-1 {:.2}%; checkpoint {}",
-        stats.step,
-        stats.loss,
-        100.0 * top1,
-        end.checkpoint.display()
-    );
-    Ok(())
+    Ok(config)
 }
 
 // ------------------------------------------------------------ evaluate

@@ -17,6 +17,7 @@ mod bench;
 mod common;
 mod finetune;
 mod info;
+mod messages;
 mod pretrain;
 mod probe;
 mod ranks;

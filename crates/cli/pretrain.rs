@@ -7,23 +7,18 @@
 //! test images every `--recon-every` steps. `--resume` continues from the
 //! checkpoint in `--out` along the exact trajectory of an uninterrupted run.
 
-use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg};
+use crate::common::{DataArgs, MaskArgs, ModelArgs, PrecisionArg, Progress, RunArgs, already_done, report_end};
 use anyhow::{Context, Result, bail};
-use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-use tessera_mim::data::loader::EpochSampler;
 use tessera_mim::data::{Dataset, First, Split};
-use tessera_mim::io::checkpoint::parse_meta;
-use tessera_mim::io::safetensors::TensorFile;
-use tessera_mim::run::RunOptions;
-use tessera_mim::run::pretrain::{Observer, Pretrainer, RunStart};
+use tessera_mim::io::checkpoint::train_config;
+use tessera_mim::run::RunStart;
+use tessera_mim::run::pretrain::{Pictures, PretrainRun};
 use tessera_mim::train::distributed::Communicator;
-use tessera_mim::train::pretrain::TrainConfig;
-use tessera_mim::{StepStats, TargetConfig};
+use tessera_mim::train::pretrain::{TrainConfig, Trainer};
+use tessera_mim::train::recipe::{LearningRate, Length, Schedule};
+use tessera_mim::{ModelConfig, TargetConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -74,23 +69,8 @@ pub struct Args {
     /// Seed of initialisation, masks, data order and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output folder.
-    #[arg(long, default_value = "runs/pretrain")]
-    pub out: PathBuf,
-    /// Continue from OUT/checkpoint.safetensors.
-    #[arg(long)]
-    pub resume: bool,
-    /// Start over in an OUT that holds a run (its checkpoint, metrics and
-    /// pictures are deleted); without it such a folder is refused.
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
-    /// Write a checkpoint every this many steps (and at the end).
-    #[arg(long, default_value_t = 100)]
-    pub ckpt_every: u64,
-    /// Also write one when this many minutes have passed since the last
-    /// (0: steps only).
-    #[arg(long, default_value_t = 5.0)]
-    pub ckpt_minutes: f64,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Write reconstructions every this many steps (0: only at the end).
     #[arg(long, default_value_t = 100)]
     pub recon_every: u64,
@@ -103,16 +83,6 @@ pub struct Args {
     /// Load at most this many training images (the first ones).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Stop (with a checkpoint) after this step, as if interrupted; `--resume` continues.
-    #[arg(long)]
-    pub stop_after: Option<u64>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Refuse runs estimated to need more than this many GiB (default: the
-    /// memory the system reports available).
-    #[arg(long)]
-    pub max_memory: Option<f64>,
     /// Under mpirun: sum gradients over ranks only after backward, instead
     /// of starting each bucket's sum while backward still runs (to measure
     /// what the overlap saves).
@@ -147,32 +117,9 @@ pub fn run(args: Args, comm: Rc<dyn Communicator>) -> Result<()> {
     let full = args.data.open(Split::Train, size, chans)?;
     let train_ds = First::new(full.as_ref(), args.limit.unwrap_or(usize::MAX));
     let test_ds = args.data.open(Split::Test, size, chans)?;
-    let spe = EpochSampler {
-        n: train_ds.len(),
-        batch,
-        seed: args.seed,
-    }
-    .steps_per_epoch() as f64;
-    let total_steps = match args.epochs {
-        Some(e) => (e * spe).round().max(1.0) as u64,
-        None => args.steps,
-    };
-    let warmup_steps = match (args.warmup_epochs, args.warmup_steps) {
-        (Some(e), _) => (e * spe).round() as u64,
-        (None, Some(s)) => s,
-        (None, None) => total_steps / 20,
-    };
-    let mut config = TrainConfig::mae(model_cfg, batch, total_steps);
+    let mut config = recipe(&args, model_cfg, batch, train_ds.len());
     config.masking = masking;
-    config.base_lr = args.lr.map_or(args.blr, |lr| lr * 256.0 / batch as f32);
-    config.min_lr = args.min_lr;
-    config.weight_decay = args.weight_decay;
-    config.warmup_steps = warmup_steps;
-    config.clip_grad = args.clip_grad;
-    config.accum_steps = args.accum;
-    config.seed = args.seed;
-    config.precision = args.precision.config();
-    if let (TargetConfig::Codebook { size, .. }, false, true) = (&config.model.target, args.resume, root) {
+    if let (TargetConfig::Codebook { size, .. }, false, true) = (&config.model.target, args.run.resume, root) {
         eprintln!(
             "fitting a codebook of {size} entries on the patches of {} images",
             train_ds.len().min(4096)
@@ -181,73 +128,90 @@ pub fn run(args: Args, comm: Rc<dyn Communicator>) -> Result<()> {
     if let Some((old, ckpt)) = resumed {
         config = resumed_config(&args, config, old, &ckpt)?;
     }
-    let options = RunOptions {
-        out: args.out.clone(),
-        resume: args.resume,
-        overwrite: args.overwrite,
-        ckpt_every: args.ckpt_every,
-        recon_every: args.recon_every,
-        recon_count: args.recon_count,
-        augment: !args.no_augment,
-        stop_after: args.stop_after,
-        ckpt_interval: (args.ckpt_minutes > 0.0).then(|| Duration::from_secs_f64(args.ckpt_minutes * 60.0)),
-        stop: Some(stop_on_signal()),
-        max_memory: args.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
+    let mut run = PretrainRun::new(config, &train_ds, test_ds.as_ref(), args.run.options("runs/pretrain")?)?;
+    run.augment = !args.no_augment;
+    run.pictures = Pictures {
+        every: args.recon_every,
+        count: args.recon_count,
     };
-    let mut run = Pretrainer::new(config, &train_ds, test_ds.as_ref(), options)?;
     if comm.size() > 1 {
         if root {
-            let floats: usize = run.trainer.model.parameters().iter().map(|(_, t)| t.numel()).sum();
-            println!(
-                "data-parallel over {}: global batch {}, up to {} images per rank and step, \
-                 {:.1} MB of gradients summed per step",
-                comm.describe(),
-                run.trainer.config.batch_size,
-                run.trainer.config.batch_size.div_ceil(comm.size()),
-                floats as f64 * 4.0 / 1e6
-            );
+            announce_ranks(run.trainer(), comm.as_ref());
         }
         run.set_communicator(comm.clone())?;
-        run.trainer.set_overlap(!args.no_overlap);
+        run.set_overlap(!args.no_overlap);
     }
-    let config = run.trainer.config.clone();
-    if run.trainer.step >= config.total_steps {
-        if !root {
-            return Ok(());
-        }
-        println!(
-            "{} is already at step {} of {}; nothing to do",
-            run.options().checkpoint().display(),
-            run.trainer.step,
-            config.total_steps
-        );
+    let config = run.trainer().config().clone();
+    if already_done(run.options(), run.trainer().step(), config.total_steps, root) {
         return Ok(());
     }
-    let mut progress = Progress::new(&config, &args, test_ds.name(), !root);
+    let (what, batch) = (config.describe(), config.batch_size);
+    let (masking, pictures_of) = (run.trainer().masking().describe(), test_ds.name());
+    let out = run.options().out.clone();
+    let mut progress = Progress::new(config.total_steps, args.run.quiet || !root, move |s: &RunStart| {
+        format!(
+            "pre-training {what} on {} ({} images, {} steps of {batch}, {} per epoch), masking {masking}, \
+             pictures of {pictures_of}, output {}",
+            s.data_name,
+            s.train_images,
+            s.total_steps,
+            s.steps_per_epoch,
+            out.display()
+        )
+    });
     let end = run.run(&mut progress)?;
     progress.bar.finish_and_clear();
-    let stats = end.last.context("no step ran")?;
     if !root {
         return Ok(());
     }
-    if end.interrupted {
-        println!(
-            "interrupted at step {} of {}: checkpoint {}; run the same command with --resume to continue",
-            stats.step,
-            config.total_steps,
-            end.checkpoint.display()
-        );
-        return Ok(());
-    }
+    report_end(&end, config.total_steps, |s| {
+        format!(
+            "done: step {}, loss {:.4}, {:.0} images/s; checkpoint {}; reconstructions {}",
+            s.step,
+            s.loss,
+            end.images_per_s,
+            end.checkpoint.display(),
+            end.picture
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        )
+    })
+}
+
+/// MAE's recipe for `model` in batches of `batch` on `images` training
+/// images, with the options given: `--epochs` or `--steps`,
+/// `--warmup-epochs` or `--warmup-steps` (default 5%), `--lr` or `--blr`,
+/// and the optimizer's options.
+fn recipe(args: &Args, model: ModelConfig, batch: usize, images: usize) -> TrainConfig {
+    let schedule = Schedule {
+        length: args.epochs.map_or(Length::Steps(args.steps), Length::Epochs),
+        warmup: match (args.warmup_epochs, args.warmup_steps) {
+            (Some(e), _) => Some(Length::Epochs(e)),
+            (None, s) => s.map(Length::Steps),
+        },
+        lr: args.lr.map_or(LearningRate::Per256(args.blr), LearningRate::Peak),
+    };
+    let mut config = TrainConfig::scheduled(model, batch, &schedule, images);
+    config.min_lr = args.min_lr;
+    config.weight_decay = args.weight_decay;
+    config.clip_grad = args.clip_grad;
+    config.accum_steps = args.accum;
+    config.seed = args.seed;
+    config.precision = args.precision.config();
+    config
+}
+
+/// What data-parallel training will do, said once (by rank 0).
+fn announce_ranks(trainer: &Trainer, comm: &dyn Communicator) {
+    let floats: usize = trainer.model().parameters().iter().map(|(_, t)| t.numel()).sum();
+    let batch = trainer.config().batch_size;
     println!(
-        "done: step {}, loss {:.4}, {:.0} images/s; checkpoint {}; reconstructions {}",
-        stats.step,
-        stats.loss,
-        end.images_per_s,
-        end.checkpoint.display(),
-        end.picture.map_or_else(String::new, |p| p.display().to_string())
+        "data-parallel over {}: global batch {batch}, up to {} images per rank and step, \
+         {:.1} MB of gradients summed per step",
+        comm.describe(),
+        batch.div_ceil(comm.size()),
+        floats as f64 * 4.0 / 1e6
     );
-    Ok(())
 }
 
 /// The ids of the model options (`--dim`, `--preset`, …).
@@ -263,11 +227,11 @@ fn typed_any(args: &Args, ids: &[String]) -> bool {
 
 /// With `--resume` and a checkpoint in `--out`: its configuration and path.
 fn resumed_run(args: &Args) -> Result<Option<(TrainConfig, PathBuf)>> {
-    let ckpt = args.out.join("checkpoint.safetensors");
-    if !args.resume || !ckpt.exists() {
+    let ckpt = args.run.out("runs/pretrain").join("checkpoint.safetensors");
+    if !args.run.resume || !ckpt.exists() {
         return Ok(None); // without a checkpoint the run says so
     }
-    let old: TrainConfig = parse_meta(&TensorFile::load(&ckpt)?, "tessera.config", &ckpt)?;
+    let old = train_config(&ckpt)?.with_context(|| format!("{} is not a pre-training checkpoint", ckpt.display()))?;
     Ok(Some((old, ckpt)))
 }
 
@@ -329,31 +293,6 @@ fn resumed_config(args: &Args, config: TrainConfig, old: TrainConfig, ckpt: &std
     Ok(resolved)
 }
 
-/// A flag that the first Ctrl-C (SIGINT) or SIGTERM sets: the run then
-/// finishes its step, writes a checkpoint and stops. A second one stops at
-/// once (exit 130).
-pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // Under an MPI launcher every rank gets the signal; rank 0 says so.
-    let speak = crate::ranks::launcher_rank().unwrap_or(0) == 0;
-    let installed = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            if speak {
-                eprintln!("\nstopping now");
-            }
-            std::process::exit(130);
-        }
-        if speak {
-            eprintln!("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)");
-        }
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will stop without a checkpoint ({e})");
-    }
-    stop
-}
-
 /// The options whose values can be wrong on their own, by name.
 fn check_options(a: &Args) -> Result<()> {
     let positive = |name: &str, v: Option<f64>| match v {
@@ -370,9 +309,6 @@ fn check_options(a: &Args) -> Result<()> {
     positive("--blr", Some(a.blr as f64))?;
     positive("--lr", a.lr.map(f64::from))?;
     positive("--clip-grad", a.clip_grad.map(f64::from))?;
-    if !(a.ckpt_minutes >= 0.0 && a.ckpt_minutes.is_finite()) {
-        bail!("--ckpt-minutes must be zero or positive, got {}", a.ckpt_minutes);
-    }
     if !(a.min_lr >= 0.0 && a.min_lr.is_finite()) {
         bail!("--min-lr must be zero or positive, got {}", a.min_lr);
     }
@@ -385,51 +321,4 @@ fn check_options(a: &Args) -> Result<()> {
         bail!("--warmup-epochs must be zero or positive, got {w}");
     }
     Ok(())
-}
-
-/// The progress bar and the opening line.
-struct Progress {
-    bar: ProgressBar,
-    description: String,
-    out: PathBuf,
-    batch: usize,
-    /// The data set the reconstruction pictures come from.
-    pictures_of: String,
-}
-
-impl Progress {
-    fn new(config: &TrainConfig, args: &Args, pictures_of: String, silent: bool) -> Progress {
-        Progress {
-            bar: crate::common::step_bar(config.total_steps, args.quiet || silent),
-            description: config.describe(),
-            out: args.out.clone(),
-            batch: config.batch_size,
-            pictures_of,
-        }
-    }
-}
-
-impl Observer for Progress {
-    fn started(&mut self, run: &RunStart) {
-        self.bar.set_position(run.start_step);
-        println!(
-            "pre-training {} on {} ({} images, {} steps of {}, {} per epoch), masking {}, pictures of {}, output {}",
-            self.description,
-            run.data_name,
-            run.train_images,
-            run.total_steps,
-            self.batch,
-            run.steps_per_epoch,
-            run.masking,
-            self.pictures_of,
-            self.out.display()
-        );
-    }
-    fn step(&mut self, stats: &StepStats, images_per_s: f64) {
-        self.bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} img/s",
-            stats.loss, stats.lr, images_per_s
-        ));
-        self.bar.set_position(stats.step);
-    }
 }

@@ -35,7 +35,7 @@ pub struct Args {
     #[command(flatten)]
     pub data: DataArgs,
     /// How tokens become one feature vector (default: both, a row each;
-    /// Swin, which has no [CLS] token: mean).
+    /// Swin, which has no \[CLS\] token: mean).
     #[arg(long, value_enum)]
     pub pool: Option<PoolArg>,
     /// Use at most this many training images (default: all of them; of the

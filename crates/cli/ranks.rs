@@ -79,22 +79,24 @@ impl Ranks {
     /// waits forever for its gradients.
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
         let (rank, size) = (self.comm.rank(), self.comm.size());
+        // One line: the context chain joined with ": ", the library's
+        // option names written as this binary's flags.
+        let message = crate::messages::with_flags(&format!("{e:#}"));
         let shared = e
             .chain()
             .any(|c| matches!(c.downcast_ref::<MimError>(), Some(MimError::Ranks(_))));
         if shared {
             // Rank 0 (by MPI, or by the launcher's numbering) speaks for all.
             if rank == 0 && launcher_rank().unwrap_or(0) == 0 {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {message}");
             }
             return ExitCode::FAILURE;
         }
         if size == 1 {
-            // One line: the context chain joined with ": ".
-            eprintln!("error: {e:#}");
+            eprintln!("error: {message}");
             return ExitCode::FAILURE;
         }
-        eprintln!("error: rank {rank} of {size}: {e:#}");
+        eprintln!("error: rank {rank} of {size}: {message}");
         self.comm.abort(1)
     }
 }

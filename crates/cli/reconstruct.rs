@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use tessera_mim::data::loader::{load_batch, load_images};
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Normalization, Split};
-use tessera_mim::io::checkpoint::{load_model_hinted, parse_meta};
+use tessera_mim::io::checkpoint::{load_model_hinted, train_config};
 use tessera_mim::io::picture::{NormPixView, render_rows, save_png};
 use tessera_mim::io::safetensors::TensorFile;
-use tessera_mim::train::pretrain::TrainConfig;
 use tessera_mim::{Mask, MimRng};
 use tessera_tensor::{Tensor, no_grad};
 
@@ -105,12 +104,8 @@ pub fn run(args: Args) -> Result<()> {
     check_encoder(args.encoder, &model, &args.checkpoint)?;
     // The masking it was trained with, where the checkpoint says (MAE's own
     // weights do not: random masking at 0.75, MAE's recipe).
-    let file = TensorFile::load(&args.checkpoint)?;
-    let trained_masking = if file.metadata.contains_key("tessera.config") {
-        parse_meta::<TrainConfig>(&file, "tessera.config", &args.checkpoint)?.masking
-    } else {
-        tessera_mim::MaskingConfig::Random { ratio: 0.75 }
-    };
+    let trained_masking =
+        train_config(&args.checkpoint)?.map_or(tessera_mim::MaskingConfig::Random { ratio: 0.75 }, |c| c.masking);
     let e = model.config.encoder.clone();
     let (size, chans) = (e.img_size(), e.in_chans());
     let (imgs, norm) = if args.images.is_empty() {

@@ -56,7 +56,7 @@ fn run() {
         cfg.precision = tessera_tensor::Precision::Bf16;
     }
     let mut t = Trainer::new(cfg).unwrap();
-    let e = &t.config.model.encoder;
+    let e = &t.config().model.encoder;
     let n = batch * 3 * e.img_size()[0] * e.img_size()[1];
     let mut rng = MimRng::seed_from_u64(0);
     let imgs: Vec<Tensor> = (0..steps + 2)

@@ -40,4 +40,5 @@ pub use model::mim::{MimModel, MimOutput};
 pub use model::swin::SwinTransformer;
 pub use model::vit::{Tokens, VisionTransformer};
 pub use rng::MimRng;
-pub use train::pretrain::{StepStats, TrainConfig, Trainer};
+pub use train::StepStats;
+pub use train::pretrain::{TrainConfig, Trainer};

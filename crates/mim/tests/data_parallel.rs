@@ -8,10 +8,10 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use tessera_mim::data::Split;
 use tessera_mim::data::synthetic::SyntheticDataset;
+use tessera_mim::data::{Dataset, Split};
 use tessera_mim::run::RunOptions;
-use tessera_mim::run::pretrain::Pretrainer;
+use tessera_mim::run::pretrain::{Pictures, PretrainRun};
 use tessera_mim::train::distributed::{Communicator, ThreadGroup};
 use tessera_mim::train::pretrain::{TrainConfig, Trainer};
 use tessera_mim::{EncoderConfig, ModelConfig};
@@ -73,7 +73,12 @@ fn train_with(config: &TrainConfig, steps: usize, ranks: Option<usize>, overlap:
             .iter()
             .map(|b| t.train_step(&take_rows(b, &rows)).unwrap().loss)
             .collect();
-        let weights: Vec<(String, Vec<f32>)> = t.model.parameters().into_iter().map(|(n, p)| (n, p.to_vec())).collect();
+        let weights: Vec<(String, Vec<f32>)> = t
+            .model()
+            .parameters()
+            .into_iter()
+            .map(|(n, p)| (n, p.to_vec()))
+            .collect();
         (losses, weights)
     };
     match ranks {
@@ -168,10 +173,15 @@ fn losses(dir: &Path) -> Vec<f64> {
 fn options(dir: &Path) -> RunOptions {
     RunOptions {
         ckpt_every: 3,
-        recon_every: 0,
-        recon_count: 2,
         ..RunOptions::new(dir)
     }
+}
+
+/// A pre-training run with pictures of 2 images, only at the end.
+fn pretrain_run<'a>(c: TrainConfig, train: &'a dyn Dataset, test: &'a dyn Dataset, o: RunOptions) -> PretrainRun<'a> {
+    let mut run = PretrainRun::new(c, train, test, o).unwrap();
+    run.pictures = Pictures { every: 0, count: 2 };
+    run
 }
 
 /// A pre-training run over `ranks` threads (all ranks write into `dir`'s
@@ -185,7 +195,7 @@ fn pretrain_ranks(ranks: usize, dir: &Path, total: u64, stop_after: Option<u64>,
         let mut o = options(dir);
         o.stop_after = stop_after;
         o.resume = resume;
-        let mut run = Pretrainer::new(c.clone(), &train, &test, o).unwrap();
+        let mut run = pretrain_run(c.clone(), &train, &test, o);
         run.set_communicator(Rc::new(comm)).unwrap();
         let end = run.run(&mut ()).unwrap();
         assert_eq!(end.picture.is_some(), rank == 0, "only rank 0 draws pictures");
@@ -232,7 +242,7 @@ fn ranks_with_another_configuration_are_refused_at_start() {
             c.seed = 7; // another seed: another configuration
         }
         let out = dir.join(format!("rank{}", comm.rank()));
-        let mut run = Pretrainer::new(c, &train, &test, options(&out)).unwrap();
+        let mut run = pretrain_run(c, &train, &test, options(&out));
         run.set_communicator(Rc::new(comm)).unwrap();
         run.run(&mut ()).unwrap_err().to_string()
     });

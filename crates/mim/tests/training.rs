@@ -44,7 +44,7 @@ fn learning_rate_schedule_is_maes() {
 #[test]
 fn weight_decay_skips_biases_norms_tokens_and_positions() {
     let t = Trainer::new(config(4)).unwrap();
-    for (name, p) in t.model.parameters() {
+    for (name, p) in t.model().parameters() {
         let want = !(name.ends_with(".bias")
             || name.contains("norm")
             || name.ends_with("token")
@@ -101,7 +101,7 @@ fn resume_continues_the_exact_trajectory() {
     first.save(&path).unwrap();
     drop(first);
     let mut resumed = Trainer::resume(&path).unwrap();
-    assert_eq!(resumed.step, 3);
+    assert_eq!(resumed.step(), 3);
     let rest: Vec<u32> = data[3..]
         .iter()
         .map(|b| resumed.train_step(b).unwrap().loss.to_bits())
@@ -145,13 +145,13 @@ fn save_then_load_gives_identical_outputs_and_other_sizes_load() {
     let loaded = load_model(&path, None).unwrap();
     for pool in [Pool::Cls, Pool::Mean] {
         assert_eq!(
-            t.model.features(&imgs, pool).unwrap().to_vec(),
+            t.model().features(&imgs, pool).unwrap().to_vec(),
             loaded.features(&imgs, pool).unwrap().to_vec()
         );
     }
     let mask = t.sample_mask(2);
     let mut r = <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0);
-    let p1 = t.model.predict(&imgs, &mask, false, &mut r).unwrap().to_vec();
+    let p1 = t.model().predict(&imgs, &mask, false, &mut r).unwrap().to_vec();
     let p2 = loaded.predict(&imgs, &mask, false, &mut r).unwrap().to_vec();
     assert_eq!(p1, p2);
     // At 24×24 (a 6×6 grid) the positional tables are regenerated.
@@ -200,7 +200,7 @@ fn checkpoint_of_another_configuration_is_refused_by_name() {
 fn a_non_finite_loss_stops_before_the_update_and_names_the_step() {
     let mut t = Trainer::new(config(4)).unwrap();
     t.train_step(&batches(1)[0]).unwrap();
-    let before: Vec<f32> = t.model.encoder.vit().unwrap().norm.as_ref().unwrap().weight.to_vec();
+    let before: Vec<f32> = t.model().encoder.vit().unwrap().norm.as_ref().unwrap().weight.to_vec();
     let mut bad = images(4, 3, 16, 16, 1).to_vec();
     bad[5] = f32::NAN;
     let bad = Tensor::new(bad, &[4, 3, 16, 16]).unwrap();
@@ -211,9 +211,9 @@ fn a_non_finite_loss_stops_before_the_update_and_names_the_step() {
         }
         other => panic!("expected a non-finite error, got {:?}", other.map(|s| s.loss)),
     }
-    assert_eq!(t.step, 1);
+    assert_eq!(t.step(), 1);
     assert_eq!(
-        t.model.encoder.vit().unwrap().norm.as_ref().unwrap().weight.to_vec(),
+        t.model().encoder.vit().unwrap().norm.as_ref().unwrap().weight.to_vec(),
         before
     );
 }
@@ -255,7 +255,7 @@ fn codebook_models_save_and_resume_their_vocabulary() {
     t.save(&path).unwrap();
     let next = t.train_step(&data[1]).unwrap().loss;
     let mut r = Trainer::resume(&path).unwrap();
-    assert_eq!(r.model.codebook, t.model.codebook);
+    assert_eq!(r.model().codebook, t.model().codebook);
     assert_eq!(r.train_step(&data[1]).unwrap().loss.to_bits(), next.to_bits());
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -304,7 +304,7 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     let mut t = Trainer::new(config(2)).unwrap();
     t.train_step(&batches(1)[0]).unwrap();
     let mut file = TensorFile::default();
-    t.model.store_state(&mut file);
+    t.model().store_state(&mut file);
     let full = dir.join("mae.safetensors");
     file.save(&full).unwrap();
     let hints = ModelHints {
@@ -313,17 +313,17 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
         norm_pix: Some(true),
     };
     let loaded = load_model_hinted(&full, None, &hints, true).unwrap();
-    assert_eq!(loaded.config, t.model.config);
+    assert_eq!(loaded.config, t.model().config);
     let imgs = images(2, 3, 16, 16, 9);
     let mask = t.sample_mask(2);
     let mut r = <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0);
     assert_eq!(
-        t.model.predict(&imgs, &mask, false, &mut r).unwrap().to_vec(),
+        t.model().predict(&imgs, &mask, false, &mut r).unwrap().to_vec(),
         loaded.predict(&imgs, &mask, false, &mut r).unwrap().to_vec()
     );
     // A 32-wide encoder is no preset: without hints the error asks for the heads.
     let e = load_model(&full, None).err().unwrap().to_string();
-    assert!(e.contains("--heads") && e.contains("32-wide"), "{e}");
+    assert!(e.contains("`ModelHints::heads`") && e.contains("32-wide"), "{e}");
 
     // The encoder alone: fine for features, refused where the decoder is needed.
     let mut enc = file.clone();
@@ -334,7 +334,7 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     let e_model = load_model_hinted(&enc_path, None, &hints, false).unwrap();
     assert_eq!(
         e_model.features(&imgs, Pool::Mean).unwrap().to_vec(),
-        t.model.features(&imgs, Pool::Mean).unwrap().to_vec()
+        t.model().features(&imgs, Pool::Mean).unwrap().to_vec()
     );
     let e = load_model_hinted(&enc_path, None, &hints, true)
         .err()
@@ -360,6 +360,35 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// What an observer saw of a run.
+#[derive(Default)]
+struct Seen {
+    started: Vec<u64>,
+    steps: Vec<u64>,
+    checkpoints: Vec<u64>,
+    pictures: Vec<u64>,
+    evaluated: Vec<u64>,
+}
+
+impl tessera_mim::run::Observer for Seen {
+    fn started(&mut self, run: &tessera_mim::run::RunStart) {
+        self.started.push(run.start_step);
+    }
+    fn step(&mut self, s: &tessera_mim::StepStats, _: f64) {
+        self.steps.push(s.step);
+    }
+    fn checkpoint(&mut self, _: &std::path::Path, step: u64) {
+        self.checkpoints.push(step);
+    }
+    fn picture(&mut self, p: &std::path::Path, step: u64) {
+        assert!(p.exists());
+        self.pictures.push(step);
+    }
+    fn evaluated(&mut self, epoch: u64, _: &tessera_mim::eval::accuracy::EvalReport) {
+        self.evaluated.push(epoch);
+    }
+}
+
 /// Pre-training as a library call: the observer sees every step, checkpoint
 /// and picture; a run stopped halfway and resumed writes the same metrics as
 /// one that was not.
@@ -369,43 +398,22 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
     use tessera_mim::data::Split;
     use tessera_mim::data::synthetic::SyntheticDataset;
     use tessera_mim::run::RunOptions;
-    use tessera_mim::run::pretrain::{Observer, Pretrainer, RunStart};
-    #[derive(Default)]
-    struct Seen {
-        started: Vec<u64>,
-        steps: Vec<u64>,
-        checkpoints: Vec<u64>,
-        pictures: Vec<u64>,
-    }
-    impl Observer for Seen {
-        fn started(&mut self, run: &RunStart) {
-            self.started.push(run.start_step);
-        }
-        fn step(&mut self, s: &tessera_mim::StepStats, _: f64) {
-            self.steps.push(s.step);
-        }
-        fn checkpoint(&mut self, _: &Path, step: u64) {
-            self.checkpoints.push(step);
-        }
-        fn picture(&mut self, p: &Path, step: u64) {
-            assert!(p.exists());
-            self.pictures.push(step);
-        }
-    }
+    use tessera_mim::run::pretrain::{Pictures, PretrainRun};
     let train = SyntheticDataset::new(48, [16, 16], 3, 0, Split::Train).unwrap();
     let test = SyntheticDataset::new(8, [16, 16], 3, 0, Split::Test).unwrap();
     let options = |dir: &Path| RunOptions {
         ckpt_every: 2,
-        recon_every: 2,
-        recon_count: 2,
         ..RunOptions::new(dir)
+    };
+    let pretrain = |c: TrainConfig, o: RunOptions| {
+        PretrainRun::new(c, &train, &test, o).map(|mut run| {
+            run.pictures = Pictures { every: 2, count: 2 };
+            run
+        })
     };
     let straight = tmp("pretrainer-straight");
     let mut seen = Seen::default();
-    let end = Pretrainer::new(config(4), &train, &test, options(&straight))
-        .unwrap()
-        .run(&mut seen)
-        .unwrap();
+    let end = pretrain(config(4), options(&straight)).unwrap().run(&mut seen).unwrap();
     assert_eq!(end.last.unwrap().step, 4);
     assert_eq!(seen.started, vec![0]);
     assert_eq!(seen.steps, vec![1, 2, 3, 4]);
@@ -423,17 +431,11 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
     let split = tmp("pretrainer-split");
     let mut first = options(&split);
     first.stop_after = Some(2);
-    Pretrainer::new(config(4), &train, &test, first)
-        .unwrap()
-        .run(&mut ())
-        .unwrap();
+    pretrain(config(4), first).unwrap().run(&mut ()).unwrap();
     let mut again = options(&split);
     again.resume = true;
     let mut seen = Seen::default();
-    Pretrainer::new(config(4), &train, &test, again)
-        .unwrap()
-        .run(&mut seen)
-        .unwrap();
+    pretrain(config(4), again).unwrap().run(&mut seen).unwrap();
     assert_eq!(seen.started, vec![2]);
     let losses = |dir: &Path| -> Vec<String> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -450,14 +452,66 @@ fn pretrainer_runs_observes_and_resumes_exactly() {
     let empty = tmp("pretrainer-refused");
     let mut big = config(4);
     big.batch_size = 64;
-    let e = Pretrainer::new(big, &train, &test, options(&empty.join("out")))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = pretrain(big, options(&empty.join("out"))).err().unwrap().to_string();
     assert!(e.contains("larger than the 48 training images"), "{e}");
     assert!(!empty.join("out").exists());
     for d in [straight, split, empty] {
         std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+/// Pre-training and fine-tuning run the same loop: for the same options
+/// they checkpoint at the same steps (every `ckpt_every`, at the end, and
+/// where `stop_after` stops them), and fine-tuning validates at the end of
+/// every epoch and of the run.
+#[test]
+fn both_loops_checkpoint_at_the_same_steps() {
+    use tessera_mim::data::synthetic::SyntheticDataset;
+    use tessera_mim::data::{Dataset, Normalization, Split};
+    use tessera_mim::model::classifier::ClassifierConfig;
+    use tessera_mim::run::RunOptions;
+    use tessera_mim::run::finetune::FinetuneRun;
+    use tessera_mim::run::pretrain::PretrainRun;
+    use tessera_mim::train::finetune::Finetuner;
+    use tessera_mim::train::recipe::FinetuneConfig;
+    // 48 images in batches of 8: 6 steps an epoch; 7 steps in all.
+    let train = SyntheticDataset::new(48, [16, 16], 3, 0, Split::Train).unwrap();
+    let test = SyntheticDataset::new(8, [16, 16], 3, 0, Split::Test).unwrap();
+    let mut pre = config(7);
+    pre.batch_size = 8;
+    let classifier = ClassifierConfig::new(pre.model.encoder.clone(), train.class_names(), Pool::Mean, 0.0).unwrap();
+    let recipe = FinetuneConfig::mae(classifier, Normalization::uniform(0.5, 0.25, 3), 8, 7);
+    let dir = tmp("same-steps");
+    for stop_after in [None, Some(5)] {
+        let options = |name: &str| RunOptions {
+            ckpt_every: 4,
+            stop_after,
+            ..RunOptions::new(dir.join(name))
+        };
+        let mut a = Seen::default();
+        let p = options("pre");
+        PretrainRun::new(pre.clone(), &train, &test, p)
+            .unwrap()
+            .run(&mut a)
+            .unwrap();
+        let mut b = Seen::default();
+        let tuner = Finetuner::from_scratch(recipe.clone()).unwrap();
+        let mut run = FinetuneRun::new(tuner, &train, &test, options("ft")).unwrap();
+        run.val_limit = Some(8);
+        let end = run.run(&mut b).unwrap();
+        let want = if stop_after.is_some() { vec![4, 5] } else { vec![4, 7] };
+        assert_eq!(a.checkpoints, want);
+        assert_eq!(b.checkpoints, want, "fine-tuning checkpoints as pre-training does");
+        // Validation after epoch 1 (step 6) and at the end (step 7), which
+        // a run stopped at step 5 reaches neither.
+        let (evaluated, images) = if stop_after.is_some() {
+            (vec![], None)
+        } else {
+            (vec![1, 2], Some(8))
+        };
+        assert_eq!(b.evaluated, evaluated);
+        assert_eq!(end.validation.map(|r| r.images), images);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

@@ -207,7 +207,7 @@ fn checkpoints_keep_the_options() {
     let mut cfg = tiny_simmim(norm_pix());
     cfg.encoder = beit_like(RelPosBias::PerBlock).into();
     let trainer = tessera_mim::Trainer::new(tessera_mim::TrainConfig::mae(cfg, 2, 10)).unwrap();
-    let model = &trainer.model;
+    let model = trainer.model();
     randomise(model.encoder.vit().unwrap(), 9);
     trainer.save(&path).unwrap();
     let loaded = tessera_mim::io::checkpoint::load_model(&path, None).unwrap();

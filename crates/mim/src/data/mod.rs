@@ -246,6 +246,25 @@ pub fn open(spec: &DataSpec, split: Split) -> Result<Box<dyn Dataset>> {
     })
 }
 
+/// Refuses a data set without labels or with another class count.
+pub fn check_labelled(ds: &dyn Dataset, classes: usize) -> Result<()> {
+    let names = ds.class_names();
+    if names.is_empty() || ds.label(0).is_none() {
+        return Err(MimError::Input(format!(
+            "{} has no labels: fine-tuning and evaluation need a labelled data set",
+            ds.name()
+        )));
+    }
+    if names.len() != classes {
+        return Err(MimError::Input(format!(
+            "{} has {} classes, but the classifier has {classes}",
+            ds.name(),
+            names.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The error for an image index beyond the end of a data set.
 pub(crate) fn out_of_range(name: &str, i: usize, len: usize) -> MimError {
     MimError::Input(format!("{name}: image index {i} is out of range ({len} images)"))

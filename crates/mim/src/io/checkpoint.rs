@@ -318,6 +318,17 @@ fn check_declared_size(model: &ModelConfig, file: &TensorFile, path: &Path) -> R
     Ok(())
 }
 
+/// The training configuration a pre-training checkpoint was written with
+/// (`None` for a file without Tessera's pre-training metadata, such as MAE's
+/// released weights or a fine-tuned classifier).
+pub fn train_config(path: &Path) -> Result<Option<TrainConfig>> {
+    let file = TensorFile::load(path)?;
+    if !file.metadata.contains_key("tessera.config") {
+        return Ok(None);
+    }
+    parse_meta(&file, "tessera.config", path).map(Some)
+}
+
 /// Reads a JSON metadata entry of a checkpoint.
 pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, path: &Path) -> Result<T> {
     serde_json::from_str(file.meta(key, path)?)
@@ -401,10 +412,7 @@ pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> 
         let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
         (recipe.model, recipe.normalization)
     } else if file.metadata.contains_key("tessera.config") {
-        return Err(ckpt_err(
-            path,
-            "is a pre-training checkpoint; fine-tune it first (tessera finetune --checkpoint …)",
-        ));
+        return Err(ckpt_err(path, "is a pre-training checkpoint; fine-tune it first"));
     } else {
         let head = file.get("head.weight", path).map_err(|_| {
             ckpt_err(

@@ -135,7 +135,9 @@ fn encoder_shape(
         None => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
             ckpt_err(
                 path,
-                format!("has a {d}-wide encoder, which is no ViT preset: give its number of heads (--heads)"),
+                format!(
+                    "has a {d}-wide encoder, which is no ViT preset: give its number of heads (`ModelHints::heads`)"
+                ),
             )
         })?,
     };
@@ -379,7 +381,9 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
             None => {
                 return Err(ckpt_err(
                     path,
-                    format!("has a {dd}-wide decoder (MAE's is 512): give its number of heads (--decoder-heads)"),
+                    format!(
+                        "has a {dd}-wide decoder (MAE's is 512): give its number of heads (`ModelHints::decoder_heads`)"
+                    ),
                 ));
             }
         };

@@ -1,69 +1,31 @@
-//! Fine-tuning as a library call: the loop around a [`Finetuner`] with a
-//! validation after every epoch.
+//! Fine-tuning as a library call: [`FinetuneRun`] is the run loop of
+//! [`crate::run`] around a [`Finetuner`], with a validation at the end of
+//! every epoch (a `{"step", "epoch", "val_top1", "val_top5"}` line in
+//! `metrics.jsonl`). `tessera finetune` is argument parsing and a progress
+//! bar on top of it.
 
-use crate::data::Dataset;
-use crate::data::loader::{EpochSampler, load_batch};
-use crate::error::{MimError, Result, ckpt_err, io_err};
+use crate::data::loader::EpochSampler;
+use crate::data::transform::Transform;
+use crate::data::{Dataset, check_labelled};
+use crate::error::{MimError, Result, ckpt_err};
 use crate::eval::accuracy::{EvalReport, evaluate};
-use crate::run::{RunOptions, check_run_start, truncate_metrics};
-use crate::train::finetune::{FinetuneStats, Finetuner};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::Instant;
-
-/// What a fine-tuning run reports as it goes; `()` observes nothing.
-pub trait FinetuneObserver {
-    /// Before the first step: (start step, total steps, steps per epoch).
-    fn started(&mut self, _start: u64, _total: u64, _steps_per_epoch: usize) {}
-    fn step(&mut self, _stats: &FinetuneStats, _images_per_s: f64) {}
-    /// After each epoch's evaluation.
-    fn evaluated(&mut self, _epoch: u64, _report: &EvalReport) {}
-    fn checkpoint(&mut self, _path: &Path, _step: u64) {}
-}
-
-impl FinetuneObserver for () {}
-
-/// How a fine-tuning run ended.
-#[derive(Clone, Debug)]
-pub struct FinetuneEnd {
-    pub last: Option<FinetuneStats>,
-    /// The evaluation after the last epoch (or at the end).
-    pub report: Option<EvalReport>,
-    pub checkpoint: PathBuf,
-    pub interrupted: bool,
-}
+use crate::run::{Extras, Metrics, Observer, RunEnd, RunOptions, Step, check_run_start, train_loop};
+use crate::train::StepStats;
+use crate::train::distributed::{Communicator, Solo};
+use crate::train::finetune::Finetuner;
+use std::path::Path;
+use std::rc::Rc;
+use tessera_tensor::Tensor;
 
 /// A fine-tuning run: a [`Finetuner`], labelled training and validation
-/// sets, and its output folder (`checkpoint.safetensors`, `metrics.jsonl`
-/// with a line per step and one `val_top1` line per epoch, `config.json`).
+/// sets, and its output folder.
 pub struct FinetuneRun<'a> {
-    pub tuner: Finetuner,
+    tuner: Finetuner,
     train: &'a dyn Dataset,
     val: &'a dyn Dataset,
     options: RunOptions,
     /// Evaluate on at most this many validation images each epoch.
     pub val_limit: Option<usize>,
-}
-
-/// Refuses a data set without labels or with another class count.
-pub fn check_labelled(ds: &dyn Dataset, classes: usize) -> Result<()> {
-    let names = ds.class_names();
-    if names.is_empty() || ds.label(0).is_none() {
-        return Err(MimError::Input(format!(
-            "{} has no labels: fine-tuning and evaluation need a labelled data set",
-            ds.name()
-        )));
-    }
-    if names.len() != classes {
-        return Err(MimError::Input(format!(
-            "{} has {} classes, but the classifier has {classes}",
-            ds.name(),
-            names.len()
-        )));
-    }
-    Ok(())
 }
 
 impl<'a> FinetuneRun<'a> {
@@ -75,7 +37,7 @@ impl<'a> FinetuneRun<'a> {
         check_labelled(val, k)?;
         check_run_start(&options, train, tuner.config.batch_size)?;
         let ckpt = options.checkpoint();
-        let tuner = if options.resume && ckpt.exists() {
+        let tuner = if options.resume {
             let mut old = Finetuner::resume(&ckpt)?;
             let mut want = tuner.config.clone();
             want.total_steps = old.config.total_steps;
@@ -108,111 +70,130 @@ impl<'a> FinetuneRun<'a> {
         })
     }
 
-    /// Trains to the configured length, evaluating after every epoch.
-    pub fn run(&mut self, observer: &mut dyn FinetuneObserver) -> Result<FinetuneEnd> {
-        let opts = self.options.clone();
-        let config = self.tuner.config.clone();
-        let ckpt = opts.checkpoint();
-        let (train, val) = (self.train, self.val);
-        std::fs::create_dir_all(&opts.out).map_err(|err| io_err(&opts.out, err))?;
-        crate::io::safetensors::remove_stale_temporaries(&opts.out);
-        let metrics_path = opts.out.join("metrics.jsonl");
-        if opts.overwrite && !opts.resume && metrics_path.exists() {
-            std::fs::remove_file(&metrics_path).map_err(|err| io_err(&metrics_path, err))?;
-        }
-        let start = self.tuner.step;
-        truncate_metrics(&metrics_path, start)?;
-        let text = serde_json::to_string_pretty(&config).expect("a recipe serialises to JSON");
-        crate::io::safetensors::write_atomically(&opts.out.join("config.json"), text.as_bytes())?;
-        let (train_t, eval_t) = (config.train_transform(), config.eval_transform());
-        let sampler = EpochSampler {
-            n: train.len(),
-            batch: config.batch_size,
-            seed: config.seed,
+    /// The fine-tuner (resumed or fresh).
+    pub fn tuner(&self) -> &Finetuner {
+        &self.tuner
+    }
+
+    /// The run's output options.
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+
+    /// Trains to the configured length (or `stop_after`), validating after
+    /// every epoch, writing the output folder as it goes and reporting to
+    /// `observer`.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<RunEnd> {
+        let config = &self.tuner.config;
+        let train_t = config.train_transform();
+        let mut validation = Validation {
+            val: self.val,
+            transform: config.eval_transform(),
+            batch: config.batch_size.max(64),
+            limit: self.val_limit,
+            steps_per_epoch: EpochSampler {
+                n: self.train.len(),
+                batch: config.batch_size,
+                seed: config.seed,
+            }
+            .steps_per_epoch() as u64,
+            last: None,
         };
-        let spe = sampler.steps_per_epoch() as u64;
-        let mut metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|err| io_err(&metrics_path, err))?;
-        observer.started(start, config.total_steps, spe as usize);
-        let end = opts
-            .stop_after
-            .map_or(config.total_steps, |s| s.clamp(start, config.total_steps));
-        let (mut last, mut report, mut interrupted) = (None, None, false);
-        let (mut rate, t0, mut last_ckpt) = (None::<f64>, Instant::now(), Instant::now());
-        let val_limit = self.val_limit;
-        let tuner = &mut self.tuner;
-        // Each epoch ends with the validation accuracy, a metrics line of its own.
-        let evaluate_now =
-            |tuner: &Finetuner, epoch: u64, step: u64, metrics: &mut std::fs::File| -> Result<EvalReport> {
-                let r = evaluate(
-                    &tuner.model,
-                    val,
-                    &eval_t,
-                    config.batch_size.max(64),
-                    val_limit,
-                    &mut |_, _| {},
-                )?;
-                let line = serde_json::json!({"step": step, "epoch": epoch, "val_top1": r.top1, "val_top5": r.top5});
-                writeln!(metrics, "{line}").map_err(|err| io_err(&metrics_path, err))?;
-                Ok(r)
-            };
-        for step in start..end {
-            let epoch = step / spe;
-            let aug_seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
-            let tick = Instant::now();
-            let (imgs, labels) = load_batch(train, &sampler.indices(step), &train_t, aug_seed)?;
-            let labels: Vec<u32> = labels
-                .into_iter()
-                .map(|l| l.ok_or_else(|| MimError::Input(format!("{} has an unlabelled image", train.name()))))
-                .collect::<Result<_>>()?;
-            let stats = tuner.train_step(&imgs, &labels)?;
-            let ips = config.batch_size as f64 / tick.elapsed().as_secs_f64();
-            let r = rate.map_or(ips, |r| 0.9 * r + 0.1 * ips);
-            rate = Some(r);
-            observer.step(&stats, r);
-            let line = serde_json::json!({
-                "step": stats.step,
-                "epoch": step as f64 / spe as f64,
-                "loss": stats.loss,
-                "lr": stats.lr,
-                "grad_norm": stats.grad_norm,
-                "images_per_s": ips,
-                "time_s": t0.elapsed().as_secs_f64(),
-            });
-            writeln!(metrics, "{line}").map_err(|err| io_err(&metrics_path, err))?;
-            if stats.step.is_multiple_of(spe) || stats.step == config.total_steps {
-                let epoch = stats.step.div_ceil(spe);
-                let r = evaluate_now(tuner, epoch, stats.step, &mut metrics)?;
-                observer.evaluated(epoch, &r);
-                report = Some(r);
-            }
-            let stop_now = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-            let overdue = opts.ckpt_interval.is_some_and(|d| last_ckpt.elapsed() >= d);
-            if stats.step.is_multiple_of(opts.ckpt_every.max(1))
-                || stats.step.is_multiple_of(spe)
-                || stats.step == end
-                || stop_now
-                || overdue
-            {
-                last_ckpt = Instant::now();
-                metrics.sync_data().map_err(|err| io_err(&metrics_path, err))?;
-                tuner.save(&ckpt)?;
-                observer.checkpoint(&ckpt, stats.step);
-            }
-            last = Some(stats);
-            if stop_now && stats.step < end {
-                interrupted = true;
-                break;
-            }
-        }
-        Ok(FinetuneEnd {
-            last,
-            report,
-            checkpoint: ckpt,
-            interrupted,
+        let end = train_loop(
+            &mut self.tuner,
+            self.train,
+            &train_t,
+            &self.options,
+            &mut validation,
+            observer,
+        )?;
+        Ok(RunEnd {
+            last: end.last,
+            images_per_s: end.images_per_s,
+            checkpoint: self.options.checkpoint(),
+            interrupted: end.interrupted,
+            picture: None,
+            validation: validation.last,
         })
+    }
+}
+
+impl Step for Finetuner {
+    fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+    fn seed(&self) -> u64 {
+        self.config.seed
+    }
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn total_steps(&self) -> u64 {
+        self.config.total_steps
+    }
+    fn train(&mut self, images: &Tensor, labels: &[Option<u32>]) -> Result<StepStats> {
+        let labels: Vec<u32> = labels
+            .iter()
+            .map(|l| l.ok_or_else(|| MimError::Input("a training image has no label".into())))
+            .collect::<Result<_>>()?;
+        self.train_step(images, &labels)
+    }
+    fn save(&self, path: &Path) -> Result<()> {
+        Finetuner::save(self, path)
+    }
+    fn config_json(&self) -> String {
+        serde_json::to_string_pretty(&self.config).expect("a recipe serialises to JSON")
+    }
+    fn communicator(&self) -> Rc<dyn Communicator> {
+        Rc::new(Solo)
+    }
+    fn local_rows(&self) -> Vec<usize> {
+        (0..self.config.batch_size).collect()
+    }
+    fn state_fingerprint(&self) -> u64 {
+        0
+    }
+}
+
+/// The validation at the end of every epoch (and of the run).
+struct Validation<'a> {
+    val: &'a dyn Dataset,
+    transform: Transform,
+    batch: usize,
+    limit: Option<usize>,
+    steps_per_epoch: u64,
+    /// The last report.
+    last: Option<EvalReport>,
+}
+
+impl Extras<Finetuner> for Validation<'_> {
+    fn before_checkpoint(
+        &mut self,
+        tuner: &Finetuner,
+        stats: &StepStats,
+        metrics: Option<&mut Metrics>,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let spe = self.steps_per_epoch;
+        if !(stats.step.is_multiple_of(spe) || stats.step == tuner.config.total_steps) {
+            return Ok(());
+        }
+        let epoch = stats.step.div_ceil(spe);
+        let r = evaluate(
+            &tuner.model,
+            self.val,
+            &self.transform,
+            self.batch,
+            self.limit,
+            &mut |_, _| {},
+        )?;
+        if let Some(metrics) = metrics {
+            metrics.line(
+                &serde_json::json!({"step": stats.step, "epoch": epoch, "val_top1": r.top1, "val_top5": r.top5}),
+            )?;
+        }
+        observer.evaluated(epoch, &r);
+        self.last = Some(r);
+        Ok(())
     }
 }

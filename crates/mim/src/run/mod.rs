@@ -1,17 +1,52 @@
-//! Training runs as library calls: the loop around a training step, its
-//! output folder, checkpoints and metrics.
+//! Training runs as library calls: one loop around a training step, for
+//! pre-training ([`pretrain::PretrainRun`] over a
+//! [`Trainer`](crate::train::pretrain::Trainer)) and fine-tuning
+//! ([`finetune::FinetuneRun`] over a
+//! [`Finetuner`](crate::train::finetune::Finetuner)).
+//!
+//! The loop, written once here:
+//!
+//! ```text
+//! prepare the folder (rank 0): stale temporaries gone, an overwritten run's files gone,
+//!                              metrics past a resumed checkpoint dropped, config.json
+//! a loader thread:  for each step, the epoch's permutation → this rank's rows
+//!                   → decode and transform in parallel → the next batch waits in a channel
+//! for each batch:   the step's update → metrics.jsonl line → the run's own work
+//!                   (fine-tuning: validation at the end of an epoch)
+//!                   → a checkpoint every `ckpt_every` steps, every `ckpt_interval`,
+//!                     at the end and when stopped → the run's own work after it
+//!                   (pre-training: reconstruction pictures)
+//! ```
+//!
+//! An output folder holds `checkpoint.safetensors` (written atomically),
+//! `metrics.jsonl` (one JSON object per step, and the run's own lines),
+//! `config.json`, and what the run adds (pictures in `recon/`). With
+//! [`RunOptions::resume`] a run continues from its checkpoint along the exact
+//! trajectory of an uninterrupted run: the data order is a pure function of
+//! the step, each image's augmentation of its index and epoch.
 
 pub mod finetune;
 pub mod pretrain;
 
 use crate::data::Dataset;
-use crate::error::{MimError, Result};
+use crate::data::loader::{EpochSampler, load_batch};
+use crate::data::transform::Transform;
+use crate::error::{MimError, Result, io_err};
+use crate::eval::accuracy::EvalReport;
+use crate::io::safetensors::{remove_stale_temporaries, write_atomically};
+use crate::train::StepStats;
+use crate::train::distributed::{Communicator, check_agreement, fingerprint};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+use tessera_tensor::Tensor;
 
-/// Where a run writes and how often.
+/// Where a run writes, how often it checkpoints, and when it stops.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The output folder.
@@ -23,17 +58,11 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// A checkpoint every this many steps (and at the end).
     pub ckpt_every: u64,
-    /// Reconstruction pictures every this many steps (0: only at the end).
-    pub recon_every: u64,
-    /// Test images in each picture.
-    pub recon_count: usize,
-    /// MAE's random resized crops and flips on the training images.
-    pub augment: bool,
-    /// Stop (with a checkpoint) after this step, as if interrupted.
-    pub stop_after: Option<u64>,
     /// Also write a checkpoint when this long has passed since the last one
     /// (so an interruption loses little, whatever `ckpt_every`).
     pub ckpt_interval: Option<Duration>,
+    /// Stop (with a checkpoint) after this step, as if interrupted.
+    pub stop_after: Option<u64>,
     /// When set (by a signal handler, say), the run finishes the current
     /// step, writes a checkpoint and returns with `interrupted`.
     pub stop: Option<Arc<AtomicBool>>,
@@ -43,19 +72,16 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Defaults: checkpoints and pictures every 100 steps, 6 pictured images,
-    /// augmentation on, a fresh run.
+    /// Defaults: a fresh run, a checkpoint every 100 steps and every 5
+    /// minutes.
     pub fn new(out: impl Into<PathBuf>) -> RunOptions {
         RunOptions {
             out: out.into(),
             resume: false,
             overwrite: false,
             ckpt_every: 100,
-            recon_every: 100,
-            recon_count: 6,
-            augment: true,
-            stop_after: None,
             ckpt_interval: Some(Duration::from_secs(300)),
+            stop_after: None,
             stop: None,
             max_memory: None,
         }
@@ -65,6 +91,144 @@ impl RunOptions {
     pub fn checkpoint(&self) -> PathBuf {
         self.out.join("checkpoint.safetensors")
     }
+
+    /// `out/metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.out.join("metrics.jsonl")
+    }
+}
+
+/// What a run is about to do, for [`Observer::started`].
+#[derive(Clone, Debug)]
+pub struct RunStart {
+    pub data_name: String,
+    pub train_images: usize,
+    pub steps_per_epoch: usize,
+    /// The step the run starts from (0, or the checkpoint's).
+    pub start_step: u64,
+    pub total_steps: u64,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    /// The last step's statistics (`None`: the run was already complete).
+    pub last: Option<StepStats>,
+    /// Smoothed images per second over the run.
+    pub images_per_s: f64,
+    pub checkpoint: PathBuf,
+    /// The run stopped early because [`RunOptions::stop`] was set (its
+    /// checkpoint is written; `resume` continues it).
+    pub interrupted: bool,
+    /// Pre-training: the final reconstruction picture.
+    pub picture: Option<PathBuf>,
+    /// Fine-tuning: the validation after the last epoch (or at the end).
+    pub validation: Option<EvalReport>,
+}
+
+/// What a run reports as it goes; every method does nothing by default, and
+/// `()` observes nothing.
+pub trait Observer {
+    /// Before the first step.
+    fn started(&mut self, _run: &RunStart) {}
+    /// After every step, with the smoothed throughput.
+    fn step(&mut self, _stats: &StepStats, _images_per_s: f64) {}
+    /// After a checkpoint was written.
+    fn checkpoint(&mut self, _path: &Path, _step: u64) {}
+    /// Pre-training: after a reconstruction picture was written.
+    fn picture(&mut self, _path: &Path, _step: u64) {}
+    /// Fine-tuning: after each epoch's validation.
+    fn evaluated(&mut self, _epoch: u64, _report: &EvalReport) {}
+}
+
+impl Observer for () {}
+
+/// A training step as the loop drives it: what [`Trainer`] and
+/// [`Finetuner`] have in common.
+///
+/// [`Trainer`]: crate::train::pretrain::Trainer
+/// [`Finetuner`]: crate::train::finetune::Finetuner
+pub(crate) trait Step {
+    /// Images per optimizer step (the global batch).
+    fn batch_size(&self) -> usize;
+    /// The seed of the data order and augmentation.
+    fn seed(&self) -> u64;
+    /// Updates done so far.
+    fn step(&self) -> u64;
+    /// The run's length in updates.
+    fn total_steps(&self) -> u64;
+    /// One update on this rank's images `(B, C, H, W)` and their labels.
+    fn train(&mut self, images: &Tensor, labels: &[Option<u32>]) -> Result<StepStats>;
+    /// A checkpoint of everything a resume needs, written atomically.
+    fn save(&self, path: &Path) -> Result<()>;
+    /// The configuration as `config.json` holds it.
+    fn config_json(&self) -> String;
+    /// The ranks the step trains over.
+    fn communicator(&self) -> Rc<dyn Communicator>;
+    /// This rank's rows of each global batch.
+    fn local_rows(&self) -> Vec<usize>;
+    /// A fingerprint of the trainable state (equal on every rank).
+    fn state_fingerprint(&self) -> u64;
+}
+
+/// `metrics.jsonl`, open for appending (rank 0's).
+pub(crate) struct Metrics {
+    path: PathBuf,
+    file: File,
+}
+
+impl Metrics {
+    /// Appends one JSON object as a line.
+    pub(crate) fn line(&mut self, value: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").map_err(|e| io_err(&self.path, e))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+    }
+}
+
+/// What a kind of run adds to the loop.
+pub(crate) trait Extras<S> {
+    /// Folders below the output folder that this kind writes (removed with
+    /// the rest of a run on `overwrite`).
+    fn folders(&self) -> &[&str] {
+        &[]
+    }
+    /// After the step's metrics line, before its checkpoint (rank 0 has the
+    /// metrics file).
+    fn before_checkpoint(
+        &mut self,
+        _step: &S,
+        _stats: &StepStats,
+        _metrics: Option<&mut Metrics>,
+        _observer: &mut dyn Observer,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// After the step's checkpoint, if any.
+    fn after_checkpoint(&mut self, _step: &S, _stats: &StepStats, _observer: &mut dyn Observer) -> Result<()> {
+        Ok(())
+    }
+    /// After the last step.
+    fn finish(&mut self, _step: &S, _stats: &StepStats, _observer: &mut dyn Observer) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How the loop ended.
+pub(crate) struct LoopEnd {
+    pub last: Option<StepStats>,
+    pub images_per_s: f64,
+    pub interrupted: bool,
+}
+
+/// The seed of the augmentations of `epoch` in a run seeded `seed`: each
+/// image is augmented differently in every epoch and identically when a run
+/// resumes ([`load_batch`] mixes in the image's index). The formula is the
+/// one every checkpoint so far was trained with; a resumed run needs it.
+pub(crate) fn epoch_seed(seed: u64, epoch: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch
 }
 
 /// Refuses a batch larger than the training set, and a fresh run (neither
@@ -78,10 +242,16 @@ pub(crate) fn check_run_start(options: &RunOptions, train: &dyn Dataset, batch: 
         )));
     }
     let ckpt = options.checkpoint();
-    let metrics = options.out.join("metrics.jsonl");
-    if !options.resume && !options.overwrite && (ckpt.exists() || metrics.exists()) {
+    if options.resume && !ckpt.exists() {
         return Err(MimError::Input(format!(
-            "{} holds a run already: continue it with --resume, or start over with --overwrite",
+            "`RunOptions::resume`: no checkpoint at {}",
+            ckpt.display()
+        )));
+    }
+    if !options.resume && !options.overwrite && (ckpt.exists() || options.metrics().exists()) {
+        return Err(MimError::Input(format!(
+            "{} holds a run already: continue it with `RunOptions::resume`, or start over with \
+             `RunOptions::overwrite`",
             options.out.display()
         )));
     }
@@ -105,7 +275,204 @@ pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .collect();
     let kept: String = keep.iter().map(|l| format!("{l}\n")).collect();
     if kept != text {
-        crate::io::safetensors::write_atomically(path, kept.as_bytes())?;
+        write_atomically(path, kept.as_bytes())?;
     }
     Ok(())
+}
+
+/// Rank 0's preparation of the output folder: stale temporaries gone, an
+/// overwritten run's files deleted, metrics past a resumed checkpoint
+/// dropped, `config.json` written.
+fn prepare_folder(opts: &RunOptions, folders: &[&str], start: u64, config_json: &str) -> Result<()> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
+    // A write interrupted by a crash leaves its temporary file: remove it.
+    remove_stale_temporaries(&opts.out);
+    if opts.overwrite && !opts.resume {
+        for old in [opts.checkpoint(), opts.metrics()] {
+            if old.exists() {
+                std::fs::remove_file(&old).map_err(|e| io_err(&old, e))?;
+            }
+        }
+        for folder in folders {
+            let dir = opts.out.join(folder);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            }
+        }
+    }
+    // Resuming: metrics past the checkpoint (written after it, before an
+    // interruption) would be written again; drop them, and any partial line.
+    truncate_metrics(&opts.metrics(), start)?;
+    write_atomically(&opts.out.join("config.json"), config_json.as_bytes())
+}
+
+/// The loop: trains `step` on batches of `train` (through `transform`) to
+/// its length or `opts.stop_after`, writing the output folder as it goes
+/// (rank 0) and reporting to `observer`; `extras` adds a kind's own work.
+pub(crate) fn train_loop<S: Step>(
+    step: &mut S,
+    train: &dyn Dataset,
+    transform: &Transform,
+    opts: &RunOptions,
+    extras: &mut dyn Extras<S>,
+    observer: &mut dyn Observer,
+) -> Result<LoopEnd> {
+    let (start, total, batch) = (step.step(), step.total_steps(), step.batch_size());
+    let comm = step.communicator();
+    // Rank 0 writes the folder and reports; the others only train.
+    let root = comm.rank() == 0;
+    let end = opts.stop_after.map_or(total, |s| s.clamp(start, total));
+    let sampler = EpochSampler {
+        n: train.len(),
+        batch,
+        seed: step.seed(),
+    };
+    let config_json = step.config_json();
+    if comm.size() > 1 {
+        let what = serde_json::json!({
+            "config": config_json,
+            "data": train.name(),
+            "images": train.len(),
+            "transform": format!("{transform:?}"),
+            "end": end,
+        });
+        check_agreement(
+            comm.as_ref(),
+            "configuration or data set",
+            fingerprint(what.to_string().as_bytes()),
+        )?;
+        check_agreement(
+            comm.as_ref(),
+            "starting state (step, weights or random state)",
+            step.state_fingerprint(),
+        )?;
+    }
+    if start >= total {
+        return Ok(LoopEnd {
+            last: None,
+            images_per_s: 0.0,
+            interrupted: false,
+        });
+    }
+    let mut metrics = if root {
+        prepare_folder(opts, extras.folders(), start, &config_json)?;
+        let path = opts.metrics();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        observer.started(&RunStart {
+            data_name: train.name(),
+            train_images: train.len(),
+            steps_per_epoch: sampler.steps_per_epoch(),
+            start_step: start,
+            total_steps: total,
+        });
+        Some(Metrics { path, file })
+    } else {
+        None
+    };
+    let ckpt = opts.checkpoint();
+    let spe = sampler.steps_per_epoch() as f64;
+    let seed = step.seed();
+    // The loader has a pool of its own: this loop holds a worker of the
+    // caller's pool while it waits for the next batch, so work sent to that
+    // pool would wait forever when it has one thread (`--threads 1`, a
+    // one-core machine).
+    let loader_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .build()
+        .map_err(|e| MimError::Input(format!("cannot start the data loader's threads: {e}")))?;
+    // This rank's rows of every global batch (all of them on one process).
+    let rows = step.local_rows();
+    let (mut last, mut rate, mut interrupted) = (None, None::<f64>, false);
+    let (t0, mut last_ckpt) = (Instant::now(), Instant::now());
+    std::thread::scope(|scope| -> Result<()> {
+        // Load the next batch while this one trains.
+        let (tx, rx) = sync_channel(1);
+        let (loader_pool, sampler, rows) = (&loader_pool, &sampler, &rows);
+        scope.spawn(move || {
+            for i in start..end {
+                let all = sampler.indices(i);
+                let mine: Vec<usize> = rows.iter().map(|&r| all[r]).collect();
+                let batch =
+                    loader_pool.install(|| load_batch(train, &mine, transform, epoch_seed(seed, sampler.epoch(i))));
+                if tx.send((i, batch)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tick = Instant::now();
+        for (i, loaded) in rx {
+            let (images, labels) = loaded?;
+            let stats = step.train(&images, &labels)?;
+            let dt = tick.elapsed().as_secs_f64();
+            tick = Instant::now();
+            let ips = batch as f64 / dt;
+            let r = rate.map_or(ips, |r| 0.9 * r + 0.1 * ips);
+            rate = Some(r);
+            let stop_now = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            let overdue = opts.ckpt_interval.is_some_and(|d| last_ckpt.elapsed() >= d);
+            // Ranks decide together (a signal may reach them a step apart,
+            // and clocks differ): stop or save if any rank says so.
+            let mut flags = [f32::from(u8::from(stop_now)), f32::from(u8::from(overdue))];
+            comm.all_reduce_sum(&mut flags);
+            let (stop_now, overdue) = (flags[0] > 0.0, flags[1] > 0.0);
+            if let Some(metrics) = metrics.as_mut() {
+                observer.step(&stats, r);
+                let mut line = serde_json::json!({
+                    "step": stats.step,
+                    "epoch": i as f64 / spe,
+                    "loss": stats.loss,
+                    "lr": stats.lr,
+                    "grad_norm": stats.grad_norm,
+                    "images_per_s": ips,
+                    "time_s": t0.elapsed().as_secs_f64(),
+                });
+                if comm.size() > 1 {
+                    // Rank 0's time in the gradient sum (waiting for the
+                    // slowest rank included).
+                    line["reduce_s"] = stats.reduce_s.into();
+                    line["ranks"] = comm.size().into();
+                }
+                metrics.line(&line)?;
+            }
+            extras.before_checkpoint(step, &stats, metrics.as_mut(), observer)?;
+            if stats.step.is_multiple_of(opts.ckpt_every.max(1)) || stats.step == end || stop_now || overdue {
+                last_ckpt = Instant::now();
+                if comm.size() > 1 {
+                    // Identical updates keep the copies identical; a
+                    // checkpoint is where that is checked.
+                    check_agreement(
+                        comm.as_ref(),
+                        &format!("model after step {} (the copies diverged)", stats.step),
+                        step.state_fingerprint(),
+                    )?;
+                }
+                if let Some(metrics) = metrics.as_mut() {
+                    // The metrics up to here are on disk before the
+                    // checkpoint that a resume truncates them back to.
+                    metrics.sync()?;
+                    step.save(&ckpt)?;
+                    observer.checkpoint(&ckpt, stats.step);
+                }
+            }
+            extras.after_checkpoint(step, &stats, observer)?;
+            last = Some(stats);
+            if stop_now && stats.step < end {
+                // Dropping the receiver ends the loader thread.
+                interrupted = true;
+                break;
+            }
+        }
+        Ok(())
+    })?;
+    let stats = last.ok_or_else(|| MimError::Input("no step ran".into()))?;
+    extras.finish(step, &stats, observer)?;
+    Ok(LoopEnd {
+        last: Some(stats),
+        images_per_s: rate.unwrap_or(0.0),
+        interrupted,
+    })
 }

@@ -5,27 +5,22 @@ use crate::model::classifier::Classifier;
 use crate::rng::MimRng;
 use crate::train::recipe::{FinetuneConfig, adamw, clip_checked, mix_batch, param_groups};
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+
+use crate::train::StepStats;
 use tessera_tensor::optim::{AdamW, Optimizer};
 use tessera_tensor::{GradStore, Tensor};
 
-/// What one fine-tuning step did.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FinetuneStats {
-    pub step: u64,
-    pub loss: f32,
-    pub lr: f32,
-    pub grad_norm: f32,
-}
-
 /// A classifier, its optimizer and its random state.
+///
+/// Its parts are private, as [`Trainer`](crate::train::pretrain::Trainer)'s:
+/// the optimizer's groups are built from the model's parameters.
 pub struct Finetuner {
-    pub config: FinetuneConfig,
-    pub model: Classifier,
-    pub optimizer: AdamW,
-    pub step: u64,
+    pub(crate) config: FinetuneConfig,
+    pub(crate) model: Classifier,
+    pub(crate) optimizer: AdamW,
+    pub(crate) step: u64,
     /// Draws mixing and stochastic depth; saved in checkpoints.
-    pub rng: MimRng,
+    pub(crate) rng: MimRng,
     pub(crate) params: Vec<(String, Tensor)>,
 }
 
@@ -49,6 +44,21 @@ impl Finetuner {
         })
     }
 
+    /// The recipe.
+    pub fn config(&self) -> &FinetuneConfig {
+        &self.config
+    }
+
+    /// The classifier being trained.
+    pub fn model(&self) -> &Classifier {
+        &self.model
+    }
+
+    /// Updates done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
     /// A fresh classifier from the recipe's seed (the supervised baseline).
     pub fn from_scratch(config: FinetuneConfig) -> Result<Finetuner> {
         let mut init = MimRng::seed_from_u64(config.seed);
@@ -58,7 +68,7 @@ impl Finetuner {
 
     /// One update on `imgs (B, C, H, W)` with their labels: mixing, smoothed
     /// soft targets, cross-entropy, backward, clipping, AdamW.
-    pub fn train_step(&mut self, imgs: &Tensor, labels: &[u32]) -> Result<FinetuneStats> {
+    pub fn train_step(&mut self, imgs: &Tensor, labels: &[u32]) -> Result<StepStats> {
         let shape: [usize; 4] = imgs
             .shape()
             .try_into()
@@ -105,11 +115,12 @@ impl Finetuner {
             let norm = clip_checked(&mut grads, &self.params, self.config.clip_grad, self.step + 1)?;
             self.optimizer.step(&grads)?;
             self.step += 1;
-            Ok(FinetuneStats {
+            Ok(StepStats {
                 step: self.step,
                 loss: value,
                 lr,
                 grad_norm: norm,
+                reduce_s: 0.0,
             })
         })
     }

@@ -88,7 +88,7 @@ pub fn check(what: &str, needed: u128, limit: Option<u64>, change: &str) -> Resu
         gib(needed),
         gib(have),
         if limit.is_some() {
-            "allowed (--max-memory)"
+            "allowed (`RunOptions::max_memory`)"
         } else {
             "available"
         }
@@ -127,11 +127,16 @@ mod tests {
             "four times the patches, about four times the activations"
         );
         assert!(check("run", small, Some(1 << 40), "x").is_ok());
-        let e = check("run", training_bytes(&mae(224, 1 << 20)), Some(1 << 40), "reduce --dim")
-            .unwrap_err()
-            .to_string();
+        let e = check(
+            "run",
+            training_bytes(&mae(224, 1 << 20)),
+            Some(1 << 40),
+            "reduce `VitConfig::embed_dim`",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            e.contains("GiB") && e.contains("--max-memory") && e.contains("reduce --dim"),
+            e.contains("GiB") && e.contains("`RunOptions::max_memory`") && e.contains("reduce `VitConfig::embed_dim`"),
             "{e}"
         );
     }

@@ -9,3 +9,20 @@ pub mod finetune;
 pub mod memory;
 pub mod pretrain;
 pub mod recipe;
+
+use serde::{Deserialize, Serialize};
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Number of updates done after this one.
+    pub step: u64,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Seconds this step spent summing gradients over ranks (0 on one
+    /// process).
+    #[serde(default)]
+    pub reduce_s: f32,
+}

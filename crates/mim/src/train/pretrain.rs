@@ -23,8 +23,9 @@ use crate::model::layers::with_batch_shard;
 use crate::model::masking::{Mask, MaskingConfig, MaskingStrategy};
 use crate::model::mim::MimModel;
 use crate::rng::MimRng;
+use crate::train::StepStats;
 use crate::train::distributed::{BUCKET_FLOATS, BucketPlan, Communicator, GradientSum, Solo, shard};
-use crate::train::recipe::{adamw, clip_checked, decays, precision_serde, warmup_cosine};
+use crate::train::recipe::{Schedule, adamw, clip_checked, decays, precision_serde, warmup_cosine};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
@@ -72,6 +73,17 @@ impl TrainConfig {
             clip_grad: None,
             seed: 0,
             precision: Precision::F32,
+        }
+    }
+
+    /// [`TrainConfig::mae`] on `images` training images, scheduled by
+    /// `schedule` (length, warm-up and learning rate).
+    pub fn scheduled(model: ModelConfig, batch_size: usize, schedule: &Schedule, images: usize) -> TrainConfig {
+        let s = schedule.steps(images, batch_size);
+        TrainConfig {
+            warmup_steps: s.warmup,
+            base_lr: s.base_lr,
+            ..TrainConfig::mae(model, batch_size, s.total)
         }
     }
 
@@ -133,30 +145,20 @@ impl TrainConfig {
     }
 }
 
-/// What one step did.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepStats {
-    /// Number of updates done after this one.
-    pub step: u64,
-    pub loss: f32,
-    pub lr: f32,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f32,
-    /// Seconds this step spent summing gradients over ranks (0 on one
-    /// process).
-    #[serde(default)]
-    pub reduce_s: f32,
-}
-
 /// A model with its optimizer, masking strategy and random state.
+///
+/// Its parts are private: the optimizer's parameter groups, the gradient
+/// buckets and the parameter list are built from the model and must stay
+/// the model's (read them with the accessors; checkpoints are written and
+/// resumed in [`crate::io::checkpoint`]).
 pub struct Trainer {
-    pub config: TrainConfig,
-    pub model: MimModel,
-    pub optimizer: AdamW,
+    pub(crate) config: TrainConfig,
+    pub(crate) model: MimModel,
+    pub(crate) optimizer: AdamW,
     /// Updates done so far.
-    pub step: u64,
+    pub(crate) step: u64,
     /// Draws masks (and dropout); saved in checkpoints.
-    pub rng: MimRng,
+    pub(crate) rng: MimRng,
     masking: Box<dyn MaskingStrategy>,
     pub(crate) params: Vec<(String, Tensor)>,
     /// The ranks this model is trained over ([`Solo`] unless
@@ -209,6 +211,34 @@ impl Trainer {
             comm: Rc::new(Solo),
             overlap: true,
         })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &MimModel {
+        &self.model
+    }
+
+    /// Updates done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Gives the run another length: extended (a finished run continues),
+    /// or shortened to no less than where it is.
+    pub fn set_total_steps(&mut self, total_steps: u64) -> Result<()> {
+        if total_steps < self.step {
+            return Err(MimError::Input(format!(
+                "the run is at step {}; a length of {total_steps} steps would end before it",
+                self.step
+            )));
+        }
+        self.config.total_steps = total_steps;
+        Ok(())
     }
 
     /// With several ranks, start summing each bucket of gradients while

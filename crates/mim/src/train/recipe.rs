@@ -20,6 +20,7 @@
 //! them.
 
 use crate::data::Normalization;
+use crate::data::loader::EpochSampler;
 use crate::data::transform::{Augment, Transform};
 use crate::error::{MimError, Result, config_err};
 use crate::model::classifier::ClassifierConfig;
@@ -53,6 +54,69 @@ pub(crate) mod precision_serde {
     /// A configuration without the field: MAE's f32.
     pub fn f32() -> Precision {
         Precision::F32
+    }
+}
+
+/// A length in optimizer steps, or in epochs over the training set (an
+/// epoch is `⌊images / batch⌋` steps, as [`EpochSampler`] draws them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Length {
+    Steps(u64),
+    Epochs(f64),
+}
+
+/// The peak learning rate as a recipe states it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LearningRate {
+    /// Per 256 images (MAE's `blr`): the peak is `blr · batch / 256`.
+    Per256(f32),
+    /// The peak itself.
+    Peak(f32),
+}
+
+/// How a run is scheduled, as a user states it: its length, its warm-up
+/// (default: 5% of the run, MAE's 5 of 100 epochs) and its learning rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub length: Length,
+    pub warmup: Option<Length>,
+    pub lr: LearningRate,
+}
+
+/// A [`Schedule`] in steps, for one data set and batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Steps {
+    pub total: u64,
+    pub warmup: u64,
+    /// The rate per 256 images (what the configurations store).
+    pub base_lr: f32,
+}
+
+impl Schedule {
+    /// The schedule in steps for `images` training images in batches of
+    /// `batch`: epochs times steps per epoch, rounded (at least one step);
+    /// an absolute rate turned into a rate per 256 images.
+    pub fn steps(&self, images: usize, batch: usize) -> Steps {
+        let spe = EpochSampler {
+            n: images,
+            batch,
+            seed: 0,
+        }
+        .steps_per_epoch() as f64;
+        let total = match self.length {
+            Length::Steps(s) => s,
+            Length::Epochs(e) => (e * spe).round().max(1.0) as u64,
+        };
+        let warmup = match self.warmup {
+            Some(Length::Steps(s)) => s,
+            Some(Length::Epochs(e)) => (e * spe).round() as u64,
+            None => total / 20,
+        };
+        let base_lr = match self.lr {
+            LearningRate::Per256(blr) => blr,
+            LearningRate::Peak(lr) => lr * 256.0 / batch as f32,
+        };
+        Steps { total, warmup, base_lr }
     }
 }
 
@@ -403,6 +467,23 @@ impl FinetuneConfig {
             )));
         }
         Ok(())
+    }
+
+    /// [`FinetuneConfig::mae`] on `images` training images, scheduled by
+    /// `schedule`.
+    pub fn scheduled(
+        model: ClassifierConfig,
+        normalization: Normalization,
+        batch_size: usize,
+        schedule: &Schedule,
+        images: usize,
+    ) -> FinetuneConfig {
+        let s = schedule.steps(images, batch_size);
+        FinetuneConfig {
+            warmup_steps: s.warmup,
+            base_lr: s.base_lr,
+            ..FinetuneConfig::mae(model, normalization, batch_size, s.total)
+        }
     }
 
     /// The peak learning rate.
