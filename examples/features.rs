@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use tessera_mim::Pool;
-use tessera_mim::data::folder::ImageFolder;
+use tessera_mim::data::folder::{DEFAULT_VAL_FRACTION, ImageFolder};
 use tessera_mim::data::loader::load_batch;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Dataset, Split};
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Features only: an encoder-only checkpoint is fine.
     let model = load_model_hinted(ckpt.as_ref(), None, &ModelHints::default(), false)?;
     let e = &model.config.encoder;
-    let data = ImageFolder::open(dir.as_ref(), Split::Train)?;
+    let data = ImageFolder::open(dir.as_ref(), Split::Train, DEFAULT_VAL_FRACTION)?;
     let t = Transform::eval(e, &data.normalization());
     let mut csv = std::io::BufWriter::new(std::fs::File::create(out)?);
     let indices: Vec<usize> = (0..data.len()).collect();

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use tessera_mim::data::Split;
-use tessera_mim::data::folder::ImageFolder;
+use tessera_mim::data::folder::{DEFAULT_VAL_FRACTION, ImageFolder};
 use tessera_mim::run::pretrain::PretrainRun;
 use tessera_mim::run::{Observer, RunOptions, RunStart};
 use tessera_mim::{DecoderConfig, Method, ModelConfig, PixelLoss, StepStats, TargetConfig, TrainConfig, VitConfig};
@@ -39,8 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(args.next().unwrap_or_else(|| "runs/folder".into()));
     let steps: u64 = args.next().map_or(Ok(2000), |s| s.parse())?;
     let (train, test) = (
-        ImageFolder::open(&dir, Split::Train)?,
-        ImageFolder::open(&dir, Split::Test)?,
+        ImageFolder::open(&dir, Split::Train, DEFAULT_VAL_FRACTION)?,
+        ImageFolder::open(&dir, Split::Test, DEFAULT_VAL_FRACTION)?,
     );
     // A ViT-Tiny on 64×64 images in patches of 8, MAE's normalised-pixel
     // target, batches of 8.

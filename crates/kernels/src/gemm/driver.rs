@@ -75,8 +75,8 @@ pub(crate) struct Product<'a> {
 /// `threads > 1`, and that no one else touches during the call. `p.a` and
 /// `p.b` have matching inner dimensions ≥ 1; the bias, if any, has `cols` values.
 pub(crate) unsafe fn run<K: MicroKernel>(p: &Product, c: *mut f32, rsc: usize, csc: usize, threads: usize) {
-    // SAFETY: the caller's promises are `run_with`'s.
-    unsafe { run_with::<K>(p, c, rsc, csc, threads, None) }
+    // SAFETY: the caller's promises are `run_maybe_profiled`'s.
+    unsafe { run_maybe_profiled::<K>(p, c, rsc, csc, threads, None) }
 }
 
 /// What each part of a split costs, measured on one core (see
@@ -104,7 +104,7 @@ pub(crate) unsafe fn run_profiled<K: MicroKernel>(
 ) -> SplitTimes {
     let mut times = SplitTimes::default();
     // SAFETY: as `run`; the parts run one after another on this thread.
-    unsafe { run_with::<K>(p, c, rsc, csc, threads, Some(&mut times)) };
+    unsafe { run_maybe_profiled::<K>(p, c, rsc, csc, threads, Some(&mut times)) };
     times
 }
 
@@ -112,7 +112,7 @@ pub(crate) unsafe fn run_profiled<K: MicroKernel>(
 ///
 /// # Safety
 /// As [`run`].
-unsafe fn run_with<K: MicroKernel>(
+unsafe fn run_maybe_profiled<K: MicroKernel>(
     p: &Product,
     c: *mut f32,
     rsc: usize,

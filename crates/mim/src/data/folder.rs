@@ -257,17 +257,11 @@ pub struct ImageFolder {
 }
 
 impl ImageFolder {
-    /// Scans `dir` for the images of `split`, holding out
-    /// [`DEFAULT_VAL_FRACTION`] of a folder without `train/`/`test/` (see the
-    /// module documentation).
-    pub fn open(dir: &Path, split: Split) -> Result<ImageFolder> {
-        Self::open_with(dir, split, DEFAULT_VAL_FRACTION)
-    }
-
-    /// As [`ImageFolder::open`], holding out `val_fraction` (in [0, 1)) of a
-    /// folder without `train/`/`test/` as its test split; 0 makes both splits
-    /// the whole folder.
-    pub fn open_with(dir: &Path, split: Split, val_fraction: f64) -> Result<ImageFolder> {
+    /// Scans `dir` for the images of `split`, holding out `val_fraction` (in
+    /// [0, 1); [`DEFAULT_VAL_FRACTION`] is the usual choice) of a folder
+    /// without `train/`/`test/` as its test split (see the module
+    /// documentation); 0 makes both splits the whole folder.
+    pub fn open(dir: &Path, split: Split, val_fraction: f64) -> Result<ImageFolder> {
         if !(0.0..1.0).contains(&val_fraction) {
             return Err(MimError::Input(format!(
                 "validation fraction {val_fraction} is not in [0, 1)"
@@ -441,7 +435,7 @@ mod tests {
         grey(&d.join("ant/deep/x.png"), 3, 3, 51);
         std::fs::write(d.join("ant/notes.txt"), "not an image").unwrap();
         std::fs::create_dir(d.join("empty")).unwrap();
-        let ds = ImageFolder::open_with(d, Split::Train, 0.0).unwrap();
+        let ds = ImageFolder::open(d, Split::Train, 0.0).unwrap();
         assert_eq!(ds.class_names(), ["ant", "zebra"]);
         assert_eq!(ds.len(), 3);
         assert_eq!(
@@ -471,7 +465,7 @@ mod tests {
         grey(&tmp_grey.path().join("a.png"), 2, 2, 9);
         grey(&tmp_grey.path().join("b.png"), 2, 2, 9);
         assert_eq!(
-            ImageFolder::open_with(tmp_grey.path(), Split::Train, 0.0)
+            ImageFolder::open(tmp_grey.path(), Split::Train, 0.0)
                 .unwrap()
                 .channels(),
             1
@@ -485,7 +479,7 @@ mod tests {
         rgb(&tmp.path().join("1.png"), 2, 2, [10, 20, 30]);
         grey(&tmp.path().join("2.PNG"), 3, 1, 200);
         std::fs::write(tmp.path().join("3.gif"), "skipped").unwrap();
-        let ds = ImageFolder::open_with(tmp.path(), Split::Test, 0.0).unwrap();
+        let ds = ImageFolder::open(tmp.path(), Split::Test, 0.0).unwrap();
         assert_eq!(ds.len(), 2);
         assert!(
             ds.name().contains("test images are the training images"),
@@ -511,8 +505,8 @@ mod tests {
         rgb(&d.join("train/dog/1.png"), 2, 2, [1, 2, 3]);
         rgb(&d.join("train/dog/2.png"), 2, 2, [1, 2, 3]);
         grey(&d.join("val/dog/1.png"), 2, 2, 9);
-        let train = ImageFolder::open(d, Split::Train).unwrap();
-        let test = ImageFolder::open(d, Split::Test).unwrap();
+        let train = ImageFolder::open(d, Split::Train, DEFAULT_VAL_FRACTION).unwrap();
+        let test = ImageFolder::open(d, Split::Test, DEFAULT_VAL_FRACTION).unwrap();
         assert_eq!((train.len(), test.len()), (3, 1));
         assert_eq!(test.class_names(), ["cat", "dog"]);
         assert_eq!(test.label(0), Some(1), "dog is label 1 in both splits");
@@ -530,8 +524,8 @@ mod tests {
         for i in 0..5 {
             rgb(&d.join(format!("dog/{i}.png")), 2, 2, [1, 2, 3]);
         }
-        let train = ImageFolder::open_with(d, Split::Train, 0.2).unwrap();
-        let test = ImageFolder::open_with(d, Split::Test, 0.2).unwrap();
+        let train = ImageFolder::open(d, Split::Train, 0.2).unwrap();
+        let test = ImageFolder::open(d, Split::Test, 0.2).unwrap();
         let count = |ds: &ImageFolder, c: u32| (0..ds.len()).filter(|&i| ds.label(i) == Some(c)).count();
         assert_eq!((count(&test, 0), count(&test, 1)), (2, 1), "20% of each class");
         assert_eq!((count(&train, 0), count(&train, 1)), (8, 4));
@@ -552,16 +546,16 @@ mod tests {
             test.name()
         );
         // Deterministic, and the default fraction is 10%.
-        let again = ImageFolder::open_with(d, Split::Test, 0.2).unwrap();
+        let again = ImageFolder::open(d, Split::Test, 0.2).unwrap();
         assert_eq!(again.files(), test.files());
         assert_eq!(
-            ImageFolder::open(d, Split::Test).unwrap().len(),
+            ImageFolder::open(d, Split::Test, DEFAULT_VAL_FRACTION).unwrap().len(),
             2,
             "10%: one of each class"
         );
         // One more image moves at most one other between the splits.
         grey(&d.join("cat/10.png"), 2, 2, 9);
-        let after = ImageFolder::open_with(d, Split::Test, 0.2).unwrap();
+        let after = ImageFolder::open(d, Split::Test, 0.2).unwrap();
         let moved = test.files().iter().filter(|f| !after.files().contains(f)).count();
         assert!(moved <= 1, "{moved} images left the test split");
     }
@@ -573,19 +567,24 @@ mod tests {
         for i in 0..20 {
             grey(&d.join(format!("{i:02}.png")), 2, 2, i as u8);
         }
-        let test = ImageFolder::open_with(d, Split::Test, 0.25).unwrap();
-        let train = ImageFolder::open_with(d, Split::Train, 0.25).unwrap();
+        let test = ImageFolder::open(d, Split::Test, 0.25).unwrap();
+        let train = ImageFolder::open(d, Split::Train, 0.25).unwrap();
         assert_eq!((train.len(), test.len()), (15, 5));
         assert!(test.files().iter().all(|f| !train.files().contains(f)));
         assert!(!test.name().contains("per class"), "{}", test.name());
         for bad in [1.0, -0.1, f64::NAN] {
-            assert!(msg(ImageFolder::open_with(d, Split::Train, bad)).contains("not in [0, 1)"));
+            assert!(msg(ImageFolder::open(d, Split::Train, bad)).contains("not in [0, 1)"));
         }
         // A single image cannot be split: the test split says so.
         let one = TempDir::new("folder-held-out-one");
         grey(&one.path().join("a.png"), 2, 2, 0);
-        assert_eq!(ImageFolder::open(one.path(), Split::Train).unwrap().len(), 1);
-        let m = msg(ImageFolder::open(one.path(), Split::Test));
+        assert_eq!(
+            ImageFolder::open(one.path(), Split::Train, DEFAULT_VAL_FRACTION)
+                .unwrap()
+                .len(),
+            1
+        );
+        let m = msg(ImageFolder::open(one.path(), Split::Test, DEFAULT_VAL_FRACTION));
         assert!(m.contains("too few to hold out") && m.contains("fraction of 0"), "{m}");
     }
 
@@ -599,14 +598,14 @@ mod tests {
         let noise: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         std::fs::write(d.join("c.png"), &noise).unwrap();
         // c.png is no image at all: found when the folder is opened.
-        let m = msg(ImageFolder::open_with(d, Split::Train, 0.0));
+        let m = msg(ImageFolder::open(d, Split::Train, 0.0));
         assert!(
             m.contains("1 of 3 image files cannot be read") && m.contains("c.png"),
             "{m}"
         );
         std::fs::remove_file(d.join("c.png")).unwrap();
         // b.png has a valid header and half its data: found when decoded.
-        let ds = ImageFolder::open_with(d, Split::Train, 0.0).unwrap();
+        let ds = ImageFolder::open(d, Split::Train, 0.0).unwrap();
         assert!(ds.get(0).is_ok());
         let m = msg(ds.get(1));
         assert!(
@@ -616,7 +615,7 @@ mod tests {
         // A corrupt first image fails at open.
         let tmp2 = TempDir::new("folder-corrupt-first");
         std::fs::write(tmp2.path().join("0.png"), &noise).unwrap();
-        assert!(msg(ImageFolder::open(tmp2.path(), Split::Train)).contains("0.png"));
+        assert!(msg(ImageFolder::open(tmp2.path(), Split::Train, DEFAULT_VAL_FRACTION)).contains("0.png"));
     }
 
     #[test]
@@ -624,16 +623,16 @@ mod tests {
         let tmp = TempDir::new("folder-empty");
         std::fs::create_dir(tmp.path().join("sub")).unwrap();
         std::fs::write(tmp.path().join("readme.txt"), "x").unwrap();
-        let m = msg(ImageFolder::open(tmp.path(), Split::Train));
+        let m = msg(ImageFolder::open(tmp.path(), Split::Train, DEFAULT_VAL_FRACTION));
         assert!(
             m.contains(&tmp.path().display().to_string()) && m.contains("no images"),
             "{m}"
         );
         let missing = tmp.path().join("missing");
-        assert!(msg(ImageFolder::open(&missing, Split::Train)).contains("missing"));
+        assert!(msg(ImageFolder::open(&missing, Split::Train, DEFAULT_VAL_FRACTION)).contains("missing"));
         rgb(&tmp.path().join("top.png"), 2, 2, [0, 0, 0]);
         rgb(&tmp.path().join("sub/x.png"), 2, 2, [0, 0, 0]);
-        let m = msg(ImageFolder::open(tmp.path(), Split::Train));
+        let m = msg(ImageFolder::open(tmp.path(), Split::Train, DEFAULT_VAL_FRACTION));
         assert!(m.contains("both images"), "{m}");
     }
 }

@@ -216,7 +216,7 @@ impl IdxDataset {
     pub fn open_fashion_mnist(dir: Option<&Path>, split: Split) -> Result<IdxDataset> {
         match dir {
             Some(d) => Self::open(d, IdxKind::FashionMnist, split),
-            None => Self::open_with_hint(
+            None => Self::open_hinted(
                 Path::new(FASHION_MNIST_DEFAULT_DIR),
                 IdxKind::FashionMnist,
                 split,
@@ -227,10 +227,10 @@ impl IdxDataset {
 
     /// Reads one split from the IDX files in `dir`.
     pub fn open(dir: &Path, kind: IdxKind, split: Split) -> Result<IdxDataset> {
-        Self::open_with_hint(dir, kind, split, "")
+        Self::open_hinted(dir, kind, split, "")
     }
 
-    fn open_with_hint(dir: &Path, kind: IdxKind, split: Split, hint: &str) -> Result<IdxDataset> {
+    fn open_hinted(dir: &Path, kind: IdxKind, split: Split, hint: &str) -> Result<IdxDataset> {
         if !dir.is_dir() {
             return Err(MimError::Input(format!(
                 "{}: no such folder for {}{hint}",
@@ -494,7 +494,7 @@ mod tests {
         assert!(m.contains(&nowhere.display().to_string()), "{m}");
         assert!(!m.contains("apt-get"), "{m}");
         // The default folder's messages say how to install it.
-        let m = msg(IdxDataset::open_with_hint(
+        let m = msg(IdxDataset::open_hinted(
             &nowhere,
             IdxKind::FashionMnist,
             Split::Train,
@@ -504,7 +504,7 @@ mod tests {
             m.contains(&nowhere.display().to_string()) && m.contains("apt-get install dataset-fashion-mnist"),
             "{m}"
         );
-        let m = msg(IdxDataset::open_with_hint(
+        let m = msg(IdxDataset::open_hinted(
             tmp.path(),
             IdxKind::FashionMnist,
             Split::Test,

@@ -240,9 +240,7 @@ pub fn open(spec: &DataSpec, split: Split) -> Result<Box<dyn Dataset>> {
         DataSpec::FashionMnist { dir } => Box::new(idx::IdxDataset::open_fashion_mnist(dir.as_deref(), split)?),
         DataSpec::Mnist { dir } => Box::new(idx::IdxDataset::open(dir, idx::IdxKind::Mnist, split)?),
         DataSpec::Cifar10 { dir } => Box::new(cifar::Cifar10::open(dir, split)?),
-        &DataSpec::Folder { ref dir, val_fraction } => {
-            Box::new(folder::ImageFolder::open_with(dir, split, val_fraction)?)
-        }
+        &DataSpec::Folder { ref dir, val_fraction } => Box::new(folder::ImageFolder::open(dir, split, val_fraction)?),
     })
 }
 
