@@ -144,18 +144,19 @@ impl MimModel {
 // ------------------------------------------------------------- training runs
 
 impl Trainer {
-    /// Writes a checkpoint atomically.
+    /// Writes a checkpoint atomically: the model under MAE's names, the
+    /// optimizer's moments, the step, the random state and the
+    /// configuration.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut file = TensorFile::default();
         self.model.store_state(&mut file);
-        let steps = store_optimizer(&mut file, &self.params, &self.optimizer);
-        let meta = &mut file.metadata;
-        meta.insert("format".into(), "pt".into());
-        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
-        meta.insert("tessera.config".into(), json(&self.config));
-        meta.insert("tessera.step".into(), self.step.to_string());
-        meta.insert("tessera.rng".into(), json(&self.rng));
-        meta.insert("tessera.optimizer_steps".into(), json(&steps));
+        let state = TrainingState {
+            config_key: "tessera.config",
+            config: json(&self.config),
+            step: self.step,
+            rng: &self.rng,
+        };
+        state.store(&mut file, &self.params, &self.optimizer);
         file.save(path)
     }
 
@@ -163,37 +164,29 @@ impl Trainer {
     /// step and random state, so the loss trajectory is that of an
     /// uninterrupted run.
     pub fn resume(path: &Path) -> Result<Trainer> {
-        let file = TensorFile::load(path)?;
-        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
-        check_declared_size(&config.model, &file, path)?;
-        let mut trainer = Trainer::new(config)?;
-        trainer.restore(&file, path)?;
-        Ok(trainer)
+        Self::resume_expecting(path, None)
     }
 
     /// Like [`Trainer::resume`], refusing a checkpoint whose model differs from `expected`.
     pub fn resume_checked(path: &Path, expected: &ModelConfig) -> Result<Trainer> {
+        Self::resume_expecting(path, Some(expected))
+    }
+
+    fn resume_expecting(path: &Path, expected: Option<&ModelConfig>) -> Result<Trainer> {
         let file = TensorFile::load(path)?;
         let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
         check_declared_size(&config.model, &file, path)?;
-        if &config.model != expected {
+        if expected.is_some_and(|e| *e != config.model) {
             return Err(ckpt_err(
                 path,
                 "was written for another model configuration than the one requested",
             ));
         }
-        let mut trainer = Trainer::new(config)?;
-        trainer.restore(&file, path)?;
-        Ok(trainer)
-    }
-
-    fn restore(&mut self, file: &TensorFile, path: &Path) -> Result<()> {
-        self.model.load_state(file, path, None)?;
-        self.step = parse_meta(file, "tessera.step", path)?;
-        self.rng = parse_meta(file, "tessera.rng", path)?;
-        restore_optimizer(file, path, &self.params, &mut self.optimizer)?;
-        self.optimizer.set_lr(self.config.lr_at(self.step));
-        Ok(())
+        let mut t = Trainer::new(config)?;
+        t.model.load_state(&file, path, None)?;
+        (t.step, t.rng) = restore_training(&file, path, &t.params, &mut t.optimizer)?;
+        t.optimizer.set_lr(t.config.lr_at(t.step));
+        Ok(t)
     }
 }
 
@@ -207,14 +200,13 @@ impl Finetuner {
         for (name, t) in self.model.named_tensors() {
             file.insert(name, &t);
         }
-        let steps = store_optimizer(&mut file, &self.params, &self.optimizer);
-        let meta = &mut file.metadata;
-        meta.insert("format".into(), "pt".into());
-        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
-        meta.insert("tessera.finetune".into(), json(&self.config));
-        meta.insert("tessera.step".into(), self.step.to_string());
-        meta.insert("tessera.rng".into(), json(&self.rng));
-        meta.insert("tessera.optimizer_steps".into(), json(&steps));
+        let state = TrainingState {
+            config_key: "tessera.finetune",
+            config: json(&self.config),
+            step: self.step,
+            rng: &self.rng,
+        };
+        state.store(&mut file, &self.params, &self.optimizer);
         file.save(path)
     }
 
@@ -226,12 +218,47 @@ impl Finetuner {
         let mut model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(0))?;
         load_tensors(&mut model, &file, path)?;
         let mut t = Finetuner::new(config, model)?;
-        t.step = parse_meta(&file, "tessera.step", path)?;
-        t.rng = parse_meta(&file, "tessera.rng", path)?;
-        restore_optimizer(&file, path, &t.params, &mut t.optimizer)?;
+        (t.step, t.rng) = restore_training(&file, path, &t.params, &mut t.optimizer)?;
         t.optimizer.set_lr(t.config.lr_at(t.step));
         Ok(t)
     }
+}
+
+/// What a training checkpoint holds beside the model's tensors: the run's
+/// configuration (as JSON under `config_key`), the step and the random
+/// generator, with the optimizer's moments as tensors.
+struct TrainingState<'a> {
+    config_key: &'static str,
+    config: String,
+    step: u64,
+    rng: &'a MimRng,
+}
+
+impl TrainingState<'_> {
+    fn store(&self, file: &mut TensorFile, params: &[(String, Tensor)], optimizer: &AdamW) {
+        let steps = store_optimizer(file, params, optimizer);
+        let meta = &mut file.metadata;
+        meta.insert("format".into(), "pt".into());
+        meta.insert("tessera.version".into(), env!("CARGO_PKG_VERSION").into());
+        meta.insert(self.config_key.into(), self.config.clone());
+        meta.insert("tessera.step".into(), self.step.to_string());
+        meta.insert("tessera.rng".into(), json(self.rng));
+        meta.insert("tessera.optimizer_steps".into(), json(&steps));
+    }
+}
+
+/// Restores what [`TrainingState::store`] wrote: the optimizer's moments
+/// into `optimizer`, and the step and generator returned.
+fn restore_training(
+    file: &TensorFile,
+    path: &Path,
+    params: &[(String, Tensor)],
+    optimizer: &mut AdamW,
+) -> Result<(u64, MimRng)> {
+    let step = parse_meta(file, "tessera.step", path)?;
+    let rng = parse_meta(file, "tessera.rng", path)?;
+    restore_optimizer(file, path, params, optimizer)?;
+    Ok((step, rng))
 }
 
 /// Copies every tensor of `model` from `file`, refusing missing ones, other
@@ -258,11 +285,7 @@ pub(crate) fn load_tensors(model: &mut Classifier, file: &TensorFile, path: &Pat
 /// Adds AdamW's moments of every parameter to `file`
 /// (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`) and returns each
 /// one's step count (for the `tessera.optimizer_steps` metadata).
-pub(crate) fn store_optimizer(
-    file: &mut TensorFile,
-    params: &[(String, Tensor)],
-    optimizer: &AdamW,
-) -> BTreeMap<String, u64> {
+fn store_optimizer(file: &mut TensorFile, params: &[(String, Tensor)], optimizer: &AdamW) -> BTreeMap<String, u64> {
     let mut steps = BTreeMap::new();
     for (name, t) in params {
         if let Some(st) = optimizer.state(t) {
@@ -275,12 +298,7 @@ pub(crate) fn store_optimizer(
 }
 
 /// Restores what [`store_optimizer`] wrote.
-pub(crate) fn restore_optimizer(
-    file: &TensorFile,
-    path: &Path,
-    params: &[(String, Tensor)],
-    optimizer: &mut AdamW,
-) -> Result<()> {
+fn restore_optimizer(file: &TensorFile, path: &Path, params: &[(String, Tensor)], optimizer: &mut AdamW) -> Result<()> {
     let steps: BTreeMap<String, u64> = parse_meta(file, "tessera.optimizer_steps", path)?;
     for (name, t) in params {
         let Some(&step) = steps.get(name) else { continue };
