@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for Tessera's Fashion-MNIST fine-tuning recipe.
 
-The twin of `tessera finetune` (crates/mim/src/finetune.rs,
+The twin of `tessera finetune` (crates/mim/src/train/recipe.rs and run/finetune.rs,
 crates/cli/finetune.rs): it fine-tunes the SAME Tessera pre-training
 checkpoint with the SAME recipe, so that both top-1 accuracies can be put
 side by side. The equivalent Tessera run is

@@ -16,7 +16,7 @@ Usage:
 One timed step = zero_grad(set_to_none=True) + forward (SimMIM's random cell
 mask, drawn inside the step as Tessera draws its own) + loss.backward() +
 AdamW.step(). The input batch (torch.randn) is generated before each step's
-timer starts. FLOPs are counted as in crates/mim/src/flops.rs: matrix
+timer starts. FLOPs are counted as in crates/mim/src/model/flops.rs: matrix
 products only, a training step = 3 forwards.
 """
 
@@ -89,7 +89,7 @@ def simmim_mask(batch, img, cell, patch, ratio=0.6):
 
 
 def count_flops(cfg):
-    """FLOPs of one training step (3 forwards), as crates/mim/src/flops.rs counts them."""
+    """FLOPs of one training step (3 forwards), as crates/mim/src/model/flops.rs counts them."""
     p, d0, n_st = cfg["patch"], cfg["dim"], len(cfg["depths"])
     g = cfg["img"] // p
     f = 2.0 * g * g * p * p * CHANS * d0  # patch embedding

@@ -1,5 +1,5 @@
 //! `tessera pretrain`: MAE / SimMIM pre-training — options in, a progress bar
-//! out; the run itself is `tessera_mim::run::pretrain::Pretrainer`.
+//! out; the run itself is `tessera_mim::run::pretrain::PretrainRun`.
 //!
 //! Writes into `--out`: `checkpoint.safetensors` (atomically, every
 //! `--ckpt-every` steps and at the end), `metrics.jsonl` (one JSON object per
