@@ -5,10 +5,12 @@
 
 use crate::common::{ModelArgs, si};
 use anyhow::{Context, Result};
-use image::imageops::FilterType;
 use rand::SeedableRng;
 use std::path::PathBuf;
-use tessera_mim::io::picture::{patched, save_png, upscale};
+use tessera_mim::data::Normalization;
+use tessera_mim::data::folder::decode;
+use tessera_mim::data::transform::Transform;
+use tessera_mim::io::picture::{patched, save_png, to_rgb, upscale};
 use tessera_mim::model::flops;
 use tessera_mim::model::layers::Module;
 use tessera_mim::model::masking::hidden_count;
@@ -138,15 +140,18 @@ pub fn run(args: Args) -> Result<()> {
     row("pre-training step", si(3.0 * f.total()), "forward + backward".into());
 
     if let Some(path) = &args.image {
-        let img = image::open(path).map_err(|e| anyhow::anyhow!("{}: cannot decode image: {e}", path.display()))?;
+        let raw = decode(path)?;
         println!(
-            "image {}: {}x{} pixels, {:?}",
+            "image {}: {}x{} pixels, {} channel{}",
             path.display(),
-            img.height(),
-            img.width(),
-            img.color()
+            raw.height,
+            raw.width,
+            raw.channels,
+            if raw.channels == 1 { "" } else { "s" }
         );
-        let resized = img.resize_to_fill(w as u32, h as u32, FilterType::Triangle).to_rgb8();
+        // What the model sees: resized to cover its size, centre-cropped.
+        let t = Transform::eval(e, &Normalization::uniform(0.0, 1.0, c));
+        let resized = to_rgb(&t.apply(&raw, &mut MimRng::seed_from_u64(0)), c, h, w, &t.norm);
         let factor = 224u32.div_ceil(h.min(w) as u32).max(1);
         let out = patched(&upscale(&resized, factor), p as u32 * factor, 2);
         save_png(&out, &args.out).with_context(|| format!("writing the patched image to {}", args.out.display()))?;

@@ -4,7 +4,7 @@
 
 /// The options the library names in its messages (`` `RunOptions::resume` ``),
 /// by this binary's flags.
-const FLAGS: [(&str, &str); 10] = [
+const FLAGS: [(&str, &str); 11] = [
     ("RunOptions::resume", "--resume"),
     ("RunOptions::overwrite", "--overwrite"),
     ("RunOptions::max_memory", "--max-memory"),
@@ -15,6 +15,7 @@ const FLAGS: [(&str, &str); 10] = [
     ("EncoderConfig::img_size", "--img-size"),
     ("VitConfig::embed_dim", "--dim"),
     ("VitConfig::depth", "--depth"),
+    ("Method::SimMim", "--method simmim"),
 ];
 
 /// A library message with its option names written as this binary's flags.

@@ -821,7 +821,7 @@ impl ModelConfig {
             return Err(config_err(
                 "MAE with a Swin encoder is not defined: MAE's encoder sees only the visible patches, \
                  but Swin's shifted windows and patch merging need every token of the grid; \
-                 pre-train Swin with SimMIM (--method simmim)",
+                 pre-train Swin with SimMIM (`Method::SimMim`)",
             ));
         }
         if let Method::Mae { decoder } = &self.method {

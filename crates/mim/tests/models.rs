@@ -383,7 +383,10 @@ fn mae_with_swin_is_refused() {
         .unwrap()
         .into();
     let e = cfg.validate().unwrap_err().to_string();
-    assert!(e.contains("MAE with a Swin encoder") && e.contains("simmim"), "{e}");
+    assert!(
+        e.contains("MAE with a Swin encoder") && e.contains("`Method::SimMim`"),
+        "{e}"
+    );
     assert!(
         tessera_mim::MimModel::new(cfg, &mut <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0)).is_err()
     );
