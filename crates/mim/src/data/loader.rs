@@ -24,34 +24,46 @@ use tessera_tensor::Tensor;
 /// resumes; evaluation passes a fixed seed and no augmentation. The first error
 /// in batch order (naming the file) is returned.
 pub fn load_batch(ds: &dyn Dataset, indices: &[usize], t: &Transform, seed: u64) -> Result<(Tensor, Vec<Option<u32>>)> {
+    let images = transform_each(indices, t, |&i, chunk| {
+        if i >= ds.len() {
+            return Err(out_of_range(&ds.name(), i, ds.len()));
+        }
+        let img = ds.get(i)?;
+        let (c, h, w) = (img.channels, img.height, img.width);
+        if c == 0 || h == 0 || w == 0 || img.data.len() != c * h * w {
+            return Err(MimError::Input(format!(
+                "{}: image {i} is {c}x{h}x{w} with {} values",
+                ds.name(),
+                img.data.len()
+            )));
+        }
+        let mut rng = MimRng::seed_from_u64(mix_seed(seed, i as u64));
+        t.apply_into(&img, &mut rng, chunk);
+        Ok(())
+    })?;
+    let labels = indices.iter().map(|&i| ds.label(i)).collect();
+    Ok((images, labels))
+}
+
+/// `(N, C, H, W)` from `items`, one image each: `fill` writes item `k`'s
+/// `C·H·W` values, in parallel (rayon) over the items. The first error in
+/// item order is returned.
+fn transform_each<T: Sync>(
+    items: &[T],
+    t: &Transform,
+    fill: impl Fn(&T, &mut [f32]) -> Result<()> + Sync,
+) -> Result<Tensor> {
     t.validate()?;
     let per = t.output_len();
-    let mut out = vec![0f32; indices.len() * per];
+    let mut out = vec![0f32; items.len() * per];
     let results: Vec<Result<()>> = out
         .par_chunks_mut(per)
-        .zip(indices.par_iter())
-        .map(|(chunk, &i)| {
-            if i >= ds.len() {
-                return Err(out_of_range(&ds.name(), i, ds.len()));
-            }
-            let img = ds.get(i)?;
-            let (c, h, w) = (img.channels, img.height, img.width);
-            if c == 0 || h == 0 || w == 0 || img.data.len() != c * h * w {
-                return Err(MimError::Input(format!(
-                    "{}: image {i} is {c}x{h}x{w} with {} values",
-                    ds.name(),
-                    img.data.len()
-                )));
-            }
-            let mut rng = MimRng::seed_from_u64(mix_seed(seed, i as u64));
-            t.apply_into(&img, &mut rng, chunk);
-            Ok(())
-        })
+        .zip(items.par_iter())
+        .map(|(chunk, item)| fill(item, chunk))
         .collect();
     results.into_iter().collect::<Result<Vec<()>>>()?;
-    let labels = indices.iter().map(|&i| ds.label(i)).collect();
     let [h, w] = t.size;
-    Ok((Tensor::new(out, &[indices.len(), t.channels, h, w])?, labels))
+    Ok(Tensor::new(out, &[items.len(), t.channels, h, w])?)
 }
 
 /// Which images make up training step `step`: epoch `e` is a random
@@ -106,43 +118,25 @@ impl EpochSampler {
 /// `t` to each (an evaluation transform: no random draws), giving
 /// `(N, C, H, W)`. Errors name the file.
 pub fn load_images(paths: &[PathBuf], t: &Transform) -> Result<Tensor> {
-    t.validate()?;
-    let per = t.output_len();
-    let mut out = vec![0f32; paths.len() * per];
-    let results: Vec<Result<()>> = out
-        .par_chunks_mut(per)
-        .zip(paths.par_iter())
-        .map(|(chunk, path)| {
-            let img = decode(path)?;
-            if img.data.is_empty() {
-                return Err(MimError::Input(format!("{}: the image is empty", path.display())));
-            }
-            t.apply_into(&img, &mut MimRng::seed_from_u64(0), chunk);
-            Ok(())
-        })
-        .collect();
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    let [h, w] = t.size;
-    Ok(Tensor::new(out, &[paths.len(), t.channels, h, w])?)
+    transform_each(paths, t, |path, chunk| {
+        let img = decode(path)?;
+        if img.data.is_empty() {
+            return Err(MimError::Input(format!("{}: the image is empty", path.display())));
+        }
+        t.apply_into(&img, &mut MimRng::seed_from_u64(0), chunk);
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Normalization;
     use crate::data::Split;
     use crate::data::synthetic::SyntheticDataset;
     use crate::data::transform::Augment;
     use std::collections::HashSet;
 
-    fn eval(size: [usize; 2], channels: usize) -> Transform {
-        Transform {
-            size,
-            channels,
-            augment: None,
-            norm: Normalization::uniform(0.0, 1.0, channels),
-        }
-    }
+    use crate::data::transform::tests::eval;
 
     fn synthetic(len: usize) -> SyntheticDataset {
         SyntheticDataset::new(len, [12, 12], 3, 5, Split::Train).unwrap()

@@ -369,7 +369,7 @@ impl Transform {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::SeedableRng;
 
@@ -388,7 +388,8 @@ mod tests {
         }
     }
 
-    fn eval(size: [usize; 2], channels: usize) -> Transform {
+    /// Resize and centre-crop to `size` at `channels`, identity statistics.
+    pub(crate) fn eval(size: [usize; 2], channels: usize) -> Transform {
         Transform {
             size,
             channels,

@@ -108,12 +108,8 @@ impl<'a> FinetuneRun<'a> {
             observer,
         )?;
         Ok(RunEnd {
-            last: end.last,
-            images_per_s: end.images_per_s,
-            checkpoint: self.options.checkpoint(),
-            interrupted: end.interrupted,
-            picture: None,
             validation: validation.last,
+            ..end.ended(&self.options)
         })
     }
 }

@@ -223,6 +223,20 @@ pub(crate) struct LoopEnd {
     pub interrupted: bool,
 }
 
+impl LoopEnd {
+    /// The run's end, before the kind adds its picture or validation.
+    pub(crate) fn ended(self, options: &RunOptions) -> RunEnd {
+        RunEnd {
+            last: self.last,
+            images_per_s: self.images_per_s,
+            checkpoint: options.checkpoint(),
+            interrupted: self.interrupted,
+            picture: None,
+            validation: None,
+        }
+    }
+}
+
 /// The seed of the augmentations of `epoch` in a run seeded `seed`: each
 /// image is augmented differently in every epoch and identically when a run
 /// resumes ([`load_batch`] mixes in the image's index). The formula is the

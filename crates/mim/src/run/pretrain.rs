@@ -203,12 +203,8 @@ impl<'a> PretrainRun<'a> {
             observer,
         )?;
         Ok(RunEnd {
-            last: end.last,
-            images_per_s: end.images_per_s,
-            checkpoint: self.options.checkpoint(),
-            interrupted: end.interrupted,
             picture: pictures.last,
-            validation: None,
+            ..end.ended(&self.options)
         })
     }
 }
