@@ -14,10 +14,11 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;
-use tessera_kernels::attention::{self, AttnDims};
+use tessera_kernels::attention::{self, AttnDims, AttnGrads};
 use tessera_kernels::cpu;
 use tessera_kernels::gemm::{self, MatMut, MatRef, Precision};
-use tessera_kernels::patch::{self, PatchDims};
+use tessera_kernels::layernorm::{LnDims, LnGrads};
+use tessera_kernels::patch::{self, EmbedDims, EmbedGrads, PatchDims};
 use tessera_kernels::{GradOut, adamw, gelu, layernorm, loss, peak, softmax};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -98,7 +99,7 @@ fn bench_gemm(c: &mut Criterion) {
         for &p in &precisions {
             g.bench_function(BenchmarkId::new(format!("{name}_fwd"), p.name()), |b| {
                 b.iter(|| {
-                    gemm::gemm_in(
+                    gemm::gemm(
                         p,
                         1.0,
                         MatRef::row_major(&x, m, k),
@@ -110,7 +111,7 @@ fn bench_gemm(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new(format!("{name}_dx"), p.name()), |b| {
                 b.iter(|| {
-                    gemm::gemm_in(
+                    gemm::gemm(
                         p,
                         1.0,
                         MatRef::row_major(&dy, m, n),
@@ -122,7 +123,7 @@ fn bench_gemm(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new(format!("{name}_dw"), p.name()), |b| {
                 b.iter(|| {
-                    gemm::gemm_in(
+                    gemm::gemm(
                         p,
                         1.0,
                         MatRef::row_major(&dy, m, n).t(),
@@ -152,18 +153,28 @@ fn bench_attention(c: &mut Criterion) {
         let mut out = vec![0f32; d.b * d.n * d.d];
         let mut lse = vec![0f32; d.b * d.h * d.n];
         let mut dqkv = vec![0f32; qkv.len()];
-        attention::forward(Precision::F32, &mut out, &mut lse, &qkv, d);
+        attention::forward(Precision::F32, &mut out, &mut lse, &qkv, None, d);
         for isa in cpu::available() {
             // Forward: QKᵀ and PV, 2·(2·N²·Dh) per head.
             g.throughput(Throughput::Elements(2 * d.forward_macs() as u64));
             g.bench_function(BenchmarkId::new(format!("{name}_fwd"), isa.name()), |b| {
-                b.iter(|| attention::forward_with(isa, Precision::F32, &mut out, &mut lse, &qkv, d))
+                b.iter(|| {
+                    cpu::with_isa(isa, || {
+                        attention::forward(Precision::F32, &mut out, &mut lse, &qkv, None, d)
+                    })
+                })
             });
             // Backward: five products of the same size (S recomputed, dP, dV, dQ, dK).
             g.throughput(Throughput::Elements(5 * d.forward_macs() as u64));
             g.bench_function(BenchmarkId::new(format!("{name}_bwd"), isa.name()), |b| {
                 b.iter(|| {
-                    attention::backward_with(isa, Precision::F32, GradOut::overwrite(&mut dqkv), &dout, &qkv, &lse, d)
+                    let grads = AttnGrads {
+                        dqkv: GradOut::overwrite(&mut dqkv),
+                        dbias: None,
+                    };
+                    cpu::with_isa(isa, || {
+                        attention::backward(Precision::F32, grads, &dout, &lse, &qkv, None, d)
+                    })
                 })
             });
         }
@@ -203,82 +214,74 @@ fn bench_elementwise(c: &mut Criterion) {
     let (pred, target) = (data(8 * 196 * 768, 10), data(8 * 196 * 768, 11));
     let mask: Vec<f32> = (0..8 * 196).map(|i| (i % 4 != 0) as u8 as f32).collect();
     let mut dpred = vec![0f32; pred.len()];
-    layernorm::forward(&mut y, &mut mean, &mut rstd, &x, &w, &bias, rows, d, 1e-6);
+    let mse = loss::Regression {
+        distance: loss::Distance::Squared,
+        rows: 8 * 196,
+        p: 768,
+    };
+    let ln = LnDims { rows, d, eps: 1e-6 };
+    layernorm::forward(&mut y, &mut mean, &mut rstd, &x, &w, &bias, ln);
     for isa in cpu::available() {
         let id = |name: &str| BenchmarkId::new(name.to_string(), isa.name());
         g.throughput(Throughput::Bytes((4 * 2 * rows * d) as u64));
         g.bench_function(id("layernorm_fwd_vitb"), |b| {
-            b.iter(|| layernorm::forward_with(isa, &mut y, &mut mean, &mut rstd, &x, &w, &bias, rows, d, 1e-6))
+            b.iter(|| {
+                cpu::with_isa(isa, || {
+                    layernorm::forward(&mut y, &mut mean, &mut rstd, &x, &w, &bias, ln)
+                })
+            })
         });
         g.throughput(Throughput::Bytes((4 * 3 * rows * d) as u64));
         g.bench_function(id("layernorm_bwd_vitb"), |b| {
             b.iter(|| {
-                layernorm::backward_with(
-                    isa,
-                    Some(GradOut::overwrite(&mut dx)),
-                    &mut dw,
-                    &mut db,
-                    &dout,
-                    &x,
-                    &w,
-                    &mean,
-                    &rstd,
-                    rows,
-                    d,
-                )
+                let grads = LnGrads {
+                    dinp: Some(GradOut::overwrite(&mut dx)),
+                    dweight: GradOut::add(&mut dw),
+                    dbias: GradOut::add(&mut db),
+                };
+                cpu::with_isa(isa, || layernorm::backward(grads, &dout, &mean, &rstd, &x, &w, ln))
             })
         });
         g.throughput(Throughput::Bytes((4 * 2 * rows * hidden) as u64));
         g.bench_function(id("gelu_fwd_vitb_mlp"), |b| {
-            b.iter(|| gelu::forward_with(isa, &mut gy, &h))
+            b.iter(|| cpu::with_isa(isa, || gelu::forward(&mut gy, &h)))
         });
         g.throughput(Throughput::Bytes((4 * 3 * rows * hidden) as u64));
         g.bench_function(id("gelu_bwd_vitb_mlp"), |b| {
-            b.iter(|| gelu::backward_with(isa, GradOut::overwrite(&mut gy), &dh, &h))
+            b.iter(|| cpu::with_isa(isa, || gelu::backward(GradOut::overwrite(&mut gy), &dh, &h)))
         });
         g.throughput(Throughput::Bytes((4 * 2 * scores.len()) as u64));
         g.bench_function(id("softmax_fwd_vitb_scores"), |b| {
-            b.iter(|| softmax::forward_with(isa, &mut probs, &scores, 8 * 12 * 197, 197))
+            b.iter(|| cpu::with_isa(isa, || softmax::forward(&mut probs, &scores, 8 * 12 * 197, 197)))
         });
         g.throughput(Throughput::Bytes((4 * 3 * scores.len()) as u64));
         g.bench_function(id("softmax_bwd_vitb_scores"), |b| {
-            b.iter(|| softmax::backward_with(isa, &mut dscores, &scores, &probs, 8 * 12 * 197, 197))
+            b.iter(|| {
+                let g = GradOut::add(&mut dscores);
+                cpu::with_isa(isa, || softmax::backward(g, &scores, &probs, 8 * 12 * 197, 197))
+            })
         });
         g.throughput(Throughput::Bytes((4 * 2 * pred.len()) as u64));
         g.bench_function(id("mse_fwd_vitb_patches"), |b| {
             b.iter(|| {
-                black_box(loss::regression_forward_with(
-                    isa,
-                    loss::Distance::Squared,
-                    &pred,
-                    &target,
-                    Some(&mask),
-                    8 * 196,
-                    768,
-                ))
+                black_box(cpu::with_isa(isa, || {
+                    loss::regression_forward(&pred, &target, Some(&mask), mse)
+                }))
             })
         });
         g.throughput(Throughput::Bytes((4 * 3 * pred.len()) as u64));
         g.bench_function(id("mse_bwd_vitb_patches"), |b| {
             b.iter(|| {
-                loss::regression_backward_with(
-                    isa,
-                    loss::Distance::Squared,
-                    Some(&mut dpred),
-                    None,
-                    1.0,
-                    &pred,
-                    &target,
-                    Some(&mask),
-                    8 * 196,
-                    768,
-                )
+                let g = Some(GradOut::add(&mut dpred));
+                cpu::with_isa(isa, || {
+                    loss::regression_backward(g, None, 1.0, &pred, &target, Some(&mask), mse)
+                })
             })
         });
         // AdamW reads p, g, m, v and writes p, m, v.
         g.throughput(Throughput::Bytes((4 * 7 * params) as u64));
         g.bench_function(id("adamw_16M_params"), |b| {
-            b.iter(|| adamw::adamw_with(isa, &mut p, &grad, &mut m, &mut v, step))
+            b.iter(|| cpu::with_isa(isa, || adamw::adamw(&mut p, &grad, &mut m, &mut v, step)))
         });
     }
     g.finish();
@@ -297,23 +300,18 @@ fn bench_patch(c: &mut Criterion) {
     let (mut dw, mut db) = (vec![0f32; w.len()], vec![0f32; dim]);
     let flops = 2 * (d.b * d.l() * d.patch_len() * dim) as u64;
     g.throughput(Throughput::Elements(flops));
+    let dims = EmbedDims { patches: d, dim };
     g.bench_function("vitb16_fwd", |b| {
-        b.iter(|| patch::embed_forward(Precision::F32, &mut out, &mut cols, &img, &w, Some(&bias), d, dim))
+        b.iter(|| patch::embed_forward(Precision::F32, &mut out, &mut cols, &img, &w, Some(&bias), dims))
     });
     g.bench_function("vitb16_bwd_weights", |b| {
         b.iter(|| {
-            patch::embed_backward(
-                Precision::F32,
-                None,
-                Some(&mut dw),
-                Some(&mut db),
-                &mut cols,
-                &dout,
-                &img,
-                &w,
-                d,
-                dim,
-            )
+            let grads = EmbedGrads {
+                dimg: None,
+                dweight: Some(GradOut::add(&mut dw)),
+                dbias: Some(GradOut::add(&mut db)),
+            };
+            patch::embed_backward(Precision::F32, grads, &mut cols, &dout, &img, &w, dims)
         })
     });
     let mut patches = vec![0f32; img.len()];

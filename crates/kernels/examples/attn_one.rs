@@ -1,6 +1,6 @@
 //! One attention shape forward + backward, repeated, for profiling:
 //! `attn_one B N D H`.
-use tessera_kernels::attention::{AttnDims, backward, forward};
+use tessera_kernels::attention::{AttnDims, AttnGrads, backward, forward};
 use tessera_kernels::gemm::Precision;
 fn main() {
     let a: Vec<usize> = std::env::args().skip(1).map(|x| x.parse().unwrap()).collect();
@@ -15,15 +15,12 @@ fn main() {
     let mut dqkv = vec![0f32; qkv.len()];
     let t = std::time::Instant::now();
     for _ in 0..200 {
-        forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
-        backward(
-            Precision::F32,
-            tessera_kernels::GradOut::overwrite(&mut dqkv),
-            &dout,
-            &qkv,
-            &lse,
-            dims,
-        );
+        forward(Precision::F32, &mut out, &mut lse, &qkv, None, dims);
+        let grads = AttnGrads {
+            dqkv: tessera_kernels::GradOut::overwrite(&mut dqkv),
+            dbias: None,
+        };
+        backward(Precision::F32, grads, &dout, &lse, &qkv, None, dims);
     }
     println!(
         "{:.3} ms per forward + backward",

@@ -1,7 +1,7 @@
 //! Attention forward and backward on the model shapes, with GFLOP/s:
 //! `cargo run --release -p tessera-kernels --example attn_shapes`.
 use std::time::Instant;
-use tessera_kernels::attention::{AttnDims, backward, forward};
+use tessera_kernels::attention::{AttnDims, AttnGrads, backward, forward};
 use tessera_kernels::gemm::Precision;
 
 /// Mean seconds of 20 calls of `f`, after one untimed warm-up call.
@@ -32,10 +32,13 @@ fn main() {
         let dout = vec![0.01f32; b * n * d];
         let mut dqkv = vec![0f32; qkv.len()];
         let fl = 2.0 * dims.forward_macs() as f64; // 2 FLOPs per multiply-add
-        let tf = seconds_per_call(|| forward(Precision::F32, &mut out, &mut lse, &qkv, dims));
+        let tf = seconds_per_call(|| forward(Precision::F32, &mut out, &mut lse, &qkv, None, dims));
         let tb = seconds_per_call(|| {
-            let grad = tessera_kernels::GradOut::add(&mut dqkv);
-            backward(Precision::F32, grad, &dout, &qkv, &lse, dims)
+            let grads = AttnGrads {
+                dqkv: tessera_kernels::GradOut::add(&mut dqkv),
+                dbias: None,
+            };
+            backward(Precision::F32, grads, &dout, &lse, &qkv, None, dims)
         });
         println!(
             "{name:<12} fwd {:7.3} ms {:6.1} GFLOP/s   bwd {:7.3} ms {:6.1} GFLOP/s (bwd counted as 2.5x fwd)",

@@ -1,5 +1,5 @@
 use std::time::Instant;
-use tessera_kernels::gemm::{MatMut, MatRef, gemm};
+use tessera_kernels::gemm::{MatMut, MatRef, Precision, gemm};
 fn bench(name: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let bytes = 4 * (m * k + k * n + m * n);
     let sets = (256 << 20) / bytes + 2;
@@ -15,7 +15,7 @@ fn bench(name: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
             let s = if hot { 0 } else { r % sets };
             let av = MatRef::stored(&a[s], m, k, ta);
             let bv = MatRef::stored(&b[s], k, n, tb);
-            gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut c[s], m, n));
+            gemm(Precision::F32, 1.0, av, bv, 0.0, MatMut::row_major(&mut c[s], m, n));
         }
         out.push(flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9);
     }

@@ -1,7 +1,7 @@
 //! One product shape, repeated: `gemm_one M K N [ta tb]`, for profiling with
 //! perf; `TESSERA_MATMUL=bf16` runs it in bf16.
 use std::time::Instant;
-use tessera_kernels::gemm::{MatMut, MatRef, Precision, gemm_in};
+use tessera_kernels::gemm::{MatMut, MatRef, Precision, gemm};
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
     let (m, k, n) = (args[0], args[1], args[2]);
@@ -21,7 +21,7 @@ fn main() {
     let reps = ((1e11 / flops) as usize).max(3);
     let t = Instant::now();
     for _ in 0..reps {
-        gemm_in(prec, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n));
+        gemm(prec, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n));
     }
     println!("{:.1} GFLOP/s", flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9);
 }

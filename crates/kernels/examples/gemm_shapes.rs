@@ -1,5 +1,5 @@
 use std::time::Instant;
-use tessera_kernels::gemm::{MatMut, MatRef, gemm, gemm_serial};
+use tessera_kernels::gemm::{MatMut, MatRef, Precision, gemm, gemm_serial};
 fn bench(name: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
@@ -11,17 +11,17 @@ fn bench(name: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool) {
     let mut run = |par: bool| {
         for _ in 0..2 {
             if par {
-                gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
+                gemm(Precision::F32, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
             } else {
-                gemm_serial(1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
+                gemm_serial(Precision::F32, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
             }
         }
         let t = Instant::now();
         for _ in 0..reps {
             if par {
-                gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
+                gemm(Precision::F32, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
             } else {
-                gemm_serial(1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
+                gemm_serial(Precision::F32, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, m, n))
             }
         }
         flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9

@@ -55,11 +55,7 @@ crate::multiversion! {
 
 /// One AdamW update of `param` in place, with its moments `m`, `v`.
 pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
-    adamw_with(crate::cpu::isa(), param, grad, m, v, s)
-}
-
-/// [`adamw`] on a chosen instruction set.
-pub fn adamw_with(isa: crate::cpu::Isa, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    let isa = crate::cpu::isa();
     let n = param.len();
     assert!(
         grad.len() == n && m.len() == n && v.len() == n,
@@ -144,7 +140,7 @@ mod tests {
     /// Every path against f64 over five steps, tolerance 1e-5 relative.
     #[test]
     fn adamw_matches_reference_over_several_steps() {
-        for_each_isa("adamw", |isa| {
+        for_each_isa("adamw", |_| {
             for &n in ODD_SIZES.iter().chain(&[769, 50_000]) {
                 let mut p = random_vec(n, 1);
                 let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
@@ -159,7 +155,7 @@ mod tests {
                         weight_decay: 0.05,
                         step,
                     };
-                    adamw_with(isa, &mut p, &g, &mut m, &mut v, s);
+                    adamw(&mut p, &g, &mut m, &mut v, s);
                     reference::adamw(&mut rp, &g, &mut rm, &mut rv, s);
                 }
                 assert_close(&p, &rp, 1e-5, "adamw param");

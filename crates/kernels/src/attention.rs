@@ -148,20 +148,30 @@ crate::multiversion! {
     }
 }
 
-/// One product of a head's task, on the calling thread:
-/// `C = α·A·B + β·C`, C at `c` with rows `rsc` apart and contiguous columns.
-///
-/// # Safety
-/// `c` covers `A.rows × B.cols` with that row stride, is valid for reads and
-/// writes, and is touched by no other task during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_product(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, rsc: usize) {
-    let p = crate::gemm::driver::Product {
+/// The operands of one product of a head's task, `C = α·A·B + β·C`, in `prec`.
+fn operands<'a>(
+    prec: Precision,
+    alpha: f32,
+    a: MatRef<'a>,
+    b: MatRef<'a>,
+    beta: f32,
+) -> crate::gemm::driver::Product<'a> {
+    crate::gemm::driver::Product {
         prec,
         ..crate::gemm::plain(alpha, a, b, beta)
-    };
-    // SAFETY: `cpu::isa()` never exceeds the CPU's level; the caller vouches for C.
-    unsafe { product_raw(crate::cpu::isa(), &p, c, rsc, 1, 1) }
+    }
+}
+
+/// One product of a head's task on the calling thread, on instruction set
+/// `isa` (the entry's): C at `c` with rows `rsc` apart and contiguous columns.
+///
+/// # Safety
+/// `isa` is at most the CPU's level; `c` covers `A.rows × B.cols` with that
+/// row stride, is valid for reads and writes, and is touched by no other task
+/// during the call.
+unsafe fn head_product(isa: Isa, p: crate::gemm::driver::Product, c: *mut f32, rsc: usize) {
+    // SAFETY: the caller vouches for the level and for C.
+    unsafe { product_raw(isa, &p, c, rsc, 1, 1) }
 }
 
 /// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.
@@ -171,40 +181,18 @@ fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) ->
     MatRef::new(&qkv[off..], n, dims.dh(), 3 * d, 1)
 }
 
-/// `out (B, N, D)` and `lse (B, H, N)` from `qkv (B, N, 3D)`.
-/// Its five products run in `prec` (bf16 where the CPU can, else f32).
-pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
-    forward_with(crate::cpu::isa(), prec, out, lse, qkv, dims)
+/// The gradients [`backward`] writes (see [`GradOut`]): `dqkv (B, N, 3D)`,
+/// and `dbias (G, H, N, N)` when the bias's gradient is wanted.
+pub struct AttnGrads<'a> {
+    pub dqkv: GradOut<'a>,
+    pub dbias: Option<GradOut<'a>>,
 }
 
-/// [`forward`] on a chosen instruction set (for the element-wise parts; the
-/// products go through Tessera's GEMM, which picks its own kernel).
-pub fn forward_with(isa: Isa, prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
-    forward_biased_with(isa, prec, out, lse, qkv, None, dims)
-}
-
-/// [`forward`] with an additive bias on the logits.
-pub fn forward_biased(
-    prec: Precision,
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &[f32],
-    bias: Option<AttnBias>,
-    dims: AttnDims,
-) {
-    forward_biased_with(crate::cpu::isa(), prec, out, lse, qkv, bias, dims)
-}
-
-/// [`forward_biased`] on a chosen instruction set.
-pub fn forward_biased_with(
-    isa: Isa,
-    prec: Precision,
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &[f32],
-    bias: Option<AttnBias>,
-    dims: AttnDims,
-) {
+/// `out (B, N, D)` and `lse (B, H, N)` from `qkv (B, N, 3D)`, the logits
+/// `S = scale·Q·Kᵀ` plus `bias` if given. Its five products run in `prec`
+/// (bf16 where the CPU can, else f32).
+pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], bias: Option<AttnBias>, dims: AttnDims) {
+    let isa = crate::cpu::isa();
     let AttnDims { b, n, d, h } = dims;
     if let Some(a) = &bias {
         a.check(&dims, "attention::forward");
@@ -242,8 +230,9 @@ pub fn forward_biased_with(
             let k = head(qkv, &dims, bi, hi, 1);
             let v = head(qkv, &dims, bi, hi, 2);
             let s_ptr = scores.as_mut_ptr();
-            // SAFETY: `scores` is this task's own N×N buffer.
-            unsafe { head_product(prec, scale, q, k.t(), 0.0, s_ptr, n) };
+            // SAFETY: `isa` is the entry's (never above the CPU's); `scores`
+            // is this task's own N×N buffer.
+            unsafe { head_product(isa, operands(prec, scale, q, k.t(), 0.0), s_ptr, n) };
             if let Some(a) = &bias {
                 add_in_place::run(isa, scores, a.head(&dims, bi, hi));
             }
@@ -251,59 +240,38 @@ pub fn forward_biased_with(
             let p = MatRef::row_major(scores, n, n);
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
             // is written by this task only; it lies inside `out` (checked above).
-            unsafe { head_product(prec, 1.0, p, v, 0.0, out_ptr.get().add(bi * n * d + hi * dh), d) };
+            unsafe {
+                head_product(
+                    isa,
+                    operands(prec, 1.0, p, v, 0.0),
+                    out_ptr.get().add(bi * n * d + hi * dh),
+                    d,
+                )
+            };
         },
     );
 }
 
-/// `dqkv (B, N, 3D)` (overwritten or accumulated, see [`GradOut`]) from
-/// `dout (B, N, D)`, the forward's inputs and its saved `lse`.
-pub fn backward(prec: Precision, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
-    backward_with(crate::cpu::isa(), prec, dqkv, dout, qkv, lse, dims)
-}
-
-/// [`backward`] on a chosen instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with(isa: Isa, prec: Precision, dqkv: GradOut, dout: &[f32], qkv: &[f32], lse: &[f32], dims: AttnDims) {
-    backward_biased_with(isa, prec, dqkv, None, dout, qkv, lse, None, dims)
-}
-
-/// [`backward`] of [`forward_biased`]: also the bias's gradient into `dbias`
-/// (`(G, H, N, N)`, overwritten) when asked for.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_biased(
+/// The gradients of [`forward`] ([`AttnGrads`]) from `dout (B, N, D)`, the
+/// saved `lse (B, H, N)`, `qkv` and `bias`; the probabilities are recomputed.
+pub fn backward(
     prec: Precision,
-    dqkv: GradOut,
-    dbias: Option<&mut [f32]>,
+    grads: AttnGrads,
     dout: &[f32],
-    qkv: &[f32],
     lse: &[f32],
+    qkv: &[f32],
     bias: Option<AttnBias>,
     dims: AttnDims,
 ) {
-    backward_biased_with(crate::cpu::isa(), prec, dqkv, dbias, dout, qkv, lse, bias, dims)
-}
-
-/// [`backward_biased`] on a chosen instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_biased_with(
-    isa: Isa,
-    prec: Precision,
-    dqkv: GradOut,
-    dbias: Option<&mut [f32]>,
-    dout: &[f32],
-    qkv: &[f32],
-    lse: &[f32],
-    bias: Option<AttnBias>,
-    dims: AttnDims,
-) {
+    let isa = crate::cpu::isa();
+    let AttnGrads { dqkv, dbias } = grads;
     if let Some(a) = &bias {
         a.check(&dims, "attention::backward");
     }
     if let Some(db) = &dbias {
         let a = bias.expect("attention::backward: a bias gradient needs the bias");
         assert_eq!(
-            db.len(),
+            db.data.len(),
             a.data.len(),
             "attention::backward: dbias is not the bias's shape"
         );
@@ -340,8 +308,8 @@ pub fn backward_biased_with(
         b * h * n
     );
     if dout.is_empty() {
-        if let Some(db) = dbias {
-            db.fill(0.0);
+        if let Some(db) = dbias.filter(|db| !db.add) {
+            db.data.fill(0.0);
         }
         return;
     }
@@ -366,20 +334,28 @@ pub fn backward_biased_with(
             let lse_rows = &lse[task * n..(task + 1) * n];
             // P = exp(scale·Q Kᵀ − lse), recomputed.
             // SAFETY: `p` and `dp` are this task's own N×N buffers.
-            unsafe { head_product(prec, scale, q, k.t(), 0.0, p.as_mut_ptr(), n) };
+            unsafe { head_product(isa, operands(prec, scale, q, k.t(), 0.0), p.as_mut_ptr(), n) };
             if let Some(a) = &bias {
                 add_in_place::run(isa, p, a.head(&dims, bi, hi));
             }
             probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
-            unsafe { head_product(prec, 1.0, d_o, v.t(), 0.0, dp.as_mut_ptr(), n) };
+            // SAFETY: as above.
+            unsafe { head_product(isa, operands(prec, 1.0, d_o, v.t(), 0.0), dp.as_mut_ptr(), n) };
             let base = dqkv_ptr;
             let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
             let pm = MatRef::row_major(p, n, n);
             // SAFETY (this product and the two below): the (N, Dh) blocks of head
             // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
             // this task only, and lie inside `dqkv` (lengths checked above).
-            unsafe { head_product(prec, 1.0, pm.t(), d_o, beta, base.get().add(slot(2)), 3 * d) };
+            unsafe {
+                head_product(
+                    isa,
+                    operands(prec, 1.0, pm.t(), d_o, beta),
+                    base.get().add(slot(2)),
+                    3 * d,
+                )
+            };
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)): the gradient of the logits,
             // and so of the bias; the products below take the softmax scale.
             softmax_grad_rows::run(isa, p, dp, n, 1.0);
@@ -389,16 +365,26 @@ pub fn backward_biased_with(
             }
             let ds = MatRef::row_major(dp, n, n);
             // SAFETY: this task's own (N, Dh) block of the q slot (see above).
-            unsafe { head_product(prec, scale, ds, k, beta, base.get().add(slot(0)), 3 * d) };
+            unsafe { head_product(isa, operands(prec, scale, ds, k, beta), base.get().add(slot(0)), 3 * d) };
             // SAFETY: this task's own (N, Dh) block of the k slot (see above).
-            unsafe { head_product(prec, scale, ds.t(), q, beta, base.get().add(slot(1)), 3 * d) };
+            unsafe {
+                head_product(
+                    isa,
+                    operands(prec, scale, ds.t(), q, beta),
+                    base.get().add(slot(1)),
+                    3 * d,
+                )
+            };
         },
     );
     if let (Some(db), Some(a)) = (dbias, bias) {
         let groups = a.groups;
-        db.par_chunks_mut(nn).enumerate().for_each(|(gh, block)| {
+        let add = db.add;
+        db.data.par_chunks_mut(nn).enumerate().for_each(|(gh, block)| {
             let (g, hi) = (gh / h, gh % h);
-            block.fill(0.0);
+            if !add {
+                block.fill(0.0);
+            }
             for bi in (g..b).step_by(groups) {
                 add_in_place::run(isa, block, &ds_all[(bi * h + hi) * nn..][..nn]);
             }
@@ -445,13 +431,8 @@ pub mod reference {
         p
     }
 
-    /// `out = attention(qkv)`.
-    pub fn forward(out: &mut [f32], qkv: &[f32], dims: AttnDims) {
-        forward_biased(out, qkv, None, dims)
-    }
-
-    /// `out = attention(qkv)` with logits `S + A`.
-    pub fn forward_biased(out: &mut [f32], qkv: &[f32], bias: Option<AttnBias>, dims: AttnDims) {
+    /// `out = attention(qkv)`, with logits `S + A` given a bias.
+    pub fn forward(out: &mut [f32], qkv: &[f32], bias: Option<AttnBias>, dims: AttnDims) {
         let (n, dh) = (dims.n, dims.dh());
         let p = probs(qkv, bias, &dims);
         for b in 0..dims.b {
@@ -468,14 +449,9 @@ pub mod reference {
         }
     }
 
-    /// `dqkv += ∂out/∂qkv · dout`.
-    pub fn backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], dims: AttnDims) {
-        backward_biased(dqkv, None, dout, qkv, None, dims)
-    }
-
     /// `dqkv += ∂out/∂qkv · dout` and `dbias += ∂out/∂A · dout` of
-    /// [`forward_biased`].
-    pub fn backward_biased(
+    /// [`forward`].
+    pub fn backward(
         dqkv: &mut [f32],
         mut dbias: Option<&mut [f32]>,
         dout: &[f32],
@@ -552,7 +528,7 @@ mod tests {
     /// Every path against the f64 reference: 1e-5 relative forward, 1e-4 backward.
     #[test]
     fn forward_and_backward_match_reference() {
-        for_each_isa("attention", |isa| {
+        for_each_isa("attention", |_| {
             for (s, dims) in cases().into_iter().enumerate() {
                 let qkv: Vec<f32> = random_vec(dims.b * dims.n * 3 * dims.d, s as u64)
                     .iter()
@@ -560,30 +536,30 @@ mod tests {
                     .collect();
                 let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
                 let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-                forward_with(isa, Precision::F32, &mut out, &mut lse, &qkv, dims);
+                forward(Precision::F32, &mut out, &mut lse, &qkv, None, dims);
                 let mut want = vec![0.0; out.len()];
-                reference::forward(&mut want, &qkv, dims);
+                reference::forward(&mut want, &qkv, None, dims);
                 assert_close(&out, &want, 1e-5, &format!("attention forward {dims:?}"));
 
                 let dout = random_vec(out.len(), 100 + s as u64);
                 let g0 = random_vec(qkv.len(), 200 + s as u64);
                 let mut fast = g0.clone();
-                backward_with(isa, Precision::F32, GradOut::add(&mut fast), &dout, &qkv, &lse, dims);
+                let grads = AttnGrads {
+                    dqkv: GradOut::add(&mut fast),
+                    dbias: None,
+                };
+                backward(Precision::F32, grads, &dout, &lse, &qkv, None, dims);
                 let mut slow = g0;
-                reference::backward(&mut slow, &dout, &qkv, dims);
+                reference::backward(&mut slow, None, &dout, &qkv, None, dims);
                 assert_close(&fast, &slow, 1e-4, &format!("attention backward {dims:?}"));
                 let mut over = vec![f32::NAN; qkv.len()];
-                backward_with(
-                    isa,
-                    Precision::F32,
-                    GradOut::overwrite(&mut over),
-                    &dout,
-                    &qkv,
-                    &lse,
-                    dims,
-                );
+                let grads = AttnGrads {
+                    dqkv: GradOut::overwrite(&mut over),
+                    dbias: None,
+                };
+                backward(Precision::F32, grads, &dout, &lse, &qkv, None, dims);
                 let mut zero = vec![0.0; qkv.len()];
-                reference::backward(&mut zero, &dout, &qkv, dims);
+                reference::backward(&mut zero, None, &dout, &qkv, None, dims);
                 assert_close(&over, &zero, 1e-4, &format!("attention backward overwrite {dims:?}"));
             }
         });
@@ -593,7 +569,7 @@ mod tests {
     /// every path against the f64 reference, the bias's gradient included.
     #[test]
     fn biased_forward_and_backward_match_reference() {
-        for_each_isa("attention biased", |isa| {
+        for_each_isa("attention biased", |_| {
             for (s, dims) in cases().into_iter().enumerate() {
                 for groups in [1, dims.b] {
                     let seed = 10 * s as u64 + groups as u64;
@@ -608,29 +584,33 @@ mod tests {
                     let bias = Some(AttnBias { data: &data, groups });
                     let mut out = vec![f32::NAN; dims.b * dims.n * dims.d];
                     let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-                    forward_biased_with(isa, Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
+                    forward(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
                     let mut want = vec![0.0; out.len()];
-                    reference::forward_biased(&mut want, &qkv, bias, dims);
+                    reference::forward(&mut want, &qkv, bias, dims);
                     assert_close(&out, &want, 1e-5, &format!("biased forward {dims:?} G {groups}"));
 
                     let dout = random_vec(out.len(), 100 + seed);
                     let mut dqkv = vec![f32::NAN; qkv.len()];
                     let mut dbias = vec![f32::NAN; data.len()];
-                    backward_biased_with(
-                        isa,
-                        Precision::F32,
-                        GradOut::overwrite(&mut dqkv),
-                        Some(&mut dbias),
-                        &dout,
-                        &qkv,
-                        &lse,
-                        bias,
-                        dims,
-                    );
+                    let grads = AttnGrads {
+                        dqkv: GradOut::overwrite(&mut dqkv),
+                        dbias: Some(GradOut::overwrite(&mut dbias)),
+                    };
+                    backward(Precision::F32, grads, &dout, &lse, &qkv, bias, dims);
                     let (mut want_q, mut want_b) = (vec![0.0; qkv.len()], vec![0.0; data.len()]);
-                    reference::backward_biased(&mut want_q, Some(&mut want_b), &dout, &qkv, bias, dims);
+                    reference::backward(&mut want_q, Some(&mut want_b), &dout, &qkv, bias, dims);
                     assert_close(&dqkv, &want_q, 1e-4, &format!("biased dqkv {dims:?} G {groups}"));
                     assert_close(&dbias, &want_b, 1e-4, &format!("dbias {dims:?} G {groups}"));
+                    // The bias's gradient accumulated onto what it held.
+                    let mut acc = vec![0.5; data.len()];
+                    let mut dq = vec![0.0; qkv.len()];
+                    let grads = AttnGrads {
+                        dqkv: GradOut::add(&mut dq),
+                        dbias: Some(GradOut::add(&mut acc)),
+                    };
+                    backward(Precision::F32, grads, &dout, &lse, &qkv, bias, dims);
+                    let plus: Vec<f32> = want_b.iter().map(|v| v + 0.5).collect();
+                    assert_close(&acc, &plus, 1e-4, &format!("dbias accumulated {dims:?} G {groups}"));
                 }
             }
         });
@@ -645,7 +625,7 @@ mod tests {
         let run = |bias: Option<AttnBias>| {
             let mut out = vec![0.0; dims.b * dims.n * dims.d];
             let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-            forward_biased(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
+            forward(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
             out
         };
         let zeros = vec![0.0; dims.h * dims.n * dims.n];
@@ -680,7 +660,7 @@ mod tests {
         let qkv = [0.3, -0.1, 0.7, 2.0, 1.0, 1.0, 1.0, 1.0, 5.0, 6.0, 7.0, 8.0];
         let mut out = [0.0; 4];
         let mut lse = [0.0; 2];
-        forward(Precision::F32, &mut out, &mut lse, &qkv, dims);
+        forward(Precision::F32, &mut out, &mut lse, &qkv, None, dims);
         assert_eq!(out, [5.0, 6.0, 7.0, 8.0]);
     }
 
@@ -695,20 +675,14 @@ mod tests {
             pool.install(|| {
                 let mut out = vec![0.0; dout.len()];
                 let mut lse = vec![0.0; dims.b * dims.h * dims.n];
-                forward_biased(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
+                forward(Precision::F32, &mut out, &mut lse, &qkv, bias, dims);
                 let mut d = vec![0.0; qkv.len()];
                 let mut db = vec![0.0; data.len()];
-                let dbias = bias.is_some().then_some(&mut db[..]);
-                backward_biased(
-                    Precision::F32,
-                    GradOut::add(&mut d),
-                    dbias,
-                    &dout,
-                    &qkv,
-                    &lse,
-                    bias,
-                    dims,
-                );
+                let grads = AttnGrads {
+                    dqkv: GradOut::add(&mut d),
+                    dbias: bias.is_some().then(|| GradOut::overwrite(&mut db[..])),
+                };
+                backward(Precision::F32, grads, &dout, &lse, &qkv, bias, dims);
                 (out, d, db)
             })
         };

@@ -2,10 +2,18 @@
 //!
 //! Kernels never rely on `-C target-cpu=native`: a program that imports the
 //! library gets the fast path on any machine that has it, and the scalar path
-//! everywhere else. The environment variable `TESSERA_ISA` (`scalar`, `avx2`,
-//! `avx512`) lowers the choice, for tests and benchmarks of each path; asking
-//! for an instruction set the CPU lacks falls back to the best one it has.
+//! everywhere else. Two things lower the choice, for tests and benchmarks of
+//! each path: the environment variable `TESSERA_ISA` (`scalar`, `avx2`,
+//! `avx512`) for a whole process, and [`with_isa`] for the kernels a closure
+//! calls. Asking for an instruction set the CPU lacks falls back to the best
+//! one it has.
+//!
+//! Every kernel entry reads [`isa`] once, on the thread that calls it, and
+//! hands that level down to everything it runs, on every thread (the GEMM's
+//! tile GELU and attention's products included): a forced level reaches the
+//! whole call.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// An instruction-set level, ordered from least to most capable.
@@ -66,23 +74,50 @@ pub fn detected() -> Isa {
     })
 }
 
-/// The level the kernels use: the detected one, lowered by `TESSERA_ISA` if set.
+thread_local! {
+    /// The level [`with_isa`] forces on this thread, if any.
+    static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The level the kernels use: the detected one, lowered by `TESSERA_ISA` if
+/// set, or what [`with_isa`] forces on this thread — never above the CPU's.
 pub fn isa() -> Isa {
     static CHOSEN: OnceLock<Isa> = OnceLock::new();
-    *CHOSEN.get_or_init(|| {
+    let chosen = *CHOSEN.get_or_init(|| {
         let best = detected();
         match std::env::var("TESSERA_ISA").ok().as_deref().and_then(Isa::parse) {
             Some(asked) => asked.min(best),
             None => best,
         }
-    })
+    });
+    FORCED.with(Cell::get).map_or(chosen, clamp)
+}
+
+/// Runs `f` with the kernels it calls on this thread using `isa` (lowered to
+/// the CPU's level if it asks for more), then restores the previous choice:
+/// how tests compare every path and benchmarks time each.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(Some(isa))));
+    f()
 }
 
 /// `isa`, lowered to [`detected`] if it asks for more than the CPU has: what
-/// every `*_with(isa, …)` entry runs, so that forcing a level is always safe.
+/// every kernel body runs, so that forcing a level is always safe.
 #[inline]
 pub fn clamp(isa: Isa) -> Isa {
-    isa.min(detected())
+    clamp_to(isa, detected())
+}
+
+/// `isa`, lowered to `cpu` if it asks for more.
+#[inline]
+fn clamp_to(isa: Isa, cpu: Isa) -> Isa {
+    isa.min(cpu)
 }
 
 /// Every level this CPU can run, from scalar up to [`detected`]; tests run each.
@@ -121,10 +156,18 @@ macro_rules! multiversion {
             #[inline(always)]
             pub fn body($($arg: $ty),*) $(-> $ret)? $body
 
+            /// The body compiled with AVX-512F enabled.
+            ///
+            /// # Safety
+            /// The CPU must have AVX-512F ([`run`] calls it only then).
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
             pub unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
 
+            /// The body compiled with AVX2 and FMA enabled.
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA ([`run`] calls it only then).
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             pub unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
@@ -167,12 +210,20 @@ mod tests {
         }
     }
 
-    /// Asking for more than the CPU has is lowered, never run: every level,
-    /// AVX-512 included, gives the detected level's answer on any machine.
+    /// Asking for more than the CPU has is lowered, never run. Checked
+    /// against pretend CPUs below every real one, so the test fails on an
+    /// AVX-512 machine too if `clamp` stopped lowering.
     #[test]
     fn forced_levels_above_the_cpu_are_clamped() {
+        for cpu in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            for asked in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                let got = clamp_to(asked, cpu);
+                assert!(got <= cpu && got <= asked, "{asked:?} on a {cpu:?} CPU ran {got:?}");
+                assert!(got == asked || got == cpu, "{asked:?} on a {cpu:?} CPU ran {got:?}");
+            }
+        }
+        assert_eq!(clamp_to(Isa::Avx512, Isa::Scalar), Isa::Scalar);
         assert_eq!(clamp(Isa::Avx512), detected());
-        assert_eq!(clamp(Isa::Scalar), Isa::Scalar);
         let x: Vec<f32> = (0..100).map(|i| i as f32 * 0.25).collect();
         let best = sum::run(detected(), &x);
         assert_eq!(sum::run(Isa::Avx512, &x).to_bits(), best.to_bits());
@@ -183,5 +234,18 @@ mod tests {
     fn chosen_level_is_supported() {
         assert!(isa() <= detected());
         assert!(available().contains(&isa()));
+    }
+
+    /// `with_isa` forces a level for its closure, lowered to the CPU's, and
+    /// restores the previous choice after (nested scopes too).
+    #[test]
+    fn with_isa_is_scoped() {
+        let before = isa();
+        with_isa(Isa::Scalar, || {
+            assert_eq!(isa(), Isa::Scalar);
+            with_isa(Isa::Avx512, || assert_eq!(isa(), detected()));
+            assert_eq!(isa(), Isa::Scalar);
+        });
+        assert_eq!(isa(), before);
     }
 }

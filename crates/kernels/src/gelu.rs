@@ -73,11 +73,7 @@ crate::multiversion! {
 
 /// `out = gelu(inp)`.
 pub fn forward(out: &mut [f32], inp: &[f32]) {
-    forward_with(crate::cpu::isa(), out, inp)
-}
-
-/// [`forward`] on a chosen instruction set (tests and benchmarks compare them).
-pub fn forward_with(isa: crate::cpu::Isa, out: &mut [f32], inp: &[f32]) {
+    let isa = crate::cpu::isa();
     assert_eq!(
         out.len(),
         inp.len(),
@@ -92,11 +88,7 @@ pub fn forward_with(isa: crate::cpu::Isa, out: &mut [f32], inp: &[f32]) {
 
 /// `dinp (+)= dout · gelu'(inp)` (see [`GradOut`]).
 pub fn backward(dinp: GradOut, dout: &[f32], inp: &[f32]) {
-    backward_with(crate::cpu::isa(), dinp, dout, inp)
-}
-
-/// [`backward`] on a chosen instruction set.
-pub fn backward_with(isa: crate::cpu::Isa, dinp: GradOut, dout: &[f32], inp: &[f32]) {
+    let isa = crate::cpu::isa();
     let add = dinp.add;
     let dinp = dinp.data;
     assert!(
@@ -142,12 +134,12 @@ mod tests {
     /// Every path against the f64 reference, tolerance 2e-6 (see below).
     #[test]
     fn matches_reference_on_odd_sizes_and_wide_range() {
-        for_each_isa("gelu", |isa| {
+        for_each_isa("gelu", |_| {
             for &n in ODD_SIZES.iter().chain(&[769, 40_000]) {
                 let x: Vec<f32> = random_vec(n, n as u64).iter().map(|v| 6.0 * v).collect();
                 let mut fast = vec![0.0; n];
                 let mut slow = vec![0.0; n];
-                forward_with(isa, &mut fast, &x);
+                forward(&mut fast, &x);
                 reference::forward(&mut slow, &x);
                 // For x ≪ 0, 1 + erf(x/√2) cancels: an absolute erf error of 4e-7
                 // becomes ½·|x|·4e-7 in gelu (PyTorch's float GELU has the same tail).
@@ -155,7 +147,7 @@ mod tests {
                 let dout = random_vec(n, 7 + n as u64);
                 let mut df = vec![0.25; n];
                 let mut ds = vec![0.25; n];
-                backward_with(isa, GradOut::add(&mut df), &dout, &x);
+                backward(GradOut::add(&mut df), &dout, &x);
                 reference::backward(&mut ds, &dout, &x);
                 assert_close(&df, &ds, 2e-6, "gelu backward");
             }

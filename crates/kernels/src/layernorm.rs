@@ -16,10 +16,25 @@
 //! MAE uses eps = 1e-6.
 
 use crate::GradOut;
-use crate::cpu::Isa;
 use crate::math;
 use crate::par::ROW_CHUNK;
 use rayon::prelude::*;
+
+/// The sizes of a LayerNorm: `rows` vectors of `d` values, and its `eps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LnDims {
+    pub rows: usize,
+    pub d: usize,
+    pub eps: f32,
+}
+
+/// The gradients [`backward`] writes (see [`GradOut`]): `dinp (R, D)` if
+/// asked for, `dweight (D)`, `dbias (D)`.
+pub struct LnGrads<'a> {
+    pub dinp: Option<GradOut<'a>>,
+    pub dweight: GradOut<'a>,
+    pub dbias: GradOut<'a>,
+}
 
 fn check(name: &str, what: &str, len: usize, want: usize) {
     assert_eq!(len, want, "layernorm::{name}: {what} has {len} values, want {want}");
@@ -53,7 +68,6 @@ crate::multiversion! {
 }
 
 /// `out (R, D)`, `mean (R)`, `rstd (R)` from `inp (R, D)`, `weight (D)`, `bias (D)`.
-#[allow(clippy::too_many_arguments)]
 pub fn forward(
     out: &mut [f32],
     mean: &mut [f32],
@@ -61,27 +75,10 @@ pub fn forward(
     inp: &[f32],
     weight: &[f32],
     bias: &[f32],
-    rows: usize,
-    d: usize,
-    eps: f32,
+    dims: LnDims,
 ) {
-    forward_with(crate::cpu::isa(), out, mean, rstd, inp, weight, bias, rows, d, eps)
-}
-
-/// [`forward`] on a chosen instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_with(
-    isa: Isa,
-    out: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-    inp: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    rows: usize,
-    d: usize,
-    eps: f32,
-) {
+    let LnDims { rows, d, eps } = dims;
+    let isa = crate::cpu::isa();
     check("forward", "out (R, D)", out.len(), rows * d);
     check("forward", "inp (R, D)", inp.len(), rows * d);
     check("forward", "mean (R)", mean.len(), rows);
@@ -162,54 +159,17 @@ crate::multiversion! {
     }
 }
 
-/// The gradients of [`forward`]: `dinp (R, D)` (if given; overwritten or
-/// accumulated, see [`GradOut`]); `dweight (D)`, `dbias (D)` accumulated.
+/// The gradients of [`forward`] ([`LnGrads`]) from `dout (R, D)`, the saved
+/// `mean (R)` and `rstd (R)`, `inp (R, D)` and `weight (D)`.
 ///
 /// Parameter gradients are summed per fixed chunk of rows in parallel, then the
 /// chunk partials in order: the result does not depend on the thread count.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    dinp: Option<GradOut>,
-    dweight: &mut [f32],
-    dbias: &mut [f32],
-    dout: &[f32],
-    inp: &[f32],
-    weight: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    rows: usize,
-    d: usize,
-) {
-    backward_with(
-        crate::cpu::isa(),
-        dinp,
-        dweight,
-        dbias,
-        dout,
-        inp,
-        weight,
-        mean,
-        rstd,
-        rows,
-        d,
-    )
-}
-
-/// [`backward`] on a chosen instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with(
-    isa: Isa,
-    dinp: Option<GradOut>,
-    dweight: &mut [f32],
-    dbias: &mut [f32],
-    dout: &[f32],
-    inp: &[f32],
-    weight: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    rows: usize,
-    d: usize,
-) {
+pub fn backward(grads: LnGrads, dout: &[f32], mean: &[f32], rstd: &[f32], inp: &[f32], weight: &[f32], dims: LnDims) {
+    let LnDims { rows, d, .. } = dims;
+    let LnGrads { dinp, dweight, dbias } = grads;
+    let isa = crate::cpu::isa();
+    let (dw_add, dweight) = (dweight.add, dweight.data);
+    let (db_add, dbias) = (dbias.add, dbias.data);
     check("backward", "dout (R, D)", dout.len(), rows * d);
     check("backward", "inp (R, D)", inp.len(), rows * d);
     check("backward", "weight (D)", weight.len(), d);
@@ -217,6 +177,12 @@ pub fn backward_with(
     check("backward", "dbias (D)", dbias.len(), d);
     check("backward", "mean (R)", mean.len(), rows);
     check("backward", "rstd (R)", rstd.len(), rows);
+    if !dw_add {
+        dweight.fill(0.0);
+    }
+    if !db_add {
+        dbias.fill(0.0);
+    }
     if rows == 0 || d == 0 {
         return;
     }
@@ -262,8 +228,9 @@ pub fn backward_with(
 
 /// One row at a time, straight from the formulas, accumulating in f64.
 pub mod reference {
+    use super::LnDims;
+
     /// Forward, as in the module docs.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         out: &mut [f32],
         mean: &mut [f32],
@@ -271,10 +238,9 @@ pub mod reference {
         inp: &[f32],
         weight: &[f32],
         bias: &[f32],
-        rows: usize,
-        d: usize,
-        eps: f32,
+        dims: LnDims,
     ) {
+        let LnDims { rows, d, eps } = dims;
         for r in 0..rows {
             let x = &inp[r * d..(r + 1) * d];
             let m = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
@@ -288,20 +254,19 @@ pub mod reference {
         }
     }
 
-    /// Backward, as in the module docs.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward, as in the module docs, every gradient accumulated:
+    /// `grads` holds `dinp (R, D)`, `dweight (D)`, `dbias (D)`.
     pub fn backward(
-        dinp: &mut [f32],
-        dweight: &mut [f32],
-        dbias: &mut [f32],
+        grads: [&mut [f32]; 3],
         dout: &[f32],
-        inp: &[f32],
-        weight: &[f32],
         mean: &[f32],
         rstd: &[f32],
-        rows: usize,
-        d: usize,
+        inp: &[f32],
+        weight: &[f32],
+        dims: LnDims,
     ) {
+        let LnDims { rows, d, .. } = dims;
+        let [dinp, dweight, dbias] = grads;
         for r in 0..rows {
             let (m, s) = (mean[r] as f64, rstd[r] as f64);
             let xhat: Vec<f64> = (0..d).map(|i| (inp[r * d + i] as f64 - m) * s).collect();
@@ -336,9 +301,10 @@ mod tests {
                     let w = random_vec(d, seed + 1);
                     let b = random_vec(d, seed + 2);
                     let (mut o, mut m, mut s) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-                    forward_with(isa, &mut o, &mut m, &mut s, &x, &w, &b, rows, d, 1e-6);
+                    let dims = LnDims { rows, d, eps: 1e-6 };
+                    forward(&mut o, &mut m, &mut s, &x, &w, &b, dims);
                     let (mut ro, mut rm, mut rs) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-                    reference::forward(&mut ro, &mut rm, &mut rs, &x, &w, &b, rows, d, 1e-6);
+                    reference::forward(&mut ro, &mut rm, &mut rs, &x, &w, &b, dims);
                     let tol = if d == 1 { 1e-3 } else { 2e-5 };
                     assert_close(&o, &ro, tol, &format!("layernorm out {isa:?}"));
                     assert_close(&m, &rm, 1e-5, "layernorm mean");
@@ -347,42 +313,31 @@ mod tests {
                     let dout = random_vec(rows * d, seed + 3);
                     let g0 = random_vec(rows * d, seed + 4);
                     let (mut di, mut dw, mut db) = (g0.clone(), vec![0.5; d], vec![-0.5; d]);
-                    backward_with(
-                        isa,
-                        Some(GradOut::add(&mut di)),
-                        &mut dw,
-                        &mut db,
-                        &dout,
-                        &x,
-                        &w,
-                        &m,
-                        &s,
-                        rows,
-                        d,
-                    );
+                    let grads = LnGrads {
+                        dinp: Some(GradOut::add(&mut di)),
+                        dweight: GradOut::add(&mut dw),
+                        dbias: GradOut::add(&mut db),
+                    };
+                    backward(grads, &dout, &m, &s, &x, &w, dims);
                     let (mut ri, mut rw, mut rb) = (g0, vec![0.5; d], vec![-0.5; d]);
-                    reference::backward(&mut ri, &mut rw, &mut rb, &dout, &x, &w, &m, &s, rows, d);
+                    reference::backward([&mut ri, &mut rw, &mut rb], &dout, &m, &s, &x, &w, dims);
                     let tol = if d == 1 { 1e-2 } else { 1e-4 };
                     assert_close(&di, &ri, tol, &format!("layernorm dinp {isa:?}"));
                     assert_close(&dw, &rw, 1e-4, "layernorm dweight");
                     assert_close(&db, &rb, 1e-4, "layernorm dbias");
-                    let mut over = vec![f32::NAN; rows * d];
-                    backward_with(
-                        isa,
-                        Some(GradOut::overwrite(&mut over)),
-                        &mut dw,
-                        &mut db,
-                        &dout,
-                        &x,
-                        &w,
-                        &m,
-                        &s,
-                        rows,
-                        d,
-                    );
-                    let mut zero = vec![0.0; rows * d];
-                    reference::backward(&mut zero, &mut rw, &mut rb, &dout, &x, &w, &m, &s, rows, d);
+                    // Every gradient overwritten: as accumulated into zeros.
+                    let (mut over, mut ow, mut ob) = (vec![f32::NAN; rows * d], vec![f32::NAN; d], vec![f32::NAN; d]);
+                    let grads = LnGrads {
+                        dinp: Some(GradOut::overwrite(&mut over)),
+                        dweight: GradOut::overwrite(&mut ow),
+                        dbias: GradOut::overwrite(&mut ob),
+                    };
+                    backward(grads, &dout, &m, &s, &x, &w, dims);
+                    let (mut zero, mut zw, mut zb) = (vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
+                    reference::backward([&mut zero, &mut zw, &mut zb], &dout, &m, &s, &x, &w, dims);
                     assert_close(&over, &zero, tol, &format!("layernorm dinp overwrite {isa:?}"));
+                    assert_close(&ow, &zw, 1e-4, "layernorm dweight overwrite");
+                    assert_close(&ob, &zb, 1e-4, "layernorm dbias overwrite");
                 }
             }
         });
@@ -393,7 +348,15 @@ mod tests {
         let (rows, d) = (5, 64);
         let x: Vec<f32> = random_vec(rows * d, 9).iter().map(|v| 10.0 * v - 3.0).collect();
         let (mut o, mut m, mut s) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-        forward(&mut o, &mut m, &mut s, &x, &vec![1.0; d], &vec![0.0; d], rows, d, 1e-6);
+        forward(
+            &mut o,
+            &mut m,
+            &mut s,
+            &x,
+            &vec![1.0; d],
+            &vec![0.0; d],
+            LnDims { rows, d, eps: 1e-6 },
+        );
         for row in o.chunks(d) {
             let mean: f32 = row.iter().sum::<f32>() / d as f32;
             let var: f32 = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / d as f32;
@@ -411,7 +374,13 @@ mod tests {
         let run = |t: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
             let (mut dw, mut db) = (vec![0.0; d], vec![0.0; d]);
-            pool.install(|| backward(None, &mut dw, &mut db, &dout, &x, &w, &m, &s, rows, d));
+            let grads = LnGrads {
+                dinp: None,
+                dweight: GradOut::add(&mut dw),
+                dbias: GradOut::add(&mut db),
+            };
+            let dims = LnDims { rows, d, eps: 1e-6 };
+            pool.install(|| backward(grads, &dout, &m, &s, &x, &w, dims));
             (dw, db)
         };
         assert_eq!(run(1), run(2));

@@ -12,11 +12,28 @@
 //! * public entry points that check lengths and dispatch to the fast path
 //!   (rayon over independent rows, heads or batches; SIMD where it pays).
 //!
-//! Argument order follows llm.c: `forward(out, saved.., inp, params.., dims)` and
-//! `backward(dinp, dparams.., dout, saved.., inp, params.., dims)`. A backward
-//! either overwrites a gradient buffer (a fresh one, no zeroing needed) or
-//! accumulates into it (`+=`, a tensor that already received a gradient from
-//! another consumer): each gradient argument is a [`GradOut`] that says which.
+//! Each kernel direction has one public entry. Argument order follows llm.c:
+//! `forward(out, saved.., inp, params.., dims)` and
+//! `backward(dinp, dparams.., dout, saved.., inp, params.., dims)`, with
+//! three additions: the precision of the products, `prec`, comes first in
+//! the kernels that have products; scratch buffers come right after the
+//! outputs (`patch::embed_forward(prec, out, cols, img, ..)`); and a backward
+//! that writes several gradients takes them as one struct in the `dinp`
+//! place (`layernorm::LnGrads`, `linear::LinearGrads`,
+//! `attention::AttnGrads`, `patch::EmbedGrads`). Sizes travel in a dims
+//! struct where a kernel has more than two (`LnDims`, `LinearDims`,
+//! `AttnDims`, `PatchDims`, `loss::Regression`, ...). Two families keep the
+//! order of their field: [`gemm`] BLAS's (`α, A, B, β, C`), and
+//! [`adamw`] an optimizer's (`param, grad, state.., step`).
+//!
+//! Every gradient buffer is a [`GradOut`]: a backward either overwrites it (a
+//! fresh buffer, no zeroing needed) or accumulates into it (`+=`, a tensor
+//! that already received a gradient from another consumer), as its `add`
+//! says.
+//!
+//! The instruction set is chosen once per call, at the entry, from
+//! [`cpu::isa`] (forced for a closure with [`cpu::with_isa`], as the tests
+//! and benchmarks do), and handed down to everything the call runs.
 //!
 //! `unsafe` lives only here, in this crate: SIMD intrinsics behind runtime
 //! detection ([`cpu`]), and the GEMM driver's raw tile pointers; every block

@@ -9,16 +9,17 @@
 //! loss = Σ_r w_r ℓ_r / Σ_r w_r                  (MAE: (loss * mask).sum() / mask.sum())
 //!
 //! cross-entropy:  ℓ_r = logsumexp(logits_r) − logits_r[t_r]
-//!                 dlogits_r += dloss · w_r / Σw · (softmax(logits_r) − onehot(t_r))
+//!                 dlogits_r (+)= dloss · w_r / Σw · (softmax(logits_r) − onehot(t_r))
 //!
 //! soft targets (label smoothing, mixup; rows of q sum to 1):
 //!                 ℓ_r = Σ_k q_rk (logsumexp(logits_r) − logits_rk)
-//!                 dlogits_r += dloss / R · (softmax(logits_r) · Σ_k q_rk − q_r)
+//!                 dlogits_r (+)= dloss / R · (softmax(logits_r) · Σ_k q_rk − q_r)
 //! ```
 //! Without weights every row has weight 1. If `Σ w = 0` (nothing to predict) the
 //! loss is 0 and the gradients are 0. Sums are taken in f64 over fixed chunks of
 //! rows, so the value does not depend on the thread count.
 
+use crate::GradOut;
 use crate::math;
 use crate::par::{ROW_CHUNK, sum_f64};
 use rayon::prelude::*;
@@ -30,6 +31,30 @@ pub enum Distance {
     Squared,
     /// `|pred − target|`: L1.
     Absolute,
+}
+
+/// A regression loss: its distance, over `rows` rows of `p` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Regression {
+    pub distance: Distance,
+    pub rows: usize,
+    pub p: usize,
+}
+
+/// The shape of a cross-entropy: `rows` rows of `k` logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassDims {
+    pub rows: usize,
+    pub k: usize,
+}
+
+/// The buffer of a [`GradOut`], zeroed first if it is to be overwritten: the
+/// backwards below accumulate, and a fresh buffer must start from zero.
+fn accumulating<'a>(g: GradOut<'a>) -> &'a mut [f32] {
+    if !g.add {
+        g.data.fill(0.0);
+    }
+    g.data
 }
 
 crate::multiversion! {
@@ -142,28 +167,16 @@ fn check_rows(name: &str, pred: usize, target: usize, weight: Option<&[f32]>, ro
     }
 }
 
-/// The weighted mean over rows of the per-row mean error (see the module docs).
-pub fn regression_forward(
-    kind: Distance,
-    pred: &[f32],
-    target: &[f32],
-    weight: Option<&[f32]>,
-    rows: usize,
-    p: usize,
-) -> f32 {
-    regression_forward_with(crate::cpu::isa(), kind, pred, target, weight, rows, p)
-}
-
-/// [`regression_forward`] on a chosen instruction set.
-pub fn regression_forward_with(
-    isa: crate::cpu::Isa,
-    kind: Distance,
-    pred: &[f32],
-    target: &[f32],
-    weight: Option<&[f32]>,
-    rows: usize,
-    p: usize,
-) -> f32 {
+/// The weighted mean over rows of the per-row mean error (see the module
+/// docs) of `pred (R, P)` against `target (R, P)`, rows weighted by
+/// `weight (R)` if given.
+pub fn regression_forward(pred: &[f32], target: &[f32], weight: Option<&[f32]>, loss: Regression) -> f32 {
+    let Regression {
+        distance: kind,
+        rows,
+        p,
+    } = loss;
+    let isa = crate::cpu::isa();
     check_rows("regression_forward", pred.len(), target.len(), weight, rows, p);
     let wsum = weight_sum(weight, rows);
     if wsum == 0.0 || p == 0 {
@@ -181,49 +194,25 @@ pub fn regression_forward_with(
     (total / wsum) as f32
 }
 
-/// Accumulates `dpred` (and `dtarget`, if given: the negation) for an upstream
-/// gradient `dloss` of the scalar loss.
-#[allow(clippy::too_many_arguments)]
+/// `dpred (R, P)` and `dtarget (R, P)` (each if given: the negation of the
+/// other; see [`GradOut`]) for an upstream gradient `dloss` of the scalar loss.
 pub fn regression_backward(
-    kind: Distance,
-    dpred: Option<&mut [f32]>,
-    dtarget: Option<&mut [f32]>,
+    dpred: Option<GradOut>,
+    dtarget: Option<GradOut>,
     dloss: f32,
     pred: &[f32],
     target: &[f32],
     weight: Option<&[f32]>,
-    rows: usize,
-    p: usize,
+    loss: Regression,
 ) {
-    regression_backward_with(
-        crate::cpu::isa(),
-        kind,
-        dpred,
-        dtarget,
-        dloss,
-        pred,
-        target,
-        weight,
+    let Regression {
+        distance: kind,
         rows,
         p,
-    )
-}
-
-/// [`regression_backward`] on a chosen instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn regression_backward_with(
-    isa: crate::cpu::Isa,
-    kind: Distance,
-    dpred: Option<&mut [f32]>,
-    dtarget: Option<&mut [f32]>,
-    dloss: f32,
-    pred: &[f32],
-    target: &[f32],
-    weight: Option<&[f32]>,
-    rows: usize,
-    p: usize,
-) {
+    } = loss;
+    let isa = crate::cpu::isa();
     check_rows("regression_backward", pred.len(), target.len(), weight, rows, p);
+    let (dpred, dtarget) = (dpred.map(accumulating), dtarget.map(accumulating));
     let wsum = weight_sum(weight, rows);
     if wsum == 0.0 || p == 0 {
         return;
@@ -255,22 +244,10 @@ pub fn cross_entropy_forward(
     logits: &[f32],
     targets: &[u32],
     weight: Option<&[f32]>,
-    rows: usize,
-    k: usize,
+    dims: ClassDims,
 ) -> f32 {
-    cross_entropy_forward_with(crate::cpu::isa(), lse, logits, targets, weight, rows, k)
-}
-
-/// [`cross_entropy_forward`] on a chosen instruction set.
-pub fn cross_entropy_forward_with(
-    isa: crate::cpu::Isa,
-    lse: &mut [f32],
-    logits: &[f32],
-    targets: &[u32],
-    weight: Option<&[f32]>,
-    rows: usize,
-    k: usize,
-) -> f32 {
+    let ClassDims { rows, k } = dims;
+    let isa = crate::cpu::isa();
     check_rows(
         "cross_entropy_forward",
         logits.len(),
@@ -306,34 +283,20 @@ pub fn cross_entropy_forward_with(
     (total / wsum) as f32
 }
 
-/// Accumulates `dlogits (R, K)` for an upstream gradient `dloss`.
-#[allow(clippy::too_many_arguments)]
+/// `dlogits (R, K)` (see [`GradOut`]) for an upstream gradient `dloss`, from
+/// the forward's saved `lse (R)`, its `logits`, `targets` and `weight`.
 pub fn cross_entropy_backward(
-    dlogits: &mut [f32],
+    dlogits: GradOut,
     dloss: f32,
-    logits: &[f32],
     lse: &[f32],
+    logits: &[f32],
     targets: &[u32],
     weight: Option<&[f32]>,
-    rows: usize,
-    k: usize,
+    dims: ClassDims,
 ) {
-    cross_entropy_backward_with(crate::cpu::isa(), dlogits, dloss, logits, lse, targets, weight, rows, k)
-}
-
-/// [`cross_entropy_backward`] on a chosen instruction set.
-#[allow(clippy::too_many_arguments)]
-pub fn cross_entropy_backward_with(
-    isa: crate::cpu::Isa,
-    dlogits: &mut [f32],
-    dloss: f32,
-    logits: &[f32],
-    lse: &[f32],
-    targets: &[u32],
-    weight: Option<&[f32]>,
-    rows: usize,
-    k: usize,
-) {
+    let ClassDims { rows, k } = dims;
+    let dlogits = accumulating(dlogits);
+    let isa = crate::cpu::isa();
     check_rows("cross_entropy_backward", logits.len(), dlogits.len(), weight, rows, k);
     assert!(
         targets.len() == rows && lse.len() == rows,
@@ -361,19 +324,9 @@ pub fn cross_entropy_backward_with(
 /// Mean cross-entropy of `logits (R, K)` against soft targets `q (R, K)`
 /// (timm's `SoftTargetCrossEntropy`: label smoothing, mixup, cutmix); writes
 /// each row's log-sum-exp into `lse (R)` for the backward.
-pub fn soft_cross_entropy_forward(lse: &mut [f32], logits: &[f32], q: &[f32], rows: usize, k: usize) -> f32 {
-    soft_cross_entropy_forward_with(crate::cpu::isa(), lse, logits, q, rows, k)
-}
-
-/// [`soft_cross_entropy_forward`] on a chosen instruction set.
-pub fn soft_cross_entropy_forward_with(
-    isa: crate::cpu::Isa,
-    lse: &mut [f32],
-    logits: &[f32],
-    q: &[f32],
-    rows: usize,
-    k: usize,
-) -> f32 {
+pub fn soft_cross_entropy_forward(lse: &mut [f32], logits: &[f32], q: &[f32], dims: ClassDims) -> f32 {
+    let ClassDims { rows, k } = dims;
+    let isa = crate::cpu::isa();
     check_rows("soft_cross_entropy_forward", logits.len(), q.len(), None, rows, k);
     assert_eq!(
         lse.len(),
@@ -395,17 +348,18 @@ pub fn soft_cross_entropy_forward_with(
     (total / rows as f64) as f32
 }
 
-/// Accumulates `dlogits (R, K)` of [`soft_cross_entropy_forward`] for an
-/// upstream gradient `dloss`.
+/// `dlogits (R, K)` of [`soft_cross_entropy_forward`] (see [`GradOut`]) for
+/// an upstream gradient `dloss`, from the saved `lse (R)`, `logits` and `q`.
 pub fn soft_cross_entropy_backward(
-    dlogits: &mut [f32],
+    dlogits: GradOut,
     dloss: f32,
-    logits: &[f32],
     lse: &[f32],
+    logits: &[f32],
     q: &[f32],
-    rows: usize,
-    k: usize,
+    dims: ClassDims,
 ) {
+    let ClassDims { rows, k } = dims;
+    let dlogits = accumulating(dlogits);
     check_rows(
         "soft_cross_entropy_backward",
         logits.len(),
@@ -436,17 +390,15 @@ pub fn soft_cross_entropy_backward(
 
 /// The formulas, one row at a time in f64.
 pub mod reference {
-    use super::Distance;
+    use super::{ClassDims, Distance, Regression};
 
     /// See [`super::regression_forward`].
-    pub fn regression_forward(
-        kind: Distance,
-        pred: &[f32],
-        target: &[f32],
-        weight: Option<&[f32]>,
-        rows: usize,
-        p: usize,
-    ) -> f32 {
+    pub fn regression_forward(pred: &[f32], target: &[f32], weight: Option<&[f32]>, loss: Regression) -> f32 {
+        let Regression {
+            distance: kind,
+            rows,
+            p,
+        } = loss;
         let (mut num, mut den) = (0f64, 0f64);
         for r in 0..rows {
             let w = weight.map_or(1.0, |w| w[r] as f64);
@@ -464,13 +416,8 @@ pub mod reference {
     }
 
     /// See [`super::cross_entropy_forward`].
-    pub fn cross_entropy_forward(
-        logits: &[f32],
-        targets: &[u32],
-        weight: Option<&[f32]>,
-        rows: usize,
-        k: usize,
-    ) -> f32 {
+    pub fn cross_entropy_forward(logits: &[f32], targets: &[u32], weight: Option<&[f32]>, dims: ClassDims) -> f32 {
+        let ClassDims { rows, k } = dims;
         let (mut num, mut den) = (0f64, 0f64);
         for r in 0..rows {
             let row = &logits[r * k..(r + 1) * k];
@@ -484,7 +431,8 @@ pub mod reference {
     }
 
     /// See [`super::soft_cross_entropy_forward`].
-    pub fn soft_cross_entropy_forward(logits: &[f32], q: &[f32], rows: usize, k: usize) -> f32 {
+    pub fn soft_cross_entropy_forward(logits: &[f32], q: &[f32], dims: ClassDims) -> f32 {
+        let ClassDims { rows, k } = dims;
         let mut num = 0f64;
         for r in 0..rows {
             let row = &logits[r * k..(r + 1) * k];
@@ -521,7 +469,7 @@ mod tests {
     /// Every path against f64 (tolerance 1e-5 relative) and finite differences.
     #[test]
     fn regression_losses_match_reference_and_finite_differences() {
-        for_each_isa("regression loss", |isa| {
+        for_each_isa("regression loss", |_| {
             for kind in [Distance::Squared, Distance::Absolute] {
                 for (t, &rows) in ODD_SIZES.iter().enumerate() {
                     let p = ODD_SIZES[(t + 2) % 6];
@@ -531,31 +479,26 @@ mod tests {
                         .iter()
                         .map(|v| if *v > 0.0 { 1.0 } else { 0.0 })
                         .collect();
+                    let loss = Regression {
+                        distance: kind,
+                        rows,
+                        p,
+                    };
                     for weight in [None, Some(&w[..])] {
-                        let got = regression_forward_with(isa, kind, &pred, &target, weight, rows, p);
-                        let want = reference::regression_forward(kind, &pred, &target, weight, rows, p);
+                        let got = regression_forward(&pred, &target, weight, loss);
+                        let want = reference::regression_forward(&pred, &target, weight, loss);
                         assert!(
                             (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
                             "{kind:?} rows {rows} p {p}: {got} vs {want}"
                         );
                         if rows * p <= 200 {
-                            let mut dp = vec![0.0; rows * p];
-                            let mut dt = vec![0.0; rows * p];
-                            regression_backward_with(
-                                isa,
-                                kind,
-                                Some(&mut dp),
-                                Some(&mut dt),
-                                1.0,
-                                &pred,
-                                &target,
-                                weight,
-                                rows,
-                                p,
-                            );
-                            let num = numeric_grad(&pred, |x| {
-                                reference::regression_forward(kind, x, &target, weight, rows, p)
-                            });
+                            // dpred accumulated onto 0.5, dtarget overwritten.
+                            let mut dp = vec![0.5; rows * p];
+                            let mut dt = vec![f32::NAN; rows * p];
+                            let (gp, gt) = (GradOut::add(&mut dp), GradOut::overwrite(&mut dt));
+                            regression_backward(Some(gp), Some(gt), 1.0, &pred, &target, weight, loss);
+                            dp.iter_mut().for_each(|v| *v -= 0.5);
+                            let num = numeric_grad(&pred, |x| reference::regression_forward(x, &target, weight, loss));
                             for i in 0..dp.len() {
                                 // Finite differences across L1's kink are meaningless.
                                 if kind == Distance::Absolute && (pred[i] - target[i]).abs() < 0.02 {
@@ -567,7 +510,7 @@ mod tests {
                                     dp[i],
                                     num[i]
                                 );
-                                assert_eq!(dt[i], -dp[i]);
+                                assert!((dt[i] + dp[i]).abs() <= 1e-6, "{} vs {}", dt[i], dp[i]);
                             }
                         }
                     }
@@ -581,39 +524,39 @@ mod tests {
         let pred = [1.0, 1.0, 5.0, 5.0];
         let target = [0.0, 0.0, 0.0, 0.0];
         // Only row 0 is hidden: mean of [1, 1] squared = 1.
-        assert_eq!(
-            regression_forward(Distance::Squared, &pred, &target, Some(&[1.0, 0.0]), 2, 2),
-            1.0
-        );
-        assert_eq!(
-            regression_forward(Distance::Squared, &pred, &target, Some(&[0.0, 0.0]), 2, 2),
-            0.0
-        );
+        let loss = Regression {
+            distance: Distance::Squared,
+            rows: 2,
+            p: 2,
+        };
+        assert_eq!(regression_forward(&pred, &target, Some(&[1.0, 0.0]), loss), 1.0);
+        assert_eq!(regression_forward(&pred, &target, Some(&[0.0, 0.0]), loss), 0.0);
     }
 
     /// Every path against f64 (tolerance 1e-5 relative) and finite differences.
     #[test]
     fn cross_entropy_matches_reference_and_finite_differences() {
-        for_each_isa("cross-entropy", |isa| {
+        for_each_isa("cross-entropy", |_| {
             for (t, &rows) in ODD_SIZES.iter().enumerate() {
                 let k = ODD_SIZES[(t + 1) % 6];
                 let logits: Vec<f32> = random_vec(rows * k, t as u64).iter().map(|v| 4.0 * v).collect();
                 let targets: Vec<u32> = (0..rows).map(|r| ((r * 7 + t) % k) as u32).collect();
                 let w: Vec<f32> = (0..rows).map(|r| (r % 2) as f32).collect();
+                let dims = ClassDims { rows, k };
                 for weight in [None, Some(&w[..])] {
                     let mut lse = vec![0.0; rows];
-                    let got = cross_entropy_forward_with(isa, &mut lse, &logits, &targets, weight, rows, k);
-                    let want = reference::cross_entropy_forward(&logits, &targets, weight, rows, k);
+                    let got = cross_entropy_forward(&mut lse, &logits, &targets, weight, dims);
+                    let want = reference::cross_entropy_forward(&logits, &targets, weight, dims);
                     assert!(
                         (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
                         "rows {rows} k {k}: {got} vs {want}"
                     );
                     if rows * k <= 200 {
-                        let mut dl = vec![0.0; rows * k];
-                        cross_entropy_backward_with(isa, &mut dl, 1.0, &logits, &lse, &targets, weight, rows, k);
-                        let num = numeric_grad(&logits, |x| {
-                            reference::cross_entropy_forward(x, &targets, weight, rows, k)
-                        });
+                        let mut dl = vec![f32::NAN; rows * k];
+                        let g = GradOut::overwrite(&mut dl);
+                        cross_entropy_backward(g, 1.0, &lse, &logits, &targets, weight, dims);
+                        let num =
+                            numeric_grad(&logits, |x| reference::cross_entropy_forward(x, &targets, weight, dims));
                         for i in 0..dl.len() {
                             assert!((dl[i] - num[i]).abs() < 1e-3, "d/dlogits[{i}]: {} vs {}", dl[i], num[i]);
                         }
@@ -627,22 +570,23 @@ mod tests {
     /// and finite differences; a one-hot `q` is the hard cross-entropy.
     #[test]
     fn soft_cross_entropy_matches_reference_and_finite_differences() {
-        for_each_isa("soft cross-entropy", |isa| {
+        for_each_isa("soft cross-entropy", |_| {
             for (t, &rows) in ODD_SIZES.iter().enumerate() {
                 let k = ODD_SIZES[(t + 2) % 6].max(2);
                 let logits: Vec<f32> = random_vec(rows * k, t as u64).iter().map(|v| 4.0 * v).collect();
                 let q: Vec<f32> = random_vec(rows * k, 50 + t as u64).iter().map(|v| v.abs()).collect();
+                let dims = ClassDims { rows, k };
                 let mut lse = vec![0.0; rows];
-                let got = soft_cross_entropy_forward_with(isa, &mut lse, &logits, &q, rows, k);
-                let want = reference::soft_cross_entropy_forward(&logits, &q, rows, k);
+                let got = soft_cross_entropy_forward(&mut lse, &logits, &q, dims);
+                let want = reference::soft_cross_entropy_forward(&logits, &q, dims);
                 assert!(
                     (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
                     "rows {rows} k {k}: {got} vs {want}"
                 );
                 if rows * k <= 200 {
                     let mut dl = vec![0.0; rows * k];
-                    soft_cross_entropy_backward(&mut dl, 1.0, &logits, &lse, &q, rows, k);
-                    let num = numeric_grad(&logits, |x| reference::soft_cross_entropy_forward(x, &q, rows, k));
+                    soft_cross_entropy_backward(GradOut::add(&mut dl), 1.0, &lse, &logits, &q, dims);
+                    let num = numeric_grad(&logits, |x| reference::soft_cross_entropy_forward(x, &q, dims));
                     for i in 0..dl.len() {
                         assert!((dl[i] - num[i]).abs() < 1e-3, "d/dlogits[{i}]: {} vs {}", dl[i], num[i]);
                     }
@@ -653,8 +597,8 @@ mod tests {
                 for (r, &c) in targets.iter().enumerate() {
                     onehot[r * k + c as usize] = 1.0;
                 }
-                let soft = soft_cross_entropy_forward_with(isa, &mut lse, &logits, &onehot, rows, k);
-                let hard = reference::cross_entropy_forward(&logits, &targets, None, rows, k);
+                let soft = soft_cross_entropy_forward(&mut lse, &logits, &onehot, dims);
+                let hard = reference::cross_entropy_forward(&logits, &targets, None, dims);
                 assert!((soft - hard).abs() <= 1e-5 * (1.0 + hard.abs()));
             }
         });
@@ -664,6 +608,6 @@ mod tests {
     #[should_panic(expected = "not below")]
     fn out_of_range_target_panics_with_message() {
         let mut lse = [0.0];
-        cross_entropy_forward(&mut lse, &[0.0, 1.0], &[2], None, 1, 2);
+        cross_entropy_forward(&mut lse, &[0.0, 1.0], &[2], None, ClassDims { rows: 1, k: 2 });
     }
 }

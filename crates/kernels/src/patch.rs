@@ -17,8 +17,8 @@
 //! `cols` holds each patch in conv order ("im2col" for a stride = kernel conv).
 
 use crate::GradOut;
-use crate::gemm::{MatMut, MatRef, Precision, gemm_in};
-use crate::linear;
+use crate::gemm::{MatMut, MatRef, Precision, gemm};
+use crate::linear::{self, LinearDims, LinearGrads};
 use rayon::prelude::*;
 
 /// Image and patch geometry.
@@ -164,12 +164,27 @@ pub fn col2im_add(dimg: &mut [f32], dcols: &[f32], d: PatchDims) {
     });
 }
 
+/// The sizes of a patch embedding: the images and their patches, and the
+/// embedding width `dim` (`D`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedDims {
+    pub patches: PatchDims,
+    pub dim: usize,
+}
+
+/// The gradients [`embed_backward`] writes, each if asked for (see
+/// [`GradOut`]): `dimg (B, C, H, W)`, `dweight (D, C, p, p)`, `dbias (D)`.
+pub struct EmbedGrads<'a> {
+    pub dimg: Option<GradOut<'a>>,
+    pub dweight: Option<GradOut<'a>>,
+    pub dbias: Option<GradOut<'a>>,
+}
+
 /// Patch embedding: `out (B, L, D) = conv(img, weight (D, C, p, p), stride p) + bias (D)`,
 /// the product in `prec`.
 ///
 /// Computed as im2col followed by one GEMM with the weight viewed as
 /// `(D, C·p·p)`; `cols` is scratch of `B·L·C·p·p` values (the image's size).
-#[allow(clippy::too_many_arguments)]
 pub fn embed_forward(
     prec: Precision,
     out: &mut [f32],
@@ -177,47 +192,50 @@ pub fn embed_forward(
     img: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
-    d: PatchDims,
-    dim: usize,
+    dims: EmbedDims,
 ) {
+    let EmbedDims { patches: d, dim } = dims;
     check("embed_forward", "out (B, L, D)", out.len(), d.b * d.l() * dim);
     im2col(cols, img, d);
-    linear::forward(prec, out, cols, weight, bias, d.b * d.l(), d.patch_len(), dim);
+    let dims = LinearDims {
+        m: d.b * d.l(),
+        k: d.patch_len(),
+        n: dim,
+    };
+    linear::forward(prec, out, cols, weight, bias, dims);
 }
 
-/// Gradients of [`embed_forward`], accumulated. `cols` is scratch as in the
-/// forward; it is recomputed from `img` rather than kept from the forward.
-#[allow(clippy::too_many_arguments)]
+/// Gradients of [`embed_forward`] ([`EmbedGrads`]). `cols` is scratch as in
+/// the forward; it is recomputed from `img` rather than kept from the forward.
 pub fn embed_backward(
     prec: Precision,
-    dimg: Option<&mut [f32]>,
-    dweight: Option<&mut [f32]>,
-    dbias: Option<&mut [f32]>,
+    grads: EmbedGrads,
     cols: &mut [f32],
     dout: &[f32],
     img: &[f32],
     weight: &[f32],
-    d: PatchDims,
-    dim: usize,
+    dims: EmbedDims,
 ) {
+    let EmbedDims { patches: d, dim } = dims;
+    let EmbedGrads { dimg, dweight, dbias } = grads;
     let (m, k) = (d.b * d.l(), d.patch_len());
     im2col(cols, img, d);
-    linear::backward(
-        prec,
-        None,
-        dweight.map(GradOut::add),
-        dbias.map(GradOut::add),
-        dout,
-        cols,
-        weight,
-        m,
-        k,
-        dim,
-    );
+    let grads = LinearGrads {
+        dinp: None,
+        dweight,
+        dbias,
+    };
+    linear::backward(prec, grads, dout, cols, weight, LinearDims { m, k, n: dim });
     if let Some(dimg) = dimg {
+        let dimg = if dimg.add {
+            dimg.data
+        } else {
+            dimg.data.fill(0.0);
+            dimg.data
+        };
         // dcols (B·L, C·p·p) = dout (B·L, D) · weight (D, C·p·p), reusing the
         // scratch, then scattered back to pixels.
-        gemm_in(
+        gemm(
             prec,
             1.0,
             MatRef::row_major(dout, m, dim),
@@ -253,7 +271,8 @@ pub mod reference {
     }
 
     /// The convolution with kernel = stride = p, written as a convolution.
-    pub fn embed_forward(out: &mut [f32], img: &[f32], weight: &[f32], bias: Option<&[f32]>, d: PatchDims, dim: usize) {
+    pub fn embed_forward(out: &mut [f32], img: &[f32], weight: &[f32], bias: Option<&[f32]>, dims: super::EmbedDims) {
+        let super::EmbedDims { patches: d, dim } = dims;
         for n in 0..d.b {
             for hp in 0..d.hp() {
                 for wp in 0..d.wp() {
@@ -329,9 +348,10 @@ mod tests {
                 let b = random_vec(dim, 200 + s as u64);
                 let mut cols = vec![0.0; img.len()];
                 let mut fast = vec![0.0; d.b * d.l() * dim];
-                embed_forward(Precision::F32, &mut fast, &mut cols, &img, &w, Some(&b), d, dim);
+                let dims = EmbedDims { patches: d, dim };
+                embed_forward(Precision::F32, &mut fast, &mut cols, &img, &w, Some(&b), dims);
                 let mut slow = vec![0.0; fast.len()];
-                reference::embed_forward(&mut slow, &img, &w, Some(&b), d, dim);
+                reference::embed_forward(&mut slow, &img, &w, Some(&b), dims);
                 assert_close(&fast, &slow, 1e-4, "patch embed");
             }
         }
@@ -348,27 +368,24 @@ mod tests {
             let dout = random_vec(d.b * d.l() * dim, 20 + s as u64);
             let (vi, vw, vb) = (random_vec(img.len(), 30), random_vec(w.len(), 40), random_vec(dim, 50));
             let mut cols = vec![0.0; img.len()];
-            let (mut di, mut dw, mut db) = (vec![0.0; img.len()], vec![0.0; w.len()], vec![0.0; dim]);
-            embed_backward(
-                Precision::F32,
-                Some(&mut di),
-                Some(&mut dw),
-                Some(&mut db),
-                &mut cols,
-                &dout,
-                &img,
-                &w,
-                d,
-                dim,
-            );
+            // The image's gradient overwritten (the buffer held NaN), the
+            // parameters' accumulated onto zeros.
+            let (mut di, mut dw, mut db) = (vec![f32::NAN; img.len()], vec![0.0; w.len()], vec![0.0; dim]);
+            let grads = EmbedGrads {
+                dimg: Some(GradOut::overwrite(&mut di)),
+                dweight: Some(GradOut::add(&mut dw)),
+                dbias: Some(GradOut::add(&mut db)),
+            };
+            let dims = EmbedDims { patches: d, dim };
+            embed_backward(Precision::F32, grads, &mut cols, &dout, &img, &w, dims);
             let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
             // out is bilinear in (img, w) plus bias: directional derivative along (vi, vw, vb).
             let mut o1 = vec![0.0; dout.len()];
             let mut o2 = vec![0.0; dout.len()];
             let mut o3 = vec![0.0; dout.len()];
-            reference::embed_forward(&mut o1, &vi, &w, None, d, dim);
-            reference::embed_forward(&mut o2, &img, &vw, None, d, dim);
-            reference::embed_forward(&mut o3, &vec![0.0; img.len()], &w, Some(&vb), d, dim);
+            reference::embed_forward(&mut o1, &vi, &w, None, dims);
+            reference::embed_forward(&mut o2, &img, &vw, None, dims);
+            reference::embed_forward(&mut o3, &vec![0.0; img.len()], &w, Some(&vb), dims);
             let lhs = dot(&dout, &o1) + dot(&dout, &o2) + dot(&dout, &o3);
             let rhs = dot(&di, &vi) + dot(&dw, &vw) + dot(&db, &vb);
             assert!((lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()), "{d:?}: {lhs} vs {rhs}");

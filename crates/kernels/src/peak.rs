@@ -21,6 +21,9 @@ mod x86 {
 
     /// `iters` rounds of 12 independent 16-lane FMAs. Returns a value
     /// depending on every accumulator so the loop is not optimised away.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F (`cpu::detected()` says so).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn fma_avx512(iters: u64) -> f32 {
         let a = _mm512_set1_ps(0.999_999);
@@ -39,6 +42,9 @@ mod x86 {
     }
 
     /// The same with 8-lane AVX2 FMAs.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (`cpu::detected()` says so).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn fma_avx2(iters: u64) -> f32 {
         let a = _mm256_set1_ps(0.999_999);

@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! out_rj = e^{x_rj − m_r} / Σ_k e^{x_rk − m_r},   m_r = max_k x_rk   (stable: no overflow)
-//! dinp_rj += out_rj · (dout_rj − Σ_k dout_rk · out_rk)
+//! dinp_rj (+)= out_rj · (dout_rj − Σ_k dout_rk · out_rk)
 //! ```
 //! The backward needs only the forward's output.
 
-use crate::cpu::Isa;
+use crate::GradOut;
 use crate::math;
 use crate::par::ROW_CHUNK;
 use rayon::prelude::*;
@@ -45,12 +45,18 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    /// The backward over a block of rows.
-    fn backward_rows(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize) {
+    /// The backward over a block of rows, added to `dinp` or written over it.
+    fn backward_rows(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, add: bool) {
         for ((di, g), y) in dinp.chunks_exact_mut(n).zip(dout.chunks_exact(n)).zip(out.chunks_exact(n)) {
             let s = math::dot(g, y);
-            for j in 0..n {
-                di[j] += y[j] * (g[j] - s);
+            if add {
+                for j in 0..n {
+                    di[j] += y[j] * (g[j] - s);
+                }
+            } else {
+                for j in 0..n {
+                    di[j] = y[j] * (g[j] - s);
+                }
             }
         }
     }
@@ -58,11 +64,7 @@ crate::multiversion! {
 
 /// `out (R, N) = softmax(inp (R, N))` row by row.
 pub fn forward(out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
-    forward_with(crate::cpu::isa(), out, inp, rows, n)
-}
-
-/// [`forward`] on a chosen instruction set.
-pub fn forward_with(isa: Isa, out: &mut [f32], inp: &[f32], rows: usize, n: usize) {
+    let isa = crate::cpu::isa();
     assert!(
         out.len() == rows * n && inp.len() == rows * n,
         "softmax::forward: out {}, inp {} values, want {rows}x{n}",
@@ -77,13 +79,11 @@ pub fn forward_with(isa: Isa, out: &mut [f32], inp: &[f32], rows: usize, n: usiz
         .for_each(|(o, x)| forward_rows::run(isa, o, x, n));
 }
 
-/// `dinp += out ⊙ (dout − rowsum(dout ⊙ out))`.
-pub fn backward(dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usize) {
-    backward_with(crate::cpu::isa(), dinp, dout, out, rows, n)
-}
-
-/// [`backward`] on a chosen instruction set.
-pub fn backward_with(isa: Isa, dinp: &mut [f32], dout: &[f32], out: &[f32], rows: usize, n: usize) {
+/// `dinp (+)= out ⊙ (dout − rowsum(dout ⊙ out))` (see [`GradOut`]).
+pub fn backward(dinp: GradOut, dout: &[f32], out: &[f32], rows: usize, n: usize) {
+    let isa = crate::cpu::isa();
+    let add = dinp.add;
+    let dinp = dinp.data;
     assert!(
         dinp.len() == rows * n && dout.len() == rows * n && out.len() == rows * n,
         "softmax::backward: dinp {}, dout {}, out {} values, want {rows}x{n}",
@@ -97,7 +97,7 @@ pub fn backward_with(isa: Isa, dinp: &mut [f32], dout: &[f32], out: &[f32], rows
     let block = ROW_CHUNK * n;
     dinp.par_chunks_mut(block)
         .zip(dout.par_chunks(block).zip(out.par_chunks(block)))
-        .for_each(|(di, (g, y))| backward_rows::run(isa, di, g, y, n));
+        .for_each(|(di, (g, y))| backward_rows::run(isa, di, g, y, n, add));
 }
 
 /// Row by row in f64 with `f64::exp`.
@@ -134,7 +134,7 @@ mod tests {
     /// 1e-5 for the backward (a dot product of N terms).
     #[test]
     fn matches_reference_on_odd_sizes() {
-        for_each_isa("softmax", |isa| {
+        for_each_isa("softmax", |_| {
             for &rows in &ODD_SIZES {
                 for &n in ODD_SIZES.iter().chain(&[769]) {
                     let x: Vec<f32> = random_vec(rows * n, (rows * n) as u64)
@@ -143,14 +143,19 @@ mod tests {
                         .collect();
                     let mut fast = vec![0.0; rows * n];
                     let mut slow = vec![0.0; rows * n];
-                    forward_with(isa, &mut fast, &x, rows, n);
+                    forward(&mut fast, &x, rows, n);
                     reference::forward(&mut slow, &x, rows, n);
                     assert_close(&fast, &slow, 1e-6, "softmax forward");
                     let dout = random_vec(rows * n, 3);
                     let (mut df, mut ds) = (vec![0.1; rows * n], vec![0.1; rows * n]);
-                    backward_with(isa, &mut df, &dout, &fast, rows, n);
+                    backward(GradOut::add(&mut df), &dout, &fast, rows, n);
                     reference::backward(&mut ds, &dout, &slow, rows, n);
                     assert_close(&df, &ds, 1e-5, "softmax backward");
+                    // Overwritten: the same gradient without the 0.1 it started from.
+                    let mut dw = vec![f32::NAN; rows * n];
+                    backward(GradOut::overwrite(&mut dw), &dout, &fast, rows, n);
+                    let less: Vec<f32> = ds.iter().map(|v| v - 0.1).collect();
+                    assert_close(&dw, &less, 1e-5, "softmax backward, overwritten");
                 }
             }
         });

@@ -25,13 +25,14 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
 /// The sizes every kernel is tested on.
 pub const ODD_SIZES: [usize; 6] = [1, 3, 7, 17, 65, 197];
 
-/// Runs `f` on every instruction-set path this CPU has, and says which ones
-/// it lacks (those are skipped, not silently passed).
+/// Runs `f` on every instruction-set path this CPU has (inside
+/// [`crate::cpu::with_isa`], so every kernel `f` calls takes that path), and
+/// says which ones it lacks (those are skipped, not silently passed).
 pub fn for_each_isa(what: &str, mut f: impl FnMut(crate::cpu::Isa)) {
-    use crate::cpu::{Isa, available};
+    use crate::cpu::{Isa, available, with_isa};
     for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
         if available().contains(&isa) {
-            f(isa);
+            with_isa(isa, || f(isa));
         } else {
             eprintln!("{what}: skipping the {} path: this CPU lacks it", isa.name());
         }

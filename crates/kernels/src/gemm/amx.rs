@@ -27,6 +27,7 @@
 
 use super::bf16::to_bf16;
 use super::driver::Product;
+use super::kernel::TileDst;
 use super::view::MatRef;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -276,23 +277,20 @@ unsafe fn block(a: *const u16, b: *const u16, chunks: usize, out: &mut [f32; BM 
     }
 }
 
-/// `C[rows × cols] = α·acc + β·C + bias` (first k-block) or `C += α·acc`.
+/// `dst = α·acc + β·dst + bias` (first k-block) or `dst += α·acc`, for the
+/// `dst.rows × dst.cols` corner of the block.
 ///
 /// # Safety
-/// `c` covers `rows × cols` with strides `(rsc, csc)`.
+/// `dst` is valid for reads and writes of that region with its strides.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn write_back(
-    acc: &[f32; BM * BN],
-    c: *mut f32,
-    rsc: usize,
-    csc: usize,
-    rows: usize,
-    cols: usize,
-    alpha: f32,
-    beta: f32,
-    bias: Option<&[f32]>,
-) {
+unsafe fn write_back(acc: &[f32; BM * BN], dst: TileDst, alpha: f32, beta: f32, bias: Option<&[f32]>) {
+    let TileDst {
+        c,
+        rsc,
+        csc,
+        rows,
+        cols,
+    } = dst;
     // SAFETY: every access is inside the `rows × cols` region.
     unsafe {
         if csc == 1 && cols == BN {
@@ -396,18 +394,14 @@ pub(crate) unsafe fn sgemm_bf16(p: &Product, c: *mut f32, rsc: usize, csc: usize
                                 chunks,
                                 &mut acc,
                             );
-                            let cp = c.add(r0 * rsc + c0 * csc);
-                            write_back(
-                                &acc,
-                                cp,
+                            let dst = TileDst {
+                                c: c.add(r0 * rsc + c0 * csc),
                                 rsc,
                                 csc,
                                 rows,
                                 cols,
-                                alpha,
-                                beta_k,
-                                bias_k.map(|v| &v[c0..c0 + cols]),
-                            );
+                            };
+                            write_back(&acc, dst, alpha, beta_k, bias_k.map(|v| &v[c0..c0 + cols]));
                         }
                     }
                 }

@@ -23,7 +23,7 @@
 //! on which thread computed it, so results are bit-identical for any thread
 //! count.
 
-use super::kernel::{APanel, Epilogue, MicroKernel, store_edge};
+use super::kernel::{APanel, Epilogue, MicroKernel, TileDst, store_edge};
 use super::pack::{KC, Scratch};
 use super::view::MatRef;
 use crate::par::SendPtr;
@@ -284,23 +284,30 @@ unsafe fn block<K: MicroKernel>(
                     // `product_raw` applies it after.)
                     unsafe {
                         let ct = c.add(rp * mr * rsc + jp * nr * csc);
+                        let dst = TileDst {
+                            c: ct,
+                            rsc,
+                            csc,
+                            rows,
+                            cols,
+                        };
                         if let (Some(r), 0) = (p.residual, pc) {
-                            copy_tile(&r, rp * mr, jp * nr, rows, cols, ct, rsc, csc);
+                            copy_tile(&r, rp * mr, jp * nr, dst);
                         }
                         if csc == 1 {
-                            K::full(kc, a, b, ct, rsc, rows, cols, &ep);
+                            K::full(kc, a, b, dst, &ep);
                             if let (Some((out, ors)), true) = (p.gelu_to, pc + kc == k) {
                                 // The tile is final and still in L1: its GELU now.
                                 let (r0, c0) = (rp * mr, jp * nr);
                                 for i in 0..rows {
                                     let src = std::slice::from_raw_parts(ct.add(i * rsc), cols);
-                                    let dst = std::slice::from_raw_parts_mut(out.get().add((r0 + i) * ors + c0), cols);
-                                    crate::gelu::gelu_into(crate::cpu::isa(), dst, src);
+                                    let act = std::slice::from_raw_parts_mut(out.get().add((r0 + i) * ors + c0), cols);
+                                    crate::gelu::gelu_into(K::ISA, act, src);
                                 }
                             }
                         } else {
                             K::raw(kc, a, b, &mut tile);
-                            store_edge(&tile, nr, rows, cols, ct, rsc, csc, &ep);
+                            store_edge(&tile, nr, dst, &ep);
                         }
                     }
                 }
@@ -309,22 +316,19 @@ unsafe fn block<K: MicroKernel>(
     }
 }
 
-/// Copies the `rows × cols` block of `r` at `(r0, c0)` into C at `c`.
+/// Copies the block of `r` at `(r0, c0)` of `dst`'s size into `dst`.
 ///
 /// # Safety
-/// `c + i·rsc + j·csc` is valid for writes for `i < rows`, `j < cols`, and
-/// written by no one else during the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn copy_tile(
-    r: &MatRef,
-    r0: usize,
-    c0: usize,
-    rows: usize,
-    cols: usize,
-    c: *mut f32,
-    rsc: usize,
-    csc: usize,
-) {
+/// `dst.c + i·dst.rsc + j·dst.csc` is valid for writes for `i < dst.rows`,
+/// `j < dst.cols`, and written by no one else during the call.
+pub(crate) unsafe fn copy_tile(r: &MatRef, r0: usize, c0: usize, dst: TileDst) {
+    let TileDst {
+        c,
+        rsc,
+        csc,
+        rows,
+        cols,
+    } = dst;
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: (i, j) lies in the region the caller vouched for.

@@ -59,6 +59,18 @@ pub(crate) enum APanel {
     Rows(*const f32, usize),
 }
 
+/// Where a tile goes in C: its valid `rows × cols` corner at `c`, rows `rsc`
+/// apart and columns `csc` apart (contiguous, `csc = 1`, for
+/// [`MicroKernel::full`]).
+#[derive(Clone, Copy)]
+pub(crate) struct TileDst {
+    pub c: *mut f32,
+    pub rsc: usize,
+    pub csc: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
 /// A micro-kernel: its tile shape and two entry points.
 ///
 /// # Safety (both methods)
@@ -66,6 +78,9 @@ pub(crate) enum APanel {
 /// kernel at or below `cpu::detected()`); `a` reaches `MR` rows × `kc`
 /// values of k and `b` holds `kc·NR` values.
 pub(crate) trait MicroKernel {
+    /// The instruction set the kernel runs (what the tile GELU and the
+    /// packing of its product use too).
+    const ISA: crate::cpu::Isa;
     const MR: usize;
     const NR: usize;
     /// Values of k per packed step: 1 (f32), or 2 (a pair of bf16 in one u32).
@@ -86,15 +101,15 @@ pub(crate) trait MicroKernel {
     }
 
     /// Computes the tile and writes its first `rows ≤ MR` rows and `cols ≤ NR`
-    /// columns into C, whose rows are `rsc` apart and whose columns are
-    /// contiguous (edge columns through masked loads and stores).
+    /// columns into `dst`, whose columns are contiguous (edge columns through
+    /// masked loads and stores).
     ///
     /// # Safety
-    /// As the trait, and `c + i·rsc + j` is valid for reads and writes for every
-    /// `i < rows`, `j < cols`, and written by no one else during the call; the
-    /// epilogue's bias, if any, has at least `cols` values.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn full(kc: usize, a: APanel, b: &[f32], c: *mut f32, rsc: usize, rows: usize, cols: usize, ep: &Epilogue);
+    /// As the trait, and `dst.c + i·dst.rsc + j` is valid for reads and writes
+    /// for every `i < dst.rows`, `j < dst.cols`, and written by no one else
+    /// during the call; the epilogue's bias, if any, has at least `dst.cols`
+    /// values.
+    unsafe fn full(kc: usize, a: APanel, b: &[f32], dst: TileDst, ep: &Epilogue);
     /// Computes the tile into `tile` (row-major `MR × NR`), with no epilogue.
     ///
     /// # Safety
@@ -102,23 +117,20 @@ pub(crate) trait MicroKernel {
     unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]);
 }
 
-/// Writes the valid `rows × cols` corner of a raw tile into C (any strides),
-/// through the scalar epilogue.
+/// Writes the valid corner of a raw tile (row-major, rows `nr` apart) into
+/// `dst` (any strides), through the scalar epilogue.
 ///
 /// # Safety
-/// `c + i·rsc + j·csc` is valid for reads and writes for `i < rows`, `j < cols`,
-/// and written by no one else during the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn store_edge(
-    tile: &[f32],
-    nr: usize,
-    rows: usize,
-    cols: usize,
-    c: *mut f32,
-    rsc: usize,
-    csc: usize,
-    ep: &Epilogue,
-) {
+/// `dst.c + i·dst.rsc + j·dst.csc` is valid for reads and writes for
+/// `i < dst.rows`, `j < dst.cols`, and written by no one else during the call.
+pub(crate) unsafe fn store_edge(tile: &[f32], nr: usize, dst: TileDst, ep: &Epilogue) {
+    let TileDst {
+        c,
+        rsc,
+        csc,
+        rows,
+        cols,
+    } = dst;
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: (i, j) lies in the region the caller vouched for.
@@ -136,7 +148,8 @@ pub(crate) use x86::{Avx2, Avx512, Avx512Bf16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{APanel, Epilogue, MicroKernel};
+    use super::{APanel, Epilogue, MicroKernel, TileDst};
+    use crate::cpu::Isa;
     use std::arch::x86_64::*;
 
     /// The AVX-512 12 × 32 kernel.
@@ -187,28 +200,20 @@ mod x86 {
     }
 
     impl MicroKernel for Avx512 {
+        const ISA: Isa = Isa::Avx512;
         const MR: usize = MR16;
         const NR: usize = 32;
 
         #[inline]
-        unsafe fn full(
-            kc: usize,
-            a: APanel,
-            b: &[f32],
-            c: *mut f32,
-            rsc: usize,
-            rows: usize,
-            cols: usize,
-            ep: &Epilogue,
-        ) {
-            debug_assert!(b.len() >= kc * Self::NR && rows <= Self::MR && cols <= Self::NR);
-            debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
+        unsafe fn full(kc: usize, a: APanel, b: &[f32], dst: TileDst, ep: &Epilogue) {
+            debug_assert!(b.len() >= kc * Self::NR && dst.rows <= Self::MR && dst.cols <= Self::NR && dst.csc == 1);
+            debug_assert!(ep.bias.is_none_or(|v| v.len() >= dst.cols));
             // SAFETY: the caller vouches for the CPU, the panels and C.
             unsafe {
-                if cols <= 16 {
-                    full16::<1>(kc, a, b.as_ptr(), c, rsc, rows, cols, ep)
+                if dst.cols <= 16 {
+                    full16::<1>(kc, a, b.as_ptr(), dst, ep)
                 } else {
-                    full16::<2>(kc, a, b.as_ptr(), c, rsc, rows, cols, ep)
+                    full16::<2>(kc, a, b.as_ptr(), dst, ep)
                 }
             }
         }
@@ -223,17 +228,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn full16<const V: usize>(
-        kc: usize,
-        a: APanel,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        ep: &Epilogue,
-    ) {
+    unsafe fn full16<const V: usize>(kc: usize, a: APanel, b: *const f32, dst: TileDst, ep: &Epilogue) {
+        let TileDst { c, rsc, rows, cols, .. } = dst;
         // SAFETY: see `MicroKernel::full`.
         unsafe { store16(&accumulate16::<V>(kc, a, b), c, rsc, rows, cols, ep) }
     }
@@ -347,24 +343,16 @@ mod x86 {
     }
 
     impl MicroKernel for Avx2 {
+        const ISA: Isa = Isa::Avx2;
         const MR: usize = MR8;
         const NR: usize = 16;
 
         #[inline]
-        unsafe fn full(
-            kc: usize,
-            a: APanel,
-            b: &[f32],
-            c: *mut f32,
-            rsc: usize,
-            rows: usize,
-            cols: usize,
-            ep: &Epilogue,
-        ) {
-            debug_assert!(b.len() >= kc * Self::NR && rows <= Self::MR && cols <= Self::NR);
-            debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
+        unsafe fn full(kc: usize, a: APanel, b: &[f32], dst: TileDst, ep: &Epilogue) {
+            debug_assert!(b.len() >= kc * Self::NR && dst.rows <= Self::MR && dst.cols <= Self::NR && dst.csc == 1);
+            debug_assert!(ep.bias.is_none_or(|v| v.len() >= dst.cols));
             // SAFETY: the caller vouches for the CPU, the panels and C.
-            unsafe { full8(kc, a, b.as_ptr(), c, rsc, rows, cols, ep) }
+            unsafe { full8(kc, a, b.as_ptr(), dst, ep) }
         }
 
         #[inline]
@@ -377,17 +365,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn full8(
-        kc: usize,
-        a: APanel,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        ep: &Epilogue,
-    ) {
+    unsafe fn full8(kc: usize, a: APanel, b: *const f32, dst: TileDst, ep: &Epilogue) {
+        let TileDst { c, rsc, rows, cols, .. } = dst;
         // SAFETY: see `MicroKernel::full`; masked lanes are neither read nor written.
         unsafe {
             let acc = accumulate8(kc, a, b);
@@ -439,6 +418,7 @@ mod x86 {
     pub(crate) struct Avx512Bf16;
 
     impl MicroKernel for Avx512Bf16 {
+        const ISA: Isa = Isa::Avx512;
         const MR: usize = MR16;
         const NR: usize = 32;
         const KU: usize = 2;
@@ -451,34 +431,27 @@ mod x86 {
             super::pack::pack_a(tmp, a, r0, rows, pc, kc, MR16);
             let steps = kc.div_ceil(2);
             for (q, panel) in tmp.chunks_exact(kc * MR16).enumerate() {
-                super::pack::bf16_pairs(&mut dst[q * steps * MR16..][..steps * MR16], panel, MR16);
+                super::pack::bf16_pairs(Self::ISA, &mut dst[q * steps * MR16..][..steps * MR16], panel, MR16);
             }
         }
 
         fn pack_b(dst: &mut [f32], b: &super::MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
             let mut tmp = [0f32; super::super::pack::KC * 32];
             super::pack::pack_b(&mut tmp, b, c0, cols, pc, kc, 32);
-            super::pack::bf16_pairs(&mut dst[..kc.div_ceil(2) * 32], &tmp[..kc * 32], 32);
+            super::pack::bf16_pairs(Self::ISA, &mut dst[..kc.div_ceil(2) * 32], &tmp[..kc * 32], 32);
         }
 
         #[inline]
-        unsafe fn full(
-            kc: usize,
-            a: APanel,
-            b: &[f32],
-            c: *mut f32,
-            rsc: usize,
-            rows: usize,
-            cols: usize,
-            ep: &Epilogue,
-        ) {
-            debug_assert!(b.len() >= kc.div_ceil(2) * Self::NR && rows <= Self::MR && cols <= Self::NR);
-            debug_assert!(ep.bias.is_none_or(|v| v.len() >= cols));
+        unsafe fn full(kc: usize, a: APanel, b: &[f32], dst: TileDst, ep: &Epilogue) {
+            debug_assert!(
+                b.len() >= kc.div_ceil(2) * Self::NR && dst.rows <= Self::MR && dst.cols <= Self::NR && dst.csc == 1
+            );
+            debug_assert!(ep.bias.is_none_or(|v| v.len() >= dst.cols));
             let APanel::Packed(a, ld) = a else {
                 unreachable!("bf16 panels are always packed")
             };
             // SAFETY: the caller vouches for the CPU (AVX512-BF16), the panels and C.
-            unsafe { full_bf16(kc.div_ceil(2), a, ld, b.as_ptr(), c, rsc, rows, cols, ep) }
+            unsafe { full_bf16(kc.div_ceil(2), a, ld, b.as_ptr(), dst, ep) }
         }
 
         #[inline]
@@ -492,24 +465,21 @@ mod x86 {
                     beta: 0.0,
                     bias: None,
                 };
-                Self::full(kc, a, b, tile.as_mut_ptr(), 32, MR16, 32, &ep)
+                let dst = TileDst {
+                    c: tile.as_mut_ptr(),
+                    rsc: 32,
+                    csc: 1,
+                    rows: MR16,
+                    cols: 32,
+                };
+                Self::full(kc, a, b, dst, &ep)
             }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn full_bf16(
-        steps: usize,
-        a: *const f32,
-        ld: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        ep: &Epilogue,
-    ) {
+    unsafe fn full_bf16(steps: usize, a: *const f32, ld: usize, b: *const f32, dst: TileDst, ep: &Epilogue) {
+        let TileDst { c, rsc, rows, cols, .. } = dst;
         // SAFETY: see `MicroKernel::full`: `a` holds steps·ld (≥ 12 per step)
         // and `b` steps·32 values; masked lanes are neither read nor written.
         unsafe {

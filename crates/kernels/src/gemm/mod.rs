@@ -108,22 +108,11 @@ fn check_dims(op: &str, a: &MatRef, b: &MatRef, c: &MatMut) {
     );
 }
 
-/// `C = α·A·B + β·C` (see the module docs), using every rayon thread when the
-/// product is large enough to pay for it.
-pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
-    gemm_with(cpu::isa(), alpha, a, b, beta, c)
-}
-
-/// [`gemm`] on a chosen instruction set, for tests and benchmarks of each
-/// path. A level above the CPU's is lowered to the CPU's best (never run).
-pub fn gemm_with(isa: Isa, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
+/// `C = α·A·B + β·C` (see the module docs) in `prec` (bf16 where the CPU
+/// can, else f32), using every rayon thread when the product is large
+/// enough to pay for it.
+pub fn gemm(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm", &a, &b, &c);
-    product(isa, plain(alpha, a, b, beta), c, rayon::current_num_threads())
-}
-
-/// [`gemm`] in a chosen [`Precision`] (bf16 where the CPU can, else f32).
-pub fn gemm_in(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
-    check_dims("gemm_in", &a, &b, &c);
     let p = driver::Product {
         prec,
         ..plain(alpha, a, b, beta)
@@ -131,11 +120,15 @@ pub fn gemm_in(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: 
     product(cpu::isa(), p, c, rayon::current_num_threads())
 }
 
-/// `C = α·A·B + β·C` on the calling thread only. Use inside rayon tasks
-/// (attention heads, batches) to keep one level of parallelism.
-pub fn gemm_serial(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
+/// [`gemm`] on the calling thread only. Use inside rayon tasks (attention
+/// heads, batches) to keep one level of parallelism.
+pub fn gemm_serial(prec: Precision, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
     check_dims("gemm_serial", &a, &b, &c);
-    product(cpu::isa(), plain(alpha, a, b, beta), c, 1)
+    let p = driver::Product {
+        prec,
+        ..plain(alpha, a, b, beta)
+    };
+    product(cpu::isa(), p, c, 1)
 }
 
 /// `C = α·A·B + β·C + bias` with `bias (N)` added to every row of C: a linear
@@ -303,8 +296,15 @@ pub(crate) unsafe fn product_raw(isa: Isa, p: &driver::Product, c: *mut f32, rsc
         q.gelu_to = None;
         if let Some(r) = q.residual.take() {
             // C = R first, then the product accumulates onto it.
+            let dst = kernel::TileDst {
+                c,
+                rsc,
+                csc,
+                rows,
+                cols,
+            };
             // SAFETY: C is the region the caller vouched for.
-            unsafe { driver::copy_tile(&r, 0, 0, rows, cols, c, rsc, csc) };
+            unsafe { driver::copy_tile(&r, 0, 0, dst) };
             q.beta = 1.0;
         }
     }
@@ -490,25 +490,30 @@ unsafe fn reference_sgemm(p: &driver::Product, c: *mut f32, rsc: usize, csc: usi
     }
 }
 
-/// A batch of equally shaped products `C_i = α·A_i·B_i + β·C_i`, `i < batch`.
+/// How a batch of products is laid out: `count` items, item `i` of each
+/// operand starting `i · stride` values after item 0 (a stride of 0 shares
+/// one matrix across the batch: a weight, say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub count: usize,
+    pub a_stride: usize,
+    pub b_stride: usize,
+    pub c_stride: usize,
+}
+
+/// A batch of equally shaped products `C_i = α·A_i·B_i + β·C_i`, `i <
+/// batch.count`; each view describes item 0 (see [`Batch`]).
 ///
-/// Each view describes item 0; item `i` starts `i * stride` values further on.
-/// A stride of 0 shares one matrix across the batch (a weight, say). The items
-/// of `C` must not overlap. Large batches run one item per rayon task (each a
-/// serial product); small batches run items in turn, each product threaded.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_batched(
-    prec: Precision,
-    batch: usize,
-    alpha: f32,
-    a: MatRef,
-    a_stride: usize,
-    b: MatRef,
-    b_stride: usize,
-    beta: f32,
-    mut c: MatMut,
-    c_stride: usize,
-) {
+/// The items of `C` must not overlap. Large batches run one item per rayon
+/// task (each a serial product); small batches run items in turn, each
+/// product threaded.
+pub fn gemm_batched(prec: Precision, batch: Batch, alpha: f32, a: MatRef, b: MatRef, beta: f32, mut c: MatMut) {
+    let Batch {
+        count: batch,
+        a_stride,
+        b_stride,
+        c_stride,
+    } = batch;
     check_dims("gemm_batched", &a, &b, &c);
     if batch == 0 {
         return;
@@ -569,7 +574,7 @@ pub fn gemm_batched(
     } else {
         for i in 0..batch {
             let (ai, bi) = (a.shifted(i * a_stride), b.shifted(i * b_stride));
-            gemm_in(prec, alpha, ai, bi, beta, c.shifted(i * c_stride));
+            gemm(prec, alpha, ai, bi, beta, c.shifted(i * c_stride));
         }
     }
 }
@@ -648,7 +653,7 @@ mod tests {
                     let c0 = random(m * n, &mut rng);
                     let want = expected(alpha, &a, &b, beta, &c0, |i, j| i * n + j);
                     let mut fast = c0.clone();
-                    gemm(alpha, a, b, beta, MatMut::row_major(&mut fast, m, n));
+                    gemm(Precision::F32, alpha, a, b, beta, MatMut::row_major(&mut fast, m, n));
                     let mut slow = c0.clone();
                     reference::gemm(alpha, a, b, beta, MatMut::row_major(&mut slow, m, n));
                     for (idx, w) in want {
@@ -847,7 +852,7 @@ mod tests {
                 };
                 product(isa, p, MatMut::row_major(&mut want_pre, m, n), 1);
                 let mut want_act = vec![0f32; m * n];
-                crate::gelu::forward_with(isa, &mut want_act, &want_pre);
+                cpu::with_isa(isa, || crate::gelu::forward(&mut want_act, &want_pre));
                 let name = format!("{} {prec:?} m{m} k{k} n{n}", isa.name());
                 assert!(
                     pre.iter().zip(&want_pre).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -881,6 +886,25 @@ mod tests {
                 crate::gelu::forward(&mut g, &[pre_t[j * m + i]]);
                 assert_eq!(act[i * n + j].to_bits(), g[0].to_bits(), "column-major pre ({i}, {j})");
             }
+        }
+        // The public entry under a forced level: the tile GELU runs at that
+        // level too, giving the bits of `gelu::forward` at the same level.
+        for isa in cpu::available() {
+            let (mut pre, mut act) = (vec![0f32; m * n], vec![0f32; m * n]);
+            cpu::with_isa(isa, || {
+                gemm_bias_gelu(
+                    Precision::F32,
+                    xv,
+                    wt,
+                    &bias,
+                    MatMut::row_major(&mut pre, m, n),
+                    &mut act,
+                )
+            });
+            let mut want = vec![0f32; m * n];
+            cpu::with_isa(isa, || crate::gelu::forward(&mut want, &pre));
+            let same = act.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "tile GELU under with_isa({})", isa.name());
         }
     }
 
@@ -1021,7 +1045,7 @@ mod tests {
                 let bv = MatRef::stored(&b, k, n, tb);
                 let c0 = random(m * n, &mut rng);
                 let mut c = c0.clone();
-                gemm_in(Precision::Bf16, 0.5, av, bv, 1.0, MatMut::row_major(&mut c, m, n));
+                gemm(Precision::Bf16, 0.5, av, bv, 1.0, MatMut::row_major(&mut c, m, n));
                 for i in 0..m {
                     for j in 0..n {
                         let exact: f64 = (0..k).map(|p| av.at(i, p) as f64 * bv.at(p, j) as f64).sum::<f64>() * 0.5
@@ -1045,6 +1069,7 @@ mod tests {
         let b = [1.0f32, 0.0, 0.0, 1.0];
         let mut c = [f32::NAN; 4];
         gemm(
+            Precision::F32,
             1.0,
             MatRef::row_major(&a, 2, 2),
             MatRef::row_major(&b, 2, 2),
@@ -1067,6 +1092,7 @@ mod tests {
     fn empty_inner_dimension_scales_c() {
         let mut c = vec![2.0f32; 6];
         gemm(
+            Precision::F32,
             1.0,
             MatRef::new(&[], 2, 0, 0, 1),
             MatRef::new(&[], 0, 3, 3, 1),
@@ -1084,6 +1110,7 @@ mod tests {
         let b = random(5 * 3, &mut rng);
         let mut buf = [9.0f32; 4 * 8];
         gemm(
+            Precision::F32,
             1.0,
             MatRef::row_major(&a, 4, 5),
             MatRef::row_major(&b, 5, 3),
@@ -1114,6 +1141,7 @@ mod tests {
                 let mut c = vec![0f32; m * n];
                 pool.install(|| {
                     gemm(
+                        Precision::F32,
                         1.0,
                         MatRef::row_major(&a, m, k),
                         MatRef::row_major(&b, n, k).t(),
@@ -1147,18 +1175,21 @@ mod tests {
             let c0 = random(batch * m * n, &mut rng);
             let b_stride = if share_b { 0 } else { k * n };
             let mut c = c0.clone();
+            let layout = Batch {
+                count: batch,
+                a_stride: m * k,
+                b_stride,
+                c_stride: m * n,
+            };
             gemm_batched(
                 Precision::F32,
-                batch,
+                layout,
                 1.0,
                 MatRef::new(&a, m, k, k, 1),
-                m * k,
                 // B_i stored (N, K): transposed view.
                 MatRef::new(&b, k, n, 1, k),
-                b_stride,
                 1.0,
                 MatMut::new(&mut c, m, n, n, 1),
-                m * n,
             );
             for i in 0..batch {
                 let mut want = c0[i * m * n..(i + 1) * m * n].to_vec();

@@ -170,8 +170,8 @@ pub(crate) fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: us
 /// pairs consecutive k: `dst[s·width + j] = bf16(src[2s][j]) | bf16(src[2s+1][j]) << 16`
 /// (a zero high half past an odd `kc`), each u32 stored in `dst` by its bits.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn bf16_pairs(dst: &mut [f32], src: &[f32], width: usize) {
-    bf16_pairs_body::run(crate::cpu::isa(), dst, src, width)
+pub(crate) fn bf16_pairs(isa: crate::cpu::Isa, dst: &mut [f32], src: &[f32], width: usize) {
+    bf16_pairs_body::run(isa, dst, src, width)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -251,6 +251,9 @@ mod transpose {
     }
 
     /// Never called: `available` is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed: it only panics (it exists so that callers compile).
     #[cfg(not(target_arch = "x86_64"))]
     pub(super) unsafe fn block8(_: *const f32, _: usize, _: *mut f32, _: usize) {
         unreachable!("no AVX on this architecture")

@@ -11,7 +11,7 @@ use crate::data::transform::Transform;
 use crate::error::{MimError, Result};
 use crate::model::mim::MimModel;
 use rayon::prelude::*;
-use tessera_kernels::gemm::{MatMut, MatRef, gemm};
+use tessera_kernels::gemm::{MatMut, MatRef, Precision, gemm};
 use tessera_tensor::Tensor;
 
 /// Feature vectors `(N, dim)` with their labels.
@@ -210,6 +210,7 @@ fn logistic_loss_grad(x: &[f32], y: &[u32], d: usize, c: usize, l2: f64, theta: 
     let w: Vec<f32> = theta[..c * d].iter().map(|&v| v as f32).collect();
     let mut logits = vec![0f32; n * c]; // (n, c) = x · Wᵀ
     gemm(
+        Precision::F32,
         1.0,
         MatRef::row_major(x, n, d),
         MatRef::row_major(&w, c, d).t(),
@@ -236,6 +237,7 @@ fn logistic_loss_grad(x: &[f32], y: &[u32], d: usize, c: usize, l2: f64, theta: 
         .sum();
     let mut gw = vec![0f32; c * d]; // (c, d) = Gᵀ · x
     gemm(
+        Precision::F32,
         1.0,
         MatRef::row_major(&logits, n, c).t(),
         MatRef::row_major(x, n, d),
@@ -406,6 +408,7 @@ pub fn knn(train: &Features, test: &Features, classes: usize, k: usize, temperat
         let m = rows.len() / d;
         let mut sims = vec![0f32; m * n_train]; // (m, N_train)
         gemm(
+            Precision::F32,
             1.0,
             MatRef::row_major(rows, m, d),
             MatRef::row_major(&xtr, n_train, d).t(),

@@ -12,7 +12,7 @@ use crate::error::{MimError, Result};
 use crate::rng::MimRng;
 use rand::RngExt;
 use rayon::prelude::*;
-use tessera_kernels::gemm::{MatMut, MatRef, gemm};
+use tessera_kernels::gemm::{MatMut, MatRef, Precision, gemm};
 use tessera_kernels::patch::{PatchDims, patchify};
 
 /// MAE's patchify of images `(B, C, H, W)` → `(B, L, p·p·C)`.
@@ -160,6 +160,7 @@ impl Codebook {
         let n = data.len() / dim;
         let mut dots = vec![0f32; n * k]; // (N, K)
         gemm(
+            Precision::F32,
             1.0,
             MatRef::row_major(data, n, dim),
             MatRef::row_major(&self.centroids, k, dim).t(),

@@ -5,8 +5,8 @@ use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
 use crate::tensor::{Backward, Grads, grad_out};
 use tessera_kernels::GradOut;
-use tessera_kernels::gemm::{MatMut, MatRef, gemm_batched, gemm_in};
-use tessera_kernels::linear as klinear;
+use tessera_kernels::gemm::{Batch, MatMut, MatRef, gemm, gemm_batched};
+use tessera_kernels::linear::{self as klinear, LinearDims, LinearGrads};
 
 struct LinearBackward {
     x: Tensor,
@@ -38,18 +38,12 @@ fn linear_grads(prec: Precision, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dou
     let mut dx = g.take_out(x);
     let mut dw = g.take_out(w);
     let mut db = b.and_then(|b| g.take_out(b));
-    klinear::backward(
-        prec,
-        grad_out(&mut dx),
-        grad_out(&mut dw),
-        grad_out(&mut db),
-        dout,
-        &x.data(),
-        &w.data(),
-        m,
-        k,
-        n,
-    );
+    let grads = LinearGrads {
+        dinp: grad_out(&mut dx),
+        dweight: grad_out(&mut dw),
+        dbias: grad_out(&mut db),
+    };
+    klinear::backward(prec, grads, dout, &x.data(), &w.data(), LinearDims { m, k, n });
     g.put(x, dx.map(|b| b.0));
     g.put(w, dw.map(|b| b.0));
     if let Some(b) = b {
@@ -153,24 +147,20 @@ impl Backward for MatmulBackward {
         if let Some(da) = da.as_deref_mut() {
             // dA_i (M, K) += dC_i (M, N) · B_iᵀ (N, K)
             let b = self.b.data();
-            gemm_batched(
-                self.prec,
-                batch,
-                1.0,
-                MatRef::new(&dout, m, n, n, 1),
-                m * n,
-                MatRef::new(&b, k, n, n, 1).t(),
+            let layout = Batch {
+                count: batch,
+                a_stride: m * n,
                 b_stride,
-                1.0,
-                MatMut::new(da, m, k, k, 1),
-                m * k,
-            );
+                c_stride: m * k,
+            };
+            let (dc, bt) = (MatRef::new(&dout, m, n, n, 1), MatRef::new(&b, k, n, n, 1).t());
+            gemm_batched(self.prec, layout, 1.0, dc, bt, 1.0, MatMut::new(da, m, k, k, 1));
         }
         if let Some(db) = db.as_deref_mut() {
             let a = self.a.data();
             if shared {
                 // dB (K, N) += Σ_i A_iᵀ dC_i = (batch·M, K)ᵀ · (batch·M, N): one product.
-                gemm_in(
+                gemm(
                     self.prec,
                     1.0,
                     MatRef::row_major(&a, batch * m, k).t(),
@@ -180,18 +170,14 @@ impl Backward for MatmulBackward {
                 );
             } else {
                 // dB_i (K, N) += A_iᵀ (K, M) · dC_i (M, N)
-                gemm_batched(
-                    self.prec,
-                    batch,
-                    1.0,
-                    MatRef::new(&a, m, k, k, 1).t(),
-                    m * k,
-                    MatRef::new(&dout, m, n, n, 1),
-                    m * n,
-                    1.0,
-                    MatMut::new(db, k, n, n, 1),
-                    k * n,
-                );
+                let layout = Batch {
+                    count: batch,
+                    a_stride: m * k,
+                    b_stride: m * n,
+                    c_stride: k * n,
+                };
+                let (at, dc) = (MatRef::new(&a, m, k, k, 1).t(), MatRef::new(&dout, m, n, n, 1));
+                gemm_batched(self.prec, layout, 1.0, at, dc, 1.0, MatMut::new(db, k, n, n, 1));
             }
         }
         g.put(&self.a, da);
@@ -240,16 +226,8 @@ impl Tensor {
         let mut out = crate::buffers::uninit(m * n); // overwritten by the bias fill or β = 0
         {
             let bias_data = bias.map(|b| b.data());
-            klinear::forward(
-                prec,
-                &mut out,
-                &self.data(),
-                &weight.data(),
-                bias_data.as_deref(),
-                m,
-                k,
-                n,
-            );
+            let dims = LinearDims { m, k, n };
+            klinear::forward(prec, &mut out, &self.data(), &weight.data(), bias_data.as_deref(), dims);
         }
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -275,16 +253,15 @@ impl Tensor {
         let prec = matmul_precision();
         let mut pre = crate::buffers::uninit(m * n); // β = 0 overwrites
         let mut act = crate::buffers::uninit(m * n); // written tile by tile
+        let dims = LinearDims { m, k, n };
         klinear::forward_gelu(
             prec,
-            &mut pre,
             &mut act,
+            &mut pre,
             &self.data(),
             &weight.data(),
             &bias.data(),
-            m,
-            k,
-            n,
+            dims,
         );
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -323,17 +300,9 @@ impl Tensor {
         let mut out = crate::buffers::uninit(m * n); // every element written
         {
             let bias_data = bias.map(|b| b.data());
-            klinear::forward_residual(
-                prec,
-                &mut out,
-                &self.data(),
-                &weight.data(),
-                bias_data.as_deref(),
-                &residual.data(),
-                m,
-                k,
-                n,
-            );
+            let (x, r, w) = (self.data(), residual.data(), weight.data());
+            let dims = LinearDims { m, k, n };
+            klinear::forward_residual(prec, &mut out, &x, &r, &w, bias_data.as_deref(), dims);
         }
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
@@ -356,18 +325,15 @@ impl Tensor {
         let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
         let prec = matmul_precision();
         let mut out = crate::buffers::uninit(batch * m * n); // β = 0 overwrites
-        gemm_batched(
-            prec,
-            batch,
-            1.0,
-            MatRef::new(&self.data(), m, k, k, 1),
-            m * k,
-            MatRef::new(&rhs.data(), k, n, n, 1),
-            if shared { 0 } else { k * n },
-            0.0,
-            MatMut::new(&mut out, m, n, n, 1),
-            m * n,
-        );
+        let layout = Batch {
+            count: batch,
+            a_stride: m * k,
+            b_stride: if shared { 0 } else { k * n },
+            c_stride: m * n,
+        };
+        let (a, b) = (self.data(), rhs.data());
+        let (av, bv) = (MatRef::new(&a, m, k, k, 1), MatRef::new(&b, k, n, n, 1));
+        gemm_batched(prec, layout, 1.0, av, bv, 0.0, MatMut::new(&mut out, m, n, n, 1));
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 2") = n;
         Ok(Tensor::from_op(out, shape, &[self, rhs], || {

@@ -5,7 +5,8 @@
 use crate::error::{Result, invalid, shape_err};
 use crate::tensor::Tensor;
 use crate::tensor::{Backward, Grads};
-use tessera_kernels::loss::{self as kloss, Distance};
+use tessera_kernels::GradOut;
+use tessera_kernels::loss::{self as kloss, ClassDims, Distance, Regression};
 
 /// Rows and row length of `pred`, after checking `weight` has one value per row.
 fn rows_of(op: &'static str, pred: &Tensor, weight: Option<&Tensor>) -> Result<(usize, usize)> {
@@ -49,16 +50,20 @@ impl Backward for RegressionBackward {
         let mut dp = g.take(&self.pred);
         let mut dt = g.take(&self.target);
         let w = self.weight.as_ref().map(|w| w.data());
+        let loss = Regression {
+            distance: self.kind,
+            rows,
+            p,
+        };
+        let (gp, gt) = (dp.as_deref_mut().map(GradOut::add), dt.as_deref_mut().map(GradOut::add));
         kloss::regression_backward(
-            self.kind,
-            dp.as_deref_mut(),
-            dt.as_deref_mut(),
+            gp,
+            gt,
             dout[0],
             &self.pred.data(),
             &self.target.data(),
             w.as_deref(),
-            rows,
-            p,
+            loss,
         );
         g.put(&self.pred, dp);
         g.put(&self.target, dt);
@@ -82,7 +87,12 @@ fn regression(
     }
     let (rows, p) = rows_of(op, pred, weight)?;
     let w = weight.map(|w| w.data());
-    let loss = kloss::regression_forward(kind, &pred.data(), &target.data(), w.as_deref(), rows, p);
+    let dims = Regression {
+        distance: kind,
+        rows,
+        p,
+    };
+    let loss = kloss::regression_forward(&pred.data(), &target.data(), w.as_deref(), dims);
     drop(w);
     Ok(Tensor::from_op(vec![loss], vec![], &[pred, target], || {
         Box::new(RegressionBackward {
@@ -112,15 +122,19 @@ impl Backward for CrossEntropyBackward {
         if let Some(mut dl) = g.take(&self.logits) {
             let k = *self.logits.shape().last().unwrap_or(&1);
             let w = self.weight.as_ref().map(|w| w.data());
+            let dims = ClassDims {
+                rows: self.lse.len(),
+                k,
+            };
+            let logits = self.logits.data();
             kloss::cross_entropy_backward(
-                &mut dl,
+                GradOut::add(&mut dl),
                 dout[0],
-                &self.logits.data(),
                 &self.lse,
+                &logits,
                 &self.targets,
                 w.as_deref(),
-                self.lse.len(),
-                k,
+                dims,
             );
             g.put(&self.logits, Some(dl));
         }
@@ -144,15 +158,12 @@ impl Backward for SoftCrossEntropyBackward {
     fn backward(&self, _out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         if let Some(mut dl) = g.take(&self.logits) {
             let k = *self.logits.shape().last().unwrap_or(&1);
-            kloss::soft_cross_entropy_backward(
-                &mut dl,
-                dout[0],
-                &self.logits.data(),
-                &self.lse,
-                &self.q,
-                self.lse.len(),
+            let dims = ClassDims {
+                rows: self.lse.len(),
                 k,
-            );
+            };
+            let logits = self.logits.data();
+            kloss::soft_cross_entropy_backward(GradOut::add(&mut dl), dout[0], &self.lse, &logits, &self.q, dims);
             g.put(&self.logits, Some(dl));
         }
         Ok(())
@@ -173,7 +184,7 @@ impl Tensor {
             ));
         }
         let mut lse = vec![0f32; rows];
-        let loss = kloss::soft_cross_entropy_forward(&mut lse, &self.data(), q, rows, k);
+        let loss = kloss::soft_cross_entropy_forward(&mut lse, &self.data(), q, ClassDims { rows, k });
         Ok(Tensor::from_op(vec![loss], vec![], &[self], || {
             Box::new(SoftCrossEntropyBackward {
                 logits: self.clone(),
@@ -214,7 +225,7 @@ impl Tensor {
         }
         let mut lse = vec![0f32; rows];
         let w = weight.map(|w| w.data());
-        let loss = kloss::cross_entropy_forward(&mut lse, &self.data(), targets, w.as_deref(), rows, k);
+        let loss = kloss::cross_entropy_forward(&mut lse, &self.data(), targets, w.as_deref(), ClassDims { rows, k });
         drop(w);
         Ok(Tensor::from_op(vec![loss], vec![], &[self], || {
             Box::new(CrossEntropyBackward {

@@ -6,8 +6,8 @@ use crate::precision::{Precision, matmul_precision};
 use crate::tensor::Tensor;
 use crate::tensor::{Backward, Grads, grad_out};
 use rand::{Rng, RngExt};
-use tessera_kernels::attention::{self as kattn, AttnBias, AttnDims};
-use tessera_kernels::patch::{self as kpatch, PatchDims};
+use tessera_kernels::attention::{self as kattn, AttnBias, AttnDims, AttnGrads};
+use tessera_kernels::patch::{self as kpatch, EmbedDims, EmbedGrads, PatchDims};
 use tessera_kernels::relpos::{self as krelpos, RelPosDims};
 use tessera_kernels::{GradOut, gelu as kgelu, layernorm as kln, softmax as ksoftmax};
 
@@ -19,6 +19,7 @@ struct LayerNormBackward {
     b: Tensor,
     mean: Vec<f32>,
     rstd: Vec<f32>,
+    eps: f32,
 }
 
 impl Backward for LayerNormBackward {
@@ -35,17 +36,20 @@ impl Backward for LayerNormBackward {
         // The kernel always produces both parameter gradients; keep those wanted.
         let mut dw = g.take(&self.w).unwrap_or_else(|| vec![0.0; d]);
         let mut db = g.take(&self.b).unwrap_or_else(|| vec![0.0; d]);
+        let grads = kln::LnGrads {
+            dinp: grad_out(&mut dx),
+            dweight: GradOut::add(&mut dw),
+            dbias: GradOut::add(&mut db),
+        };
+        let dims = kln::LnDims { rows, d, eps: self.eps };
         kln::backward(
-            grad_out(&mut dx),
-            &mut dw,
-            &mut db,
+            grads,
             &dout,
-            &self.x.data(),
-            &self.w.data(),
             &self.mean,
             &self.rstd,
-            rows,
-            d,
+            &self.x.data(),
+            &self.w.data(),
+            dims,
         );
         g.put(&self.x, dx.map(|b| b.0));
         if g.wants(&self.w) {
@@ -96,7 +100,7 @@ impl Backward for SoftmaxBackward {
     fn backward(&self, out: &Tensor, dout: Vec<f32>, g: &mut Grads) -> Result<()> {
         if let Some(mut dx) = g.take(&self.x) {
             let n = *out.shape().last().unwrap_or(&1);
-            ksoftmax::backward(&mut dx, &dout, &out.data(), out.numel() / n.max(1), n);
+            ksoftmax::backward(GradOut::add(&mut dx), &dout, &out.data(), out.numel() / n.max(1), n);
             g.put(&self.x, Some(dx));
         }
         Ok(())
@@ -139,16 +143,11 @@ impl Backward for AttentionBackward {
             None if dbias.is_some() => (crate::buffers::uninit(self.qkv.numel()), false),
             None => return Ok(()),
         };
-        kattn::backward_biased(
-            self.prec,
-            GradOut { data: &mut dqkv, add },
-            dbias.as_deref_mut(),
-            &dout,
-            &self.qkv.data(),
-            &self.lse,
-            bias,
-            self.dims,
-        );
+        let grads = AttnGrads {
+            dqkv: GradOut { data: &mut dqkv, add },
+            dbias: dbias.as_deref_mut().map(GradOut::overwrite),
+        };
+        kattn::backward(self.prec, grads, &dout, &self.lse, &self.qkv.data(), bias, self.dims);
         if g.wants(&self.qkv) {
             g.put(&self.qkv, Some(dqkv));
         } else {
@@ -229,17 +228,23 @@ impl Backward for PatchEmbedBackward {
         let mut dimg = g.take(&self.img);
         let mut dw = g.take(&self.w);
         let mut db = g.take(&self.b);
+        let grads = EmbedGrads {
+            dimg: dimg.as_deref_mut().map(GradOut::add),
+            dweight: dw.as_deref_mut().map(GradOut::add),
+            dbias: db.as_deref_mut().map(GradOut::add),
+        };
+        let dims = EmbedDims {
+            patches: self.dims,
+            dim,
+        };
         kpatch::embed_backward(
             self.prec,
-            dimg.as_deref_mut(),
-            dw.as_deref_mut(),
-            db.as_deref_mut(),
+            grads,
             &mut cols,
             &dout,
             &self.img.data(),
             &self.w.data(),
-            self.dims,
-            dim,
+            dims,
         );
         crate::buffers::recycle(cols);
         g.put(&self.img, dimg);
@@ -271,6 +276,7 @@ impl Tensor {
         let rows = self.numel() / d.max(1);
         let mut out = crate::buffers::uninit(self.numel()); // every row normalised
         let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        let dims = kln::LnDims { rows, d, eps };
         kln::forward(
             &mut out,
             &mut mean,
@@ -278,9 +284,7 @@ impl Tensor {
             &self.data(),
             &weight.data(),
             &bias.data(),
-            rows,
-            d,
-            eps,
+            dims,
         );
         Ok(Tensor::from_op(
             out,
@@ -293,6 +297,7 @@ impl Tensor {
                     b: bias.clone(),
                     mean,
                     rstd,
+                    eps,
                 })
             },
         ))
@@ -411,7 +416,7 @@ impl Tensor {
             data,
             groups: t.shape()[0],
         });
-        kattn::forward_biased(prec, &mut out, &mut lse, &self.data(), kbias, dims);
+        kattn::forward(prec, &mut out, &mut lse, &self.data(), kbias, dims);
         drop(bias_data);
         let mut inputs = vec![self];
         inputs.extend(bias);
@@ -477,6 +482,7 @@ impl Tensor {
         let mut out = vec![0f32; b * dims.l() * dim];
         let mut cols = vec![0f32; self.numel()];
         let prec = matmul_precision();
+        let edims = EmbedDims { patches: dims, dim };
         kpatch::embed_forward(
             prec,
             &mut out,
@@ -484,8 +490,7 @@ impl Tensor {
             &self.data(),
             &weight.data(),
             Some(&bias.data()),
-            dims,
-            dim,
+            edims,
         );
         drop(cols);
         Ok(Tensor::from_op(
