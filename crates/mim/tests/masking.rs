@@ -238,31 +238,3 @@ fn unequal_visible_counts_are_a_clear_error_for_mae() {
     let e = m.ids_keep().unwrap_err().to_string();
     assert!(e.contains("different numbers of visible patches"), "{e}");
 }
-
-#[test]
-fn print_one_mask_of_each_kind() {
-    // Not an assertion: `cargo test -- --nocapture` shows what the strategies look like.
-    for cfg in [
-        MaskingConfig::Random { ratio: 0.75 },
-        MaskingConfig::Block {
-            ratio: 0.4,
-            min_patches: 16,
-        },
-        MaskingConfig::Square {
-            side: 6,
-            centered: true,
-        },
-        MaskingConfig::Grid {
-            k: 2,
-            random_offset: false,
-        },
-        MaskingConfig::SimMim {
-            ratio: 0.6,
-            cell_px: 32,
-        },
-    ] {
-        let m = sample(&cfg, 16, [14, 14], 1, 3);
-        println!("{cfg:?}\n{}", m.ascii(0, [14, 14]));
-        assert_eq!(m.ascii(0, [14, 14]).lines().count(), 14);
-    }
-}
