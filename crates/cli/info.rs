@@ -1,7 +1,7 @@
-//! `tessera info`: what the seed document's code prints, for any model: the
+//! `tessera info`: what a ViT tutorial's code prints, for any model: the
 //! image, its patch grid, the shape of the embeddings at every stage, the
 //! parameter counts and the FLOPs per image. `--image FILE` also writes the
-//! picture cut into its patch grid (the seed's "patched image").
+//! picture cut into its patch grid (the "patched image"), as the model sees it.
 
 use crate::common::{ModelArgs, si};
 use anyhow::{Context, Result};
@@ -163,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The ViT's shapes, stage by stage (as the seed document prints them).
+/// The ViT's shapes, stage by stage.
 fn print_vit(e: &VitConfig, row: &dyn Fn(&str, String, String)) {
     let (c, p, d, l) = (e.in_chans, e.patch_size, e.embed_dim, e.num_patches());
     println!(

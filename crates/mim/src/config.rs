@@ -26,7 +26,7 @@ pub enum PosEmbedKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RelPosBias {
-    /// None (MAE, the seed's ViT).
+    /// None (MAE, and the ViT of Dosovitskiy et al.).
     #[default]
     None,
     /// One table for all blocks (`rel_pos_bias.relative_position_bias_table`;
@@ -82,7 +82,7 @@ pub enum Pool {
     Mean,
 }
 
-/// A Vision Transformer encoder, as in the seed document: patch embedding by a
+/// A Vision Transformer encoder (Dosovitskiy et al.): patch embedding by a
 /// convolution with kernel = stride = patch, a \[CLS\] token, positional
 /// embeddings, `depth` pre-norm blocks, final LayerNorm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

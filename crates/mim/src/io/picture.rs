@@ -1,5 +1,6 @@
 //! Pictures: images back from normalised tensors, reconstructions from
-//! predictions, the four-panel rows of MAE's demo, and the seed's patched image.
+//! predictions, the four-panel rows of MAE's demo, and the patched image (a picture cut
+//! into its patch grid).
 
 use crate::config::TargetConfig;
 use crate::data::Normalization;
@@ -83,7 +84,7 @@ pub fn upscale(img: &RgbImage, factor: u32) -> RgbImage {
     )
 }
 
-/// The seed document's "patched image": the picture cut into its `patch × patch`
+/// The "patched image": the picture cut into its `patch × patch`
 /// grid, patches drawn apart with `gap` white pixels between them.
 pub fn patched(img: &RgbImage, patch: u32, gap: u32) -> RgbImage {
     let (gw, gh) = (img.width() / patch, img.height() / patch);

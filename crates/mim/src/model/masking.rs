@@ -11,7 +11,7 @@
 //! | --- | --- | --- |
 //! | `random` | exactly `L − ⌊L·(1−r)⌋` patches chosen by sorting uniform noise | MAE |
 //! | `block` | rectangles of ≥ 16 patches (fewer on small grids), aspect 0.3–3.3, until the same count | BEiT |
-//! | `square` | one `s × s` square, centred or at a random place | the seed's square masking |
+//! | `square` | one `s × s` square, centred or at a random place | square masking (one hidden region) |
 //! | `grid` | all but one patch of every `k × k` cell | a regular lattice of visible patches |
 //! | `simmim` | `⌈cells·r⌉` random cells of a coarser grid (cell = a multiple of the patch) | SimMIM |
 
@@ -176,7 +176,7 @@ pub fn has_hidden_neighbour(grid: [usize; 2], hidden: &[bool], i: usize) -> bool
         || (c + 1 < gw && hidden[i + 1])
 }
 
-/// The seed document's square masking: one `side × side` square of patches,
+/// Square masking: one `side × side` square of patches,
 /// centred or placed uniformly at random.
 pub struct SquareMasking {
     pub side: usize,

@@ -1,4 +1,5 @@
-//! The encoder: a Vision Transformer exactly as in the seed document.
+//! The encoder: the Vision Transformer of Dosovitskiy et al. (2021), as
+//! docs/mim.md describes it and timm builds it.
 //!
 //! ```text
 //! images (B, C, H, W)
@@ -10,7 +11,7 @@
 //! ```
 //! Adding positions before dropping hidden patches is MAE's order; it lets the
 //! encoder run on the visible tokens only. Without a mask (`K = L`) this is the
-//! plain ViT of the seed document.
+//! plain ViT of Dosovitskiy et al.
 //!
 //! Options of BEiT's and SimMIM's ViT (all off by default): a relative
 //! position bias added to every attention's logits, one table shared by all
