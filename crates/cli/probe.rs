@@ -201,7 +201,14 @@ pub fn run(mut args: Args) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"data": train_ds.name(), "test_data": test_ds.name(), "train": n_train, "test": n_test, "k": args.k, "results": rows})
+            serde_json::json!({
+                "data": train_ds.name(),
+                "test_data": test_ds.name(),
+                "train": n_train,
+                "test": n_test,
+                "k": args.k,
+                "results": rows,
+            })
         );
     } else {
         println!(

@@ -97,7 +97,11 @@ proptest! {
     }
 
     #[test]
-    fn image_files_never_panic(random in prop::collection::vec(any::<u8>(), 0..512), e in edits(), keep in 1usize..400) {
+    fn image_files_never_panic(
+        random in prop::collection::vec(any::<u8>(), 0..512),
+        e in edits(),
+        keep in 1usize..400,
+    ) {
         let dir = scratch("img");
         for bytes in [random.clone(), mutate(png(), &e, keep)] {
             let p = write(&dir, "x.png", &bytes);
@@ -108,7 +112,11 @@ proptest! {
     }
 
     #[test]
-    fn checkpoints_and_mask_files_never_panic(random in prop::collection::vec(any::<u8>(), 0..512), e in edits(), keep in 1usize..300) {
+    fn checkpoints_and_mask_files_never_panic(
+        random in prop::collection::vec(any::<u8>(), 0..512),
+        e in edits(),
+        keep in 1usize..300,
+    ) {
         for bytes in [random.clone(), mutate(checkpoint(), &e, keep)] {
             if let Ok(f) = TensorFile::from_bytes(&bytes, Path::new("fuzz.safetensors")) {
                 // What was read is whole: every tensor holds its shape's values.

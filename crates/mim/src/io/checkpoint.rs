@@ -7,8 +7,9 @@
 //! metadata the full training configuration, the step, each parameter's
 //! optimizer step and the random generator's state.
 //!
-//! Everything about checkpoints lives here: a model's tensors in and out ([`MimModel::load_state`], [`MimModel::store_state`]),
-//! a training run's save and resume ([`Trainer::save`], [`Trainer::resume`]),
+//! Everything about checkpoints lives here: a model's tensors in and out
+//! ([`MimModel::load_state`], [`MimModel::store_state`]), a training run's
+//! save and resume ([`Trainer::save`], [`Trainer::resume`]),
 //! and loading a model for use ([`load_model`], [`load_model_hinted`]; MAE's
 //! own `state_dict`s through [`crate::io::official`]).
 //!
