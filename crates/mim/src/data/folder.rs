@@ -16,7 +16,9 @@
 //! A fraction of 0 makes both splits the whole folder, and the data set's
 //! name says so. The class names are those of both splits together, so a
 //! label means the same class in both. Files with other extensions and hidden files
-//! are skipped; images inside a class subfolder are found at any depth.
+//! are skipped; images inside a class subfolder are found at any depth,
+//! each file once (by its canonical path), without following a link that
+//! leads back into the tree.
 //! Only paths are stored: images are decoded in [`Dataset::get`]. Grey images
 //! give 1 channel, anything else RGB; the data set is RGB if any training
 //! image has colour (grey ones are then repeated over three channels), else
@@ -26,6 +28,7 @@
 use super::transform::convert_channels;
 use super::{Dataset, Normalization, RawImage, Split, out_of_range};
 use crate::error::{MimError, Result, io_err};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Extensions of the files read (case-insensitive).
@@ -37,6 +40,10 @@ pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 /// How deep image search goes inside a class subfolder.
 const MAX_DEPTH: usize = 16;
 
+/// How many folder entries one scan looks at before it gives up (a bound on
+/// time and memory whatever the tree).
+const MAX_ENTRIES: usize = 1 << 24;
+
 fn is_hidden(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
@@ -47,31 +54,71 @@ fn is_image(path: &Path) -> bool {
         && path.is_file()
 }
 
-/// The non-hidden entries of a folder, sorted by name.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let path = entry.map_err(|e| io_err(dir, e))?.path();
-        if !is_hidden(&path) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
+/// One scan of a folder tree. Each folder is entered once, by its
+/// canonical path, so a link that leads back into the tree (to `..`, or to
+/// a folder seen already) is not followed; each image counts once, by its
+/// canonical path, however many links lead to it; and at most
+/// [`MAX_ENTRIES`] entries are looked at.
+struct Walk {
+    root: PathBuf,
+    folders: HashSet<PathBuf>,
+    images: HashSet<PathBuf>,
+    entries: usize,
 }
 
-/// All images under `dir`, at any depth (up to [`MAX_DEPTH`]), in sorted order.
-fn images_below(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
-    for path in sorted_entries(dir)? {
-        if path.is_dir() {
-            if depth < MAX_DEPTH {
-                images_below(&path, depth + 1, out)?;
-            }
-        } else if is_image(&path) {
-            out.push(path);
+impl Walk {
+    fn new(root: &Path) -> Walk {
+        Walk {
+            root: root.to_path_buf(),
+            folders: HashSet::new(),
+            images: HashSet::new(),
+            entries: 0,
         }
     }
-    Ok(())
+
+    /// Whether `dir` is entered (first visit of its canonical path).
+    fn enter(&mut self, dir: &Path) -> bool {
+        std::fs::canonicalize(dir).is_ok_and(|c| self.folders.insert(c))
+    }
+
+    /// Whether `file` is counted (first visit of its canonical path).
+    fn count(&mut self, file: &Path) -> bool {
+        std::fs::canonicalize(file).is_ok_and(|c| self.images.insert(c))
+    }
+
+    /// The non-hidden entries of a folder, sorted by name.
+    fn entries(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+            self.entries += 1;
+            if self.entries > MAX_ENTRIES {
+                return Err(MimError::Input(format!(
+                    "{}: more than {MAX_ENTRIES} files and folders; point at a smaller folder",
+                    self.root.display()
+                )));
+            }
+            let path = entry.map_err(|e| io_err(dir, e))?.path();
+            if !is_hidden(&path) {
+                out.push(path);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// All images under `dir`, at any depth (up to [`MAX_DEPTH`]), in sorted order.
+    fn images_below(&mut self, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+        for path in self.entries(dir)? {
+            if path.is_dir() {
+                if depth < MAX_DEPTH && self.enter(&path) {
+                    self.images_below(&path, depth + 1, out)?;
+                }
+            } else if is_image(&path) && self.count(&path) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The images of one folder: either flat, or grouped by class subfolder.
@@ -81,12 +128,21 @@ enum Layout {
 }
 
 fn scan(dir: &Path) -> Result<Layout> {
-    let entries = sorted_entries(dir)?;
-    let top: Vec<PathBuf> = entries.iter().filter(|p| is_image(p)).cloned().collect();
+    let mut walk = Walk::new(dir);
+    walk.enter(dir);
+    let entries = walk.entries(dir)?;
+    let top: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| is_image(p) && walk.count(p))
+        .cloned()
+        .collect();
     let mut classes = Vec::new();
     for sub in entries.iter().filter(|p| p.is_dir()) {
+        if !walk.enter(sub) {
+            continue; // a link to a folder seen already
+        }
         let mut files = Vec::new();
-        images_below(sub, 1, &mut files)?;
+        walk.images_below(sub, 1, &mut files)?;
         if !files.is_empty() {
             classes.push((
                 sub.file_name().unwrap_or_default().to_string_lossy().into_owned(),
@@ -471,6 +527,43 @@ mod tests {
             1
         );
         assert!(ds.get(3).is_err());
+    }
+
+    /// Links to `..` inside class subfolders once made 10 images count as
+    /// tens of thousands (on both sides of the split), and eight of them a
+    /// walk that grew without bound; links to a file count it once.
+    #[cfg(unix)]
+    #[test]
+    fn links_back_into_the_tree_are_not_followed_and_files_count_once() {
+        use std::os::unix::fs::symlink;
+        let tmp = TempDir::new("folder-links");
+        let d = tmp.path();
+        for i in 0..5 {
+            rgb(&d.join(format!("cat/{i}.png")), 2, 2, [9, 9, 9]);
+            rgb(&d.join(format!("dog/{i}.png")), 2, 2, [90, 9, 9]);
+        }
+        for (k, class) in ["cat", "dog"].iter().enumerate() {
+            for j in 0..4 {
+                symlink("..", d.join(format!("{class}/up{j}"))).unwrap();
+            }
+            std::fs::create_dir_all(d.join(format!("{class}/deep"))).unwrap();
+            symlink("../..", d.join(format!("{class}/deep/top{k}"))).unwrap();
+        }
+        symlink(d.join("cat/0.png"), d.join("dog/same-as-cat0.png")).unwrap();
+        symlink(d.join("cat"), d.join("kitten")).unwrap();
+        let train = ImageFolder::open(d, Split::Train, 0.2).unwrap();
+        let test = ImageFolder::open(d, Split::Test, 0.2).unwrap();
+        assert_eq!(train.len() + test.len(), 10, "{:?} {:?}", train.files(), test.files());
+        assert_eq!(train.class_names(), ["cat", "dog"]);
+        let mut all: Vec<_> = train
+            .files()
+            .iter()
+            .chain(test.files())
+            .map(|f| f.canonicalize().unwrap())
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 10, "no image on both sides of the split");
     }
 
     #[test]
