@@ -225,11 +225,23 @@ fn run_folders_are_not_reused_and_crashes_leave_nothing_behind() {
     );
 }
 
-/// Ctrl-C (SIGINT) finishes the current step, writes a checkpoint, says how to
-/// resume and exits 0; the resumed run continues from that step.
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP finish the current step, write a
+/// checkpoint, say how to resume and exit as a shell reports the signal (130,
+/// 143, 129), so a script can tell an interrupted run from a finished one;
+/// the resumed run continues from that step.
 #[test]
 fn sigint_stops_with_a_checkpoint_and_the_run_resumes() {
-    let dir = tmp("sigint");
+    signal_stops_with_a_checkpoint("INT", 130, "Ctrl-C again");
+}
+
+#[test]
+fn sigterm_and_sighup_stop_with_a_checkpoint_and_their_own_exit_codes() {
+    signal_stops_with_a_checkpoint("TERM", 143, "SIGTERM: stopping after this step");
+    signal_stops_with_a_checkpoint("HUP", 129, "SIGHUP: stopping after this step");
+}
+
+fn signal_stops_with_a_checkpoint(signal: &str, code: i32, says: &str) {
+    let dir = tmp(&format!("signal-{signal}"));
     let mut args = vec!["pretrain", "--out", dir.to_str().unwrap(), "--steps", "1000000"];
     args.extend_from_slice(&tiny());
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -248,7 +260,9 @@ fn sigint_stops_with_a_checkpoint_and_the_run_resumes() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
     if !sent.is_ok_and(|s| s.success()) {
         let _ = child.kill();
         let _ = child.wait();
@@ -259,17 +273,17 @@ fn sigint_stops_with_a_checkpoint_and_the_run_resumes() {
         if start.elapsed().as_secs() > 120 {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("did not stop after SIGINT");
+            panic!("did not stop after SIG{signal}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
+    assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
     assert!(
         stdout.contains("interrupted at step") && stdout.contains("--resume"),
         "{stdout}"
@@ -1083,6 +1097,23 @@ fn invalid_options_are_one_line_errors_and_write_nothing() {
         ),
         (vec!["pretrain", "--out", o, "--max-memory", "0.01"], "--max-memory"),
         (vec!["info", "--img-size", "100000"], "GiB of memory"),
+        (vec!["bench", "--img-size", "100000", "--patch", "16"], "GiB of memory"),
+        (
+            vec!["pretrain", "--out", o, "--max-memory", "0"],
+            "--max-memory must be a positive",
+        ),
+        (
+            vec!["pretrain", "--out", o, "--max-memory=-1"],
+            "--max-memory must be a positive",
+        ),
+        (
+            vec!["pretrain", "--out", o, "--max-memory", "NaN"],
+            "--max-memory must be a positive",
+        ),
+        (
+            vec!["pretrain", "--out", o, "--lr", "1e-4", "--min-lr", "0.1"],
+            "the rate would rise",
+        ),
     ] {
         let e = fails(&args);
         assert!(e.contains(needle), "{args:?}: {e}");
@@ -1244,6 +1275,7 @@ fn checkpoints_of_another_configuration_and_corrupt_checkpoints_are_refused() {
         dir.join("missing.safetensors").to_str().unwrap(),
     ]);
     assert!(e.contains("missing.safetensors"), "{e}");
+    assert_eq!(e.matches("os error").count(), 1, "the cause once: {e}");
     // The failed resume left the checkpoint untouched.
     assert_eq!(std::fs::read(dir.join("checkpoint.safetensors")).unwrap(), before);
 
@@ -1300,6 +1332,36 @@ fn checkpoints_of_another_configuration_and_corrupt_checkpoints_are_refused() {
             "{e}"
         );
     }
+    // A patch size of 0 once divided by zero computing the grid, before the
+    // configuration was checked.
+    let zero = with_metadata(
+        &dir.join("checkpoint.safetensors"),
+        &dir.join("patch0.safetensors"),
+        "tessera.config",
+        |v| v["model"]["encoder"]["patch_size"] = 0.into(),
+    );
+    let z = zero.to_str().unwrap();
+    let ft = dir.join("ft0");
+    for args in [
+        vec!["reconstruct", "--checkpoint", z, "--synthetic-len", "96"],
+        vec!["probe", "--checkpoint", z, "--synthetic-len", "96"],
+        vec![
+            "finetune",
+            "--checkpoint",
+            z,
+            "--synthetic-len",
+            "96",
+            "--out",
+            ft.to_str().unwrap(),
+        ],
+    ] {
+        let e = fails(&args);
+        assert!(
+            e.contains("patch0.safetensors") && e.contains("not a valid model"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!ft.exists());
 }
 
 /// An MAE `state_dict` without Tessera's metadata (what converting MAE's
@@ -1378,4 +1440,329 @@ fn ranks_without_mpi_support_are_refused() {
         }
     }
     assert!(!out.exists(), "nothing written");
+}
+
+/// Copies the checkpoint `src` to `dst` with its JSON metadata entry `key`
+/// edited by `edit` (the tensors unchanged), as a hostile file would be.
+fn with_metadata(src: &Path, dst: &Path, key: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let bytes = std::fs::read(src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&meta[key]).unwrap();
+    edit(&mut value);
+    meta.insert(key.into(), value.to_string());
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let view = safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap();
+            (n, view)
+        })
+        .collect();
+    std::fs::write(dst, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    dst.to_path_buf()
+}
+
+/// Waits (at most a minute) until `metrics` holds `lines` lines.
+fn wait_for_lines(metrics: &Path, lines: usize, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(metrics).map_or(0, |t| t.lines().count()) < lines {
+        if start.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no steps within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// One run per folder. Two runs started at once in one folder: one runs, the
+/// other is refused (they once both ran, every metrics line written twice);
+/// `--overwrite` of a folder a run is writing names the run instead of
+/// deleting its files; the lock a killed run leaves is taken over.
+#[test]
+fn one_run_per_folder() {
+    let dir = tmp("one-run");
+    let o = dir.join("run");
+    let mut args = vec!["pretrain", "--out", o.to_str().unwrap(), "--steps", "3"];
+    args.extend_from_slice(&tiny());
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(&args), spawn(&args));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(
+        u8::from(a.status.success()) + u8::from(b.status.success()),
+        1,
+        "exactly one of two simultaneous runs runs:\n{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let refused = if a.status.success() { &b } else { &a };
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains("in use by another run") || e.contains("holds a run already"),
+        "{e}"
+    );
+    let steps: Vec<u64> = losses(&o.join("metrics.jsonl")).iter().map(|l| l.0).collect();
+    assert_eq!(steps, [1, 2, 3], "each step once");
+
+    // A long run, and an --overwrite of its folder while it writes.
+    let long = dir.join("long");
+    let mut args = vec!["pretrain", "--out", long.to_str().unwrap(), "--steps", "1000000"];
+    args.extend_from_slice(&tiny());
+    let mut child = spawn(&args);
+    wait_for_lines(&long.join("metrics.jsonl"), 2, &mut child);
+    let mut again = args.clone();
+    again.push("--overwrite");
+    let e = fails(&again);
+    let holder = format!("process {}", child.id());
+    assert!(e.contains("in use by another run") && e.contains(&holder), "{e}");
+    assert!(
+        long.join("metrics.jsonl").exists(),
+        "the running run's files are intact"
+    );
+    // Killed outright (no clean-up): its lock file stays, and is free.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(long.join(".tessera.lock").exists());
+    let mut after = vec![
+        "pretrain",
+        "--out",
+        long.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--overwrite",
+    ];
+    after.extend_from_slice(&tiny());
+    ok(&after);
+    assert!(
+        !long.join(".tessera.lock").exists(),
+        "a finished run releases its folder"
+    );
+}
+
+/// Tessera writes only its own files: a folder whose config.json is the
+/// user's is refused (with and without --overwrite), and --overwrite leaves
+/// files Tessera did not write.
+#[test]
+fn runs_write_and_remove_only_their_own_files() {
+    let dir = tmp("own-files");
+    let theirs = dir.join("project");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("config.json"), r#"{"project": "mine"}"#).unwrap();
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let mut args = vec!["pretrain", "--out", theirs.to_str().unwrap(), "--steps", "2"];
+        args.extend_from_slice(&tiny());
+        args.extend_from_slice(extra);
+        let e = fails(&args);
+        assert!(e.contains("config.json") && e.contains("not a Tessera run"), "{e}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("config.json")).unwrap(),
+        r#"{"project": "mine"}"#
+    );
+
+    let run = dir.join("run");
+    pretrain(&run, &["--steps", "2", "--recon-every", "1"]);
+    std::fs::write(run.join("notes.txt"), "mine").unwrap();
+    std::fs::write(run.join("recon/mine.png"), "mine").unwrap();
+    pretrain(&run, &["--steps", "2", "--overwrite"]);
+    assert!(run.join("notes.txt").exists() && run.join("recon/mine.png").exists());
+    assert!(
+        !run.join("recon/step-000001.png").exists(),
+        "the old run's pictures are gone"
+    );
+}
+
+/// A run that ends before its first checkpoint leaves the folder as it found
+/// it and says so (it once left config.json and metrics, and the folder was
+/// then refused while --resume had nothing to resume); no message claims a
+/// checkpoint that does not exist.
+#[test]
+fn runs_that_end_before_a_checkpoint_leave_the_folder_startable() {
+    let dir = tmp("half-written");
+    let o = dir.join("nan");
+    let mut args = vec!["pretrain", "--out", o.to_str().unwrap(), "--steps", "4"];
+    args.extend_from_slice(&tiny());
+    let mut nan = args.clone();
+    nan.extend_from_slice(&["--lr", "1e30"]);
+    let e = fails(&nan);
+    assert!(
+        e.contains("not finite") && e.contains("no checkpoint was written"),
+        "{e}"
+    );
+    assert!(!e.contains("intact"), "{e}");
+    for f in ["config.json", "metrics.jsonl", "checkpoint.safetensors"] {
+        assert!(!o.join(f).exists(), "{f} left behind");
+    }
+    ok(&args); // the same folder, no --overwrite
+
+    // A picture that cannot be written (recon/ is a file) at step 1.
+    let p = dir.join("picture");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("recon"), "in the way").unwrap();
+    let mut args = vec![
+        "pretrain",
+        "--out",
+        p.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--recon-every",
+        "1",
+    ];
+    args.extend_from_slice(&tiny());
+    let e = fails(&args);
+    assert!(e.contains("recon") && e.contains("no checkpoint was written"), "{e}");
+    assert!(!p.join("metrics.jsonl").exists() && !p.join("config.json").exists());
+    std::fs::remove_file(p.join("recon")).unwrap();
+    ok(&args);
+
+    // A failure after a checkpoint names the checkpoint that is intact.
+    let late = dir.join("late");
+    pretrain(&late, &["--steps", "2"]);
+    let mut args = vec!["pretrain", "--out", late.to_str().unwrap(), "--steps", "4", "--resume"];
+    args.extend_from_slice(&["--quiet", "--synthetic-len", "96"]);
+    std::fs::remove_dir_all(late.join("recon")).unwrap();
+    std::fs::write(late.join("recon"), "in the way").unwrap();
+    args.extend_from_slice(&["--recon-every", "3"]);
+    let e = fails(&args);
+    assert!(e.contains("the checkpoint of step 2") && e.contains("intact"), "{e}");
+
+    // Nothing to run is refused before anything is written.
+    let zero = dir.join("zero");
+    let mut args = vec!["pretrain", "--out", zero.to_str().unwrap(), "--stop-after", "0"];
+    args.extend_from_slice(&tiny());
+    let e = fails(&args);
+    assert!(e.contains("--stop-after") && e.contains("nothing would run"), "{e}");
+    assert!(!zero.exists());
+}
+
+/// Fine-tuned checkpoints with crafted metadata: a huge model, a patch size
+/// of 0 and a normalisation of the wrong length are one-line errors (they
+/// once aborted, panicked, or were used silently); class names reach the
+/// terminal with their control characters escaped; `evaluate` writes its
+/// picture beside the checkpoint and says where; `probe` says what kind of
+/// file it was given.
+#[test]
+fn fine_tuned_checkpoints_from_hostile_metadata() {
+    let dir = tmp("hostile-ft");
+    let ft = dir.join("ft");
+    ok(&[
+        "finetune",
+        "--from-scratch",
+        "--synthetic-len",
+        "40",
+        "--img-size",
+        "16",
+        "--patch",
+        "4",
+        "--dim",
+        "32",
+        "--depth",
+        "1",
+        "--heads",
+        "2",
+        "--batch",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        ft.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let ckpt = ft.join("checkpoint.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let said = ok(&["evaluate", "--checkpoint", c, "--synthetic-len", "40"]);
+    assert!(ft.join("confusion.png").exists(), "{said}");
+    assert!(said.contains(&ft.join("confusion.png").display().to_string()), "{said}");
+
+    let e = fails(&["probe", "--checkpoint", c, "--synthetic-len", "40"]);
+    assert!(e.contains("is a fine-tuned classifier"), "{e}");
+
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "huge",
+            |v| {
+                v["model"]["encoder"]["embed_dim"] = 65536.into();
+                v["model"]["encoder"]["num_heads"] = 16.into();
+            },
+            "describes a model of",
+        ),
+        (
+            "patch0",
+            |v| v["model"]["encoder"]["patch_size"] = 0.into(),
+            "not a valid recipe",
+        ),
+        (
+            "norm",
+            |v| v["normalization"]["mean"] = serde_json::json!([0.5, 0.5]),
+            "2 means",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let bad = with_metadata(
+            &ckpt,
+            &dir.join(format!("{name}.safetensors")),
+            "tessera.finetune",
+            edit,
+        );
+        for cmd in ["evaluate", "finetune-resume"] {
+            let e = if cmd == "evaluate" {
+                fails(&[
+                    "evaluate",
+                    "--checkpoint",
+                    bad.to_str().unwrap(),
+                    "--synthetic-len",
+                    "40",
+                ])
+            } else {
+                let run = dir.join(format!("resume-{name}"));
+                std::fs::create_dir_all(&run).unwrap();
+                std::fs::copy(&bad, run.join("checkpoint.safetensors")).unwrap();
+                fails(&[
+                    "finetune",
+                    "--from-scratch",
+                    "--synthetic-len",
+                    "40",
+                    "--out",
+                    run.to_str().unwrap(),
+                    "--batch",
+                    "8",
+                    "--resume",
+                    "--quiet",
+                ])
+            };
+            assert!(
+                e.contains(&format!("{name}.safetensors")) || e.contains("checkpoint.safetensors"),
+                "{e}"
+            );
+            assert!(e.contains(needle), "{cmd} {name}: {e}");
+        }
+    }
+
+    let named = with_metadata(&ckpt, &dir.join("named.safetensors"), "tessera.finetune", |v| {
+        for (i, name) in v["model"]["class_names"].as_array_mut().unwrap().iter_mut().enumerate() {
+            *name = format!("\u{1b}[2Jclass{i}\u{7}").into();
+        }
+    });
+    let img = dir.join("x.png");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([90, 20, 200]))
+        .save(&img)
+        .unwrap();
+    let said = ok(&[
+        "predict",
+        "--checkpoint",
+        named.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(!said.contains('\u{1b}') && !said.contains('\u{7}'), "{said:?}");
+    assert!(said.contains("\\u{1b}[2Jclass"), "{said}");
 }

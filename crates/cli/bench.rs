@@ -154,11 +154,21 @@ pub fn run(args: Args) -> Result<()> {
     config.warmup_steps = 1;
     config.seed = args.seed;
     config.precision = args.precision.config();
+    config.validate()?;
+    let e = &config.model.encoder;
+    // Fresh random images for every step, made before any timing.
+    let n_img = batch * e.in_chans() * e.img_size()[0] * e.img_size()[1];
+    // Sized before anything is allocated: the step, and the images.
+    let images_bytes = 4 * n_img as u128 * (args.warmup + args.steps) as u128;
+    tessera_mim::train::memory::check(
+        "this benchmark",
+        tessera_mim::train::memory::training_bytes(&config) + images_bytes,
+        None,
+        "reduce --batch, --img-size, --dim, --depth or --steps",
+    )?;
     let mut trainer = Trainer::new(config.clone())?;
     let e = &config.model.encoder;
     let mut rng = MimRng::seed_from_u64(args.seed);
-    // Fresh random images for every step, made before any timing.
-    let n_img = batch * e.in_chans() * e.img_size()[0] * e.img_size()[1];
     let batches: Vec<Tensor> = (0..args.warmup + args.steps)
         .map(|_| {
             Tensor::new(

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 use tessera_mim::StepStats;
 use tessera_mim::data::{self, DataSpec, Dataset, Split};
@@ -703,6 +703,11 @@ impl RunArgs {
         if !(self.ckpt_minutes >= 0.0 && self.ckpt_minutes.is_finite()) {
             bail!("--ckpt-minutes must be zero or positive, got {}", self.ckpt_minutes);
         }
+        if let Some(g) = self.max_memory
+            && !(g.is_finite() && g > 0.0)
+        {
+            bail!("--max-memory must be a positive number of GiB, got {g}");
+        }
         Ok(RunOptions {
             out: self.out(default_out),
             resume: self.resume,
@@ -716,29 +721,85 @@ impl RunArgs {
     }
 }
 
-/// A flag that the first Ctrl-C (SIGINT) or SIGTERM sets: the run then
-/// finishes its step, writes a checkpoint and stops. A second one stops at
-/// once (exit 130).
+/// The signal that stopped the run (0: none yet).
+static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+
+/// The exit code of a run that a signal stopped, as a shell reports a
+/// process the signal killed (128 + its number: 130 for SIGINT, 143 for
+/// SIGTERM, 129 for SIGHUP); `None` if no signal came.
+pub fn signal_exit_code() -> Option<u8> {
+    let sig = STOPPED_BY.load(Ordering::SeqCst);
+    (sig > 0).then(|| (128 + sig).min(255) as u8)
+}
+
+/// A flag that the first SIGINT (Ctrl-C), SIGTERM or SIGHUP sets: the run
+/// then finishes its step, writes a checkpoint and stops, and the process
+/// exits with [`signal_exit_code`]. A second signal stops at once, but not
+/// in the middle of a file being written: that write is finished first.
 fn stop_on_signal() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // Under an MPI launcher every rank gets the signal; rank 0 says so.
     let speak = crate::ranks::launcher_rank().unwrap_or(0) == 0;
-    let installed = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            if speak {
-                eprintln!("\nstopping now");
-            }
-            std::process::exit(130);
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: Ctrl-C will stop without a checkpoint ({e})");
+            return stop;
         }
-        if speak {
-            eprintln!("\nstopping after this step, with a checkpoint (Ctrl-C again to stop at once)");
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let name = match sig {
+                SIGINT => "Ctrl-C",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            let _ = STOPPED_BY.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+            if flag.swap(true, Ordering::SeqCst) {
+                let code = 128 + STOPPED_BY.load(Ordering::SeqCst);
+                let writing = tessera_mim::io::safetensors::writes_in_flight() > 0;
+                if speak {
+                    eprintln!(
+                        "\n{name}: stopping now{}",
+                        if writing {
+                            ", once the file being written is whole"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                // A checkpoint half renamed would lose every step: let the
+                // write under way finish (a minute at most), then go.
+                let t = std::time::Instant::now();
+                while tessera_mim::io::safetensors::writes_in_flight() > 0 && t.elapsed().as_secs() < 60 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                std::process::exit(code);
+            }
+            if speak {
+                let again = if sig == SIGINT { "Ctrl-C again" } else { "send it again" };
+                eprintln!("\n{name}: stopping after this step, with a checkpoint ({again} to stop at once)");
+            }
         }
     });
-    if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will stop without a checkpoint ({e})");
-    }
     stop
+}
+
+/// `text` (a class name from a checkpoint's metadata, say) safe to print:
+/// control characters (escape sequences that would drive the terminal)
+/// written as escapes (`\u{1b}`), everything else as it is.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// True (having said so) if a resumed run is already at its length.

@@ -3,7 +3,7 @@
 //! what the resulting classifier does on a test split or on image files.
 
 use crate::common::{
-    DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, Progress, RunArgs, already_done, report_end,
+    DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, Progress, RunArgs, already_done, printable, report_end,
 };
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
@@ -277,9 +277,10 @@ pub struct EvaluateArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
-    /// Where to write the confusion matrix picture.
-    #[arg(long, default_value = "confusion.png")]
-    pub confusion: PathBuf,
+    /// Where to write the confusion matrix picture (default: confusion.png
+    /// beside the checkpoint).
+    #[arg(long)]
+    pub confusion: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -306,10 +307,16 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
         bar.set_position(d as u64);
     })?;
     bar.finish_and_clear();
+    let picture = args
+        .confusion
+        .clone()
+        .unwrap_or_else(|| beside(&args.checkpoint, "confusion.png"));
     let img = tessera_mim::io::picture::confusion_matrix(&r.confusion);
-    tessera_mim::io::picture::save_png(&img, &args.confusion)?;
+    tessera_mim::io::picture::save_png(&img, &picture)?;
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut line = serde_json::to_value(&r)?;
+        line["confusion_png"] = picture.display().to_string().into();
+        println!("{line}");
         return Ok(());
     }
     println!(
@@ -324,11 +331,11 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
     for (c, acc) in r.per_class().iter().enumerate() {
         let n: usize = r.confusion[c].iter().sum();
         let acc = acc.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
-        println!("{:<24} {n:>8} {acc:>9}", r.class_names[c]);
+        println!("{:<24} {n:>8} {acc:>9}", printable(&r.class_names[c]));
     }
     println!(
         "confusion matrix (rows: true class, columns: predicted) in {}",
-        args.confusion.display()
+        picture.display()
     );
     Ok(())
 }
@@ -350,22 +357,37 @@ pub struct PredictArgs {
     pub top: usize,
 }
 
+/// Images `predict` decodes and classifies at once.
+const PREDICT_BATCH: usize = 64;
+
+/// `name` in the folder of `file`.
+fn beside(file: &std::path::Path, name: &str) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
 pub fn predict_run(args: PredictArgs) -> Result<()> {
     if args.top == 0 {
         bail!("--top must be at least 1");
     }
     let (model, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
-    let e = &model.config.encoder;
-    let imgs = load_images(&args.images, &Transform::eval(e, &norm))?;
+    let t = Transform::eval(&model.config.encoder, &norm);
     let k = model.config.num_classes;
-    let probs = probabilities(&model, &imgs)?;
-    for (i, path) in args.images.iter().enumerate() {
-        let row = &probs[i * k..(i + 1) * k];
-        let best: Vec<String> = top_k(row, args.top.min(k))
-            .into_iter()
-            .map(|c| format!("{} {:.1}%", model.config.class_names[c], 100.0 * row[c]))
-            .collect();
-        println!("{}: {}", path.display(), best.join(", "));
+    // A batch at a time: memory stays that of one batch, whatever the
+    // number of files, and each line is printed as soon as it is known.
+    for files in args.images.chunks(PREDICT_BATCH) {
+        let imgs = load_images(files, &t)?;
+        let probs = probabilities(&model, &imgs)?;
+        for (i, path) in files.iter().enumerate() {
+            let row = &probs[i * k..(i + 1) * k];
+            let best: Vec<String> = top_k(row, args.top.min(k))
+                .into_iter()
+                .map(|c| format!("{} {:.1}%", printable(&model.config.class_names[c]), 100.0 * row[c]))
+                .collect();
+            println!("{}: {}", path.display(), best.join(", "));
+        }
     }
     Ok(())
 }

@@ -148,7 +148,10 @@ fn main() -> ExitCode {
             Command::Predict(a) => finetune::predict_run(*a),
         };
         match result {
-            Ok(()) => ExitCode::SUCCESS,
+            // A run a signal stopped (with its checkpoint) exits as a shell
+            // reports a killed process, so a script can tell it from a
+            // finished one.
+            Ok(()) => common::signal_exit_code().map_or(ExitCode::SUCCESS, ExitCode::from),
             Err(e) => ranks.fail(&e),
         }
     })

@@ -4,8 +4,9 @@
 
 /// The options the library names in its messages (`` `RunOptions::resume` ``),
 /// by this binary's flags.
-const FLAGS: [(&str, &str); 11] = [
+const FLAGS: [(&str, &str); 12] = [
     ("RunOptions::resume", "--resume"),
+    ("RunOptions::stop_after", "--stop-after"),
     ("RunOptions::overwrite", "--overwrite"),
     ("RunOptions::max_memory", "--max-memory"),
     ("Pictures::count", "--recon-count"),

@@ -82,9 +82,12 @@ impl Ranks {
         // One line: the context chain joined with ": ", the library's
         // option names written as this binary's flags.
         let message = crate::messages::with_flags(&format!("{e:#}"));
-        let shared = e
-            .chain()
-            .any(|c| matches!(c.downcast_ref::<MimError>(), Some(MimError::Ranks(_))));
+        let shared = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<MimError>().map(MimError::root),
+                Some(MimError::Ranks(_))
+            )
+        });
         if shared {
             // Rank 0 (by MPI, or by the launcher's numbering) speaks for all.
             if rank == 0 && launcher_rank().unwrap_or(0) == 0 {

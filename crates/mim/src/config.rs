@@ -631,7 +631,7 @@ impl EncoderConfig {
     }
 
     /// Values in the encoder's state.
-    fn state_len(&self) -> u128 {
+    pub(crate) fn state_len(&self) -> u128 {
         let (c, p) = (self.in_chans() as u128, self.patch_size() as u128);
         match self {
             EncoderConfig::Vit(e) => {

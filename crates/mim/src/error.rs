@@ -17,27 +17,37 @@ pub enum MimError {
     /// Input data that does not fit the model.
     #[error("{0}")]
     Input(String),
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. The cause is in the message
+    /// and deliberately not a `source`: a report that prints the chain of
+    /// causes (anyhow's `{:#}`) would say it twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     /// A checkpoint that cannot be used (corrupt, truncated, another model).
     #[error("checkpoint {}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
     /// The loss or the gradients' norm became NaN or infinite; training stops
     /// before updating anything. `what` names which ("loss", "gradient norm").
-    #[error(
-        "{what} is not finite ({value}) at step {step}; stopping before the update (the last checkpoint is intact)"
-    )]
+    #[error("{what} is not finite ({value}) at step {step}; stopping before the update")]
     NonFinite { step: u64, what: &'static str, value: f32 },
     /// The ranks of a data-parallel run disagree (configuration, data,
     /// state). Every rank gets this same error at the same point, so every
     /// rank can stop cleanly; rank 0 alone needs to report it.
     #[error("{0}")]
     Ranks(String),
+    /// A training run stopped on `cause`; `kept` says what of the run is on
+    /// disk (its intact checkpoint, or that nothing was kept).
+    #[error("{cause}; {kept}")]
+    RunFailed { cause: Box<MimError>, kept: String },
+}
+
+impl MimError {
+    /// The error itself, or what a [`MimError::RunFailed`] stopped on.
+    pub fn root(&self) -> &MimError {
+        match self {
+            MimError::RunFailed { cause, .. } => cause.root(),
+            e => e,
+        }
+    }
 }
 
 /// Result of a MIM operation.
@@ -51,7 +61,7 @@ pub(crate) fn config_err(msg: impl Into<String>) -> MimError {
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> MimError {
     MimError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

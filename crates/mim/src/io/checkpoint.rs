@@ -175,8 +175,7 @@ impl Trainer {
 
     fn resume_expecting(path: &Path, expected: Option<&ModelConfig>) -> Result<Trainer> {
         let file = TensorFile::load(path)?;
-        let config: TrainConfig = parse_meta(&file, "tessera.config", path)?;
-        check_declared_size(&config.model, &file, path)?;
+        let config = read_train_config(&file, path)?;
         if expected.is_some_and(|e| *e != config.model) {
             return Err(ckpt_err(
                 path,
@@ -215,7 +214,7 @@ impl Finetuner {
     /// trajectory of an uninterrupted one.
     pub fn resume(path: &Path) -> Result<Finetuner> {
         let file = TensorFile::load(path)?;
-        let config: FinetuneConfig = parse_meta(&file, "tessera.finetune", path)?;
+        let config = read_finetune_config(&file, path)?;
         let mut model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(0))?;
         load_tensors(&mut model, &file, path)?;
         let mut t = Finetuner::new(config, model)?;
@@ -315,14 +314,13 @@ fn restore_optimizer(file: &TensorFile, path: &Path, params: &[(String, Tensor)]
 /// Refuses metadata that describes another model than the tensors hold,
 /// before any memory is taken for it: the model's state would not fit in the
 /// file (a 500 KB file claiming a 65536-wide model).
-fn check_declared_size(model: &ModelConfig, file: &TensorFile, path: &Path) -> Result<()> {
+fn check_declared_size(wanted: u128, file: &TensorFile, path: &Path) -> Result<()> {
     let held: u128 = file
         .tensors
         .iter()
         .filter(|(name, _)| !name.starts_with("optimizer."))
         .map(|(_, t)| t.data.len() as u128)
         .sum();
-    let wanted = model.state_len();
     // Positional tables of another grid are resized on load, so allow the
     // stored state to differ by them; anything far larger is not this file.
     if wanted > 2 * held + (1 << 20) {
@@ -337,6 +335,34 @@ fn check_declared_size(model: &ModelConfig, file: &TensorFile, path: &Path) -> R
     Ok(())
 }
 
+/// The pre-training configuration in a checkpoint's metadata, its model
+/// checked before anything is derived from it (a crafted `patch_size: 0`
+/// would divide by zero computing the grid; a crafted width would ask for
+/// terabytes) and its size against the tensors the file holds.
+fn read_train_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
+    let config: TrainConfig = parse_meta(file, "tessera.config", path)?;
+    config
+        .model
+        .validate()
+        .map_err(|e| ckpt_err(path, format!("metadata 'tessera.config' is not a valid model: {e}")))?;
+    check_declared_size(config.model.state_len(), file, path)?;
+    Ok(config)
+}
+
+/// The fine-tuning recipe in a checkpoint's metadata, checked as
+/// [`read_train_config`] checks a pre-training one.
+fn read_finetune_config(file: &TensorFile, path: &Path) -> Result<FinetuneConfig> {
+    let config: FinetuneConfig = parse_meta(file, "tessera.finetune", path)?;
+    config
+        .validate()
+        .map_err(|e| ckpt_err(path, format!("metadata 'tessera.finetune' is not a valid recipe: {e}")))?;
+    let m = &config.model;
+    let (d, k) = (m.encoder.out_dim() as u128, m.num_classes as u128);
+    // The encoder, the head (K, D) + (K), and a mean-pooled ViT's fc_norm.
+    check_declared_size(m.encoder.state_len() + d * k + k + 2 * d, file, path)?;
+    Ok(config)
+}
+
 /// The training configuration a pre-training checkpoint was written with
 /// (`None` for a file without Tessera's pre-training metadata, such as MAE's
 /// released weights or a fine-tuned classifier).
@@ -345,7 +371,7 @@ pub fn train_config(path: &Path) -> Result<Option<TrainConfig>> {
     if !file.metadata.contains_key("tessera.config") {
         return Ok(None);
     }
-    parse_meta(&file, "tessera.config", path).map(Some)
+    read_train_config(&file, path).map(Some)
 }
 
 /// Reads a JSON metadata entry of a checkpoint.
@@ -381,6 +407,13 @@ pub fn load_model_hinted(
     need_decoder: bool,
 ) -> Result<MimModel> {
     let file = TensorFile::load(path)?;
+    if file.metadata.contains_key("tessera.finetune") {
+        return Err(ckpt_err(
+            path,
+            "is a fine-tuned classifier, not a pre-training checkpoint: evaluate or predict with it, \
+             or give the pre-training checkpoint it was fine-tuned from",
+        ));
+    }
     let official = !file.metadata.contains_key("tessera.config");
     let file = if official {
         official::timm_swin_to_simmim(file)
@@ -397,9 +430,7 @@ pub fn load_model_hinted(
         }
         config
     } else {
-        let model = parse_meta::<TrainConfig>(&file, "tessera.config", path)?.model;
-        check_declared_size(&model, &file, path)?;
-        model
+        read_train_config(&file, path)?.model
     };
     let trained_grid = model_config.encoder.grid();
     let mut model_config = model_config;
@@ -428,7 +459,7 @@ pub fn load_model_hinted(
 pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> Result<(Classifier, Normalization)> {
     let file = TensorFile::load(path)?;
     let (config, norm) = if file.metadata.contains_key("tessera.finetune") {
-        let recipe = parse_meta::<FinetuneConfig>(&file, "tessera.finetune", path)?;
+        let recipe = read_finetune_config(&file, path)?;
         (recipe.model, recipe.normalization)
     } else if file.metadata.contains_key("tessera.config") {
         return Err(ckpt_err(path, "is a pre-training checkpoint; fine-tune it first"));

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tessera_tensor::Tensor;
 
 /// A tensor read from a file: shape and values.
@@ -41,7 +42,12 @@ pub struct TensorFile {
 /// folder synced so the rename itself is durable. A crash leaves the old file
 /// or the new one, and at most a temporary file that the next run removes
 /// ([`remove_stale_temporaries`]).
+///
+/// Errors name `path` (the file the caller asked for), not the temporary.
+/// While a write is under way [`writes_in_flight`] counts it, so that a
+/// handler about to end the process can let it finish.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let _counted = InFlight::start();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -53,20 +59,49 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        fs::rename(&tmp, path)?;
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
-    if result.is_err() {
+    result.map_err(|e: std::io::Error| {
         let _ = fs::remove_file(&tmp);
+        io_err(path, e)
+    })
+}
+
+static WRITES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many [`write_atomically`] calls are under way in this process.
+pub fn writes_in_flight() -> usize {
+    WRITES_IN_FLIGHT.load(Ordering::SeqCst)
+}
+
+/// Counts one write in [`WRITES_IN_FLIGHT`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        WRITES_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
     }
-    result
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        WRITES_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether a file name is one of [`write_atomically`]'s temporaries
+/// (`.NAME.tmp-PID`).
+pub fn is_atomic_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 /// Removes temporary files that an interrupted [`write_atomically`] left in
@@ -75,10 +110,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with('.') && n.contains(".tmp-")
-        })
+        .filter(|e| is_atomic_temporary(&e.file_name().to_string_lossy()))
         .filter(|e| fs::remove_file(e.path()).is_ok())
         .count()
 }
@@ -229,6 +261,20 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A failed write names the file asked for (it once named the hidden
+    /// temporary), its cause once, and leaves no temporary behind.
+    #[test]
+    fn write_errors_name_the_users_path() {
+        let dir = tmpdir("werr");
+        let path = dir.join("out.png");
+        // A folder where the temporary would go makes its creation fail.
+        fs::create_dir_all(dir.join(format!(".out.png.tmp-{}", std::process::id()))).unwrap();
+        let e = write_atomically(&path, b"x").unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+        assert!(!e.contains(".tmp-"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

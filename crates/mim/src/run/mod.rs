@@ -7,6 +7,7 @@
 //! The loop, written once here:
 //!
 //! ```text
+//! take the folder (rank 0):   its lock, then the folder checked again (see folder.rs)
 //! prepare the folder (rank 0): stale temporaries gone, an overwritten run's files gone,
 //!                              metrics past a resumed checkpoint dropped, config.json
 //! a loader thread:  for each step, the epoch's permutation → this rank's rows
@@ -24,8 +25,14 @@
 //! [`RunOptions::resume`] a run continues from its checkpoint along the exact
 //! trajectory of an uninterrupted run: the data order is a pure function of
 //! the step, each image's augmentation of its index and epoch.
+//!
+//! One run writes a folder at a time ([`folder::RunLock`]), and only its own
+//! files ([`folder`]). A run that fails before its first checkpoint removes
+//! what it wrote, so that the folder can start a run again; every failure
+//! says what is kept ([`MimError::RunFailed`]).
 
 pub mod finetune;
+pub mod folder;
 pub mod pretrain;
 
 use crate::data::Dataset;
@@ -36,6 +43,7 @@ use crate::eval::accuracy::EvalReport;
 use crate::io::safetensors::{remove_stale_temporaries, write_atomically};
 use crate::train::StepStats;
 use crate::train::distributed::{Communicator, check_agreement, fingerprint};
+use folder::{CHECKPOINT, CONFIG, METRICS, RunLock, check_config_is_ours, remove_run};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -89,12 +97,12 @@ impl RunOptions {
 
     /// `out/checkpoint.safetensors`.
     pub fn checkpoint(&self) -> PathBuf {
-        self.out.join("checkpoint.safetensors")
+        self.out.join(CHECKPOINT)
     }
 
     /// `out/metrics.jsonl`.
     pub fn metrics(&self) -> PathBuf {
-        self.out.join("metrics.jsonl")
+        self.out.join(METRICS)
     }
 }
 
@@ -175,16 +183,56 @@ pub(crate) trait Step {
 pub(crate) struct Metrics {
     path: PathBuf,
     file: File,
+    /// The file's length after its last whole line.
+    len: u64,
 }
 
 impl Metrics {
-    /// Appends one JSON object as a line.
+    fn open(path: PathBuf) -> Result<Metrics> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+        Ok(Metrics { path, file, len })
+    }
+
+    /// Appends one JSON object as a line, whole or not at all.
     pub(crate) fn line(&mut self, value: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}").map_err(|e| io_err(&self.path, e))
+        let text = format!("{value}\n");
+        append_whole(&mut self.file, &mut self.len, text.as_bytes()).map_err(|e| io_err(&self.path, e))
     }
 
     fn sync(&mut self) -> Result<()> {
         self.file.sync_data().map_err(|e| io_err(&self.path, e))
+    }
+}
+
+/// A file that can be cut back to a length (a [`File`]; a failing writer in
+/// tests).
+trait CutBack: Write {
+    fn cut_back(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl CutBack for File {
+    fn cut_back(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// Appends `bytes` to `w`, now `len` long: a write that fails part-way (a
+/// full disk) is cut back off, so the file never ends in half a line.
+fn append_whole(w: &mut impl CutBack, len: &mut u64, bytes: &[u8]) -> std::io::Result<()> {
+    match w.write_all(bytes).and_then(|()| w.flush()) {
+        Ok(()) => {
+            *len += bytes.len() as u64;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = w.cut_back(*len);
+            Err(e)
+        }
     }
 }
 
@@ -262,6 +310,14 @@ pub(crate) fn check_run_start(options: &RunOptions, train: &dyn Dataset, batch: 
             ckpt.display()
         )));
     }
+    check_folder(options)
+}
+
+/// The folder's part of [`check_run_start`], checked again under the run's
+/// lock: a fresh run needs a folder without a run's checkpoint or metrics,
+/// and any run one whose `config.json` (which it rewrites) is a run's.
+fn check_folder(options: &RunOptions) -> Result<()> {
+    let ckpt = options.checkpoint();
     if !options.resume && !options.overwrite && (ckpt.exists() || options.metrics().exists()) {
         return Err(MimError::Input(format!(
             "{} holds a run already: continue it with `RunOptions::resume`, or start over with \
@@ -269,7 +325,7 @@ pub(crate) fn check_run_start(options: &RunOptions, train: &dyn Dataset, batch: 
             options.out.display()
         )));
     }
-    Ok(())
+    check_config_is_ours(&options.out)
 }
 
 /// Keeps the lines of `metrics.jsonl` whose step is at most `step` (whole
@@ -302,22 +358,12 @@ fn prepare_folder(opts: &RunOptions, folders: &[&str], start: u64, config_json: 
     // A write interrupted by a crash leaves its temporary file: remove it.
     remove_stale_temporaries(&opts.out);
     if opts.overwrite && !opts.resume {
-        for old in [opts.checkpoint(), opts.metrics()] {
-            if old.exists() {
-                std::fs::remove_file(&old).map_err(|e| io_err(&old, e))?;
-            }
-        }
-        for folder in folders {
-            let dir = opts.out.join(folder);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-            }
-        }
+        remove_run(&opts.out, folders)?;
     }
     // Resuming: metrics past the checkpoint (written after it, before an
     // interruption) would be written again; drop them, and any partial line.
     truncate_metrics(&opts.metrics(), start)?;
-    write_atomically(&opts.out.join("config.json"), config_json.as_bytes())
+    write_atomically(&opts.out.join(CONFIG), config_json.as_bytes())
 }
 
 /// The loop: trains `step` on batches of `train` (through `transform`) to
@@ -368,14 +414,23 @@ pub(crate) fn train_loop<S: Step>(
             interrupted: false,
         });
     }
-    let mut metrics = if root {
+    if end <= start {
+        return Err(MimError::Input(format!(
+            "`RunOptions::stop_after` is {end}, but the run is at step {start} already: nothing would run"
+        )));
+    }
+    if !root {
+        return steps(step, train, transform, opts, extras, observer, (start, end), None);
+    }
+    // One run per folder: the lock first, then the folder checked again (a
+    // run that started meanwhile has written it), then anything written.
+    let _lock = RunLock::take(&opts.out)?;
+    check_folder(opts)?;
+    let had_checkpoint = opts.checkpoint().exists();
+    let mut saved = None;
+    let ended = (|| -> Result<LoopEnd> {
         prepare_folder(opts, extras.folders(), start, &config_json)?;
-        let path = opts.metrics();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        let metrics = Metrics::open(opts.metrics())?;
         observer.started(&RunStart {
             data_name: train.name(),
             train_images: train.len(),
@@ -383,9 +438,58 @@ pub(crate) fn train_loop<S: Step>(
             start_step: start,
             total_steps: total,
         });
-        Some(Metrics { path, file })
-    } else {
-        None
+        steps(
+            step,
+            train,
+            transform,
+            opts,
+            extras,
+            observer,
+            (start, end),
+            Some((metrics, &mut saved)),
+        )
+    })();
+    ended.map_err(|cause| {
+        let kept = match saved.or(had_checkpoint.then_some(start)) {
+            Some(at) => format!(
+                "the checkpoint of step {at} at {} is intact",
+                opts.checkpoint().display()
+            ),
+            // A run that ends before its first checkpoint leaves the folder
+            // as it found it, so the same command can start it again.
+            None => match remove_run(&opts.out, extras.folders()) {
+                Ok(_) => format!(
+                    "no checkpoint was written, and {} holds nothing of this run",
+                    opts.out.display()
+                ),
+                Err(e) => format!("no checkpoint was written, and removing what this run wrote failed: {e}"),
+            },
+        };
+        MimError::RunFailed {
+            cause: Box::new(cause),
+            kept,
+        }
+    })
+}
+
+/// The steps `start..end` of the loop; rank 0 has the metrics, and notes in
+/// `saved` the step of each checkpoint it writes.
+#[allow(clippy::too_many_arguments)]
+fn steps<S: Step>(
+    step: &mut S,
+    train: &dyn Dataset,
+    transform: &Transform,
+    opts: &RunOptions,
+    extras: &mut dyn Extras<S>,
+    observer: &mut dyn Observer,
+    (start, end): (u64, u64),
+    mut written: Option<(Metrics, &mut Option<u64>)>,
+) -> Result<LoopEnd> {
+    let (batch, comm) = (step.batch_size(), step.communicator());
+    let sampler = EpochSampler {
+        n: train.len(),
+        batch,
+        seed: step.seed(),
     };
     let ckpt = opts.checkpoint();
     let spe = sampler.steps_per_epoch() as f64;
@@ -433,7 +537,7 @@ pub(crate) fn train_loop<S: Step>(
             let mut flags = [f32::from(u8::from(stop_now)), f32::from(u8::from(overdue))];
             comm.all_reduce_sum(&mut flags);
             let (stop_now, overdue) = (flags[0] > 0.0, flags[1] > 0.0);
-            if let Some(metrics) = metrics.as_mut() {
+            if let Some((metrics, _)) = written.as_mut() {
                 observer.step(&stats, r);
                 let mut line = serde_json::json!({
                     "step": stats.step,
@@ -452,7 +556,7 @@ pub(crate) fn train_loop<S: Step>(
                 }
                 metrics.line(&line)?;
             }
-            extras.before_checkpoint(step, &stats, metrics.as_mut(), observer)?;
+            extras.before_checkpoint(step, &stats, written.as_mut().map(|(m, _)| m), observer)?;
             if stats.step.is_multiple_of(opts.ckpt_every.max(1)) || stats.step == end || stop_now || overdue {
                 last_ckpt = Instant::now();
                 if comm.size() > 1 {
@@ -464,11 +568,12 @@ pub(crate) fn train_loop<S: Step>(
                         step.state_fingerprint(),
                     )?;
                 }
-                if let Some(metrics) = metrics.as_mut() {
+                if let Some((metrics, saved)) = written.as_mut() {
                     // The metrics up to here are on disk before the
                     // checkpoint that a resume truncates them back to.
                     metrics.sync()?;
                     step.save(&ckpt)?;
+                    **saved = Some(stats.step);
                     observer.checkpoint(&ckpt, stats.step);
                 }
             }
@@ -489,4 +594,51 @@ pub(crate) fn train_loop<S: Step>(
         images_per_s: rate.unwrap_or(0.0),
         interrupted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes `room` bytes, then fails as a full disk does.
+    struct FullDisk {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room - self.data.len());
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left"));
+            }
+            self.data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CutBack for FullDisk {
+        fn cut_back(&mut self, len: u64) -> std::io::Result<()> {
+            self.data.truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    /// A disk that fills mid-line leaves the lines before it, whole.
+    #[test]
+    fn metrics_never_end_in_half_a_line() {
+        let mut disk = FullDisk {
+            data: Vec::new(),
+            room: 30,
+        };
+        let mut len = 0;
+        append_whole(&mut disk, &mut len, b"{\"step\": 1}\n").unwrap();
+        let e = append_whole(&mut disk, &mut len, b"{\"step\": 2, \"loss\": 0.5}\n").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(disk.data, b"{\"step\": 1}\n");
+        assert_eq!(len, 12);
+    }
 }

@@ -107,6 +107,15 @@ impl TrainConfig {
                 self.base_lr, self.min_lr
             )));
         }
+        if self.min_lr > self.peak_lr() {
+            return Err(config_err(format!(
+                "the minimum learning rate {} is above the peak {} (base {} · batch {} / 256): the rate would rise",
+                self.min_lr,
+                self.peak_lr(),
+                self.base_lr,
+                self.batch_size
+            )));
+        }
         if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return Err(config_err(format!("AdamW betas {:?} must be in [0, 1)", self.betas)));
         }

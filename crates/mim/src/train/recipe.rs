@@ -19,6 +19,7 @@
 //! would destroy them before the randomly initialised head has learnt to use
 //! them.
 
+use crate::config::is_positive;
 use crate::data::Normalization;
 use crate::data::loader::EpochSampler;
 use crate::data::transform::{Augment, Transform};
@@ -433,7 +434,7 @@ impl FinetuneConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let positive = |what: &str, v: f32| {
-            if crate::config::is_positive(v) {
+            if is_positive(v) {
                 Ok(())
             } else {
                 Err(config_err(format!("{what} must be positive, got {v}")))
@@ -464,6 +465,29 @@ impl FinetuneConfig {
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
             return Err(config_err(format!(
                 "crop scale ({lo}, {hi}) must satisfy 0 < low ≤ high ≤ 1"
+            )));
+        }
+        if !(self.min_lr >= 0.0 && self.min_lr <= self.peak_lr()) {
+            return Err(config_err(format!(
+                "the minimum learning rate {} must be in [0, the peak {}] (base {} · batch {} / 256)",
+                self.min_lr,
+                self.peak_lr(),
+                self.base_lr,
+                self.batch_size
+            )));
+        }
+        let (n, c) = (&self.normalization, self.model.encoder.in_chans());
+        if n.mean.len() != c || n.std.len() != c {
+            return Err(config_err(format!(
+                "normalisation has {} means and {} deviations for {c} channels",
+                n.mean.len(),
+                n.std.len()
+            )));
+        }
+        if !n.mean.iter().all(|m| m.is_finite()) || !n.std.iter().all(|s| is_positive(*s)) {
+            return Err(config_err(format!(
+                "normalisation means must be finite and deviations positive, got {:?} and {:?}",
+                n.mean, n.std
             )));
         }
         Ok(())
