@@ -3,13 +3,13 @@
 //!
 //! ```text
 //! pack all of B once, in NR-column panels (KC-deep slices, in parallel)   // shared, read-only
-//! split C into units: (row panel of MR rows) × (column block of ≤ NC_MAX columns)
+//! split C into units: (row panel of MR rows) × (column block of ≤ NC columns)
 //! each thread takes one contiguous run of units (±1 unit of the others), and for
 //! each column block in its run:
 //!   for each k block pc of KC values                  // the same blocks for every thread
 //!     for each row panel rp of its run
 //!       pack A[rp rows, pc block] into an MR × KC micro-panel   // L1-resident
-//!       for each NR panel jp of the column block               // B block KC × NC_MAX in L2
+//!       for each NR panel jp of the column block               // B block KC × NC in L2
 //!         micro-kernel: C[rp, jp] (+)= α · A_panel · B_panel (epilogue on the first block)
 //! ```
 //!
@@ -18,20 +18,21 @@
 //! threads get equal work both on `400 × 768 · 768 × 2304` (34 row panels × 5
 //! column blocks = 170 units) and on `1088 × 768 · 768 × 192` (91 × 1).
 //!
+//! KC and NC come from the CPU's caches ([`Blocking`]).
+//!
 //! Determinism: an element's value depends only on its k blocks (fixed KC)
 //! and the kernel's k-ordered multiply-adds, never on the tile it falls in or
 //! on which thread computed it, so results are bit-identical for any thread
 //! count.
 
+use super::blocking::Blocking;
 use super::kernel::{APanel, Epilogue, MicroKernel, TileDst, store_edge};
-use super::pack::{KC, Scratch};
+use super::pack::Scratch;
 use super::view::MatRef;
 use crate::par::SendPtr;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
-/// Widest column block: its packed B slice (KC × 512 × 4 B = 512 KiB) stays in L2.
-const NC_MAX: usize = 512;
 /// Micro-panels of A packed at once (768 rows × KC, 768 KiB). A transposed A
 /// (the dW products) is then read in runs of 768 values per k instead of a
 /// few cache lines per row, which the prefetchers follow: 512 × 4160 · 4160 ×
@@ -129,6 +130,7 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     let threads = threads.min(flops / MIN_FLOPS_PER_TASK).max(1);
     let parallel = threads > 1 && profile.is_none();
     let start = profile.is_some().then(Instant::now);
+    let Blocking { kc: kc_max, nc, .. } = Blocking::detected();
 
     // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K/KU, NR)
     // (KU values of k per packed step: 1 for f32, a pair for bf16).
@@ -139,13 +141,13 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     let pack_panel = |jp: usize, panel: &mut [f32]| {
         let cols = K::NR.min(n - jp * K::NR);
         let slice = |(kb, dst): (usize, &mut [f32])| {
-            let pc = kb * KC;
-            K::pack_b(dst, &p.b, jp * K::NR, cols, pc, KC.min(k - pc));
+            let pc = kb * kc_max;
+            K::pack_b(dst, &p.b, jp * K::NR, cols, pc, kc_max.min(k - pc));
         };
         if parallel {
-            panel.par_chunks_mut(KC / K::KU * K::NR).enumerate().for_each(slice);
+            panel.par_chunks_mut(kc_max / K::KU * K::NR).enumerate().for_each(slice);
         } else {
-            panel.chunks_mut(KC / K::KU * K::NR).enumerate().for_each(slice);
+            panel.chunks_mut(kc_max / K::KU * K::NR).enumerate().for_each(slice);
         }
     };
     if parallel {
@@ -163,13 +165,13 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     }
 
     // Units: (column block, row panel), column-block major.
-    // Column blocks of at most NC_MAX columns, and narrower when there are
+    // Column blocks of at most NC columns, and narrower when there are
     // few row panels, so each task gets ≥ UNITS_PER_TASK units and the tasks
     // differ by at most 1/UNITS_PER_TASK (a narrower block only means A's
     // rows are read once more).
     let row_panels = m.div_ceil(K::MR);
     let col_blocks = (panels * K::NR)
-        .div_ceil(NC_MAX)
+        .div_ceil(nc)
         .max((UNITS_PER_TASK * threads).div_ceil(row_panels))
         .min(panels);
     let block_panels = panels.div_ceil(col_blocks);
@@ -186,7 +188,20 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
             let jps = cb * block_panels..((cb + 1) * block_panels).min(panels);
             // SAFETY: tasks own disjoint runs of units, hence disjoint tiles of C;
             // the caller vouches for C, the CPU and the operands.
-            unsafe { block::<K>(p, packed_b, lo..hi, jps, cptr.get(), rsc, csc) };
+            unsafe {
+                block::<K>(
+                    p,
+                    PackedB {
+                        data: packed_b,
+                        kc: kc_max,
+                    },
+                    lo..hi,
+                    jps,
+                    cptr.get(),
+                    rsc,
+                    csc,
+                )
+            };
             cb += 1;
         }
     };
@@ -203,13 +218,20 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     }
 }
 
+/// All of B, packed: NR-column panels of `kc`-deep slices.
+#[derive(Clone, Copy)]
+struct PackedB<'a> {
+    data: &'a [f32],
+    kc: usize,
+}
+
 /// Row panels `rps` × NR panels `jps` of C, every k block.
 ///
 /// # Safety
 /// As [`run`]; no one else writes these tiles of C during the call.
 unsafe fn block<K: MicroKernel>(
     p: &Product,
-    packed_b: &[f32],
+    packed: PackedB,
     rps: std::ops::Range<usize>,
     jps: std::ops::Range<usize>,
     c: *mut f32,
@@ -218,6 +240,10 @@ unsafe fn block<K: MicroKernel>(
 ) {
     let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
     let (mr, nr) = (K::MR, K::NR);
+    let PackedB {
+        data: packed_b,
+        kc: kc_max,
+    } = packed;
     let panel_len = k.div_ceil(K::KU) * nr;
     // A row-major A is read in place (no packing pass), unless its rows are a
     // multiple of 4 KiB apart: then all MR rows fall into the same L1 sets and
@@ -228,11 +254,11 @@ unsafe fn block<K: MicroKernel>(
     // map every k to the same few sets: measured 75 against 88–95 packed.)
     let in_place = K::IN_PLACE_A && p.a.cs() == 1 && !p.a.rs().is_multiple_of(1024);
     let group_panels = if in_place { 1 } else { MC_PANELS.min(rps.len()) };
-    let mut apack_buf = Scratch::take(group_panels * mr * KC.min(k).div_ceil(K::KU));
+    let mut apack_buf = Scratch::take(group_panels * mr * kc_max.min(k).div_ceil(K::KU));
     let apack = apack_buf.as_mut_slice();
     let mut tile = [0f32; MAX_MR * MAX_NR];
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
+    for pc in (0..k).step_by(kc_max) {
+        let kc = kc_max.min(k - pc);
         let steps = kc.div_ceil(K::KU); // packed rows of this k block
         // With a residual, its tile is copied into C just before the first
         // k block, which then accumulates onto it (β = 1).

@@ -436,7 +436,7 @@ mod x86 {
         }
 
         fn pack_b(dst: &mut [f32], b: &super::MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
-            let mut tmp = [0f32; super::super::pack::KC * 32];
+            let mut tmp = [0f32; super::super::blocking::MAX_KC * 32];
             super::pack::pack_b(&mut tmp, b, c0, cols, pc, kc, 32);
             super::pack::bf16_pairs(Self::ISA, &mut dst[..kc.div_ceil(2) * 32], &tmp[..kc * 32], 32);
         }

@@ -33,11 +33,13 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod bf16;
+pub mod blocking;
 pub(crate) mod driver;
 mod kernel;
 mod pack;
 pub mod view;
 
+pub use blocking::Blocking;
 pub use driver::SplitTimes;
 use view::extent;
 pub use view::{MatMut, MatRef};
@@ -395,6 +397,85 @@ unsafe fn product_unfused(
             reference_sgemm(q, c, rsc, csc)
         })
     }
+}
+
+/// How the micro-kernel reads A in [`kernel_gflops`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum APanelKind {
+    /// A packed `(kc, MR)` micro-panel (what the driver packs).
+    Packed,
+    /// MR rows of a row-major A read in place (rows `kc` apart).
+    InPlace,
+}
+
+/// The f32 micro-kernel of `isa` alone, on hot panels: one `MR × NR` tile
+/// of C accumulated `reps` times from the same `MR × kc` A panel and
+/// `kc × NR` B panel (both in L1/L2), on the calling thread; GFLOP/s. This
+/// is the ceiling of the driver on this CPU: packing, cache misses and the
+/// split between threads come on top (`crates/kernels/examples/gemm_hot.rs`). `None` for
+/// an instruction set without a micro-kernel (scalar) or above the CPU's.
+pub fn kernel_gflops(isa: Isa, kc: usize, a_kind: APanelKind, reps: usize) -> Option<f64> {
+    if isa > cpu::detected() || kc == 0 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            // SAFETY: `isa` ≤ the detected CPU (checked above).
+            Isa::Avx512 => Some(unsafe { hot_rate::<kernel::Avx512>(kc, a_kind, reps) }),
+            // SAFETY: as above.
+            Isa::Avx2 => Some(unsafe { hot_rate::<kernel::Avx2>(kc, a_kind, reps) }),
+            Isa::Scalar => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a_kind, reps);
+        None
+    }
+}
+
+/// [`kernel_gflops`] for kernel `K`.
+///
+/// # Safety
+/// The CPU supports `K`'s instruction set.
+#[cfg(target_arch = "x86_64")]
+unsafe fn hot_rate<K: kernel::MicroKernel>(kc: usize, a_kind: APanelKind, reps: usize) -> f64 {
+    use kernel::{APanel, Epilogue, TileDst};
+    // 64-byte aligned, as the driver's packed panels are.
+    let mut a_buf = pack::Scratch::take(K::MR * kc);
+    let mut b_buf = pack::Scratch::take(K::NR * kc);
+    let mut c_buf = pack::Scratch::take(K::MR * K::NR);
+    let (a, b, c) = (a_buf.as_mut_slice(), b_buf.as_mut_slice(), c_buf.as_mut_slice());
+    a.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 7) as f32 * 1e-3);
+    b.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 5) as f32 * 1e-3);
+    c.fill(0.0);
+    let b: &[f32] = b;
+    let panel = match a_kind {
+        APanelKind::Packed => APanel::Packed(a.as_ptr(), K::MR),
+        APanelKind::InPlace => APanel::Rows(a.as_ptr(), kc),
+    };
+    let ep = Epilogue {
+        alpha: 1.0,
+        beta: 1.0,
+        bias: None,
+    };
+    let dst = TileDst {
+        c: c.as_mut_ptr(),
+        rsc: K::NR,
+        csc: 1,
+        rows: K::MR,
+        cols: K::NR,
+    };
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        // SAFETY: the caller vouches for the CPU; A holds MR rows × kc (packed
+        // or rows kc apart), B kc·NR values, and C the whole MR × NR tile.
+        unsafe { K::full(kc, panel, std::hint::black_box(b), dst, &ep) };
+    }
+    let secs = start.elapsed().as_secs_f64();
+    std::hint::black_box(c_buf.as_mut_slice());
+    (2 * K::MR * K::NR * kc * reps) as f64 / secs / 1e9
 }
 
 /// Rows/columns per parallel part are a multiple of this, so every part's tiles

@@ -260,9 +260,6 @@ mod transpose {
     }
 }
 
-/// Depth of a k block: an A micro-panel (12 × 256 × 4 B = 12 KiB) stays in L1.
-pub(crate) const KC: usize = 256;
-
 /// Reusable packing buffers, from a free list of this thread's: no lock, and
 /// no allocation once the list holds enough buffers. A buffer goes back to the
 /// list of the thread that drops it (the one that took it: packing buffers
