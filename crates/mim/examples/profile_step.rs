@@ -86,5 +86,22 @@ fn run() {
     let per = start.elapsed().as_secs_f64() / steps as f64;
     println!("{name}: {per:.3} s/step, {:.1} images/s", batch as f64 / per);
     profile::disable();
-    print!("{}", profile::format_report(&profile::report()));
+    // The ceilings on the threads the steps ran on: the f32 FMA peak (the
+    // products' roofline; bf16 products may exceed it) and a copy of 512 MiB
+    // (DRAM; an op whose data stays in L3, AdamW on a small model, may
+    // exceed it).
+    let threads = rayon::current_num_threads();
+    let peaks = profile::Peaks {
+        gflops: tessera_kernels::peak::fma_gflops(
+            tessera_kernels::cpu::isa(),
+            threads,
+            std::time::Duration::from_millis(400),
+        ),
+        gbs: tessera_kernels::peak::copy_gbs(512 << 20, threads, 5),
+    };
+    println!(
+        "ceilings on {threads} threads: f32 FMA {:.1} GFLOP/s, copy {:.1} GB/s",
+        peaks.gflops, peaks.gbs
+    );
+    print!("{}", profile::format_report(&profile::report(), Some(&peaks)));
 }

@@ -134,6 +134,8 @@ impl Optimizer for AdamW {
                 let Some(g) = grads.get(p) else { continue };
                 check_grad(p, g)?;
                 let n = p.numel();
+                // Parameter, gradient and both moments read; three written.
+                crate::profile::work(0, 28 * n as u64);
                 let st = self.state.entry(p.id()).or_insert_with(|| AdamState {
                     step: 0,
                     m: vec![0.0; n],

@@ -44,6 +44,8 @@ fn linear_grads(prec: Precision, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dou
         dbias: grad_out(&mut db),
     };
     klinear::backward(prec, grads, dout, &x.data(), &w.data(), LinearDims { m, k, n });
+    // dX = dY·W and dW = dYᵀ·X; dY, X, W read, dX and dW written.
+    crate::profile::work(4 * (m * k * n) as u64, 4 * (m * n + 2 * m * k + 2 * k * n) as u64);
     g.put(x, dx.map(|b| b.0));
     g.put(w, dw.map(|b| b.0));
     if let Some(b) = b {
@@ -222,6 +224,7 @@ impl Tensor {
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear", "forward");
         let (m, k, n) = linear_dims("linear", self, weight, bias)?;
+        crate::profile::work(2 * (m * k * n) as u64, 4 * (m * k + k * n + m * n) as u64);
         let prec = matmul_precision();
         let mut out = crate::buffers::uninit(m * n); // overwritten by the bias fill or β = 0
         {
@@ -250,6 +253,8 @@ impl Tensor {
     pub fn linear_gelu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear_gelu", "forward");
         let (m, k, n) = linear_dims("linear_gelu", self, weight, Some(bias))?;
+        // Two outputs: the pre-activation and the activation.
+        crate::profile::work(2 * (m * k * n) as u64, 4 * (m * k + k * n + 2 * m * n) as u64);
         let prec = matmul_precision();
         let mut pre = crate::buffers::uninit(m * n); // β = 0 overwrites
         let mut act = crate::buffers::uninit(m * n); // written tile by tile
@@ -288,6 +293,8 @@ impl Tensor {
     pub fn linear_residual(&self, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("linear_residual", "forward");
         let (m, k, n) = linear_dims("linear_residual", self, weight, bias)?;
+        // The residual read, the output written.
+        crate::profile::work(2 * (m * k * n) as u64, 4 * (m * k + k * n + 2 * m * n) as u64);
         let prec = matmul_precision();
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -323,6 +330,11 @@ impl Tensor {
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         let _timer = crate::profile::scope("matmul", "forward");
         let (batch, m, k, n, shared) = matmul_dims(self.shape(), rhs.shape())?;
+        let b_len = if shared { k * n } else { batch * k * n };
+        crate::profile::work(
+            2 * (batch * m * k * n) as u64,
+            4 * (batch * (m * k + m * n) + b_len) as u64,
+        );
         let prec = matmul_precision();
         let mut out = crate::buffers::uninit(batch * m * n); // β = 0 overwrites
         let layout = Batch {

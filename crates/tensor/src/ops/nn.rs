@@ -42,6 +42,7 @@ impl Backward for LayerNormBackward {
             dbias: GradOut::add(&mut db),
         };
         let dims = kln::LnDims { rows, d, eps: self.eps };
+        crate::profile::work(0, 12 * (rows * d) as u64); // x and dy read, dx written
         kln::backward(
             grads,
             &dout,
@@ -148,6 +149,10 @@ impl Backward for AttentionBackward {
             dbias: dbias.as_deref_mut().map(GradOut::overwrite),
         };
         kattn::backward(self.prec, grads, &dout, &self.lse, &self.qkv.data(), bias, self.dims);
+        // Q·Kᵀ again, then dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q: five
+        // products of 2·N²·dh per head; qkv and dO read, dqkv written.
+        let (b, n, d) = (self.dims.b as u64, self.dims.n as u64, self.dims.d as u64);
+        crate::profile::work(10 * b * n * n * d, 4 * b * n * 7 * d);
         if g.wants(&self.qkv) {
             g.put(&self.qkv, Some(dqkv));
         } else {
@@ -277,6 +282,7 @@ impl Tensor {
         let mut out = crate::buffers::uninit(self.numel()); // every row normalised
         let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
         let dims = kln::LnDims { rows, d, eps };
+        crate::profile::work(0, 8 * self.numel() as u64); // x read, y written
         kln::forward(
             &mut out,
             &mut mean,
@@ -408,6 +414,9 @@ impl Tensor {
             }
         }
         let dims = AttnDims::new(b, n, d3 / 3, heads);
+        // Per head Q·Kᵀ and P·V (2·N²·dh each); qkv read, the output written.
+        let d = (d3 / 3) as u64;
+        crate::profile::work(4 * (b * n * n) as u64 * d, 4 * (b * n) as u64 * 4 * d);
         let mut out = crate::buffers::uninit(b * n * dims.d); // each head writes its columns (β = 0)
         let mut lse = vec![0f32; b * heads * n];
         let prec = matmul_precision();
