@@ -20,6 +20,7 @@ and the norm-pix loss) + loss.backward() + AdamW.step(). The input batch
 """
 
 import argparse
+import platform
 import json
 import resource
 import statistics
@@ -109,6 +110,9 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bf16", action="store_true",
                     help="forward + loss under torch.autocast('cpu', dtype=torch.bfloat16)")
+    ap.add_argument("--compile", action="store_true",
+                    help="run the model through torch.compile (Inductor's C++ CPU backend); "
+                         "compilation happens in the warm-up steps, outside the timed ones")
     ap.add_argument("--check-shapes", action="store_true",
                     help="print every state_dict key with its shape and exit")
     ap.add_argument("--save-safetensors", metavar="PATH",
@@ -132,6 +136,18 @@ def parse_args(argv):
     if args.steps < 1 or args.warmup < 0:
         ap.error("need --steps >= 1 and --warmup >= 0")
     return args, cfg, name
+
+
+def cpu_name():
+    """The CPU's model name (which CPU made a number matters as much as the number)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main(argv=None):
@@ -165,6 +181,10 @@ def main(argv=None):
     lr = 1.5e-4 * cfg["batch"] / 256  # MAE: blr * eff_batch_size / 256
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=lr, betas=(0.9, 0.95))
 
+    fwd = torch.compile(model) if args.compile else model
+    if args.compile:
+        args.warmup = max(args.warmup, 2)  # the first call compiles, the second settles
+
     B, C, S = cfg["batch"], cfg["chans"], cfg["img_size"]
     L = (S // cfg["patch"]) ** 2
     len_keep = int(L * (1 - args.mask_ratio))
@@ -176,7 +196,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss, _, _ = model(imgs, mask_ratio=args.mask_ratio)
+            loss, _, _ = fwd(imgs, mask_ratio=args.mask_ratio)
         loss.backward()
         opt.step()
         t1 = time.perf_counter()
@@ -190,6 +210,8 @@ def main(argv=None):
         "engine": "pytorch",
         "torch": torch.__version__,
         "precision": "bf16-autocast" if args.bf16 else "f32",
+        "mode": "compile" if args.compile else "eager",
+        "cpu": cpu_name(),
         "workload": name,
         "batch": B,
         "threads": args.threads,
