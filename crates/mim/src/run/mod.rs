@@ -420,7 +420,12 @@ pub(crate) fn train_loop<S: Step>(
         )));
     }
     if !root {
-        return steps(step, train, transform, opts, extras, observer, (start, end), None);
+        let span = Span {
+            start,
+            end,
+            written: None,
+        };
+        return steps(step, train, transform, opts, extras, observer, span);
     }
     // One run per folder: the lock first, then the folder checked again (a
     // run that started meanwhile has written it), then anything written.
@@ -438,16 +443,12 @@ pub(crate) fn train_loop<S: Step>(
             start_step: start,
             total_steps: total,
         });
-        steps(
-            step,
-            train,
-            transform,
-            opts,
-            extras,
-            observer,
-            (start, end),
-            Some((metrics, &mut saved)),
-        )
+        let span = Span {
+            start,
+            end,
+            written: Some((metrics, &mut saved)),
+        };
+        steps(step, train, transform, opts, extras, observer, span)
     })();
     ended.map_err(|cause| {
         let kept = match saved.or(had_checkpoint.then_some(start)) {
@@ -472,9 +473,16 @@ pub(crate) fn train_loop<S: Step>(
     })
 }
 
-/// The steps `start..end` of the loop; rank 0 has the metrics, and notes in
-/// `saved` the step of each checkpoint it writes.
-#[allow(clippy::too_many_arguments)]
+/// The steps a loop runs, and (rank 0) where it writes.
+struct Span<'a> {
+    start: u64,
+    end: u64,
+    /// Rank 0's metrics, and the step of the last checkpoint it wrote.
+    written: Option<(Metrics, &'a mut Option<u64>)>,
+}
+
+/// The steps `span.start..span.end` of the loop; rank 0 writes the metrics
+/// and notes the step of each checkpoint it writes.
 fn steps<S: Step>(
     step: &mut S,
     train: &dyn Dataset,
@@ -482,9 +490,13 @@ fn steps<S: Step>(
     opts: &RunOptions,
     extras: &mut dyn Extras<S>,
     observer: &mut dyn Observer,
-    (start, end): (u64, u64),
-    mut written: Option<(Metrics, &mut Option<u64>)>,
+    span: Span,
 ) -> Result<LoopEnd> {
+    let Span {
+        start,
+        end,
+        mut written,
+    } = span;
     let (batch, comm) = (step.batch_size(), step.communicator());
     let sampler = EpochSampler {
         n: train.len(),
