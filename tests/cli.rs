@@ -1414,6 +1414,46 @@ fn official_mae_state_dicts_reconstruct_and_probe() {
     assert!(out.contains("linear_probe"), "{out}");
     let e = fails(&["reconstruct", "--checkpoint", ckpt, "--synthetic-len", "96"]);
     assert!(e.contains("--heads") && e.contains("mae.safetensors"), "{e}");
+
+    // Fine-tuning it: an option changes only what it names, on top of what
+    // the file holds (any option once reset the rest to the vit-mini preset,
+    // "holds ViT 32/2/2 …, not the requested ViT 192/6/2 …"), the file's own
+    // image size included; another size resizes the positions; an option
+    // the file contradicts is refused by name.
+    let finetune = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--checkpoint",
+            ckpt,
+            "--synthetic-len",
+            "48",
+            "--batch",
+            "8",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+        ];
+        let out = dir.join(out);
+        let out = out.to_str().unwrap().to_string();
+        args.push(&out);
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    for (out, extra) in [
+        ("ft-heads", &["--heads", "2"][..]),
+        ("ft-size", &["--heads", "2", "--img-size", "16", "--patch", "4"][..]),
+        ("ft-bigger", &["--heads", "2", "--img-size", "32"][..]),
+    ] {
+        let o = finetune(out, extra);
+        assert!(o.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = finetune("ft-wider", &["--heads", "2", "--dim", "64"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("holds a pre-trained ViT 32/2/2"),
+        "{e}"
+    );
 }
 
 /// A binary built without MPI support, started as several ranks by an MPI

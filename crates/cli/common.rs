@@ -389,6 +389,13 @@ impl ModelArgs {
             bail!("--patch must be at least 1");
         }
         let mut encoder = VitConfig::preset(self.preset.as_deref().unwrap_or("vit-mini"), size, patch, chans)?;
+        self.apply_vit(&mut encoder, true);
+        Ok(encoder)
+    }
+
+    /// The ViT options typed on the command line, onto `encoder` (with
+    /// `defaults`, also the options' defaults: `--mlp-ratio`).
+    fn apply_vit(&self, encoder: &mut VitConfig, defaults: bool) {
         if let Some(d) = self.dim {
             encoder.embed_dim = d;
         }
@@ -398,7 +405,9 @@ impl ModelArgs {
         if let Some(h) = self.heads {
             encoder.num_heads = h;
         }
-        encoder.mlp_ratio = self.mlp_ratio;
+        if defaults || self.mlp_ratio != 4.0 {
+            encoder.mlp_ratio = self.mlp_ratio;
+        }
         if let Some(p) = self.pos_embed {
             encoder.pos_embed = match p {
                 PosArg::Sincos => PosEmbedKind::SinCos,
@@ -434,7 +443,52 @@ impl ModelArgs {
                 InitArg::Beit => InitScheme::Beit,
             };
         }
-        Ok(encoder)
+    }
+
+    /// `have` (a checkpoint's encoder) with only the options typed on the
+    /// command line changed: what fine-tuning a checkpoint is asked to run
+    /// on. (`--preset` and `--encoder` name a whole encoder; callers compare
+    /// against that instead.)
+    pub fn overlay(&self, have: &EncoderConfig) -> Result<EncoderConfig> {
+        let mut want = have.clone();
+        let swin_only = self.window.is_some() || self.depths.is_some() || self.stage_heads.is_some() || self.ape;
+        let vit_only = self.depth.is_some()
+            || self.heads.is_some()
+            || self.pos_embed.is_some()
+            || self.rel_pos_bias.is_some()
+            || self.layer_scale.is_some()
+            || self.qkv_bias.is_some()
+            || self.init.is_some()
+            || self.no_final_norm;
+        match &mut want {
+            EncoderConfig::Vit(_) if swin_only => {
+                bail!("--window, --depths, --stage-heads and --ape are Swin options; the checkpoint holds a ViT")
+            }
+            EncoderConfig::Swin(_) if vit_only => bail!("that is a ViT option; the checkpoint holds a Swin"),
+            EncoderConfig::Vit(v) => {
+                if let Some(s) = self.img_size {
+                    v.img_size = s.0;
+                }
+                if let Some(p) = self.patch {
+                    v.patch_size = p;
+                }
+                if let Some(c) = self.chans {
+                    v.in_chans = c;
+                }
+                self.apply_vit(v, false);
+            }
+            EncoderConfig::Swin(c) => {
+                if let Some(s) = self.img_size {
+                    c.img_size = s.0;
+                }
+                if let Some(ch) = self.chans {
+                    c.in_chans = ch;
+                }
+                self.apply_swin(c, false);
+            }
+        }
+        want.validate()?;
+        Ok(want)
     }
 
     fn swin(&self, size: [usize; 2], chans: usize) -> Result<SwinConfig> {
@@ -454,6 +508,14 @@ impl ModelArgs {
         }
         // Validated once the options typed with the preset apply.
         let mut c = SwinConfig::named(self.preset.as_deref().unwrap_or("swin-mini"), size, chans)?;
+        self.apply_swin(&mut c, true);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The Swin options typed on the command line, onto `c` (with
+    /// `defaults`, also the options' defaults: `--mlp-ratio`, `--ape`).
+    fn apply_swin(&self, c: &mut SwinConfig, defaults: bool) {
         if let Some(p) = self.patch {
             c.patch_size = p;
         }
@@ -469,13 +531,15 @@ impl ModelArgs {
         if let Some(h) = &self.stage_heads {
             c.num_heads = h.clone();
         }
-        c.mlp_ratio = self.mlp_ratio;
+        if defaults || self.mlp_ratio != 4.0 {
+            c.mlp_ratio = self.mlp_ratio;
+        }
         if let Some(d) = self.drop_path {
             c.drop_path = d;
         }
-        c.ape = self.ape;
-        c.validate()?;
-        Ok(c)
+        if defaults || self.ape {
+            c.ape = self.ape;
+        }
     }
 }
 
@@ -551,6 +615,7 @@ impl OfficialArgs {
             heads: self.heads,
             decoder_heads: self.decoder_heads,
             norm_pix: Some(!self.raw_pixels),
+            img_size: None,
         }
     }
 }

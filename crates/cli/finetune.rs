@@ -123,30 +123,47 @@ fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)>
     };
     let hints = tessera_mim::io::official::ModelHints {
         heads: args.model.heads,
+        img_size: args.model.img_size.map(|s| s.0),
         ..Default::default()
     };
     let pre = load_model_hinted(path, None, &hints, false)?;
     let have = pre.config.encoder.clone();
-    if args.given.iter().any(|g| ENCODER_OPTIONS.contains(&g.as_str())) {
-        let mut want = args.model.build(native)?.encoder;
-        // Fine-tuning options are not part of the comparison.
-        match (&mut want, &have) {
-            (EncoderConfig::Vit(w), EncoderConfig::Vit(h)) => {
-                (w.drop_path, w.final_norm, w.init) = (h.drop_path, h.final_norm, h.init);
-            }
-            (EncoderConfig::Swin(w), EncoderConfig::Swin(h)) => w.drop_path = h.drop_path,
-            _ => {}
-        }
-        if want != have {
-            bail!(
-                "{} holds a pre-trained {}, not the requested {}",
-                path.display(),
-                have.describe(),
-                want.describe()
-            );
-        }
+    let typed = |id: &str| args.given.iter().any(|g| g == id);
+    if !ENCODER_OPTIONS.iter().any(|o| typed(o)) {
+        return Ok((have, Some(pre.encoder)));
     }
-    Ok((have, Some(pre.encoder)))
+    // `--preset`/`--encoder` name a whole encoder; any other option changes
+    // only what it names, on top of what the file holds.
+    let mut want = if typed("preset") || typed("encoder") {
+        args.model.build(args.data.native())?.encoder
+    } else {
+        args.model.overlay(&have)?
+    };
+    // Fine-tuning options are not part of the comparison, and nor is the
+    // image size: another size resizes the positional tables.
+    match (&mut want, &have) {
+        (EncoderConfig::Vit(w), EncoderConfig::Vit(h)) => {
+            (w.drop_path, w.final_norm, w.init) = (h.drop_path, h.final_norm, h.init);
+        }
+        (EncoderConfig::Swin(w), EncoderConfig::Swin(h)) => w.drop_path = h.drop_path,
+        _ => {}
+    }
+    let size = want.img_size();
+    let mut same_size = want.clone();
+    same_size.set_img_size(have.img_size());
+    if same_size != have {
+        bail!(
+            "{} holds a pre-trained {}, not the requested {}",
+            path.display(),
+            have.describe(),
+            want.describe()
+        );
+    }
+    if size == have.img_size() {
+        return Ok((have, Some(pre.encoder)));
+    }
+    let resized = load_model_hinted(path, Some(size), &hints, false)?;
+    Ok((resized.config.encoder.clone(), Some(resized.encoder)))
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -4,7 +4,8 @@
 
 /// The options the library names in its messages (`` `RunOptions::resume` ``),
 /// by this binary's flags.
-const FLAGS: [(&str, &str); 12] = [
+const FLAGS: [(&str, &str); 13] = [
+    ("ModelHints::img_size", "--img-size"),
     ("RunOptions::resume", "--resume"),
     ("RunOptions::stop_after", "--stop-after"),
     ("RunOptions::overwrite", "--overwrite"),

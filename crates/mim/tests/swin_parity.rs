@@ -278,3 +278,34 @@ fn a_timm_swin_state_dict_loads_as_the_encoder() {
     assert!(model.features(&imgs, Pool::Cls).is_err());
     std::fs::remove_dir_all(timm.parent().unwrap()).ok();
 }
+
+/// Without its `attn_mask` buffers (timm's files; stages of one block) a
+/// Swin state dict cannot tell its image size: it once was read as 32 ×
+/// window pixels whatever it was trained at (a 32-pixel Swin as 128, its
+/// data silently upscaled). Now the size is asked for, and taken as given.
+#[test]
+fn a_swin_state_dict_without_its_mask_needs_the_image_size() {
+    use tessera_mim::io::checkpoint::load_model_hinted;
+    use tessera_mim::io::official::ModelHints;
+    let (file, _) = simmim_fixture();
+    let tensors: Vec<_> = official_tensors(&file)
+        .into_iter()
+        .filter(|(n, _, _)| !n.ends_with("attn_mask"))
+        .collect();
+    let official = write_state_dict("simmim-nomask", &tensors);
+    let e = tessera_mim::io::checkpoint::load_model(&official, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("cannot tell") && e.contains("`ModelHints::img_size`"), "{e}");
+    let hints = ModelHints {
+        img_size: Some([16, 16]),
+        ..ModelHints::default()
+    };
+    let model = load_model_hinted(&official, None, &hints, true).unwrap();
+    assert_eq!(model.config.encoder.img_size(), [16, 16]);
+    // A size asked for at load is the size where the file cannot tell it.
+    let model = tessera_mim::io::checkpoint::load_model(&official, Some([16, 16])).unwrap();
+    assert_eq!(model.config.encoder.img_size(), [16, 16]);
+    std::fs::remove_dir_all(official.parent().unwrap()).ok();
+}

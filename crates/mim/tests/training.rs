@@ -311,6 +311,7 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
         heads: Some(2),
         decoder_heads: Some(2),
         norm_pix: Some(true),
+        img_size: None,
     };
     let loaded = load_model_hinted(&full, None, &hints, true).unwrap();
     assert_eq!(loaded.config, t.model().config);

@@ -415,6 +415,11 @@ pub fn load_model_hinted(
         ));
     }
     let official = !file.metadata.contains_key("tessera.config");
+    // A size asked for is the trained size where the file cannot tell it.
+    let hints = &ModelHints {
+        img_size: hints.img_size.or(img_size),
+        ..hints.clone()
+    };
     let file = if official {
         official::timm_swin_to_simmim(file)
     } else {

@@ -72,6 +72,10 @@ pub struct ModelHints {
     pub decoder_heads: Option<usize>,
     /// Per-patch normalised pixel target (default: true).
     pub norm_pix: Option<bool>,
+    /// The image size the weights were trained at, where the file cannot
+    /// tell (a Swin state dict without its `attn_mask` buffers: timm's
+    /// files, or stages of one block). Never guessed.
+    pub img_size: Option<[usize; 2]>,
 }
 
 /// The shape of `name`, or an error naming it.
@@ -201,7 +205,7 @@ pub fn timm_swin_to_simmim(mut file: TensorFile) -> TensorFile {
 
 /// The configuration of a Swin state dict in SimMIM's names (a timm file
 /// goes through [`timm_swin_to_simmim`] first); see the module docs.
-pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> {
+pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ModelConfig> {
     let (d, c, p) = patch_geometry(file, "encoder.patch_embed.proj.weight", path)?;
     let stages = (0..)
         .take_while(|i| {
@@ -231,16 +235,29 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> 
     let window = *windows
         .first()
         .ok_or_else(|| ckpt_err(path, "has no 'encoder.layers.0.blocks.0.*' tensors"))?;
-    let side = match file.tensors.get("encoder.layers.0.blocks.1.attn_mask") {
+    // The image size: from the shifted block's mask (one per window of
+    // stage 0), else as the caller says; a default (timm's files are 32 ×
+    // window pixels, but a Swin trained at 32 pixels is not) would silently
+    // rescale the data.
+    let [sh, sw] = match file.tensors.get("encoder.layers.0.blocks.1.attn_mask") {
         Some(m) if !m.shape.is_empty() => {
             let per_side = (m.shape[0] as f64).sqrt().round() as usize;
-            per_side * window * p
+            [per_side * window * p; 2]
         }
-        _ => 32 * window,
+        _ => hints.img_size.ok_or_else(|| {
+            ckpt_err(
+                path,
+                format!(
+                    "holds a Swin whose image size it cannot tell (no 'attn_mask' buffers); give it \
+                     (`ModelHints::img_size`): timm's and SimMIM's files are {} pixels (32 × window {window})",
+                    32 * window
+                ),
+            )
+        })?,
     };
     let fc1 = shape(file, "encoder.layers.0.blocks.0.mlp.fc1.weight", path)?;
     let swin = SwinConfig {
-        img_size: [side, side],
+        img_size: [sh, sw],
         patch_size: p,
         in_chans: c,
         embed_dim: d,
@@ -346,7 +363,7 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
 /// an unknown decoder head count is no error.
 pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_decoder: bool) -> Result<ModelConfig> {
     if is_swin(file) {
-        return infer_swin_config(file, path);
+        return infer_swin_config(file, path, hints);
     }
     if is_simmim(file) {
         return infer_simmim_config(file, path, hints);
