@@ -1098,6 +1098,45 @@ fn invalid_options_are_one_line_errors_and_write_nothing() {
         (vec!["pretrain", "--out", o, "--max-memory", "0.01"], "--max-memory"),
         (vec!["info", "--img-size", "100000"], "GiB of memory"),
         (vec!["bench", "--img-size", "100000", "--patch", "16"], "GiB of memory"),
+        // 65,536 tokens: the attention's N × N scores alone are 16 GiB (once
+        // estimated at 2.3 GiB in all; the run aborted on that allocation).
+        (
+            vec![
+                "pretrain",
+                "--out",
+                o,
+                "--img-size",
+                "4096",
+                "--patch",
+                "16",
+                "--dim",
+                "64",
+                "--heads",
+                "2",
+                "--depth",
+                "1",
+                "--batch",
+                "1",
+                "--max-memory",
+                "4",
+            ],
+            "GiB of memory",
+        ),
+        (
+            vec![
+                "finetune",
+                "--from-scratch",
+                "--out",
+                o,
+                "--img-size",
+                "4096",
+                "--batch",
+                "1",
+                "--max-memory",
+                "4",
+            ],
+            "GiB of memory",
+        ),
         (
             vec!["pretrain", "--out", o, "--max-memory", "0"],
             "--max-memory must be a positive",
@@ -1805,4 +1844,34 @@ fn fine_tuned_checkpoints_from_hostile_metadata() {
     ]);
     assert!(!said.contains('\u{1b}') && !said.contains('\u{7}'), "{said:?}");
     assert!(said.contains("\\u{1b}[2Jclass"), "{said}");
+}
+
+/// The memory estimate a run is refused by tracks what a step really takes:
+/// ViT and Swin, MAE and SimMIM, small to large images and batches, within
+/// 0.75–1.5× of the peak resident set `tessera bench` measures (it once
+/// under-counted a 4096-pixel ViT tenfold).
+#[test]
+fn memory_estimates_track_the_measured_peak() {
+    for cfg in [
+        "--img-size 32 --batch 64",
+        "--img-size 32 --batch 8",
+        "--img-size 128 --patch 16 --batch 16",
+        "--img-size 256 --patch 8 --batch 4",
+        "--method simmim --img-size 64 --batch 16",
+        "--encoder swin --img-size 32 --batch 32",
+        "--encoder swin --preset swin-tiny --img-size 224 --batch 4",
+    ] {
+        let mut args = vec!["bench", "--steps", "1", "--warmup", "1"];
+        args.extend(cfg.split(' '));
+        let line: serde_json::Value = serde_json::from_str(ok(&args).trim()).unwrap();
+        let (rss, est) = (
+            line["peak_rss_mb"].as_f64().unwrap(),
+            line["estimated_mb"].as_f64().unwrap(),
+        );
+        let ratio = est / rss;
+        assert!(
+            (0.75..=1.5).contains(&ratio),
+            "{cfg}: estimated {est:.0} MB, measured {rss:.0} MB ({ratio:.2}x)"
+        );
+    }
 }

@@ -160,9 +160,10 @@ pub fn run(args: Args) -> Result<()> {
     let n_img = batch * e.in_chans() * e.img_size()[0] * e.img_size()[1];
     // Sized before anything is allocated: the step, and the images.
     let images_bytes = 4 * n_img as u128 * (args.warmup + args.steps) as u128;
+    let estimate = tessera_mim::train::memory::training_bytes(&config) + images_bytes;
     tessera_mim::train::memory::check(
         "this benchmark",
-        tessera_mim::train::memory::training_bytes(&config) + images_bytes,
+        estimate,
         None,
         "reduce --batch, --img-size, --dim, --depth or --steps",
     )?;
@@ -211,6 +212,8 @@ pub fn run(args: Args) -> Result<()> {
         "peak_gflops": peak,
         "mfu": gflop / med / peak,
         "peak_rss_mb": peak_rss_mib(),
+        // What `--max-memory` checks would have assumed (train::memory).
+        "estimated_mb": estimate as f64 / (1u64 << 20) as f64,
     });
     println!("{line}");
     Ok(())

@@ -189,6 +189,13 @@ pub fn run(args: Args) -> Result<()> {
     check_labelled(&train_ds, model_cfg.num_classes)?;
     check_labelled(test_ds.as_ref(), model_cfg.num_classes)?;
     let config = recipe(&args, model_cfg, &train_ds)?;
+    // Sized before the classifier is built.
+    tessera_mim::train::memory::check(
+        "fine-tuning this model",
+        tessera_mim::train::memory::finetune_bytes(&config),
+        args.run.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
+        "reduce --batch or --img-size (or raise --max-memory)",
+    )?;
     let model = Classifier::new(config.model.clone(), &mut MimRng::seed_from_u64(config.seed))?;
     let source = match (&pretrained, &args.checkpoint) {
         (Some(enc), Some(path)) => {

@@ -36,6 +36,12 @@ impl<'a> FinetuneRun<'a> {
         check_labelled(train, k)?;
         check_labelled(val, k)?;
         check_run_start(&options, train, tuner.config.batch_size)?;
+        crate::train::memory::check(
+            "fine-tuning this model",
+            crate::train::memory::finetune_bytes(&tuner.config),
+            options.max_memory,
+            "reduce `TrainConfig::batch_size` or `EncoderConfig::img_size` (or raise `RunOptions::max_memory`)",
+        )?;
         let ckpt = options.checkpoint();
         let tuner = if options.resume {
             let mut old = Finetuner::resume(&ckpt)?;

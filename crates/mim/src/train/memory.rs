@@ -4,16 +4,27 @@
 //! million-wide model) are one-line errors instead of an abort in the
 //! allocator minutes later.
 //!
-//! The estimates count the big buffers only (so they err low): the model's
-//! state; for training, its gradients and AdamW's two moments, and the
-//! activations each block saves for backward.
+//! The estimate of a training step counts what the step holds at its peak
+//! (the start of backward): the model's state, its gradients and AdamW's two
+//! moments; the activations each block saves for backward, and a quarter
+//! more for the gradients in flight and the buffers the engine keeps for
+//! reuse; the attention kernels' score workspace (one `N × N` pair per
+//! thread, and with a relative position bias its gradient's `dS` for every
+//! image and head); the batch itself; and the process (binary, threads).
+//! A test sweeps ViT and Swin at small and large images and several batches
+//! (`tests/cli.rs`, `memory_estimates_track_the_measured_peak`) and holds
+//! the estimate to 0.75–1.5× of the peak resident set `tessera bench`
+//! measures.
 
-use crate::config::{EncoderConfig, Method, ModelConfig};
+use crate::config::{EncoderConfig, Method, ModelConfig, RelPosBias};
 use crate::error::{MimError, Result};
 use crate::model::masking::hidden_count;
 use crate::train::pretrain::TrainConfig;
 
 const F32: u128 = 4;
+
+/// The process around a step: binary, thread stacks, allocator.
+const PROCESS_BYTES: u128 = 16 << 20;
 
 /// Bytes of the model's state.
 pub fn model_bytes(model: &ModelConfig) -> u128 {
@@ -27,8 +38,23 @@ fn block_values_per_token(d: u128, h: u128) -> u128 {
     10 * d + 2 * h
 }
 
-/// Bytes a training step of `config` needs at least: state, gradients and
-/// AdamW moments, plus the activations of every block for the whole batch.
+/// A Swin block also keeps its windowed copies: the shifted tokens, their
+/// windows and the windows merged back, both ways (4 more of width `d`).
+fn swin_block_values_per_token(d: u128, h: u128) -> u128 {
+    block_values_per_token(d, h) + 4 * d
+}
+
+/// Bytes of the attention's score workspace for `groups` attentions of `n`
+/// tokens and `heads` heads: two `n × n` buffers per thread in backward, and
+/// with a bias whose gradient is wanted, `dS` of every group and head.
+fn attention_bytes(groups: u128, heads: u128, n: u128, bias_grad: bool) -> u128 {
+    let threads = rayon::current_num_threads() as u128;
+    let per_thread = 2 * n * n * F32 * threads.min(groups * heads);
+    per_thread + if bias_grad { groups * heads * n * n * F32 } else { 0 }
+}
+
+/// Bytes a training step of `config` needs at its peak (see the module
+/// documentation for what is counted).
 pub fn training_bytes(config: &TrainConfig) -> u128 {
     let m = &config.model;
     let e = &m.encoder;
@@ -36,28 +62,62 @@ pub fn training_bytes(config: &TrainConfig) -> u128 {
     let batch = config.batch_size as u128;
     let ratio = config.masking.ratio().unwrap_or(0.0);
     let visible = (e.num_patches() - hidden_count(e.num_patches(), ratio)) as u128;
-    let mut activations = match e {
+    let (mut activations, mut workspace) = match e {
         EncoderConfig::Vit(v) => {
             let enc_tokens = 1 + match m.method {
                 Method::Mae { .. } => visible,
                 Method::SimMim => l,
             };
             let (d, h) = (v.embed_dim as u128, v.mlp_hidden() as u128);
-            batch * enc_tokens * v.depth as u128 * block_values_per_token(d, h)
+            let heads = v.num_heads as u128;
+            let bias = v.rel_pos_bias != RelPosBias::None;
+            (
+                batch * enc_tokens * v.depth as u128 * block_values_per_token(d, h),
+                attention_bytes(batch, heads, enc_tokens, bias),
+            )
         }
-        EncoderConfig::Swin(s) => (0..s.depths.len())
-            .map(|i| {
+        EncoderConfig::Swin(s) => {
+            let w2 = (s.window * s.window) as u128;
+            let mut act = 0;
+            let mut work = 0;
+            for i in 0..s.depths.len() {
                 let [gh, gw] = s.stage_grid(i);
-                let per = block_values_per_token(s.stage_dim(i) as u128, s.mlp_hidden(i) as u128);
-                batch * (gh * gw) as u128 * s.depths[i] as u128 * per
-            })
-            .sum(),
+                let tokens = (gh * gw) as u128;
+                let per = swin_block_values_per_token(s.stage_dim(i) as u128, s.mlp_hidden(i) as u128);
+                act += batch * tokens * s.depths[i] as u128 * per;
+                // Windows of at most window² tokens (the whole grid when smaller).
+                let n = w2.min(tokens);
+                let groups = batch * tokens.div_ceil(n);
+                work = work.max(attention_bytes(groups, s.num_heads[i] as u128, n, true));
+            }
+            (act, work)
+        }
     };
     if let Method::Mae { decoder } = &m.method {
         let (dd, hd) = (decoder.embed_dim as u128, decoder.mlp_hidden() as u128);
         activations += batch * (1 + l) * decoder.depth as u128 * block_values_per_token(dd, hd);
+        workspace = workspace.max(attention_bytes(batch, decoder.num_heads as u128, 1 + l, false));
     }
-    4 * model_bytes(m) + activations * F32
+    let [ih, iw] = e.img_size();
+    let images = batch * (e.in_chans() * ih * iw) as u128 * F32;
+    // Prediction, target and their gradient for every patch: three images' worth.
+    let head = 3 * images;
+    4 * model_bytes(m) + activations * F32 * 5 / 4 + workspace + images + head + PROCESS_BYTES
+}
+
+/// Bytes a fine-tuning step of `config` needs at its peak: the encoder's
+/// on every token, as [`training_bytes`] counts a SimMIM step of the same
+/// encoder and batch (its pixel head stands in for the classifier's).
+pub fn finetune_bytes(config: &crate::train::recipe::FinetuneConfig) -> u128 {
+    let model = ModelConfig {
+        encoder: config.model.encoder.clone(),
+        method: Method::SimMim,
+        target: crate::config::TargetConfig::Pixels {
+            loss: crate::config::PixelLoss::L1,
+            norm_pix: false,
+        },
+    };
+    training_bytes(&TrainConfig::mae(model, config.batch_size, 1))
 }
 
 /// Bytes this process may take: `limit` if given, else the memory the
