@@ -1,5 +1,5 @@
-//! Every loader fed random and mutated bytes: each must return a value or an
-//! error, never panic. (A few thousand cases here; `fuzz/` holds cargo-fuzz
+//! Every loader fed random and mutated bytes, and real checkpoints with
+//! crafted metadata: each must return a value or an error, never panic. (A few thousand cases here; `fuzz/` holds cargo-fuzz
 //! targets of the same loaders for longer runs.)
 
 use proptest::prelude::*;
@@ -146,5 +146,123 @@ proptest! {
                 let _ = cfg.validate();
             }
         }
+    }
+}
+
+/// A tiny pre-training checkpoint and a tiny fine-tuning one, written once.
+fn real_checkpoints() -> &'static (TensorFile, TensorFile) {
+    use tessera_mim::data::Normalization;
+    use tessera_mim::model::classifier::ClassifierConfig;
+    use tessera_mim::train::finetune::Finetuner;
+    use tessera_mim::train::pretrain::Trainer;
+    use tessera_mim::train::recipe::FinetuneConfig;
+    static FILES: std::sync::OnceLock<(TensorFile, TensorFile)> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = scratch("real");
+        let mut vit = tessera_mim::VitConfig::preset("vit-tiny", [8, 8], 4, 3).unwrap();
+        (vit.embed_dim, vit.depth, vit.num_heads) = (8, 1, 2);
+        let model = tessera_mim::ModelConfig {
+            encoder: vit.clone().into(),
+            method: tessera_mim::Method::SimMim,
+            target: tessera_mim::TargetConfig::Pixels {
+                loss: tessera_mim::PixelLoss::L1,
+                norm_pix: false,
+            },
+        };
+        let pre = dir.join("pre.safetensors");
+        Trainer::new(TrainConfig::mae(model, 2, 4)).unwrap().save(&pre).unwrap();
+        let names = vec!["a".to_string(), "b".to_string()];
+        let cls = ClassifierConfig::new(vit.into(), names, tessera_mim::config::Pool::Mean, 0.0).unwrap();
+        let recipe = FinetuneConfig::mae(cls, Normalization::uniform(0.5, 0.25, 3), 2, 4);
+        let ft = dir.join("ft.safetensors");
+        Finetuner::from_scratch(recipe).unwrap().save(&ft).unwrap();
+        let files = (TensorFile::load(&pre).unwrap(), TensorFile::load(&ft).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        files
+    })
+}
+
+/// The JSON paths of every leaf of `v` (objects and arrays walked).
+fn leaves(v: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                at.push(k.clone());
+                leaves(x, at, out);
+                at.pop();
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                at.push(i.to_string());
+                leaves(x, at, out);
+                at.pop();
+            }
+        }
+        _ => out.push(at.clone()),
+    }
+}
+
+/// `v` with the leaf at `path` replaced by `new`.
+fn replace(v: &mut serde_json::Value, path: &[String], new: serde_json::Value) {
+    let mut node = v;
+    for key in path {
+        node = match node {
+            serde_json::Value::Object(m) => m.get_mut(key).unwrap(),
+            serde_json::Value::Array(a) => &mut a[key.parse::<usize>().unwrap()],
+            _ => unreachable!("leaves() walked objects and arrays"),
+        };
+    }
+    *node = new;
+}
+
+/// Values a hostile file puts in a field: zero, negative, huge, fractional
+/// and mistyped.
+fn crafted() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::json!(0)),
+        Just(serde_json::json!(-1)),
+        Just(serde_json::json!(1u64 << 40)),
+        Just(serde_json::json!(u64::MAX)),
+        Just(serde_json::json!(1e30)),
+        Just(serde_json::json!(0.5)),
+        Just(serde_json::json!("x")),
+        Just(serde_json::Value::Null),
+        Just(serde_json::json!([])),
+        Just(serde_json::json!(true)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Every metadata kind (a pre-training run's configuration and step, a
+    /// fine-tuning recipe) with one field crafted, through every loader:
+    /// an error or a value, never a panic or an abort.
+    #[test]
+    fn crafted_checkpoint_metadata_never_panics(pick in any::<usize>(), value in crafted(), which in 0usize..3) {
+        use tessera_mim::io::checkpoint::{load_classifier, load_model, load_model_hinted, train_config};
+        use tessera_mim::io::official::ModelHints;
+        let (pre, ft) = real_checkpoints();
+        let (file, key) = match which {
+            0 => (pre, "tessera.config"),
+            1 => (pre, "tessera.step"),
+            _ => (ft, "tessera.finetune"),
+        };
+        let mut meta: serde_json::Value = serde_json::from_str(&file.metadata[key]).unwrap();
+        let mut paths = Vec::new();
+        leaves(&meta, &mut Vec::new(), &mut paths);
+        replace(&mut meta, &paths[pick % paths.len()], value);
+        let mut crafted = file.clone();
+        crafted.metadata.insert(key.into(), meta.to_string());
+        let dir = scratch("crafted");
+        let p = dir.join("c.safetensors");
+        crafted.save(&p).unwrap();
+        let _ = load_model(&p, None);
+        let _ = load_model_hinted(&p, None, &ModelHints::default(), false);
+        let _ = train_config(&p);
+        let _ = tessera_mim::train::pretrain::Trainer::resume(&p);
+        let _ = load_classifier(&p, &ModelHints::default());
+        let _ = tessera_mim::train::finetune::Finetuner::resume(&p);
     }
 }
