@@ -1703,6 +1703,43 @@ fn runs_that_end_before_a_checkpoint_leave_the_folder_startable() {
     std::fs::remove_file(p.join("recon")).unwrap();
     ok(&args);
 
+    // An image whose header reads but whose data does not decode: found
+    // only when the loader reaches it, at step 1.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..8u8 {
+        image::RgbImage::from_pixel(16, 16, image::Rgb([i * 30, 9, 9]))
+            .save(data.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let good = std::fs::read(data.join("0.png")).unwrap();
+    let bad = &good[..good.len() - 20]; // IHDR whole, the pixels cut
+    for i in 0..8 {
+        std::fs::write(data.join(format!("{i}.png")), bad).unwrap();
+    }
+    let q = dir.join("bad-data");
+    let (d, qs) = (data.to_str().unwrap(), q.to_str().unwrap());
+    let mut args = vec![
+        "pretrain",
+        "--out",
+        qs,
+        "--data",
+        "folder",
+        "--data-dir",
+        d,
+        "--val-fraction",
+        "0",
+    ];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&["--batch", "4", "--steps", "2", "--quiet"]);
+    let e = fails(&args);
+    assert!(e.contains("0.png") && e.contains("cannot decode"), "{e}");
+    assert!(!q.join("config.json").exists() && !q.join("metrics.jsonl").exists());
+    for i in 0..8 {
+        std::fs::write(data.join(format!("{i}.png")), &good).unwrap();
+    }
+    ok(&args); // the same folder, no --overwrite
+
     // A failure after a checkpoint names the checkpoint that is intact.
     let late = dir.join("late");
     pretrain(&late, &["--steps", "2"]);
