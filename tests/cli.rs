@@ -1912,3 +1912,47 @@ fn memory_estimates_track_the_measured_peak() {
         );
     }
 }
+
+/// MAE's released files are `.pth`: `reconstruct` takes one directly, and
+/// `convert` writes a safetensors copy that loads the same; a `.pth` whose
+/// pickle would run code is refused with the global named.
+#[test]
+fn pth_files_load_and_convert_without_python() {
+    let dir = tmp("pth");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+    let pth = fixtures.join("mae_tiny.pth");
+    let p = pth.to_str().unwrap();
+    let png = dir.join("r.png");
+    let out = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        p,
+        "--heads",
+        "2",
+        "--decoder-heads",
+        "2",
+        "--synthetic-len",
+        "16",
+        "--count",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.contains("loss") && png.exists(), "{out}");
+    let copy = dir.join("mae.safetensors");
+    let said = ok(&["convert", p, copy.to_str().unwrap()]);
+    assert!(said.contains("tensors"), "{said}");
+    let a = tessera_mim::io::safetensors::TensorFile::load(&copy).unwrap();
+    let b = tessera_mim::io::safetensors::TensorFile::load(&fixtures.join("mae_tiny.safetensors")).unwrap();
+    assert_eq!(a.tensors, b.tensors, "the copy holds the state dict exactly");
+    let e = fails(&["convert", p, copy.to_str().unwrap()]);
+    assert!(e.contains("--overwrite"), "{e}");
+    let evil = fixtures.join("evil.pth");
+    let e = fails(&[
+        "convert",
+        evil.to_str().unwrap(),
+        dir.join("e.safetensors").to_str().unwrap(),
+    ]);
+    assert!(e.contains("refuses the global") && e.contains("system"), "{e}");
+    assert!(!dir.join("e.safetensors").exists());
+}

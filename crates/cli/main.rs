@@ -9,12 +9,14 @@
 //! tessera finetune     supervised fine-tuning of a pre-trained encoder (MAE's recipe)
 //! tessera evaluate     top-1, top-5, per-class accuracy and confusion matrix
 //! tessera predict      the top classes of image files
+//! tessera convert      a PyTorch .pth as safetensors, read without running it
 //! ```
 
 #![forbid(unsafe_code)]
 
 mod bench;
 mod common;
+mod convert;
 mod finetune;
 mod info;
 mod messages;
@@ -63,6 +65,9 @@ enum Command {
     Evaluate(Box<finetune::EvaluateArgs>),
     /// Print the most likely classes of image files.
     Predict(Box<finetune::PredictArgs>),
+    /// Write a PyTorch .pth file's state dict (read without running its
+    /// pickle) as safetensors.
+    Convert(Box<convert::Args>),
 }
 
 /// Clap's error as one line (its message is several: usage, hint): the first,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             Command::Finetune(a) => finetune::run(*a),
             Command::Evaluate(a) => finetune::evaluate_run(*a),
             Command::Predict(a) => finetune::predict_run(*a),
+            Command::Convert(a) => convert::run(*a),
         };
         match result {
             // A run a signal stopped (with its checkpoint) exits as a shell

@@ -1,6 +1,7 @@
 //! Every loader fed random and mutated bytes, and real checkpoints with
-//! crafted metadata: each must return a value or an error, never panic. (A few thousand cases here; `fuzz/` holds cargo-fuzz
-//! targets of the same loaders for longer runs.)
+//! crafted metadata: each must return a value or an error, never panic. (A
+//! few thousand cases here; `fuzz/` holds cargo-fuzz targets of the same
+//! loaders for longer runs.)
 
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};

@@ -3,4 +3,5 @@
 pub mod checkpoint;
 pub mod official;
 pub mod picture;
+pub mod pth;
 pub mod safetensors;

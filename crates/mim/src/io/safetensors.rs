@@ -30,7 +30,8 @@ pub struct StoredTensor {
     pub data: Vec<f32>,
 }
 
-/// The contents of a safetensors file.
+/// The contents of a safetensors file (or of a PyTorch `.pth` file's state
+/// dict, [`crate::io::pth`]: [`TensorFile::load`] reads either).
 #[derive(Clone, Debug, Default)]
 pub struct TensorFile {
     pub tensors: BTreeMap<String, StoredTensor>,
@@ -190,6 +191,32 @@ impl TensorFile {
     /// Reads a safetensors file; every tensor must be f32.
     pub fn load(path: &Path) -> Result<TensorFile> {
         let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
+        if crate::io::pth::is_pth(&bytes) {
+            // A PyTorch .pth archive: its state dict, read without running it.
+            let mut out = TensorFile::default();
+            for t in crate::io::pth::read(&bytes, path)? {
+                if t.integer && is_recomputed_buffer(&t.name) {
+                    continue; // BEiT's index buffers: Tessera computes them
+                }
+                if t.integer {
+                    return Err(ckpt_err(
+                        path,
+                        format!(
+                            "tensor '{}' holds integers; Tessera reads floating-point tensors",
+                            t.name
+                        ),
+                    ));
+                }
+                out.tensors.insert(
+                    t.name,
+                    StoredTensor {
+                        shape: t.shape,
+                        data: t.data,
+                    },
+                );
+            }
+            return Ok(out);
+        }
         Self::from_bytes(&bytes, path)
     }
 

@@ -1,0 +1,105 @@
+//! PyTorch `.pth` files (tests/fixtures/pth, written by
+//! benches/pytorch/pth_fixtures.py with torch.save): read as torch.load
+//! would, without running them.
+
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use tessera_mim::io::safetensors::TensorFile;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/pth")
+        .join(name)
+}
+
+/// MAE's checkpoint layout ({'model': …, 'args': Namespace, 'epoch'}): the
+/// state dict found under 'model', f16 and bf16 widened exactly, a
+/// transposed tensor read by its strides, the index buffer skipped.
+#[test]
+fn a_checkpoint_of_mixed_dtypes_loads_as_torch_load_gives_it() {
+    let file = TensorFile::load(&fixture("mixed.pth")).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mixed.json")).unwrap()).unwrap();
+    let names: Vec<&String> = file.tensors.keys().collect();
+    assert_eq!(names, ["a", "b", "h", "t"], "the index buffer is skipped");
+    for (name, values) in want["values"].as_object().unwrap() {
+        let t = &file.tensors[name];
+        let shape: Vec<usize> = want["shapes"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(t.shape, shape, "{name}");
+        let values: Vec<f32> = values
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(t.data, values, "{name}");
+    }
+}
+
+/// A tiny MAE saved as MAE's released files are: the same tensors as its
+/// safetensors copy, and the same model through the loaders.
+#[test]
+fn an_mae_state_dict_in_pth_equals_its_safetensors_copy() {
+    use tessera_mim::io::checkpoint::load_model_hinted;
+    use tessera_mim::io::official::ModelHints;
+    let pth = TensorFile::load(&fixture("mae_tiny.pth")).unwrap();
+    let st = TensorFile::load(&fixture("mae_tiny.safetensors")).unwrap();
+    assert_eq!(pth.tensors, st.tensors);
+    let hints = ModelHints {
+        heads: Some(2),
+        decoder_heads: Some(2),
+        ..ModelHints::default()
+    };
+    let a = load_model_hinted(&fixture("mae_tiny.pth"), None, &hints, true).unwrap();
+    let b = load_model_hinted(&fixture("mae_tiny.safetensors"), None, &hints, true).unwrap();
+    assert_eq!(a.config, b.config);
+    let (sa, sb) = (a.state(), b.state());
+    for ((na, ta), (nb, tb)) in sa.iter().zip(&sb) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.to_vec(), tb.to_vec(), "{na}");
+    }
+}
+
+/// A pickle that would run a shell command is refused, naming the global.
+#[test]
+fn a_pickle_that_runs_code_is_refused_by_name() {
+    let e = TensorFile::load(&fixture("evil.pth")).unwrap_err().to_string();
+    assert!(
+        e.contains("evil.pth") && e.contains("refuses the global") && e.contains("system"),
+        "{e}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Mutated and cut archives: an error or a state dict, never a panic.
+    #[test]
+    fn mutated_pth_files_never_panic(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        keep in 1usize..3000,
+        which in 0usize..2,
+    ) {
+        let src = if which == 0 { "mixed.pth" } else { "evil.pth" };
+        let mut bytes = std::fs::read(fixture(src)).unwrap();
+        for (at, v) in &edits {
+            let i = at % bytes.len();
+            bytes[i] = *v;
+        }
+        bytes.truncate(keep.min(bytes.len()));
+        let dir = std::env::temp_dir().join(format!("tessera-pth-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.pth");
+        std::fs::write(&p, &bytes).unwrap();
+        if let Ok(f) = TensorFile::load(&p) {
+            for t in f.tensors.values() {
+                prop_assert_eq!(t.shape.iter().product::<usize>(), t.data.len());
+            }
+        }
+    }
+}
