@@ -173,6 +173,8 @@ pub enum QkvBiasArg {
     Qkv,
     /// q_bias and v_bias, the key's bias zero (BEiT, SimMIM).
     Qv,
+    /// No qkv bias (SimMIM's and BEiT's `qkv_bias=False`).
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -429,6 +431,7 @@ impl ModelArgs {
             encoder.qkv_bias = match q {
                 QkvBiasArg::Qkv => QkvBias::Qkv,
                 QkvBiasArg::Qv => QkvBias::QV,
+                QkvBiasArg::None => QkvBias::None,
             };
         }
         if let Some(d) = self.drop_path {

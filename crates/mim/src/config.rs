@@ -49,6 +49,9 @@ pub enum QkvBias {
     /// the softmax ignores).
     #[serde(rename = "qv")]
     QV,
+    /// No bias in the qkv projection at all (SimMIM's and BEiT's ViT with
+    /// `qkv_bias=False`).
+    None,
 }
 
 /// How a fresh encoder's weights are drawn.
@@ -648,10 +651,12 @@ impl EncoderConfig {
                     RelPosBias::Shared => rows * heads,
                     RelPosBias::PerBlock => e.depth as u128 * rows * heads,
                 };
-                // q_bias and v_bias replace qkv.bias (3D → 2D); gamma_1, gamma_2.
+                // q_bias and v_bias replace qkv.bias (3D → 2D), or no bias
+                // at all (3D → 0); gamma_1, gamma_2.
                 let qkv = match e.qkv_bias {
                     QkvBias::Qkv => 0,
                     QkvBias::QV => e.depth as u128 * d,
+                    QkvBias::None => e.depth as u128 * 3 * d,
                 };
                 let scale = if e.layer_scale.is_some() {
                     e.depth as u128 * 2 * d

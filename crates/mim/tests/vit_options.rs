@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use rand::SeedableRng;
 use tessera_mim::model::layers::Module;
-use tessera_mim::{Mask, MimModel, MimRng, PosEmbedKind, QkvBias, RelPosBias, VisionTransformer, VitConfig};
+use tessera_mim::{
+    Mask, MimModel, MimRng, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, TargetConfig, VisionTransformer, VitConfig,
+};
 
 fn rng() -> MimRng {
     MimRng::seed_from_u64(5)
@@ -322,4 +324,41 @@ fn without_the_final_norm() {
     let ln = tessera_mim::model::layers::LayerNorm::new(32, 1e-6);
     let want = normed.forward_all(&imgs, false, &mut rng()).unwrap().to_vec();
     assert_eq!(ln.forward(&x).unwrap().to_vec(), want);
+}
+
+/// SimMIM's and BEiT's ViT with `qkv_bias=False`: no `q_bias`, `v_bias` or
+/// `qkv.bias` at all. Its official state dict (no metadata) once failed
+/// with "missing 2 tensor(s): encoder.blocks.0.attn.qkv.bias …"; now the
+/// option is read off the tensors' absence and the model computes the same.
+#[test]
+fn a_vit_without_any_qkv_bias_round_trips_through_an_official_file() {
+    let dir = std::env::temp_dir().join(format!("tessera-vit-nobias-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = tiny_simmim(TargetConfig::Pixels {
+        loss: PixelLoss::L1,
+        norm_pix: false,
+    });
+    let mut vit = beit_like(RelPosBias::Shared);
+    vit.qkv_bias = QkvBias::None;
+    cfg.encoder = vit.into();
+    let model = MimModel::new(cfg, &mut rng()).unwrap();
+    randomise(model.encoder.vit().unwrap(), 4);
+    let names: Vec<String> = model.state().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("q_bias") || n.contains("v_bias") || n.contains("qkv.bias")),
+        "{names:?}"
+    );
+    let mut file = tessera_mim::io::safetensors::TensorFile::default();
+    model.store_state(&mut file);
+    file.metadata.clear(); // as the official code saves it
+    let path = dir.join("official.safetensors");
+    file.save(&path).unwrap();
+    let loaded = tessera_mim::io::checkpoint::load_model(&path, None).unwrap();
+    assert_eq!(loaded.config.encoder.vit().unwrap().qkv_bias, QkvBias::None);
+    let imgs = images(1, 3, 16, 16, 6);
+    let f = |m: &MimModel| m.features(&imgs, tessera_mim::Pool::Mean).unwrap().to_vec();
+    assert_eq!(f(&loaded), f(&model));
+    std::fs::remove_dir_all(&dir).ok();
 }

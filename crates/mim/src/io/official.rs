@@ -28,6 +28,7 @@
 //! encoder.blocks.{i}.attn.relative_position_bias_table  the same, per block
 //! encoder.blocks.{i}.gamma_1 / gamma_2                  layer scale
 //! encoder.blocks.{i}.attn.q_bias / v_bias               q/v bias (no qkv.bias)
+//! (neither q_bias nor qkv.bias)                          no qkv bias (qkv_bias=False)
 //! encoder.mask_token (1, 1, D), decoder.0.weight (p²C, D, 1, 1), decoder.0.bias
 //! ```
 //! Their `relative_position_index` buffers (integers) are skipped: Tessera
@@ -327,10 +328,13 @@ pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -
     encoder.rel_pos_bias = rel;
     // The starting value does not matter once the trained scales load.
     encoder.layer_scale = file.tensors.contains_key("encoder.blocks.0.gamma_1").then_some(0.1);
+    // BEiT's q/v biases, timm's qkv bias, or none (`qkv_bias=False`).
     encoder.qkv_bias = if file.tensors.contains_key("encoder.blocks.0.attn.q_bias") {
         QkvBias::QV
-    } else {
+    } else if file.tensors.contains_key("encoder.blocks.0.attn.qkv.bias") {
         QkvBias::Qkv
+    } else {
+        QkvBias::None
     };
     encoder.init = InitScheme::Beit;
     encoder.final_norm = file.tensors.contains_key("encoder.norm.weight");

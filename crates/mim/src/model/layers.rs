@@ -122,7 +122,7 @@ impl Attention {
     ) -> Self {
         let qv = qkv_bias == QkvBias::QV;
         Attention {
-            qkv: Linear::new(dim, 3 * dim, !qv, rng),
+            qkv: Linear::new(dim, 3 * dim, qkv_bias == QkvBias::Qkv, rng),
             proj: Linear::new(dim, dim, true, rng),
             num_heads,
             q_bias: qv.then(|| param(vec![0.0; dim], &[dim])),
