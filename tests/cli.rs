@@ -1947,6 +1947,33 @@ fn pth_files_load_and_convert_without_python() {
     assert_eq!(a.tensors, b.tensors, "the copy holds the state dict exactly");
     let e = fails(&["convert", p, copy.to_str().unwrap()]);
     assert!(e.contains("--overwrite"), "{e}");
+    // MAE's fine-tuned layout: predict with the classes named from a file.
+    let ft = fixtures.join("mae_tiny_finetuned.pth");
+    let img = dir.join("x.png");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([200, 40, 40]))
+        .save(&img)
+        .unwrap();
+    let names = dir.join("names.txt");
+    std::fs::write(&names, "cat\ndog\nfox\nowl\nyak\n").unwrap();
+    let (f, i, n) = (ft.to_str().unwrap(), img.to_str().unwrap(), names.to_str().unwrap());
+    let said = ok(&[
+        "predict",
+        "--checkpoint",
+        f,
+        "--heads",
+        "2",
+        "--class-names",
+        n,
+        "--top",
+        "5",
+        i,
+    ]);
+    for name in ["cat", "dog", "fox", "owl", "yak"] {
+        assert!(said.contains(name), "{said}");
+    }
+    std::fs::write(&names, "cat\ndog\n").unwrap();
+    let e = fails(&["predict", "--checkpoint", f, "--heads", "2", "--class-names", n, i]);
+    assert!(e.contains("names 2 classes") && e.contains("has 5"), "{e}");
     let evil = fixtures.join("evil.pth");
     let e = fails(&[
         "convert",

@@ -9,6 +9,8 @@ so that CI needs no Python:
   mae_tiny.pth     {'model': state_dict} of a tiny MAE (mae_model.py: img 16, patch 4,
                    width 32, depth 1, 2 heads; decoder 32/1/2), as MAE's released files
   mae_tiny.safetensors  the same state dict through safetensors (the reference)
+  mae_tiny_finetuned.pth  MAE's fine-tuned layout (models_vit.py, global_pool): the
+                   encoder of mae_tiny without its final norm, fc_norm, and a 5-class head
   evil.pth         a torch.save-shaped archive whose pickle calls os.system: refused
 
     python3 benches/pytorch/pth_fixtures.py [OUT_DIR]
@@ -58,6 +60,28 @@ def main():
     state = model.state_dict()
     torch.save({"model": state, "epoch": 0}, os.path.join(out, "mae_tiny.pth"))
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, "mae_tiny.safetensors"))
+    ft = collections.OrderedDict(
+        (k, v) for k, v in state.items() if not (k.startswith("decoder") or k == "mask_token" or k.startswith("norm."))
+    )
+    ft["fc_norm.weight"] = 1 + 0.1 * torch.randn(32)
+    ft["fc_norm.bias"] = 0.1 * torch.randn(32)
+    ft["head.weight"] = torch.randn(5, 32)
+    ft["head.bias"] = torch.randn(5)
+    torch.save({"model": ft}, os.path.join(out, "mae_tiny_finetuned.pth"))
+    # Its probabilities on two inputs, as MAE's models_vit.py computes them with
+    # global_pool: the blocks, the mean of the patch tokens, fc_norm, the head.
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        t = model.patch_embed(x) + model.pos_embed[:, 1:, :]
+        cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(2, -1, -1)
+        t = torch.cat((cls, t), dim=1)
+        for blk in model.blocks:
+            t = blk(t)
+        f = torch.nn.functional.layer_norm(t[:, 1:, :].mean(dim=1), (32,), ft["fc_norm.weight"], ft["fc_norm.bias"], 1e-6)
+        probs = torch.softmax(f @ ft["head.weight"].t() + ft["head.bias"], dim=-1)
+    with open(os.path.join(out, "mae_tiny_finetuned.json"), "w") as fh:
+        json.dump({"input": x.flatten().tolist(), "probabilities": probs.flatten().tolist()}, fh)
 
     # A pickle that would run a shell command, in torch.save's archive layout.
     buf = io.BytesIO()

@@ -301,6 +301,10 @@ pub struct EvaluateArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// The class names of an official classifier, one per line (its file
+    /// holds only the head: classes are named 0…K−1 otherwise).
+    #[arg(long)]
+    pub class_names: Option<PathBuf>,
     /// Where to write the confusion matrix picture (default: confusion.png
     /// beside the checkpoint).
     #[arg(long)]
@@ -311,7 +315,7 @@ pub struct EvaluateArgs {
 }
 
 pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
-    let (model, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
+    let (model, norm) = classifier(&args.checkpoint, &args.official, args.class_names.as_deref())?;
     let e = &model.config.encoder;
     let (size, chans) = (e.img_size(), e.in_chans());
     let split = match args.split {
@@ -379,6 +383,40 @@ pub struct PredictArgs {
     /// Classes to print per image.
     #[arg(long, default_value_t = 3)]
     pub top: usize,
+    /// The class names of an official classifier, one per line (its file
+    /// holds only the head: classes are named 0…K−1 otherwise).
+    #[arg(long)]
+    pub class_names: Option<PathBuf>,
+}
+
+/// The classifier of `checkpoint`, its classes named from `names` if given
+/// (one per line, as many as the head has outputs).
+fn classifier(
+    checkpoint: &std::path::Path,
+    official: &OfficialArgs,
+    names: Option<&std::path::Path>,
+) -> Result<(Classifier, tessera_mim::data::Normalization)> {
+    let (mut model, norm) = load_classifier(checkpoint, &official.hints())?;
+    if let Some(path) = names {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let list: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if list.len() != model.config.num_classes {
+            bail!(
+                "{} names {} classes, but the classifier in {} has {}",
+                path.display(),
+                list.len(),
+                checkpoint.display(),
+                model.config.num_classes
+            );
+        }
+        model.config.class_names = list;
+    }
+    Ok((model, norm))
 }
 
 /// Images `predict` decodes and classifies at once.
@@ -396,7 +434,7 @@ pub fn predict_run(args: PredictArgs) -> Result<()> {
     if args.top == 0 {
         bail!("--top must be at least 1");
     }
-    let (model, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
+    let (model, norm) = classifier(&args.checkpoint, &args.official, args.class_names.as_deref())?;
     let t = Transform::eval(&model.config.encoder, &norm);
     let k = model.config.num_classes;
     // A batch at a time: memory stays that of one batch, whatever the

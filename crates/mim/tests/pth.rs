@@ -103,3 +103,33 @@ proptest! {
         }
     }
 }
+
+/// MAE's fine-tuned classifier layout (`fc_norm`, `head`, no final norm),
+/// as a `.pth`: loaded by `load_classifier` and giving PyTorch's
+/// probabilities (models_vit.py's global pooling) within 1e-4.
+#[test]
+fn an_mae_finetuned_classifier_in_pth_gives_pytorchs_probabilities() {
+    use tessera_mim::io::checkpoint::load_classifier;
+    use tessera_mim::io::official::ModelHints;
+    let hints = ModelHints {
+        heads: Some(2),
+        ..ModelHints::default()
+    };
+    let (model, _) = load_classifier(&fixture("mae_tiny_finetuned.pth"), &hints).unwrap();
+    assert_eq!(model.config.num_classes, 5);
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mae_tiny_finetuned.json")).unwrap()).unwrap();
+    let f = |k: &str| -> Vec<f32> {
+        want[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let x = tessera_tensor::Tensor::new(f("input"), &[2, 3, 16, 16]).unwrap();
+    let got = tessera_mim::eval::accuracy::probabilities(&model, &x).unwrap();
+    for (g, w) in got.iter().zip(f("probabilities")) {
+        assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-3), "{got:?} against {w}");
+    }
+}
