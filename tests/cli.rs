@@ -1947,6 +1947,15 @@ fn pth_files_load_and_convert_without_python() {
     assert_eq!(a.tensors, b.tensors, "the copy holds the state dict exactly");
     let e = fails(&["convert", p, copy.to_str().unwrap()]);
     assert!(e.contains("--overwrite"), "{e}");
+    // Every fixture round-trips.
+    for name in ["mixed.pth", "mae_tiny.pth", "mae_tiny_finetuned.pth"] {
+        let src = fixtures.join(name);
+        let dst = dir.join(format!("{name}.safetensors"));
+        ok(&["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
+        let a = tessera_mim::io::safetensors::TensorFile::load(&src).unwrap();
+        let b = tessera_mim::io::safetensors::TensorFile::load(&dst).unwrap();
+        assert_eq!(a.tensors, b.tensors, "{name}");
+    }
     // MAE's fine-tuned layout: predict with the classes named from a file.
     let ft = fixtures.join("mae_tiny_finetuned.pth");
     let img = dir.join("x.png");

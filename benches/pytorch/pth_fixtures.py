@@ -14,6 +14,10 @@ so that CI needs no Python:
   evil.pth         a torch.save-shaped archive whose pickle calls os.system: refused
 
     python3 benches/pytorch/pth_fixtures.py [OUT_DIR]
+    python3 benches/pytorch/pth_fixtures.py --full OUT.pth IMAGE.png
+        a file shaped as MAE's released mae_finetuned_vit_base.pth (ViT-B/16 at
+        224, global pooling, 1000 classes; random weights, 330 MB) and the top-5
+        PyTorch gives on a 224 x 224 image, for `tessera predict` to match
 """
 import argparse
 import collections
@@ -36,7 +40,46 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
+def global_pool_probs(model, fc_norm, head, x):
+    """models_vit.py's forward with global_pool: blocks, mean of patch tokens, fc_norm, head."""
+    with torch.no_grad():
+        t = model.patch_embed(x) + model.pos_embed[:, 1:, :]
+        cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        t = torch.cat((cls, t), dim=1)
+        for blk in model.blocks:
+            t = blk(t)
+        f = torch.nn.functional.layer_norm(t[:, 1:, :].mean(dim=1), (fc_norm[0].numel(),), fc_norm[0], fc_norm[1], 1e-6)
+        return torch.softmax(f @ head[0].t() + head[1], dim=-1)
+
+
+def full(out, image):
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                                 decoder_embed_dim=512, decoder_depth=1, decoder_num_heads=16, mlp_ratio=4.0)
+    model.eval()
+    sd = collections.OrderedDict(
+        (k, v) for k, v in model.state_dict().items()
+        if not (k.startswith("decoder") or k == "mask_token" or k.startswith("norm."))
+    )
+    fc = (1 + 0.1 * torch.randn(768), 0.1 * torch.randn(768))
+    head = (torch.randn(1000, 768) * 0.05, torch.randn(1000) * 0.1)
+    sd["fc_norm.weight"], sd["fc_norm.bias"] = fc
+    sd["head.weight"], sd["head.bias"] = head
+    torch.save({"model": sd, "args": argparse.Namespace(model="vit_base_patch16", global_pool=True)}, out)
+    from PIL import Image
+    import numpy as np
+    img = np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255.0
+    assert img.shape == (224, 224, 3), "a 224 x 224 image (no resize on either side)"
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = torch.tensor(((img - mean) / std).transpose(2, 0, 1)[None], dtype=torch.float32)
+    p = global_pool_probs(model, fc, head, x)[0]
+    top = torch.topk(p, 5)
+    print(" ".join(f"{i} {100 * v:.1f}%" for v, i in zip(top.values.tolist(), top.indices.tolist())))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--full":
+        return full(sys.argv[2], sys.argv[3])
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "../../tests/fixtures/pth")
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
@@ -72,14 +115,8 @@ def main():
     # global_pool: the blocks, the mean of the patch tokens, fc_norm, the head.
     model.eval()
     x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        t = model.patch_embed(x) + model.pos_embed[:, 1:, :]
-        cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(2, -1, -1)
-        t = torch.cat((cls, t), dim=1)
-        for blk in model.blocks:
-            t = blk(t)
-        f = torch.nn.functional.layer_norm(t[:, 1:, :].mean(dim=1), (32,), ft["fc_norm.weight"], ft["fc_norm.bias"], 1e-6)
-        probs = torch.softmax(f @ ft["head.weight"].t() + ft["head.bias"], dim=-1)
+    probs = global_pool_probs(model, (ft["fc_norm.weight"], ft["fc_norm.bias"]),
+                              (ft["head.weight"], ft["head.bias"]), x)
     with open(os.path.join(out, "mae_tiny_finetuned.json"), "w") as fh:
         json.dump({"input": x.flatten().tolist(), "probabilities": probs.flatten().tolist()}, fh)
 
