@@ -284,22 +284,16 @@ unsafe fn block(a: *const u16, b: *const u16, chunks: usize, out: &mut [f32; BM 
 /// `dst` is valid for reads and writes of that region with its strides.
 #[target_feature(enable = "avx512f")]
 unsafe fn write_back(acc: &[f32; BM * BN], dst: TileDst, alpha: f32, beta: f32, bias: Option<&[f32]>) {
-    let TileDst {
-        c,
-        rsc,
-        csc,
-        rows,
-        cols,
-    } = dst;
+    let (rows, cols) = (dst.rows, dst.cols);
     // SAFETY: every access is inside the `rows × cols` region.
     unsafe {
-        if csc == 1 && cols == BN {
+        if dst.csc == 1 && cols == BN {
             let av = _mm512_set1_ps(alpha);
             let bv = _mm512_set1_ps(beta);
             let bias_v = bias.map(|b| [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))]);
             for i in 0..rows {
                 for h in 0..2 {
-                    let p = c.add(i * rsc + 16 * h);
+                    let p = dst.at(i, 16 * h);
                     let x = _mm512_loadu_ps(acc.as_ptr().add(i * BN + 16 * h));
                     let mut y = if beta == 0.0 {
                         _mm512_mul_ps(av, x)
@@ -315,7 +309,7 @@ unsafe fn write_back(acc: &[f32; BM * BN], dst: TileDst, alpha: f32, beta: f32, 
         } else {
             for i in 0..rows {
                 for j in 0..cols {
-                    let p = c.add(i * rsc + j * csc);
+                    let p = dst.at(i, j);
                     let old = if beta == 0.0 { 0.0 } else { beta * *p };
                     *p = alpha * acc[i * BN + j] + old + bias.map_or(0.0, |b| b[j]);
                 }

@@ -348,17 +348,10 @@ unsafe fn block<K: MicroKernel>(
 /// `dst.c + i·dst.rsc + j·dst.csc` is valid for writes for `i < dst.rows`,
 /// `j < dst.cols`, and written by no one else during the call.
 pub(crate) unsafe fn copy_tile(r: &MatRef, r0: usize, c0: usize, dst: TileDst) {
-    let TileDst {
-        c,
-        rsc,
-        csc,
-        rows,
-        cols,
-    } = dst;
-    for i in 0..rows {
-        for j in 0..cols {
+    for i in 0..dst.rows {
+        for j in 0..dst.cols {
             // SAFETY: (i, j) lies in the region the caller vouched for.
-            unsafe { *c.add(i * rsc + j * csc) = r.at(r0 + i, c0 + j) };
+            unsafe { *dst.at(i, j) = r.at(r0 + i, c0 + j) };
         }
     }
 }

@@ -71,6 +71,15 @@ pub(crate) struct TileDst {
     pub cols: usize,
 }
 
+impl TileDst {
+    /// The address of element `(i, j)` of the tile (only dereferenced by
+    /// callers inside `rows × cols`).
+    #[inline(always)]
+    pub fn at(&self, i: usize, j: usize) -> *mut f32 {
+        self.c.wrapping_add(i * self.rsc + j * self.csc)
+    }
+}
+
 /// A micro-kernel: its tile shape and two entry points.
 ///
 /// # Safety (both methods)
@@ -124,20 +133,13 @@ pub(crate) trait MicroKernel {
 /// `dst.c + i·dst.rsc + j·dst.csc` is valid for reads and writes for
 /// `i < dst.rows`, `j < dst.cols`, and written by no one else during the call.
 pub(crate) unsafe fn store_edge(tile: &[f32], nr: usize, dst: TileDst, ep: &Epilogue) {
-    let TileDst {
-        c,
-        rsc,
-        csc,
-        rows,
-        cols,
-    } = dst;
-    for i in 0..rows {
-        for j in 0..cols {
+    for i in 0..dst.rows {
+        for j in 0..dst.cols {
             // SAFETY: (i, j) lies in the region the caller vouched for.
             unsafe {
-                let dst = c.add(i * rsc + j * csc);
-                let old = if ep.beta != 0.0 { *dst } else { 0.0 };
-                *dst = ep.apply(tile[i * nr + j], old, j);
+                let at = dst.at(i, j);
+                let old = if ep.beta != 0.0 { *at } else { 0.0 };
+                *at = ep.apply(tile[i * nr + j], old, j);
             }
         }
     }
