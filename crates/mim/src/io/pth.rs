@@ -31,7 +31,7 @@
 //! [`TensorFile::load`]: crate::io::safetensors::TensorFile::load
 
 use crate::error::{Result, ckpt_err};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::path::Path;
 
@@ -151,8 +151,8 @@ pub struct PthTensor {
     pub integer: bool,
 }
 
-/// Reads a `.pth` archive's state dict, in the file's order (`path` names
-/// it in errors).
+/// Reads a `.pth` archive's state dict, in storage order (`path` names it
+/// in errors).
 pub fn read(bytes: &[u8], path: &Path) -> Result<Vec<PthTensor>> {
     let bad = |msg: String| ckpt_err(path, msg);
     let mut zip =
@@ -180,13 +180,21 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<Vec<PthTensor>> {
     let dict = state_dict(&object).ok_or_else(|| {
         bad("holds no state dict (a dict of tensors, at the top or under 'model', 'state_dict' or 'module')".into())
     })?;
-    let mut out = Vec::new();
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    for (k, v) in dict {
-        let (Value::Str(name), Value::Tensor(t)) = (k, v) else {
-            continue;
-        };
-        if !storages.contains_key(&t.key) {
+    // Tensors grouped by storage (views of one storage are rare but legal),
+    // so that one storage's bytes are held at a time, not the whole file's.
+    let mut tensors: Vec<(&String, &TensorRef)> = dict
+        .iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (Value::Str(name), Value::Tensor(t)) => Some((name, t)),
+            _ => None,
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut current: Option<(&str, Vec<u8>)> = None;
+    for (name, t) in tensors {
+        if current.as_ref().is_none_or(|(key, _)| *key != t.key) {
+            drop(current.take()); // the previous storage's bytes go first
             let entry = format!("{prefix}data/{}", t.key);
             let want = t
                 .numel
@@ -202,9 +210,10 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<Vec<PthTensor>> {
                     data.len()
                 )));
             }
-            storages.insert(t.key.clone(), data);
+            current = Some((&t.key, data));
         }
-        let data = gather(t, &storages[&t.key]).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
+        let storage = &current.as_ref().expect("loaded above").1;
+        let data = gather(t, storage).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
         out.push(PthTensor {
             name: name.clone(),
             shape: t.size.clone(),
