@@ -143,7 +143,7 @@ fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)>
     // image size: another size resizes the positional tables.
     match (&mut want, &have) {
         (EncoderConfig::Vit(w), EncoderConfig::Vit(h)) => {
-            (w.drop_path, w.final_norm, w.init) = (h.drop_path, h.final_norm, h.init);
+            (w.drop_path, w.final_norm, w.fc_norm, w.init) = (h.drop_path, h.final_norm, h.fc_norm, h.init);
         }
         (EncoderConfig::Swin(w), EncoderConfig::Swin(h)) => w.drop_path = h.drop_path,
         _ => {}

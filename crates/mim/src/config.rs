@@ -129,6 +129,12 @@ pub struct VitConfig {
     /// after pooling, in the classifier (`fc_norm`).
     #[serde(default = "yes")]
     pub final_norm: bool,
+    /// A LayerNorm after mean pooling (`fc_norm`): the patch tokens'
+    /// mean passes through it wherever the encoder is pooled by its mean
+    /// (features, probes, the classifier). MAE's `global_pool` classifier,
+    /// BEiT's and SimMIM's `use_mean_pooling`; these have no final norm.
+    #[serde(default)]
+    pub fc_norm: bool,
 }
 
 fn yes() -> bool {
@@ -179,6 +185,7 @@ impl VitConfig {
             drop_path: 0.0,
             init: InitScheme::Mae,
             final_norm: true,
+            fc_norm: false,
         };
         c.validate()?;
         Ok(c)
@@ -663,7 +670,7 @@ impl EncoderConfig {
                 } else {
                     0
                 };
-                let norm = if e.final_norm { 2 * d } else { 0 };
+                let norm = (e.final_norm as u128 + e.fc_norm as u128) * 2 * d;
                 d * c * p * p + d // patch_embed.proj
                     + d // cls_token
                     + pos

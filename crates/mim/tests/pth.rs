@@ -133,3 +133,125 @@ fn an_mae_finetuned_classifier_in_pth_gives_pytorchs_probabilities() {
         assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-3), "{got:?} against {w}");
     }
 }
+
+/// The values of `key` in `variants.json` (pth_fixtures.py: PyTorch's
+/// outputs of each released variant on its `input`).
+fn variant(key: &str) -> Vec<f32> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("variants.json")).unwrap()).unwrap();
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("variants.json has no '{key}'"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Within 1e-4 relative (absolute near zero).
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(1e-2),
+            "{what}: {g} against PyTorch's {w}"
+        );
+    }
+}
+
+fn variant_input() -> tessera_tensor::Tensor {
+    tessera_tensor::Tensor::new(variant("input"), &[2, 3, 16, 16]).unwrap()
+}
+
+/// Every released classifier layout loads through `load_classifier` with
+/// no more than what its file cannot say, and gives PyTorch's
+/// probabilities: BEiT's/SimMIM's fine-tuned ViT (relative tables per
+/// block, q/v biases, layer scale, fc_norm), timm's ViT ([CLS] pooling,
+/// final norm), timm's Swin (merging at the start of a stage, `head.fc`,
+/// no masks: the image size given) and SimMIM's fine-tuned Swin.
+#[test]
+fn released_classifiers_give_pytorchs_probabilities() {
+    use tessera_mim::Pool;
+    use tessera_mim::io::checkpoint::load_classifier;
+    use tessera_mim::io::official::ModelHints;
+    let none = ModelHints::default();
+    let heads = ModelHints {
+        heads: Some(2),
+        ..ModelHints::default()
+    };
+    let size = ModelHints {
+        img_size: Some([16, 16]),
+        ..ModelHints::default()
+    };
+    for (name, hints, classes, pool) in [
+        ("beit_vit_finetuned", &none, 4, Pool::Mean),
+        ("timm_vit", &heads, 3, Pool::Cls),
+        ("timm_swin", &size, 3, Pool::Mean),
+        ("simmim_swin_finetuned", &none, 3, Pool::Mean),
+    ] {
+        let (model, _) = load_classifier(&fixture(&format!("{name}.pth")), hints).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((model.config.num_classes, model.config.pool), (classes, pool), "{name}");
+        let got = tessera_mim::eval::accuracy::probabilities(&model, &variant_input()).unwrap();
+        assert_close(&got, &variant(name), name);
+    }
+    // timm's Swin cannot tell its image size: asked for, never guessed.
+    let e = load_classifier(&fixture("timm_swin.pth"), &none)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("timm_swin.pth") && e.contains("image size"), "{e}");
+}
+
+/// SimMIM's pre-training ViT built with `qkv_bias=False` and
+/// `use_mean_pooling=True` (no qkv bias, no final norm, `encoder.fc_norm`)
+/// loads as a pre-training model, and its mean-pooled features are
+/// PyTorch's (through fc_norm).
+#[test]
+fn a_simmim_vit_without_qkv_bias_and_with_mean_pooling_loads() {
+    use tessera_mim::io::checkpoint::load_model_hinted;
+    use tessera_mim::io::official::ModelHints;
+    let model = load_model_hinted(&fixture("simmim_vit_nobias.pth"), None, &ModelHints::default(), true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vit = model.config.encoder.vit().unwrap();
+    assert!(vit.fc_norm && !vit.final_norm);
+    assert_eq!(vit.qkv_bias, tessera_mim::config::QkvBias::None);
+    let got = model
+        .features(&variant_input(), tessera_mim::Pool::Mean)
+        .unwrap()
+        .to_vec();
+    assert_close(&got, &variant("simmim_vit_nobias"), "features");
+}
+
+/// A classifier's encoder is an encoder: `probe` and `finetune` take every
+/// released classifier file (its head set aside), and a BEiT-style
+/// classifier's mean-pooled features are what its head reads.
+#[test]
+fn released_classifiers_serve_as_encoders() {
+    use tessera_mim::io::checkpoint::{load_classifier, load_model_hinted};
+    use tessera_mim::io::official::ModelHints;
+    let hints = ModelHints {
+        heads: Some(2),
+        img_size: Some([16, 16]),
+        ..ModelHints::default()
+    };
+    for name in [
+        "beit_vit_finetuned",
+        "timm_vit",
+        "timm_swin",
+        "simmim_swin_finetuned",
+        "mae_tiny_finetuned",
+    ] {
+        let path = fixture(&format!("{name}.pth"));
+        let model = load_model_hinted(&path, None, &hints, false).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let e = load_model_hinted(&path, None, &hints, true).err().unwrap().to_string();
+        assert!(e.contains("encoder alone"), "{name}: {e}");
+        if name == "beit_vit_finetuned" {
+            let (classifier, _) = load_classifier(&path, &hints).unwrap();
+            let x = variant_input();
+            let f = model.features(&x, tessera_mim::Pool::Mean).unwrap();
+            let logits = classifier.head.forward(&f).unwrap().to_vec();
+            let mut rng = <tessera_mim::MimRng as rand::SeedableRng>::seed_from_u64(0);
+            let want = classifier.forward(&x, false, &mut rng).unwrap().to_vec();
+            assert_close(&logits, &want, "head on the encoder's features");
+        }
+    }
+}

@@ -346,8 +346,8 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
     // Missing and unexpected tensors are listed by name in one error.
     let mut bad = file.clone();
     bad.tensors.remove("blocks.1.attn.proj.bias");
-    let head = bad.tensors["norm.bias"].clone();
-    bad.tensors.insert("head.weight".into(), head);
+    let extra = bad.tensors["norm.bias"].clone();
+    bad.tensors.insert("blocks.0.attn.extra".into(), extra);
     let bad_path = dir.join("bad.safetensors");
     bad.save(&bad_path).unwrap();
     let e = load_model_hinted(&bad_path, None, &hints, true)
@@ -355,7 +355,8 @@ fn official_state_dicts_load_by_shape_with_clear_errors() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("missing 1 tensor(s): blocks.1.attn.proj.bias") && e.contains("unexpected 1 tensor(s): head.weight"),
+        e.contains("missing 1 tensor(s): blocks.1.attn.proj.bias")
+            && e.contains("unexpected 1 tensor(s): blocks.0.attn.extra"),
         "{e}"
     );
     std::fs::remove_dir_all(dir).unwrap();

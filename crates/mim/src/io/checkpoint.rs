@@ -352,14 +352,22 @@ fn read_train_config(file: &TensorFile, path: &Path) -> Result<TrainConfig> {
 /// The fine-tuning recipe in a checkpoint's metadata, checked as
 /// [`read_train_config`] checks a pre-training one.
 fn read_finetune_config(file: &TensorFile, path: &Path) -> Result<FinetuneConfig> {
-    let config: FinetuneConfig = parse_meta(file, "tessera.finetune", path)?;
+    let mut config: FinetuneConfig = parse_meta(file, "tessera.finetune", path)?;
+    // Written before `fc_norm` moved into the ViT's configuration: a
+    // mean-pooled ViT classifier then always had one.
+    if let (crate::config::EncoderConfig::Vit(v), Pool::Mean) = (&mut config.model.encoder, config.model.pool)
+        && !v.final_norm
+        && !v.fc_norm
+    {
+        v.fc_norm = true;
+    }
     config
         .validate()
         .map_err(|e| ckpt_err(path, format!("metadata 'tessera.finetune' is not a valid recipe: {e}")))?;
     let m = &config.model;
     let (d, k) = (m.encoder.out_dim() as u128, m.num_classes as u128);
-    // The encoder, the head (K, D) + (K), and a mean-pooled ViT's fc_norm.
-    check_declared_size(m.encoder.state_len() + d * k + k + 2 * d, file, path)?;
+    // The encoder (with a mean-pooled ViT's fc_norm) and the head (K, D) + (K).
+    check_declared_size(m.encoder.state_len() + d * k + k, file, path)?;
     Ok(config)
 }
 
@@ -381,7 +389,7 @@ pub fn parse_meta<T: serde::de::DeserializeOwned>(file: &TensorFile, key: &str, 
 }
 
 /// A metadata value as JSON.
-pub(crate) fn json<T: Serialize>(v: &T) -> String {
+pub fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("configuration and state serialise to JSON")
 }
 
@@ -420,13 +428,14 @@ pub fn load_model_hinted(
         img_size: hints.img_size.or(img_size),
         ..hints.clone()
     };
-    let file = if official {
-        official::timm_swin_to_simmim(file)
-    } else {
-        file
-    };
+    let file = if official { official::mim_names(file) } else { file };
     let model_config = if official {
-        let config = official::infer_config(&file, path, hints, need_decoder)?;
+        // `tessera convert` writes what the shapes cannot say.
+        let config = if file.metadata.contains_key(MODEL_KEY) {
+            read_model_config(&file, path)?
+        } else {
+            official::infer_config(&file, path, hints, need_decoder)?
+        };
         if need_decoder && !official::has_decoder(&file) {
             return Err(ckpt_err(
                 path,
@@ -455,37 +464,106 @@ pub fn load_model_hinted(
     Ok(model)
 }
 
+/// Metadata key of the model configuration `tessera convert` writes into a
+/// released pre-training (or encoder) state dict: [`ModelConfig`] as JSON.
+pub const MODEL_KEY: &str = "tessera.model";
+/// Metadata key of the classifier configuration `tessera convert` writes
+/// into a released classifier: [`ClassifierConfig`] as JSON.
+pub const CLASSIFIER_KEY: &str = "tessera.classifier";
+
+/// The model configuration under [`MODEL_KEY`], checked as
+/// [`read_train_config`] checks a training run's.
+fn read_model_config(file: &TensorFile, path: &Path) -> Result<ModelConfig> {
+    let config: ModelConfig = parse_meta(file, MODEL_KEY, path)?;
+    config
+        .validate()
+        .map_err(|e| ckpt_err(path, format!("metadata '{MODEL_KEY}' is not a valid model: {e}")))?;
+    check_declared_size(config.encoder.state_len(), file, path)?;
+    Ok(config)
+}
+
+/// True if a checkpoint holds a classifier: Tessera's fine-tuned ones, and
+/// released state dicts with a head (`head.weight`, timm's Swin `head.fc.weight`).
+pub fn is_classifier(file: &TensorFile) -> bool {
+    file.metadata.contains_key("tessera.finetune")
+        || file.metadata.contains_key(CLASSIFIER_KEY)
+        || (!file.metadata.contains_key("tessera.config")
+            && (file.tensors.contains_key("head.weight") || file.tensors.contains_key("head.fc.weight")))
+}
+
+/// The classifier a released state dict describes (names as
+/// [`official::classifier_names`] gives them): its encoder read off the
+/// shapes ([`official::vit_config`], [`official::swin_config`]), its class
+/// count from the head `(K, D)`, classes named `0…K−1`, \[CLS\] pooling
+/// unless the ViT has `fc_norm` (mean pooling; Swin always).
+pub fn infer_classifier_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ClassifierConfig> {
+    if file.metadata.contains_key(CLASSIFIER_KEY) {
+        let config: ClassifierConfig = parse_meta(file, CLASSIFIER_KEY, path)?;
+        config.validate().map_err(|e| {
+            ckpt_err(
+                path,
+                format!("metadata '{CLASSIFIER_KEY}' is not a valid classifier: {e}"),
+            )
+        })?;
+        let (d, k) = (config.encoder.out_dim() as u128, config.num_classes as u128);
+        check_declared_size(config.encoder.state_len() + d * k + k, file, path)?;
+        return Ok(config);
+    }
+    let head = file.get("head.weight", path).map_err(|_| {
+        ckpt_err(
+            path,
+            "has no classifier head ('head.weight'): not a fine-tuned checkpoint",
+        )
+    })?;
+    let k = head.shape.first().copied().unwrap_or(0);
+    let (enc, pool): (crate::config::EncoderConfig, Pool) = if official::is_swin(file) {
+        (official::swin_config(file, "", path, hints)?.into(), Pool::Mean)
+    } else {
+        let vit = official::vit_config(file, "", path, hints)?;
+        let pool = if vit.fc_norm { Pool::Mean } else { Pool::Cls };
+        (vit.into(), pool)
+    };
+    let names = (0..k).map(|i| i.to_string()).collect();
+    let config = ClassifierConfig::new(enc, names, pool, 0.0)?;
+    if head.shape != [k, config.encoder.out_dim()] {
+        return Err(ckpt_err(
+            path,
+            format!(
+                "'head.weight' has shape {:?}, want (K, {})",
+                head.shape,
+                config.encoder.out_dim()
+            ),
+        ));
+    }
+    Ok(config)
+}
+
 /// Loads a classifier for evaluation: a Tessera fine-tuning checkpoint, or
-/// an official MAE fine-tuned `state_dict` (`head.weight (K, D)`, `fc_norm`
-/// with global pooling; the encoder read off the shapes as for pre-training
-/// files, heads from `hints`), whose classes are then named `0…K−1`.
-/// Also returns the statistics its inputs are normalised with: the
-/// recipe's, or ImageNet's for an official file.
-pub fn load_classifier(path: &Path, hints: &crate::io::official::ModelHints) -> Result<(Classifier, Normalization)> {
+/// a released fine-tuned state dict — MAE's (`fc_norm`, `head`), timm's
+/// `vit_*` and `swin_*`, BEiT's and SimMIM's ViT and Swin — its
+/// configuration read off the shapes ([`infer_classifier_config`]; heads
+/// and a Swin's image size from `hints` where the file cannot tell) or
+/// taken from what `tessera convert` wrote, and every tensor checked by
+/// name. Also returns the statistics its inputs are normalised with: the
+/// recipe's, or ImageNet's for a released file.
+pub fn load_classifier(path: &Path, hints: &ModelHints) -> Result<(Classifier, Normalization)> {
     let file = TensorFile::load(path)?;
-    let (config, norm) = if file.metadata.contains_key("tessera.finetune") {
+    let (config, norm, file) = if file.metadata.contains_key("tessera.finetune") {
         let recipe = read_finetune_config(&file, path)?;
-        (recipe.model, recipe.normalization)
+        (recipe.model, recipe.normalization, file)
     } else if file.metadata.contains_key("tessera.config") {
         return Err(ckpt_err(path, "is a pre-training checkpoint; fine-tune it first"));
     } else {
-        let head = file.get("head.weight", path).map_err(|_| {
-            ckpt_err(
-                path,
-                "has no classifier head ('head.weight'): not a fine-tuned checkpoint",
-            )
-        })?;
-        let k = head.shape.first().copied().unwrap_or(0);
-        let enc = crate::io::official::infer_config(&file, path, hints, false)?.encoder;
-        let pool = if file.tensors.contains_key("fc_norm.weight") {
-            Pool::Mean
-        } else {
-            Pool::Cls
-        };
-        let names = (0..k).map(|i| i.to_string()).collect();
-        (ClassifierConfig::new(enc, names, pool, 0.0)?, Normalization::imagenet())
+        let file = official::classifier_names(file);
+        let config = infer_classifier_config(&file, path, hints)?;
+        (config, Normalization::imagenet(), file)
     };
     let mut model = Classifier::new(config, &mut MimRng::seed_from_u64(0))?;
+    if !file.metadata.contains_key("tessera.finetune") {
+        // A released file holds the classifier and nothing else.
+        let names: Vec<String> = model.named_tensors().into_iter().map(|(n, _)| n).collect();
+        official::check_names(&file, path, &names, |_| true)?;
+    }
     load_tensors(&mut model, &file, path)?;
     Ok((model, norm))
 }

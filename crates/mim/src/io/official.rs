@@ -45,15 +45,28 @@
 //!                                                the start of the next stage; older timm
 //!                                                as the official code)
 //! encoder.norm                                   norm
-//! encoder.mask_token, decoder.0.weight / .bias   head.fc.* (older: head.*), dropped
+//! encoder.mask_token, decoder.0.weight / .bias   head.fc.* (older: head.*): the classifier
 //! ```
 //! `relative_position_index` and `attn_mask` buffers are skipped (Tessera
 //! builds both). Stages are counted from `layers.{i}`, depths from
 //! `blocks.{j}`, heads from each stage's `((2w−1)², H)` bias table, the window
 //! from stage 0's table. The image size comes from stage 0's shifted-window
-//! `attn_mask` `(nW, w², w²)` when the file has one, else it is `32·w`
-//! (224 for window 7, 192 for SimMIM's window 6); `--img-size` overrides it.
+//! `attn_mask` `(nW, w², w²)` when the file has one; otherwise it must be
+//! given (`ModelHints::img_size`, `--img-size`: timm's and SimMIM's files are
+//! `32·w`, 224 for window 7, 192 for SimMIM's window 6), never guessed.
 //! LayerNorm eps is Swin's 1e-5; drop path 0.1.
+//!
+//! **Norms and heads** ([`vit_config`]): a ViT has its final `norm` if the
+//! file holds one, and `fc_norm` (the norm after mean pooling: MAE's
+//! `global_pool`, BEiT's and SimMIM's `use_mean_pooling`) likewise. A
+//! classifier's `head (K, D)` makes the file a classifier
+//! ([`crate::io::checkpoint::load_classifier`]): released layouts —
+//! MAE's fine-tuned ViT, timm's `vit_*` and `swin_*`, BEiT's and SimMIM's
+//! fine-tuned ViT (bare names, BEiT's options) and Swin — keep their bare
+//! names there ([`classifier_names`] renames timm's Swin); for a
+//! pre-training model ([`mim_names`]) the head is set aside and a bare
+//! BEiT-style ViT moves under `encoder.`, so every classifier's encoder
+//! also serves `probe` and `finetune`.
 
 use crate::config::{
     DecoderConfig, InitScheme, Method, ModelConfig, PRESETS, PixelLoss, PosEmbedKind, QkvBias, RelPosBias, SwinConfig,
@@ -116,26 +129,80 @@ fn patch_geometry(file: &TensorFile, name: &str, path: &Path) -> Result<(usize, 
     Ok((d, c, p))
 }
 
-/// The ViT encoder whose blocks the file holds under `prefix` (`blocks` or
-/// `encoder.blocks`): `g × g` patches of `p` pixels, `c` channels, width `d`;
-/// depth and MLP ratio read off the file; `heads` if known, else the ViT
-/// preset of that width.
-#[allow(clippy::too_many_arguments)]
-fn encoder_shape(
-    file: &TensorFile,
-    prefix: &str,
-    g: usize,
-    p: usize,
-    c: usize,
-    d: usize,
-    heads: Option<usize>,
-    path: &Path,
-) -> Result<VitConfig> {
-    let depth = count_blocks(file, prefix);
+/// True if the ViT under `prefix` has any of BEiT's options (a relative
+/// position table, q/v biases, layer scale, or no absolute positions): a
+/// BEiT or SimMIM ViT, whatever its names' prefix.
+fn is_beit_vit(file: &TensorFile, prefix: &str) -> bool {
+    let has = |name: &str| file.tensors.contains_key(&format!("{prefix}{name}"));
+    has("rel_pos_bias.relative_position_bias_table")
+        || has("blocks.0.attn.relative_position_bias_table")
+        || has("blocks.0.attn.q_bias")
+        || has("blocks.0.gamma_1")
+        || !has("pos_embed")
+}
+
+/// The ViT encoder whose tensors the file holds under `prefix` (`""` for
+/// MAE's and timm's names, `encoder.` for SimMIM's): geometry, depth, MLP
+/// ratio, options and norms read off the tensors (see the module docs);
+/// heads from `hints`, else the relative table's columns, else the ViT
+/// preset of that width. An MAE-style ViT keeps MAE's fixed sin-cos
+/// positions and initialisation; one with BEiT's options, or under
+/// `encoder.`, BEiT's (learned positions where it has any).
+pub fn vit_config(file: &TensorFile, prefix: &str, path: &Path, hints: &ModelHints) -> Result<VitConfig> {
+    let name = |n: &str| format!("{prefix}{n}");
+    let has = |n: &str| file.tensors.contains_key(&name(n));
+    let (d, c, p) = patch_geometry(file, &name("patch_embed.proj.weight"), path)?;
+    let beit = !prefix.is_empty() || is_beit_vit(file, prefix);
+    let table = [
+        ("rel_pos_bias.relative_position_bias_table", RelPosBias::Shared),
+        ("blocks.0.attn.relative_position_bias_table", RelPosBias::PerBlock),
+    ]
+    .into_iter()
+    .find_map(|(n, kind)| file.tensors.get(&name(n)).map(|t| (kind, t.shape.clone())));
+    // The grid: from the absolute table if there is one, else from the
+    // relative table's (2G − 1)² + 3 rows.
+    let grid = if let Some(pos) = file.tensors.get(&name("pos_embed")) {
+        let l = match pos.shape[..] {
+            [1, n, w] if w == d && n >= 2 => n - 1,
+            _ => {
+                return Err(ckpt_err(
+                    path,
+                    format!(
+                        "'{}' has shape {:?}, want (1, 1 + L, {d})",
+                        name("pos_embed"),
+                        pos.shape
+                    ),
+                ));
+            }
+        };
+        let g = (l as f64).sqrt().round() as usize;
+        if g * g != l {
+            return Err(ckpt_err(
+                path,
+                format!("'{}' has {l} patch positions, not a square grid", name("pos_embed")),
+            ));
+        }
+        g
+    } else if let Some((_, t)) = &table {
+        let side = ((t[0].saturating_sub(3)) as f64).sqrt().round() as usize;
+        side.div_ceil(2)
+    } else {
+        return Err(ckpt_err(
+            path,
+            format!(
+                "has neither '{}' nor a relative position table: cannot tell its image size",
+                name("pos_embed")
+            ),
+        ));
+    };
+    let blocks = name("blocks");
+    let depth = count_blocks(file, &blocks);
     if depth == 0 {
-        return Err(ckpt_err(path, format!("has no '{prefix}.0.*' tensors")));
+        return Err(ckpt_err(path, format!("has no '{blocks}.0.*' tensors")));
     }
-    let heads = match heads {
+    // The relative table's columns are the heads.
+    let table_heads = table.as_ref().filter(|(_, t)| t.len() == 2).map(|(_, t)| t[1]);
+    let heads = match hints.heads.or(table_heads) {
         Some(h) => h,
         None => PRESETS.iter().find(|pr| pr.1 == d).map(|pr| pr.3).ok_or_else(|| {
             ckpt_err(
@@ -146,11 +213,32 @@ fn encoder_shape(
             )
         })?,
     };
-    let mut encoder = VitConfig::preset("vit-base", [g * p, g * p], p, c)?;
+    let mut encoder = VitConfig::preset("vit-base", [grid * p, grid * p], p, c)?;
     encoder.embed_dim = d;
     encoder.depth = depth;
     encoder.num_heads = heads;
-    encoder.mlp_ratio = mlp_ratio(file, prefix, d, path)?;
+    encoder.mlp_ratio = mlp_ratio(file, &blocks, d, path)?;
+    if beit {
+        encoder.pos_embed = if has("pos_embed") {
+            PosEmbedKind::Learned
+        } else {
+            PosEmbedKind::None
+        };
+        encoder.init = InitScheme::Beit;
+    }
+    encoder.rel_pos_bias = table.map_or(RelPosBias::None, |(kind, _)| kind);
+    // The starting value does not matter once the trained scales load.
+    encoder.layer_scale = has("blocks.0.gamma_1").then_some(0.1);
+    // BEiT's q/v biases, timm's qkv bias, or none (`qkv_bias=False`).
+    encoder.qkv_bias = if has("blocks.0.attn.q_bias") {
+        QkvBias::QV
+    } else if has("blocks.0.attn.qkv.bias") {
+        QkvBias::Qkv
+    } else {
+        QkvBias::None
+    };
+    encoder.final_norm = has("norm.weight");
+    encoder.fc_norm = has("fc_norm.weight");
     Ok(encoder)
 }
 
@@ -176,20 +264,21 @@ pub fn is_swin(file: &TensorFile) -> bool {
     .any(|n| file.tensors.contains_key(*n))
 }
 
-/// A timm Swin `state_dict` renamed to SimMIM's names (see the module docs):
-/// everything under `encoder.`, patch merging moved back to the end of the
-/// stage before it when timm put it at the start of the next, the classifier
-/// dropped. Any other file is returned as it is.
-pub fn timm_swin_to_simmim(mut file: TensorFile) -> TensorFile {
-    if !file.tensors.contains_key("layers.0.blocks.0.norm1.weight") {
-        return file;
-    }
+/// A timm Swin `state_dict` (bare names) in the official Swin names under
+/// `prefix`: patch merging moved back to the end of the stage before it when
+/// timm put it at the start of the next, the classifier `head.fc.*` (timm ≥
+/// 0.9) named `head.*` and kept with `keep_head`, dropped otherwise.
+fn timm_swin_renamed(mut file: TensorFile, prefix: &str, keep_head: bool) -> TensorFile {
     // timm ≥ 0.9: no stage-0 merging, one at the start of stage 1.
     let shifted = !file.tensors.keys().any(|n| n.starts_with("layers.0.downsample."))
         && file.tensors.keys().any(|n| n.starts_with("layers.1.downsample."));
     let old = std::mem::take(&mut file.tensors);
     for (name, t) in old {
-        if name.starts_with("head.") {
+        if let Some(rest) = name.strip_prefix("head.") {
+            if keep_head {
+                let rest = rest.strip_prefix("fc.").unwrap_or(rest);
+                file.tensors.insert(format!("head.{rest}"), t);
+            }
             continue;
         }
         let name = match name.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
@@ -199,29 +288,61 @@ pub fn timm_swin_to_simmim(mut file: TensorFile) -> TensorFile {
             }
             _ => name,
         };
-        file.tensors.insert(format!("encoder.{name}"), t);
+        file.tensors.insert(format!("{prefix}{name}"), t);
     }
     file
 }
 
-/// The configuration of a Swin state dict in SimMIM's names (a timm file
-/// goes through [`timm_swin_to_simmim`] first); see the module docs.
-pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ModelConfig> {
-    let (d, c, p) = patch_geometry(file, "encoder.patch_embed.proj.weight", path)?;
+/// A released state dict in the names of Tessera's pre-training model
+/// ([`crate::model::mim::MimModel`]): timm's Swin (see the module docs) and a
+/// bare BEiT-style ViT (SimMIM's or BEiT's fine-tuned one) under
+/// `encoder.`, as SimMIM's pre-training names them; a classifier's `head.*`
+/// dropped (its encoder is what a pre-training model uses). Any other file
+/// is returned as it is.
+pub fn mim_names(mut file: TensorFile) -> TensorFile {
+    if file.tensors.contains_key("layers.0.blocks.0.norm1.weight") {
+        return timm_swin_renamed(file, "encoder.", false);
+    }
+    file.tensors.retain(|n, _| !n.starts_with("head."));
+    if file.tensors.contains_key("patch_embed.proj.weight") && is_beit_vit(&file, "") {
+        let old = std::mem::take(&mut file.tensors);
+        file.tensors = old.into_iter().map(|(n, t)| (format!("encoder.{n}"), t)).collect();
+    }
+    file
+}
+
+/// A released classifier's state dict in the names of Tessera's
+/// [`crate::model::classifier::Classifier`]: timm's Swin renamed (see
+/// the module docs, its `head.fc` as `head`); every other layout
+/// (MAE's, timm's ViT, BEiT's and SimMIM's fine-tuned ViT and Swin) already
+/// has them.
+pub fn classifier_names(file: TensorFile) -> TensorFile {
+    if file.tensors.contains_key("layers.0.blocks.0.norm1.weight") {
+        timm_swin_renamed(file, "", true)
+    } else {
+        file
+    }
+}
+
+/// The Swin encoder whose tensors the file holds under `prefix` (`""` or
+/// `encoder.`) in the official names; see the module docs.
+pub fn swin_config(file: &TensorFile, prefix: &str, path: &Path, hints: &ModelHints) -> Result<SwinConfig> {
+    let name = |n: &str| format!("{prefix}{n}");
+    let (d, c, p) = patch_geometry(file, &name("patch_embed.proj.weight"), path)?;
     let stages = (0..)
         .take_while(|i| {
             file.tensors
-                .contains_key(&format!("encoder.layers.{i}.blocks.0.norm1.weight"))
+                .contains_key(&name(&format!("layers.{i}.blocks.0.norm1.weight")))
         })
         .count();
     let mut depths = Vec::new();
     let mut heads = Vec::new();
     let mut windows = Vec::new();
     for i in 0..stages {
-        depths.push(count_blocks(file, &format!("encoder.layers.{i}.blocks")));
+        depths.push(count_blocks(file, &name(&format!("layers.{i}.blocks"))));
         let table = shape(
             file,
-            &format!("encoder.layers.{i}.blocks.0.attn.relative_position_bias_table"),
+            &name(&format!("layers.{i}.blocks.0.attn.relative_position_bias_table")),
             path,
         )?;
         let [rows, h] = *table else {
@@ -235,12 +356,12 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> 
     }
     let window = *windows
         .first()
-        .ok_or_else(|| ckpt_err(path, "has no 'encoder.layers.0.blocks.0.*' tensors"))?;
+        .ok_or_else(|| ckpt_err(path, format!("has no '{}' tensors", name("layers.0.blocks.0.*"))))?;
     // The image size: from the shifted block's mask (one per window of
     // stage 0), else as the caller says; a default (timm's files are 32 ×
     // window pixels, but a Swin trained at 32 pixels is not) would silently
     // rescale the data.
-    let [sh, sw] = match file.tensors.get("encoder.layers.0.blocks.1.attn_mask") {
+    let [sh, sw] = match file.tensors.get(&name("layers.0.blocks.1.attn_mask")) {
         Some(m) if !m.shape.is_empty() => {
             let per_side = (m.shape[0] as f64).sqrt().round() as usize;
             [per_side * window * p; 2]
@@ -250,13 +371,14 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> 
                 path,
                 format!(
                     "holds a Swin whose image size it cannot tell (no 'attn_mask' buffers); give it \
-                     (`ModelHints::img_size`): timm's and SimMIM's files are {} pixels (32 × window {window})",
+                     (`ModelHints::img_size`, --img-size): timm's and SimMIM's files are {} pixels \
+                     (32 × window {window})",
                     32 * window
                 ),
             )
         })?,
     };
-    let fc1 = shape(file, "encoder.layers.0.blocks.0.mlp.fc1.weight", path)?;
+    let fc1 = shape(file, &name("layers.0.blocks.0.mlp.fc1.weight"), path)?;
     let swin = SwinConfig {
         img_size: [sh, sw],
         patch_size: p,
@@ -268,8 +390,16 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> 
         mlp_ratio: fc1[0] as f32 / d as f32,
         drop_path: 0.1,
         norm_eps: 1e-5,
-        ape: file.tensors.contains_key("encoder.absolute_pos_embed"),
+        ape: file.tensors.contains_key(&name("absolute_pos_embed")),
     };
+    swin.validate()?;
+    Ok(swin)
+}
+
+/// The configuration of a Swin state dict in SimMIM's names (a timm file
+/// goes through [`mim_names`] first); see the module docs.
+pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ModelConfig> {
+    let swin = swin_config(file, "encoder.", path, hints)?;
     let config = ModelConfig {
         encoder: swin.into(),
         method: Method::SimMim,
@@ -293,51 +423,8 @@ pub fn infer_swin_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> 
 
 /// The configuration of a SimMIM-ViT state dict (see the module docs).
 pub fn infer_simmim_config(file: &TensorFile, path: &Path, hints: &ModelHints) -> Result<ModelConfig> {
-    let (d, c, p) = patch_geometry(file, "encoder.patch_embed.proj.weight", path)?;
-    let shared = "encoder.rel_pos_bias.relative_position_bias_table";
-    let own = "encoder.blocks.0.attn.relative_position_bias_table";
-    let (rel, table) = if let Some(t) = file.tensors.get(shared) {
-        (RelPosBias::Shared, Some(t.shape.clone()))
-    } else if let Some(t) = file.tensors.get(own) {
-        (RelPosBias::PerBlock, Some(t.shape.clone()))
-    } else {
-        (RelPosBias::None, None)
-    };
-    // The grid: from the absolute table if there is one, else from the
-    // relative table's (2G − 1)² + 3 rows.
-    let grid = if let Some(pos) = file.tensors.get("encoder.pos_embed") {
-        let l = pos.shape.get(1).copied().unwrap_or(1).saturating_sub(1);
-        (l as f64).sqrt().round() as usize
-    } else if let Some(t) = &table {
-        let side = ((t[0].saturating_sub(3)) as f64).sqrt().round() as usize;
-        side.div_ceil(2)
-    } else {
-        return Err(ckpt_err(
-            path,
-            "has neither 'encoder.pos_embed' nor a relative position table: cannot tell its image size",
-        ));
-    };
-    // The relative table's columns are the heads.
-    let heads = hints.heads.or(table.as_ref().filter(|t| t.len() == 2).map(|t| t[1]));
-    let mut encoder = encoder_shape(file, "encoder.blocks", grid, p, c, d, heads, path)?;
-    encoder.pos_embed = if file.tensors.contains_key("encoder.pos_embed") {
-        PosEmbedKind::Learned
-    } else {
-        PosEmbedKind::None
-    };
-    encoder.rel_pos_bias = rel;
-    // The starting value does not matter once the trained scales load.
-    encoder.layer_scale = file.tensors.contains_key("encoder.blocks.0.gamma_1").then_some(0.1);
-    // BEiT's q/v biases, timm's qkv bias, or none (`qkv_bias=False`).
-    encoder.qkv_bias = if file.tensors.contains_key("encoder.blocks.0.attn.q_bias") {
-        QkvBias::QV
-    } else if file.tensors.contains_key("encoder.blocks.0.attn.qkv.bias") {
-        QkvBias::Qkv
-    } else {
-        QkvBias::None
-    };
-    encoder.init = InitScheme::Beit;
-    encoder.final_norm = file.tensors.contains_key("encoder.norm.weight");
+    let encoder = vit_config(file, "encoder.", path, hints)?;
+    let (d, p, c) = (encoder.embed_dim, encoder.patch_size, encoder.in_chans);
     let config = ModelConfig {
         encoder: encoder.into(),
         method: Method::SimMim,
@@ -372,25 +459,7 @@ pub fn infer_config(file: &TensorFile, path: &Path, hints: &ModelHints, need_dec
     if is_simmim(file) {
         return infer_simmim_config(file, path, hints);
     }
-    let (d, c, p) = patch_geometry(file, "patch_embed.proj.weight", path)?;
-    let pos = shape(file, "pos_embed", path)?;
-    let l = match *pos {
-        [1, n, w] if w == d && n >= 2 => n - 1,
-        _ => {
-            return Err(ckpt_err(
-                path,
-                format!("'pos_embed' has shape {pos:?}, want (1, 1 + L, {d})"),
-            ));
-        }
-    };
-    let g = (l as f64).sqrt().round() as usize;
-    if g * g != l {
-        return Err(ckpt_err(
-            path,
-            format!("'pos_embed' has {l} patch positions, not a square grid"),
-        ));
-    }
-    let encoder = encoder_shape(file, "blocks", g, p, c, d, hints.heads, path)?;
+    let encoder = vit_config(file, "", path, hints)?;
     let decoder = if has_decoder(file) {
         let de = shape(file, "decoder_embed.weight", path)?;
         let dd = de[0];

@@ -11,6 +11,11 @@
 //! ViT, pool mean:  encoder (no final norm)     → mean of patch tokens → fc_norm → head
 //! Swin:            encoder (final norm)        → mean of the last stage          → head
 //! ```
+//! `fc_norm` belongs to the ViT encoder ([`VitConfig::fc_norm`]), as in
+//! timm's `VisionTransformer`, so an encoder built for mean pooling (BEiT's
+//! and SimMIM's `use_mean_pooling`) carries it into its features too.
+//!
+//! [`VitConfig::fc_norm`]: crate::config::VitConfig::fc_norm
 //! The head starts from a truncated normal of std 2e-5 and zero bias (MAE's
 //! `trunc_normal_(model.head.weight, std=2e-5)`).
 //!
@@ -24,7 +29,7 @@
 use crate::config::{EncoderConfig, Pool};
 use crate::error::{MimError, Result, config_err};
 use crate::model::encoder::Encoder;
-use crate::model::layers::{LayerNorm, Linear, Module, join};
+use crate::model::layers::{Linear, Module, join};
 use crate::rng::MimRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -43,7 +48,8 @@ pub struct ClassifierConfig {
 
 impl ClassifierConfig {
     /// A classifier on `encoder` (whose drop path is set to `drop_path`);
-    /// with mean pooling a ViT loses its final norm to `fc_norm`, as MAE's.
+    /// with mean pooling a ViT loses its final norm to `fc_norm`, as MAE's
+    /// (with \[CLS\] pooling it has the final norm and no `fc_norm`).
     pub fn new(
         mut encoder: EncoderConfig,
         class_names: Vec<String>,
@@ -54,6 +60,7 @@ impl ClassifierConfig {
             EncoderConfig::Vit(v) => {
                 v.drop_path = drop_path;
                 v.final_norm = pool == Pool::Cls;
+                v.fc_norm = pool == Pool::Mean;
             }
             EncoderConfig::Swin(s) => s.drop_path = drop_path,
         }
@@ -133,8 +140,6 @@ impl ClassifierConfig {
 pub struct Classifier {
     pub config: ClassifierConfig,
     pub encoder: Encoder,
-    /// MAE's `fc_norm` (ViT with mean pooling).
-    pub fc_norm: Option<LayerNorm>,
     pub head: Linear,
 }
 
@@ -145,10 +150,6 @@ impl Classifier {
         config.validate()?;
         let encoder = Encoder::new(&config.encoder, rng)?;
         let d = config.encoder.out_dim();
-        let fc_norm = match (&config.encoder, config.pool) {
-            (EncoderConfig::Vit(v), Pool::Mean) => Some(LayerNorm::new(d, v.norm_eps)),
-            _ => None,
-        };
         let head = Linear::new(d, config.num_classes, true, rng);
         head.weight.set_data(&tessera_tensor::init::trunc_normal(
             head.weight.numel(),
@@ -161,21 +162,23 @@ impl Classifier {
         if let Some(b) = &head.bias {
             b.set_data(&vec![0.0; b.numel()])?;
         }
-        Ok(Classifier {
-            config,
-            encoder,
-            fc_norm,
-            head,
-        })
+        Ok(Classifier { config, encoder, head })
     }
 
     /// Copies the pre-trained encoder's weights (same family and shape) into
     /// this classifier's; the tensors it has no use for (a ViT's final norm
-    /// under mean pooling) are skipped. Returns how many tensors were copied.
+    /// under mean pooling) are skipped, and a norm the pre-trained encoder
+    /// lacks (`fc_norm` after MAE's pre-training, the final norm after
+    /// BEiT's mean-pooled one) starts as the identity, as in MAE's and
+    /// BEiT's fine-tuning. Returns how many tensors were copied.
     pub fn load_encoder(&self, pretrained: &Encoder) -> Result<usize> {
         let theirs: BTreeMap<String, Tensor> = pretrained.named_tensors().into_iter().collect();
         let mut copied = 0;
         for (name, t) in self.encoder.named_tensors() {
+            let fresh_norm = name.starts_with("norm.") || name.starts_with("fc_norm.");
+            if fresh_norm && !theirs.contains_key(&name) && self.encoder.vit().is_some() {
+                continue;
+            }
             let Some(src) = theirs.get(&name) else {
                 return Err(MimError::Input(format!(
                     "the pre-trained encoder has no tensor '{name}' (another encoder family or option?)"
@@ -201,12 +204,7 @@ impl Classifier {
         let pooled = match &self.encoder {
             Encoder::Vit(vit) => {
                 let tokens = vit.forward_all(imgs, train, rng)?; // (B, 1 + L, D)
-                match (self.config.pool, &self.fc_norm) {
-                    (Pool::Mean, Some(norm)) => {
-                        norm.forward(&crate::model::vit::pool_tokens(&tokens, crate::config::Pool::Mean)?)?
-                    }
-                    _ => crate::model::vit::pool_tokens(&tokens, crate::config::Pool::Cls)?,
-                }
+                vit.pool(&tokens, self.config.pool)? // (B, D)
             }
             Encoder::Swin(swin) => swin.stages(&swin.embed(imgs)?, train, rng)?.mean(&[1, 2], false)?,
         };
@@ -225,9 +223,6 @@ impl Classifier {
 impl Module for Classifier {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(String, &Tensor)) {
         self.encoder.visit(prefix, f);
-        if let Some(n) = &self.fc_norm {
-            n.visit(&join(prefix, "fc_norm"), f);
-        }
         self.head.visit(&join(prefix, "head"), f);
     }
 }

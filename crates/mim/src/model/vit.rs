@@ -49,6 +49,8 @@ pub struct VisionTransformer {
     pub blocks: Vec<Block>,
     /// The final LayerNorm, unless `final_norm` is off.
     pub norm: Option<LayerNorm>,
+    /// The LayerNorm after mean pooling, with `fc_norm` on.
+    pub fc_norm: Option<LayerNorm>,
 }
 
 /// Which tokens a pass through the blocks holds (after \[CLS\]).
@@ -95,6 +97,7 @@ impl VisionTransformer {
             })
             .collect();
         let norm = config.final_norm.then(|| LayerNorm::new(d, config.norm_eps));
+        let fc_norm = config.fc_norm.then(|| LayerNorm::new(d, config.norm_eps));
         let vit = VisionTransformer {
             config,
             patch_embed,
@@ -104,6 +107,7 @@ impl VisionTransformer {
             rel_pos_index,
             blocks,
             norm,
+            fc_norm,
         };
         if vit.config.init == InitScheme::Beit {
             vit.beit_init(rng)?;
@@ -258,7 +262,18 @@ impl VisionTransformer {
         // Evaluation mode draws no random numbers; the generator is a formality.
         let mut rng = MimRng::seed_from_u64(0);
         let tokens = self.forward_all(imgs, false, &mut rng)?; // (B, 1 + L, D)
-        pool_tokens(&tokens, pool)
+        self.pool(&tokens, pool)
+    }
+
+    /// Pools the encoder's outputs `(B, 1 + N, D)` into `(B, D)`: \[CLS\],
+    /// or the mean of the patch tokens (through `fc_norm` if the encoder
+    /// has one).
+    pub fn pool(&self, tokens: &Tensor, pool: Pool) -> Result<Tensor> {
+        let pooled = pool_tokens(tokens, pool)?;
+        Ok(match (pool, &self.fc_norm) {
+            (Pool::Mean, Some(norm)) => norm.forward(&pooled)?,
+            _ => pooled,
+        })
     }
 
     /// Both feature vectors of every image from one pass: `(B, 2·D)`, the
@@ -266,12 +281,13 @@ impl VisionTransformer {
     pub fn features_mean_and_cls(&self, imgs: &Tensor) -> Result<Tensor> {
         let mut rng = MimRng::seed_from_u64(0);
         let tokens = self.forward_all(imgs, false, &mut rng)?; // (B, 1 + L, D)
-        let (mean, cls) = (pool_tokens(&tokens, Pool::Mean)?, pool_tokens(&tokens, Pool::Cls)?);
+        let (mean, cls) = (self.pool(&tokens, Pool::Mean)?, self.pool(&tokens, Pool::Cls)?);
         Ok(Tensor::cat(&[&mean, &cls], 1)?)
     }
 }
 
-/// Pools encoder outputs `(B, 1 + N, D)` into `(B, D)`.
+/// Pools encoder outputs `(B, 1 + N, D)` into `(B, D)` (no `fc_norm`:
+/// see [`VisionTransformer::pool`]).
 pub fn pool_tokens(tokens: &Tensor, pool: Pool) -> Result<Tensor> {
     let n = tokens.shape()[1];
     Ok(match pool {
@@ -293,6 +309,9 @@ impl Module for VisionTransformer {
         visit_blocks(&self.blocks, &join(prefix, "blocks"), f);
         if let Some(norm) = &self.norm {
             norm.visit(&join(prefix, "norm"), f);
+        }
+        if let Some(norm) = &self.fc_norm {
+            norm.visit(&join(prefix, "fc_norm"), f);
         }
     }
 }
