@@ -727,23 +727,16 @@ fn swin_simmim_end_to_end() {
     assert!(e.contains("not a Swin preset"), "{e}");
 }
 
-/// Fine-tuning end to end on a tiny labelled folder (three colour classes,
-/// train/ and test/): from a pre-training checkpoint it beats chance by far;
-/// `evaluate` prints top-1, top-5 and per-class accuracy and writes the
-/// confusion matrix; `predict` names classes of image files; `--resume`
-/// continues a stopped run to the same weights as an uninterrupted one; bad
-/// input (no labels, another class count, another encoder shape, a
-/// pre-training checkpoint given to `evaluate`) is a one-line error.
-#[test]
-fn finetune_evaluate_predict_on_a_labelled_folder() {
-    let dir = tmp("finetune");
+/// A labelled folder `dir/data` of three colour classes (red, green, blue)
+/// in 16×16 RGB PNGs: `train` and `test` images per class in each split.
+fn colour_folder(dir: &Path, train: u32, test: u32) -> PathBuf {
     let data = dir.join("data");
     let colours = [
         ("red", [200u8, 40, 40]),
         ("green", [40, 190, 60]),
         ("blue", [50, 60, 210]),
     ];
-    for (split, count) in [("train", 12u32), ("test", 6)] {
+    for (split, count) in [("train", train), ("test", test)] {
         for (class, colour) in colours {
             let folder = data.join(split).join(class);
             std::fs::create_dir_all(&folder).unwrap();
@@ -756,6 +749,20 @@ fn finetune_evaluate_predict_on_a_labelled_folder() {
             }
         }
     }
+    data
+}
+
+/// Fine-tuning end to end on a tiny labelled folder (three colour classes,
+/// train/ and test/): from a pre-training checkpoint it beats chance by far;
+/// `evaluate` prints top-1, top-5 and per-class accuracy and writes the
+/// confusion matrix; `predict` names classes of image files; `--resume`
+/// continues a stopped run to the same weights as an uninterrupted one; bad
+/// input (no labels, another class count, another encoder shape, a
+/// pre-training checkpoint given to `evaluate`) is a one-line error.
+#[test]
+fn finetune_evaluate_predict_on_a_labelled_folder() {
+    let dir = tmp("finetune");
+    let data = colour_folder(&dir, 12, 6);
     let d = data.to_str().unwrap();
     let pre = dir.join("pre");
     let mut args = vec![
@@ -1948,7 +1955,16 @@ fn pth_files_load_and_convert_without_python() {
     let e = fails(&["convert", p, copy.to_str().unwrap()]);
     assert!(e.contains("--overwrite"), "{e}");
     // Every fixture round-trips.
-    for name in ["mixed.pth", "mae_tiny.pth", "mae_tiny_finetuned.pth"] {
+    for name in [
+        "mixed.pth",
+        "mae_tiny.pth",
+        "mae_tiny_finetuned.pth",
+        "simmim_vit_nobias.pth",
+        "beit_vit_finetuned.pth",
+        "timm_vit.pth",
+        "timm_swin.pth",
+        "simmim_swin_finetuned.pth",
+    ] {
         let src = fixtures.join(name);
         let dst = dir.join(format!("{name}.safetensors"));
         ok(&["convert", src.to_str().unwrap(), dst.to_str().unwrap()]);
@@ -1991,4 +2007,124 @@ fn pth_files_load_and_convert_without_python() {
     ]);
     assert!(e.contains("refuses the global") && e.contains("system"), "{e}");
     assert!(!dir.join("e.safetensors").exists());
+}
+
+/// Released classifiers from the command line: `convert` writes what the
+/// shapes cannot say (heads, a Swin's image size, class names) into the
+/// copy, which then loads with no options; `finetune --checkpoint` takes a
+/// classifier and continues its head when the data has as many classes,
+/// with a new head otherwise.
+#[test]
+fn released_classifiers_convert_predict_and_finetune() {
+    let dir = tmp("released");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+    let fx = |n: &str| fixtures.join(n).to_str().unwrap().to_string();
+    let at = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    // timm's Swin: without its image size it is tensors only, with it a classifier.
+    let said = ok(&["convert", &fx("timm_swin.pth"), &at("bare.safetensors")]);
+    assert!(said.contains("not recognised") && said.contains("image size"), "{said}");
+    let names = dir.join("names.txt");
+    std::fs::write(&names, "red\ngreen\nblue\n").unwrap();
+    let said = ok(&[
+        "convert",
+        &fx("timm_swin.pth"),
+        &at("swin.safetensors"),
+        "--img-size",
+        "16",
+        "--class-names",
+        names.to_str().unwrap(),
+    ]);
+    assert!(
+        said.contains("recognised a classifier") && said.contains("3 classes"),
+        "{said}"
+    );
+    let img = dir.join("x.png");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([200, 40, 40]))
+        .save(&img)
+        .unwrap();
+    let i = img.to_str().unwrap();
+    let direct = ok(&["predict", "--checkpoint", &fx("timm_swin.pth"), "--img-size", "16", i]);
+    let copy = ok(&["predict", "--checkpoint", &at("swin.safetensors"), i]);
+    let strip = |s: &str| s.split_once(": ").map(|p| p.1.to_string()).unwrap();
+    let numbered = strip(&direct);
+    let named = strip(&copy)
+        .replace("red", "0")
+        .replace("green", "1")
+        .replace("blue", "2");
+    assert_eq!(numbered, named, "{direct} / {copy}");
+    let e = fails(&[
+        "convert",
+        &fx("beit_vit_finetuned.pth"),
+        &at("beit.safetensors"),
+        "--class-names",
+        names.to_str().unwrap(),
+    ]);
+    assert!(e.contains("3 class names") && e.contains("4 classes"), "{e}");
+    // A pre-training model converted with its heads reconstructs with no options.
+    let said = ok(&[
+        "convert",
+        &fx("mae_tiny.pth"),
+        &at("mae.safetensors"),
+        "--heads",
+        "2",
+        "--decoder-heads",
+        "2",
+    ]);
+    assert!(said.contains("a pre-training model"), "{said}");
+    let out = ok(&[
+        "reconstruct",
+        "--checkpoint",
+        &at("mae.safetensors"),
+        "--synthetic-len",
+        "8",
+        "--count",
+        "1",
+        "--out",
+        &at("r.png"),
+    ]);
+    assert!(out.contains("loss"), "{out}");
+    // Fine-tuning continues a classifier: its head (3 classes, [CLS]
+    // pooling) on three classes, a new one for BEiT's 4-class head.
+    let data = colour_folder(&dir, 4, 2);
+    let d = data.to_str().unwrap();
+    let finetune = |ckpt: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--checkpoint",
+            ckpt,
+            "--data",
+            "folder",
+            "--data-dir",
+            d,
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let out = finetune(&fx("timm_vit.pth"), &at("ft-vit"), &["--heads", "2"]);
+    assert!(out.contains("its head of 3 classes") && out.contains("Cls"), "{out}");
+    let out = finetune(&fx("beit_vit_finetuned.pth"), &at("ft-beit"), &[]);
+    assert!(
+        out.contains("a new head: the file's has 4 classes, the data 3"),
+        "{out}"
+    );
+    // The continued classifier is Tessera's own now: evaluate takes it as is.
+    let report = ok(&[
+        "evaluate",
+        "--checkpoint",
+        &at("ft-vit/checkpoint.safetensors"),
+        "--data",
+        "folder",
+        "--data-dir",
+        d,
+        "--confusion",
+        &at("c.png"),
+    ]);
+    assert!(report.contains("top-1"), "{report}");
 }

@@ -596,8 +596,8 @@ pub enum MaskKind {
     Simmim,
 }
 
-/// What a checkpoint without Tessera's metadata (MAE's released weights,
-/// converted to safetensors) cannot say about its model.
+/// What a checkpoint without Tessera's metadata (released MAE, SimMIM,
+/// BEiT or timm weights, `.pth` or safetensors) cannot say about its model.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OfficialArgs {
     /// Encoder heads of such a checkpoint (default: the ViT preset of its width).
@@ -610,6 +610,10 @@ pub struct OfficialArgs {
     /// ones (MAE's "visualize" weights).
     #[arg(long)]
     pub raw_pixels: bool,
+    /// The image size such a checkpoint was trained at, `N` or `HxW`, where
+    /// its file cannot tell (a Swin without `attn_mask` buffers: timm's).
+    #[arg(long)]
+    pub img_size: Option<Size>,
 }
 
 impl OfficialArgs {
@@ -618,7 +622,7 @@ impl OfficialArgs {
             heads: self.heads,
             decoder_heads: self.decoder_heads,
             norm_pix: Some(!self.raw_pixels),
-            img_size: None,
+            img_size: self.img_size.map(|s| s.0),
         }
     }
 }

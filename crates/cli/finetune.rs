@@ -14,7 +14,7 @@ use tessera_mim::data::loader::load_images;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Dataset, First, Split, check_labelled};
 use tessera_mim::eval::accuracy::{evaluate, probabilities, top_k};
-use tessera_mim::io::checkpoint::{load_classifier, load_model_hinted};
+use tessera_mim::io::checkpoint::{is_classifier, load_classifier, load_model_hinted};
 use tessera_mim::model::classifier::{Classifier, ClassifierConfig};
 use tessera_mim::run::RunStart;
 use tessera_mim::run::finetune::FinetuneRun;
@@ -24,8 +24,10 @@ use tessera_mim::{EncoderConfig, MimRng};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Pre-training checkpoint to start from: Tessera's, or an official MAE
-    /// or SimMIM state dict in safetensors.
+    /// Checkpoint to start from: a pre-training one (Tessera's, or a released
+    /// MAE, SimMIM or timm state dict, `.pth` or safetensors), or a
+    /// classifier (Tessera's fine-tuned one, or a released one), which
+    /// continues with its head when the data has as many classes.
     #[arg(long, required_unless_present = "from_scratch", conflicts_with = "from_scratch")]
     pub checkpoint: Option<PathBuf>,
     /// Train the encoder from random weights (the supervised baseline),
@@ -115,22 +117,49 @@ const ENCODER_OPTIONS: [&str; 10] = [
     "stage_heads",
 ];
 
+/// Where fine-tuning starts: the encoder's configuration, the pre-trained
+/// encoder when a checkpoint is given, and the classifier's head and
+/// pooling when that checkpoint is a classifier (Tessera's fine-tuned one,
+/// or a released one: MAE's, timm's, BEiT's, SimMIM's).
+struct Start {
+    config: EncoderConfig,
+    encoder: Option<tessera_mim::Encoder>,
+    head: Option<(tessera_mim::model::layers::Linear, tessera_mim::Pool)>,
+}
+
 /// The encoder to fine-tune, with the pre-trained one when given.
-fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)> {
+fn start(args: &Args) -> Result<Start> {
     let native = args.data.native();
     let Some(path) = &args.checkpoint else {
-        return Ok((args.model.build(native)?.encoder, None));
+        return Ok(Start {
+            config: args.model.build(native)?.encoder,
+            encoder: None,
+            head: None,
+        });
     };
     let hints = tessera_mim::io::official::ModelHints {
         heads: args.model.heads,
         img_size: args.model.img_size.map(|s| s.0),
         ..Default::default()
     };
-    let pre = load_model_hinted(path, None, &hints, false)?;
-    let have = pre.config.encoder.clone();
+    let file = tessera_mim::io::safetensors::TensorFile::load(path)?;
+    let tessera_classifier = file.metadata.contains_key("tessera.finetune");
+    let (have, encoder, head) = if is_classifier(&file) {
+        drop(file);
+        let (c, _) = load_classifier(path, &hints)?;
+        (c.config.encoder.clone(), c.encoder, Some((c.head, c.config.pool)))
+    } else {
+        drop(file);
+        let pre = load_model_hinted(path, None, &hints, false)?;
+        (pre.config.encoder.clone(), pre.encoder, None)
+    };
     let typed = |id: &str| args.given.iter().any(|g| g == id);
     if !ENCODER_OPTIONS.iter().any(|o| typed(o)) {
-        return Ok((have, Some(pre.encoder)));
+        return Ok(Start {
+            config: have,
+            encoder: Some(encoder),
+            head,
+        });
     }
     // `--preset`/`--encoder` name a whole encoder; any other option changes
     // only what it names, on top of what the file holds.
@@ -160,10 +189,26 @@ fn encoder(args: &Args) -> Result<(EncoderConfig, Option<tessera_mim::Encoder>)>
         );
     }
     if size == have.img_size() {
-        return Ok((have, Some(pre.encoder)));
+        return Ok(Start {
+            config: have,
+            encoder: Some(encoder),
+            head,
+        });
+    }
+    if tessera_classifier {
+        bail!(
+            "{} is a classifier fine-tuned at {:?} pixels; continuing it at another image size is not supported \
+             (start from its pre-training checkpoint)",
+            path.display(),
+            have.img_size()
+        );
     }
     let resized = load_model_hinted(path, Some(size), &hints, false)?;
-    Ok((resized.config.encoder.clone(), Some(resized.encoder)))
+    Ok(Start {
+        config: resized.config.encoder.clone(),
+        encoder: Some(resized.encoder),
+        head,
+    })
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -173,7 +218,11 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.epochs > 0.0 && args.epochs.is_finite()) {
         bail!("--epochs must be a positive number, got {}", args.epochs);
     }
-    let (enc, pretrained) = encoder(&args)?;
+    let Start {
+        config: enc,
+        encoder: pretrained,
+        head,
+    } = start(&args)?;
     let (size, chans) = (enc.img_size(), enc.in_chans());
     let full = args.data.open(Split::Train, size, chans)?;
     let train_ds = First::new(full.as_ref(), args.limit.unwrap_or(usize::MAX));
@@ -185,7 +234,12 @@ pub fn run(args: Args) -> Result<()> {
             train_ds.name()
         );
     }
-    let model_cfg = ClassifierConfig::new(enc, classes, args.pool.pool(), args.model.drop_path.unwrap_or(0.1))?;
+    // A classifier continues with its own pooling unless told otherwise.
+    let pool = match &head {
+        Some((_, pool)) if !args.given.iter().any(|g| g == "pool") => *pool,
+        _ => args.pool.pool(),
+    };
+    let model_cfg = ClassifierConfig::new(enc, classes, pool, args.model.drop_path.unwrap_or(0.1))?;
     check_labelled(&train_ds, model_cfg.num_classes)?;
     check_labelled(test_ds.as_ref(), model_cfg.num_classes)?;
     let config = recipe(&args, model_cfg, &train_ds)?;
@@ -200,7 +254,27 @@ pub fn run(args: Args) -> Result<()> {
     let source = match (&pretrained, &args.checkpoint) {
         (Some(enc), Some(path)) => {
             let n = model.load_encoder(enc)?;
-            format!("{} ({n} encoder tensors)", path.display())
+            let head = match &head {
+                None => String::new(),
+                Some((h, p)) => {
+                    let k = h.weight.shape()[0];
+                    if k == model.config.num_classes && *p == model.config.pool {
+                        model.head.weight.set_data(&h.weight.to_vec())?;
+                        if let (Some(to), Some(from)) = (&model.head.bias, &h.bias) {
+                            to.set_data(&from.to_vec())?;
+                        }
+                        format!(", its head of {k} classes")
+                    } else if k != model.config.num_classes {
+                        format!(
+                            "; a new head: the file's has {k} classes, the data {}",
+                            model.config.num_classes
+                        )
+                    } else {
+                        format!("; a new head: the file's reads pool {p:?}")
+                    }
+                }
+            };
+            format!("{} ({n} encoder tensors{head})", path.display())
         }
         _ => "random weights (from scratch)".to_string(),
     };
@@ -286,8 +360,8 @@ pub enum SplitArg {
 
 #[derive(clap::Args, Debug)]
 pub struct EvaluateArgs {
-    /// A fine-tuned checkpoint (Tessera's, or an official MAE fine-tuned
-    /// state dict in safetensors).
+    /// A fine-tuned checkpoint: Tessera's, or a released classifier (MAE's,
+    /// timm's vit_*/swin_*, BEiT's or SimMIM's; `.pth` or safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
@@ -372,7 +446,8 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct PredictArgs {
-    /// A fine-tuned checkpoint.
+    /// A fine-tuned checkpoint: Tessera's, or a released classifier (MAE's,
+    /// timm's vit_*/swin_*, BEiT's or SimMIM's; `.pth` or safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
@@ -398,13 +473,7 @@ fn classifier(
 ) -> Result<(Classifier, tessera_mim::data::Normalization)> {
     let (mut model, norm) = load_classifier(checkpoint, &official.hints())?;
     if let Some(path) = names {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let list: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
+        let list = read_class_names(path)?;
         if list.len() != model.config.num_classes {
             bail!(
                 "{} names {} classes, but the classifier in {} has {}",
@@ -417,6 +486,17 @@ fn classifier(
         model.config.class_names = list;
     }
     Ok((model, norm))
+}
+
+/// Class names from a file, one per line (blank lines skipped).
+pub fn read_class_names(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 /// Images `predict` decodes and classifies at once.

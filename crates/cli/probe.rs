@@ -22,8 +22,9 @@ use tessera_mim::{MimModel, MimRng};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint written by `tessera pretrain`, or an MAE `state_dict` in
-    /// safetensors (pre-training model or encoder alone).
+    /// Checkpoint written by `tessera pretrain`, or a released state dict
+    /// (`.pth` or safetensors: a pre-training model, an encoder alone, or a
+    /// classifier, whose encoder is probed).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]

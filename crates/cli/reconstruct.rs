@@ -33,8 +33,8 @@ pub enum ViewArg {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint written by `tessera pretrain`, or an MAE pre-training
-    /// `state_dict` in safetensors.
+    /// Checkpoint written by `tessera pretrain`, or a released MAE or SimMIM
+    /// pre-training `state_dict` (`.pth` or safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
