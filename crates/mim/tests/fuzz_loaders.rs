@@ -238,17 +238,36 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Every metadata kind (a pre-training run's configuration and step, a
-    /// fine-tuning recipe) with one field crafted, through every loader:
+    /// fine-tuning recipe, the model or classifier configuration `convert`
+    /// writes) with one field crafted, through every loader:
     /// an error or a value, never a panic or an abort.
     #[test]
-    fn crafted_checkpoint_metadata_never_panics(pick in any::<usize>(), value in crafted(), which in 0usize..3) {
-        use tessera_mim::io::checkpoint::{load_classifier, load_model, load_model_hinted, train_config};
+    fn crafted_checkpoint_metadata_never_panics(pick in any::<usize>(), value in crafted(), which in 0usize..5) {
+        use tessera_mim::io::checkpoint::{
+            CLASSIFIER_KEY, MODEL_KEY, load_classifier, load_model, load_model_hinted, train_config,
+        };
         use tessera_mim::io::official::ModelHints;
         let (pre, ft) = real_checkpoints();
+        // What `tessera convert` writes into a released file: the model's
+        // configuration alone, no training state.
+        let converted = |file: &TensorFile, from: &str, key: &str| {
+            let mut f = file.clone();
+            f.tensors.retain(|n, _| !n.starts_with("optimizer."));
+            let v: serde_json::Value = serde_json::from_str(&file.metadata[from]).unwrap();
+            f.metadata.clear();
+            f.metadata.insert(key.into(), v["model"].to_string());
+            f
+        };
+        let (pre_conv, ft_conv) = (
+            converted(pre, "tessera.config", MODEL_KEY),
+            converted(ft, "tessera.finetune", CLASSIFIER_KEY),
+        );
         let (file, key) = match which {
             0 => (pre, "tessera.config"),
             1 => (pre, "tessera.step"),
-            _ => (ft, "tessera.finetune"),
+            2 => (ft, "tessera.finetune"),
+            3 => (&pre_conv, MODEL_KEY),
+            _ => (&ft_conv, CLASSIFIER_KEY),
         };
         let mut meta: serde_json::Value = serde_json::from_str(&file.metadata[key]).unwrap();
         let mut paths = Vec::new();
