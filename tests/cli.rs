@@ -80,9 +80,10 @@ fn losses(metrics: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(metrics)
         .unwrap()
         .lines()
-        .map(|l| {
+        .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            // Step lines; the online k-NN's lines have no loss.
+            Some((v["step"].as_u64().unwrap(), v.get("loss")?.as_f64().unwrap()))
         })
         .collect()
 }
@@ -514,6 +515,18 @@ fn a_short_default_run_probes_above_random_init() {
         (Some(2000), Some(1000)),
         "{v}"
     );
+    // The built-in demo measures its k-NN every 100 steps by default.
+    let knn: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("knn_top1").map(|_| v["step"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(knn, [100, 200, 300]);
+    // probe's results lie beside the run's checkpoint, for its report.
+    assert!(out.join("probe.json").exists());
     let score = |name: &str| -> f64 {
         let rows = v["results"].as_array().unwrap();
         let row = rows.iter().find(|r| r["features"] == name).unwrap();

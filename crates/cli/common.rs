@@ -762,6 +762,9 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not refresh OUT/report.html at each checkpoint.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 impl RunArgs {
@@ -789,6 +792,7 @@ impl RunArgs {
             stop_after: self.stop_after,
             stop: Some(stop_on_signal()),
             max_memory: self.max_memory.map(|g| (g * (1u64 << 30) as f64) as u64),
+            report: !self.no_report,
         })
     }
 }

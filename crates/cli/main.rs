@@ -10,6 +10,7 @@
 //! tessera evaluate     top-1, top-5, per-class accuracy and confusion matrix
 //! tessera predict      the top classes of image files
 //! tessera convert      a PyTorch .pth as safetensors, read without running it
+//! tessera report       a run folder's HTML page (or several runs overlaid)
 //! ```
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ mod pretrain;
 mod probe;
 mod ranks;
 mod reconstruct;
+mod report;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
@@ -68,6 +70,9 @@ enum Command {
     /// Write a PyTorch .pth file's state dict (read without running its
     /// pickle) as safetensors.
     Convert(Box<convert::Args>),
+    /// Write a run's HTML report (curves, reconstructions, attention, k-NN,
+    /// fine-tuning accuracy), or several runs' overlaid.
+    Report(Box<report::Args>),
 }
 
 /// Clap's error as one line (its message is several: usage, hint): the first,
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
             Command::Evaluate(a) => finetune::evaluate_run(*a),
             Command::Predict(a) => finetune::predict_run(*a),
             Command::Convert(a) => convert::run(*a),
+            Command::Report(a) => report::run(*a),
         };
         match result {
             // A run a signal stopped (with its checkpoint) exits as a shell

@@ -193,24 +193,34 @@ pub fn run(mut args: Args) -> Result<()> {
         let (lin, nn) = score("raw pixels", &tr, &te)?;
         results.push(("raw pixels".into(), tr.dim, lin, nn));
     }
-    if args.json {
-        let rows: Vec<_> = results
+    let rows: Vec<_> = results
+        .iter()
+        .map(|(name, dim, lin, nn)| serde_json::json!({"features": name, "dim": dim, "linear_probe": lin, "knn": nn}))
+        .collect();
+    let summary = serde_json::json!({
+        "data": train_ds.name(),
+        "test_data": test_ds.name(),
+        "train": n_train,
+        "test": n_test,
+        "k": args.k,
+        "results": rows,
+    });
+    // Beside a run's checkpoint, for its report.
+    let dir = args.checkpoint.parent().filter(|d| {
+        [tessera_mim::run::folder::CONFIG, tessera_mim::run::folder::METRICS]
             .iter()
-            .map(|(name, dim, lin, nn)| {
-                serde_json::json!({"features": name, "dim": dim, "linear_probe": lin, "knn": nn})
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "data": train_ds.name(),
-                "test_data": test_ds.name(),
-                "train": n_train,
-                "test": n_test,
-                "k": args.k,
-                "results": rows,
-            })
-        );
+            .any(|f| d.join(f).exists())
+    });
+    let saved = match dir {
+        Some(d) => {
+            let path = d.join(tessera_mim::run::report::PROBE);
+            tessera_mim::io::safetensors::write_atomically(&path, summary.to_string().as_bytes())?;
+            Some(path)
+        }
+        None => None,
+    };
+    if args.json {
+        println!("{summary}");
     } else {
         println!(
             "trained on {} ({n_train} images), tested on {} ({n_test} images), {classes} classes",
@@ -226,6 +236,9 @@ pub fn run(mut args: Args) -> Result<()> {
         );
         for (name, dim, lin, nn) in &results {
             println!("{name:<30} {dim:>6} {:>13.2}% {:>11.2}%", 100.0 * lin, 100.0 * nn);
+        }
+        if let Some(p) = saved {
+            println!("results written to {} (for the run's report)", p.display());
         }
     }
     Ok(())

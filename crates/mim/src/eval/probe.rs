@@ -31,25 +31,29 @@ impl Features {
     }
 }
 
-/// Runs `f` on batches of the first `limit` images and gathers `(rows, dim)` outputs.
+/// The indices of the first `limit` images of `ds` (all without a limit).
+fn first(ds: &dyn Dataset, limit: Option<usize>) -> Vec<usize> {
+    (0..limit.map_or(ds.len(), |l| l.min(ds.len()))).collect()
+}
+
+/// Runs `f` on batches of the images `rows` of `ds` and gathers `(rows, dim)` outputs.
 fn collect(
     ds: &dyn Dataset,
     transform: &Transform,
     batch: usize,
-    limit: Option<usize>,
+    rows: &[usize],
     progress: &mut dyn FnMut(usize, usize),
     mut f: impl FnMut(&Tensor) -> Result<Tensor>,
 ) -> Result<Features> {
-    let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
+    let n = rows.len();
     if n == 0 {
         return Err(MimError::Input(format!("{} has no images", ds.name())));
     }
     let mut data = Vec::new();
     let mut labels = Vec::with_capacity(n);
     let mut dim = 0;
-    for start in (0..n).step_by(batch.max(1)) {
-        let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
-        let (imgs, lab) = load_batch(ds, &idx, transform, 0)?;
+    for idx in rows.chunks(batch.max(1)) {
+        let (imgs, lab) = load_batch(ds, idx, transform, 0)?;
         for (i, l) in idx.iter().zip(lab) {
             labels.push(l.ok_or_else(|| {
                 MimError::Input(format!(
@@ -77,7 +81,24 @@ pub fn encoder_features(
     limit: Option<usize>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Features> {
-    collect(ds, transform, batch, limit, progress, |imgs| model.features(imgs, pool))
+    collect(ds, transform, batch, &first(ds, limit), progress, |imgs| {
+        model.features(imgs, pool)
+    })
+}
+
+/// Frozen-encoder features of the images `rows` of `ds` (a fixed subset:
+/// the online k-NN of a pre-training run).
+pub fn encoder_features_of(
+    model: &MimModel,
+    ds: &dyn Dataset,
+    rows: &[usize],
+    transform: &Transform,
+    pool: Pool,
+    batch: usize,
+) -> Result<Features> {
+    collect(ds, transform, batch, rows, &mut |_, _| {}, |imgs| {
+        model.features(imgs, pool)
+    })
 }
 
 /// Mean-pooled and \[CLS\] features of the first `limit` images, both from one
@@ -90,7 +111,7 @@ pub fn encoder_features_mean_and_cls(
     limit: Option<usize>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Features, Features)> {
-    let both = collect(ds, transform, batch, limit, progress, |imgs| {
+    let both = collect(ds, transform, batch, &first(ds, limit), progress, |imgs| {
         let vit = model.encoder.vit().ok_or_else(|| {
             MimError::Input("mean and [CLS] features need a Vision Transformer (Swin has no [CLS])".into())
         })?;
@@ -118,7 +139,7 @@ pub fn pixel_features(
     limit: Option<usize>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Features> {
-    collect(ds, transform, 256, limit, progress, |imgs| {
+    collect(ds, transform, 256, &first(ds, limit), progress, |imgs| {
         let b = imgs.shape()[0];
         Ok(imgs.reshape(&[b as isize, -1])?)
     })

@@ -103,6 +103,7 @@ impl<'a> FinetuneRun<'a> {
                 seed: config.seed,
             }
             .steps_per_epoch() as u64,
+            out: self.options.out.clone(),
             last: None,
         };
         let end = train_loop(
@@ -164,6 +165,8 @@ struct Validation<'a> {
     batch: usize,
     limit: Option<usize>,
     steps_per_epoch: u64,
+    /// The run folder (its `validation.json`).
+    out: std::path::PathBuf,
     /// The last report.
     last: Option<EvalReport>,
 }
@@ -193,6 +196,9 @@ impl Extras<Finetuner> for Validation<'_> {
             metrics.line(
                 &serde_json::json!({"step": stats.step, "epoch": epoch, "val_top1": r.top1, "val_top5": r.top5}),
             )?;
+            // The whole report (its confusion matrix) for the run's report.
+            let json = serde_json::to_vec(&r).expect("a report serialises to JSON");
+            crate::io::safetensors::write_atomically(&self.out.join(crate::run::folder::VALIDATION), &json)?;
         }
         observer.evaluated(epoch, &r);
         self.last = Some(r);

@@ -35,6 +35,12 @@ pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
 /// The checkpoint's name.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// One line per start or resume of the run: step, data, CPU, threads.
+pub const SEGMENTS: &str = "segments.jsonl";
+/// The HTML report ([`crate::run::report`]).
+pub const REPORT: &str = "report.html";
+/// A fine-tuning run's last validation, with its confusion matrix.
+pub const VALIDATION: &str = "validation.json";
 
 /// The right to write one run folder, held until dropped (and released by
 /// the operating system if the process dies first).
@@ -181,7 +187,7 @@ pub(crate) fn check_config_is_ours(dir: &Path) -> Result<()> {
 }
 
 /// Removes a run's files from `dir`: its configuration, metrics,
-/// checkpoint and temporaries, and the `step-*.png` pictures of `folders`
+/// checkpoint, segments, report, validation and temporaries, and the `step-*.png` pictures of `folders`
 /// (each folder too, once empty). Anything else stays. Returns how many
 /// files went.
 pub(crate) fn remove_run(dir: &Path, folders: &[&str]) -> Result<usize> {
@@ -196,7 +202,7 @@ pub(crate) fn remove_run(dir: &Path, folders: &[&str]) -> Result<usize> {
             Err(e) => Err(io_err(path, e)),
         }
     };
-    for name in [CONFIG, METRICS, CHECKPOINT] {
+    for name in [CONFIG, METRICS, CHECKPOINT, SEGMENTS, REPORT, VALIDATION] {
         remove(&dir.join(name))?;
     }
     if let Ok(entries) = fs::read_dir(dir) {

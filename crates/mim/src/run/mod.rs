@@ -34,6 +34,7 @@
 pub mod finetune;
 pub mod folder;
 pub mod pretrain;
+pub mod report;
 
 use crate::data::Dataset;
 use crate::data::loader::{EpochSampler, load_batch};
@@ -43,7 +44,7 @@ use crate::eval::accuracy::EvalReport;
 use crate::io::safetensors::{remove_stale_temporaries, write_atomically};
 use crate::train::StepStats;
 use crate::train::distributed::{Communicator, check_agreement, fingerprint};
-use folder::{CHECKPOINT, CONFIG, METRICS, RunLock, check_config_is_ours, remove_run};
+use folder::{CHECKPOINT, CONFIG, METRICS, RunLock, SEGMENTS, check_config_is_ours, remove_run};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -77,11 +78,13 @@ pub struct RunOptions {
     /// Refuse a run whose estimated memory exceeds this many bytes (default:
     /// the memory the system reports available; see [`crate::train::memory`]).
     pub max_memory: Option<u64>,
+    /// Refresh `report.html` at every checkpoint ([`report`]; on by default).
+    pub report: bool,
 }
 
 impl RunOptions {
     /// Defaults: a fresh run, a checkpoint every 100 steps and every 5
-    /// minutes.
+    /// minutes, the report refreshed at each.
     pub fn new(out: impl Into<PathBuf>) -> RunOptions {
         RunOptions {
             out: out.into(),
@@ -92,6 +95,7 @@ impl RunOptions {
             stop_after: None,
             stop: None,
             max_memory: None,
+            report: true,
         }
     }
 
@@ -363,6 +367,7 @@ fn prepare_folder(opts: &RunOptions, folders: &[&str], start: u64, config_json: 
     // Resuming: metrics past the checkpoint (written after it, before an
     // interruption) would be written again; drop them, and any partial line.
     truncate_metrics(&opts.metrics(), start)?;
+    truncate_metrics(&opts.out.join(SEGMENTS), start)?;
     write_atomically(&opts.out.join(CONFIG), config_json.as_bytes())
 }
 
@@ -436,6 +441,22 @@ pub(crate) fn train_loop<S: Step>(
     let ended = (|| -> Result<LoopEnd> {
         prepare_folder(opts, extras.folders(), start, &config_json)?;
         let metrics = Metrics::open(opts.metrics())?;
+        let mut segments = Metrics::open(opts.out.join(SEGMENTS))?;
+        segments.line(&serde_json::json!({
+            "step": start,
+            "end": end,
+            "total_steps": total,
+            "data": train.name(),
+            "images": train.len(),
+            "cpu": cpu_name(),
+            "threads": rayon::current_num_threads(),
+            "ranks": comm.size(),
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            "version": env!("CARGO_PKG_VERSION"),
+        }))?;
+        segments.sync()?;
         observer.started(&RunStart {
             data_name: train.name(),
             train_images: train.len(),
@@ -471,6 +492,19 @@ pub(crate) fn train_loop<S: Step>(
             kept,
         }
     })
+}
+
+/// The CPU's model name (Linux's `/proc/cpuinfo`), or the architecture.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 /// The steps a loop runs, and (rank 0) where it writes.
@@ -586,6 +620,9 @@ fn steps<S: Step>(
                     metrics.sync()?;
                     step.save(&ckpt)?;
                     **saved = Some(stats.step);
+                    if opts.report {
+                        report::refresh(&opts.out)?;
+                    }
                     observer.checkpoint(&ckpt, stats.step);
                 }
             }

@@ -62,6 +62,37 @@ impl Default for Pictures {
     }
 }
 
+/// Representation quality during pre-training: a k-NN classifier on the
+/// frozen encoder's mean-pooled features every `every` steps (0: off), the
+/// InstDisc/DINO protocol — cosine similarity, the `k` nearest training
+/// features vote for their class with weight `exp(sim / temperature)`. The
+/// cost is bounded: the same `train` training images (the memory bank) and
+/// `test` test images each time, class-balanced and spread over the sets
+/// ([`picture_indices`]), features in batches. Each evaluation writes
+/// `{"step", "knn_top1", "knn_s", "knn_train", "knn_test"}` into
+/// `metrics.jsonl` (`knn_s`: the seconds it took).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OnlineKnn {
+    pub every: u64,
+    pub train: usize,
+    pub test: usize,
+    pub k: usize,
+    pub temperature: f32,
+}
+
+impl Default for OnlineKnn {
+    /// Off; when on, 1000 training and 500 test images, k = 20, T = 0.07.
+    fn default() -> Self {
+        OnlineKnn {
+            every: 0,
+            train: 1000,
+            test: 500,
+            k: 20,
+            temperature: 0.07,
+        }
+    }
+}
+
 /// A pre-training run: a [`Trainer`], its data and its output folder.
 pub struct PretrainRun<'a> {
     trainer: Trainer,
@@ -73,6 +104,8 @@ pub struct PretrainRun<'a> {
     pub augment: bool,
     /// The reconstruction pictures.
     pub pictures: Pictures,
+    /// The online k-NN (off by default).
+    pub knn: OnlineKnn,
 }
 
 impl<'a> PretrainRun<'a> {
@@ -138,6 +171,7 @@ impl<'a> PretrainRun<'a> {
             options,
             augment: true,
             pictures: Pictures::default(),
+            knn: OnlineKnn::default(),
         })
     }
 
@@ -185,7 +219,7 @@ impl<'a> PretrainRun<'a> {
         };
         let (images, _) = load_batch(self.test, &picture_indices(self.test, n), &eval, 0)?;
         let mask = Mask::sample(self.trainer.masking(), n, e.grid(), &mut MimRng::seed_from_u64(1234));
-        let mut pictures = PictureWriter {
+        let pictures = PictureWriter {
             images,
             mask,
             norm,
@@ -194,16 +228,22 @@ impl<'a> PretrainRun<'a> {
             root,
             last: None,
         };
+        let knn = if root && self.knn.every > 0 {
+            Some(KnnWatch::new(self.knn, self.train, self.test, eval.clone())?)
+        } else {
+            None
+        };
+        let mut extras = PretrainExtras { pictures, knn };
         let end = train_loop(
             &mut self.trainer,
             self.train,
             &train_t,
             &self.options,
-            &mut pictures,
+            &mut extras,
             observer,
         )?;
         Ok(RunEnd {
-            picture: pictures.last,
+            picture: extras.pictures.last,
             ..end.ended(&self.options)
         })
     }
@@ -288,6 +328,101 @@ impl Extras<Trainer> for PictureWriter {
             self.write(trainer, stats.step, observer)?;
         }
         Ok(())
+    }
+}
+
+/// The online k-NN of a run: its fixed subsets and settings (rank 0).
+struct KnnWatch<'a> {
+    cfg: OnlineKnn,
+    train: &'a dyn Dataset,
+    test: &'a dyn Dataset,
+    train_rows: Vec<usize>,
+    test_rows: Vec<usize>,
+    classes: usize,
+    transform: Transform,
+}
+
+impl<'a> KnnWatch<'a> {
+    fn new(cfg: OnlineKnn, train: &'a dyn Dataset, test: &'a dyn Dataset, transform: Transform) -> Result<Self> {
+        let classes = train.class_names().len();
+        if classes < 2 || test.class_names().len() != classes {
+            return Err(MimError::Input(format!(
+                "the online k-NN needs labelled data with the same classes in both splits; \
+                 {} has {} classes, {} has {}",
+                train.name(),
+                classes,
+                test.name(),
+                test.class_names().len()
+            )));
+        }
+        if cfg.k == 0
+            || cfg.train == 0
+            || cfg.test == 0
+            || cfg.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
+            return Err(MimError::Input(format!(
+                "the online k-NN needs k, subsets and a temperature above 0, got {cfg:?}"
+            )));
+        }
+        Ok(KnnWatch {
+            train_rows: picture_indices(train, cfg.train),
+            test_rows: picture_indices(test, cfg.test),
+            cfg,
+            train,
+            test,
+            classes,
+            transform,
+        })
+    }
+
+    /// Top-1 of the k-NN on the current encoder, and the seconds it took.
+    fn measure(&self, model: &MimModel) -> Result<(f32, f64)> {
+        use crate::eval::probe::{encoder_features_of, knn};
+        let t = std::time::Instant::now();
+        let pool = crate::config::Pool::Mean;
+        let bank = encoder_features_of(model, self.train, &self.train_rows, &self.transform, pool, 256)?;
+        let queries = encoder_features_of(model, self.test, &self.test_rows, &self.transform, pool, 256)?;
+        let top1 = knn(&bank, &queries, self.classes, self.cfg.k, self.cfg.temperature)?;
+        Ok((top1, t.elapsed().as_secs_f64()))
+    }
+}
+
+/// What a pre-training run adds to the loop: pictures and the online k-NN.
+struct PretrainExtras<'a> {
+    pictures: PictureWriter,
+    knn: Option<KnnWatch<'a>>,
+}
+
+impl Extras<Trainer> for PretrainExtras<'_> {
+    fn folders(&self) -> &[&str] {
+        self.pictures.folders()
+    }
+    fn before_checkpoint(
+        &mut self,
+        trainer: &Trainer,
+        stats: &StepStats,
+        metrics: Option<&mut crate::run::Metrics>,
+        _observer: &mut dyn Observer,
+    ) -> Result<()> {
+        if let (Some(watch), Some(metrics)) = (&self.knn, metrics)
+            && stats.step.is_multiple_of(watch.cfg.every)
+        {
+            let (top1, secs) = watch.measure(&trainer.model)?;
+            metrics.line(&serde_json::json!({
+                "step": stats.step,
+                "knn_top1": top1,
+                "knn_s": secs,
+                "knn_train": watch.train_rows.len(),
+                "knn_test": watch.test_rows.len(),
+            }))?;
+        }
+        Ok(())
+    }
+    fn after_checkpoint(&mut self, trainer: &Trainer, stats: &StepStats, observer: &mut dyn Observer) -> Result<()> {
+        self.pictures.after_checkpoint(trainer, stats, observer)
+    }
+    fn finish(&mut self, trainer: &Trainer, stats: &StepStats, observer: &mut dyn Observer) -> Result<()> {
+        self.pictures.finish(trainer, stats, observer)
     }
 }
 
