@@ -425,6 +425,87 @@ fn reconstruct_reads_image_files() {
     assert_eq!(image::open(&png).unwrap().height(), 100 + 4);
 }
 
+/// `attention` on tiny checkpoints: a ViT's rows are image | 2 heads |
+/// rollout, from --data and from a file; a Swin's image | 4 heads of the
+/// last stage | their mean. A missing checkpoint and an unreadable image are
+/// one-line errors naming the file.
+#[test]
+fn attention_writes_per_head_maps_and_rollout() {
+    let dir = tmp("attention");
+    pretrain(&dir, &["--steps", "1"]);
+    let ckpt = dir.join("checkpoint.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let png = dir.join("a.png");
+    let p = png.to_str().unwrap();
+    let out = ok(&[
+        "attention",
+        "--checkpoint",
+        c,
+        "--synthetic-len",
+        "96",
+        "--count",
+        "3",
+        "--out",
+        p,
+    ]);
+    assert!(out.contains("rollout") && out.contains("4x4 grid"), "{out}");
+    // 16-pixel panels upscaled 6× to 96, 4 panels per row, 3 rows, 4-pixel gaps.
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (4 * 100 + 4, 3 * 100 + 4));
+
+    let file = dir.join("picture.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]))
+        .save(&file)
+        .unwrap();
+    ok(&["attention", "--checkpoint", c, file.to_str().unwrap(), "--out", p]);
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (4 * 100 + 4, 100 + 4));
+
+    let missing = dir.join("missing.safetensors");
+    let e = fails(&["attention", "--checkpoint", missing.to_str().unwrap(), "--out", p]);
+    assert!(e.contains("missing.safetensors"), "{e}");
+    let bad = dir.join("broken.png");
+    std::fs::write(&bad, b"not a picture").unwrap();
+    let e = fails(&["attention", "--checkpoint", c, bad.to_str().unwrap(), "--out", p]);
+    assert!(e.contains("broken.png"), "{e}");
+
+    let swin = tmp("attention-swin");
+    let mut args = vec!["pretrain", "--out", swin.to_str().unwrap(), "--steps", "1"];
+    args.extend_from_slice(&[
+        "--encoder",
+        "swin",
+        "--img-size",
+        "16",
+        "--dim",
+        "16",
+        "--depths",
+        "2,1",
+        "--stage-heads",
+        "2,4",
+        "--window",
+        "4",
+        "--synthetic-len",
+        "96",
+        "--batch",
+        "8",
+        "--quiet",
+    ]);
+    ok(&args);
+    let s = swin.join("checkpoint.safetensors");
+    let out = ok(&[
+        "attention",
+        "--checkpoint",
+        s.to_str().unwrap(),
+        "--count",
+        "2",
+        "--out",
+        p,
+    ]);
+    assert!(out.contains("received") && out.contains("4x4 grid"), "{out}");
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (6 * 100 + 4, 2 * 100 + 4));
+}
+
 #[test]
 fn probe_prints_accuracies_with_baselines() {
     let dir = tmp("probe");

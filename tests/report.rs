@@ -181,6 +181,13 @@ fn a_short_runs_report_renders_every_section_in_a_browser() {
         assert!(figure.contains("class=\"resume\""), "{id}: the resume is drawn");
     }
     assert!(dom.contains("<table id=\"probe\""), "the probe's results");
+    // The latest attention maps, and the reconstructions of every other step.
+    let section = |id: &str| {
+        let at = dom.find(&format!("<section id=\"{id}\"")).unwrap();
+        &dom[at..at + dom[at..].find("</section>").unwrap()]
+    };
+    assert_eq!(section("attention").matches("<img").count(), 1);
+    assert_eq!(section("reconstructions").matches("<img").count(), 5);
     // Every picture decoded in the browser.
     let decoded = attrs(&dom, "data-decoded");
     assert_eq!(decoded.len(), pictures.len());

@@ -4,6 +4,7 @@
 //! tessera info         the model's shapes, parameters and FLOPs; a patched image
 //! tessera pretrain     MAE / SimMIM pre-training with checkpoints and reconstructions
 //! tessera reconstruct  four-panel reconstructions from a checkpoint
+//! tessera attention    per-head attention maps and rollout over images, from a checkpoint
 //! tessera probe        linear-probe and k-NN accuracy of the frozen encoder
 //! tessera bench        timed training steps, as one JSON line
 //! tessera finetune     supervised fine-tuning of a pre-trained encoder (MAE's recipe)
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod attention;
 mod bench;
 mod common;
 mod convert;
@@ -55,6 +57,10 @@ enum Command {
     /// Write original | masked | reconstruction | reconstruction + visible panels
     /// for images, from a checkpoint.
     Reconstruct(Box<reconstruct::Args>),
+    /// Write attention maps for images, from a checkpoint: per head the last
+    /// block's [CLS] attention and rollout (ViT), or the attention each token
+    /// receives in the last block (Swin), overlaid on each image.
+    Attention(Box<attention::Args>),
     /// Score the frozen encoder with a linear probe and k-NN on a test split.
     Probe(Box<probe::Args>),
     /// Time full training steps (forward, backward, AdamW) and print one JSON line.
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
             )))),
             Command::Info(a) => info::run(*a),
             Command::Reconstruct(a) => reconstruct::run(*a),
+            Command::Attention(a) => attention::run(*a),
             Command::Probe(a) => probe::run(*a),
             Command::Bench(a) => bench::run(*a),
             Command::Finetune(a) => finetune::run(*a),

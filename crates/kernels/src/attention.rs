@@ -7,6 +7,7 @@
 //!                   head h owns columns h·Dh .. (h+1)·Dh of each
 //! out (B, N, D)     head h's output in columns h·Dh .. (h+1)·Dh
 //! lse (B, H, N)     log Σ_j e^{S_ij} per query row, saved for the backward
+//! p   (B, H, N, N)  the probabilities themselves, from [`probabilities`] only
 //!
 //! per (b, h):  S = Q Kᵀ / √Dh + A   (N, N)   P = softmax_rows(S)   O = P V
 //! ```
@@ -20,6 +21,9 @@
 //! dQ += dS K / √Dh               dK += dSᵀ Q / √Dh
 //! dA[g] = Σ_{b ≡ g mod G} dS_b    (summed over images in a fixed order)
 //! ```
+//! [`probabilities`] writes `P` for inspection (attention maps) through the
+//! same logits ([`head_logits`]) and the same row softmax as the forward.
+//!
 //! One rayon task per (b, h); each task holds only its own head's `N × N`
 //! scores, and the products are strided views into `qkv`/`out` (no copies of
 //! Q, K, V). Tasks write disjoint columns, so the result is independent of
@@ -181,6 +185,32 @@ fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) ->
     MatRef::new(&qkv[off..], n, dims.dh(), 3 * d, 1)
 }
 
+/// The logits `S = scale·Q Kᵀ + A` of head `hi` of image `bi` into
+/// `scores (N, N)`, the products in `prec` on `isa` (the entry's): where the
+/// forward, the backward and [`probabilities`] all start.
+#[allow(clippy::too_many_arguments)]
+fn head_logits(
+    isa: Isa,
+    prec: Precision,
+    scores: &mut [f32], // (N, N)
+    qkv: &[f32],        // (B, N, 3·D)
+    bias: Option<&AttnBias>,
+    dims: &AttnDims,
+    bi: usize,
+    hi: usize,
+) {
+    let n = dims.n;
+    assert_eq!(scores.len(), n * n, "attention: a head's scores are (N {n}, N {n})");
+    let q = head(qkv, dims, bi, hi, 0);
+    let k = head(qkv, dims, bi, hi, 1);
+    // SAFETY: `isa` is the entry's (never above the CPU's); `scores` is an
+    // exclusive borrow of exactly N×N values, rows N apart.
+    unsafe { head_product(isa, operands(prec, dims.scale(), q, k.t(), 0.0), scores.as_mut_ptr(), n) };
+    if let Some(a) = bias {
+        add_in_place::run(isa, scores, a.head(dims, bi, hi));
+    }
+}
+
 /// The gradients [`backward`] writes (see [`GradOut`]): `dqkv (B, N, 3D)`,
 /// and `dbias (G, H, N, N)` when the bias's gradient is wanted.
 pub struct AttnGrads<'a> {
@@ -220,22 +250,13 @@ pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], b
         return;
     }
     let dh = dims.dh();
-    let scale = dims.scale();
     let out_ptr = SendPtr(out.as_mut_ptr());
     lse.par_chunks_mut(n).enumerate().for_each_init(
         || vec![0f32; n * n],
         |scores, (task, lse_row)| {
             let (bi, hi) = (task / h, task % h);
-            let q = head(qkv, &dims, bi, hi, 0);
-            let k = head(qkv, &dims, bi, hi, 1);
             let v = head(qkv, &dims, bi, hi, 2);
-            let s_ptr = scores.as_mut_ptr();
-            // SAFETY: `isa` is the entry's (never above the CPU's); `scores`
-            // is this task's own N×N buffer.
-            unsafe { head_product(isa, operands(prec, scale, q, k.t(), 0.0), s_ptr, n) };
-            if let Some(a) = &bias {
-                add_in_place::run(isa, scores, a.head(&dims, bi, hi));
-            }
+            head_logits(isa, prec, scores, qkv, bias.as_ref(), &dims, bi, hi);
             softmax_rows::run(isa, scores, lse_row);
             let p = MatRef::row_major(scores, n, n);
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
@@ -332,15 +353,11 @@ pub fn backward(
             let v = head(qkv, &dims, bi, hi, 2);
             let d_o = MatRef::new(&dout[bi * n * d + hi * dh..], n, dh, d, 1);
             let lse_rows = &lse[task * n..(task + 1) * n];
-            // P = exp(scale·Q Kᵀ − lse), recomputed.
-            // SAFETY: `p` and `dp` are this task's own N×N buffers.
-            unsafe { head_product(isa, operands(prec, scale, q, k.t(), 0.0), p.as_mut_ptr(), n) };
-            if let Some(a) = &bias {
-                add_in_place::run(isa, p, a.head(&dims, bi, hi));
-            }
+            // P = exp(scale·Q Kᵀ + A − lse), recomputed.
+            head_logits(isa, prec, p, qkv, bias.as_ref(), &dims, bi, hi);
             probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
-            // SAFETY: as above.
+            // SAFETY: `dp` is this task's own N×N buffer.
             unsafe { head_product(isa, operands(prec, 1.0, d_o, v.t(), 0.0), dp.as_mut_ptr(), n) };
             let base = dqkv_ptr;
             let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
@@ -392,6 +409,43 @@ pub fn backward(
     }
 }
 
+/// The probabilities `p (B, H, N, N)` of [`forward`]: per (b, h),
+/// `P = softmax_rows(scale·Q Kᵀ + A)` from `qkv (B, N, 3D)` and `bias`, the
+/// products in `prec`. The same logits and row softmax as the forward, so
+/// `P` is the matrix the forward multiplies `V` by (rows of a fully masked
+/// query are zeros). For inspection (attention maps); nothing is saved.
+pub fn probabilities(prec: Precision, p: &mut [f32], qkv: &[f32], bias: Option<AttnBias>, dims: AttnDims) {
+    let isa = crate::cpu::isa();
+    let AttnDims { b, n, d, h } = dims;
+    if let Some(a) = &bias {
+        a.check(&dims, "attention::probabilities");
+    }
+    assert_eq!(
+        qkv.len(),
+        b * n * 3 * d,
+        "attention::probabilities: qkv has {} values, want (B {b}, N {n}, 3·D {})",
+        qkv.len(),
+        3 * d
+    );
+    assert_eq!(
+        p.len(),
+        b * h * n * n,
+        "attention::probabilities: p has {} values, want (B {b}, H {h}, N {n}, N {n})",
+        p.len()
+    );
+    if p.is_empty() {
+        return;
+    }
+    p.par_chunks_mut(n * n).enumerate().for_each_init(
+        || vec![0f32; n], // this task's lse (N), not kept
+        |lse, (task, block)| {
+            let (bi, hi) = (task / h, task % h);
+            head_logits(isa, prec, block, qkv, bias.as_ref(), &dims, bi, hi);
+            softmax_rows::run(isa, block, lse);
+        },
+    );
+}
+
 /// Index-by-index loops in f64, storing the full probabilities.
 pub mod reference {
     use super::{AttnBias, AttnDims};
@@ -407,8 +461,9 @@ pub mod reference {
         })
     }
 
-    /// Probabilities `(B, H, N, N)`.
-    fn probs(qkv: &[f32], bias: Option<AttnBias>, dims: &AttnDims) -> Vec<f64> {
+    /// Probabilities `(B, H, N, N)`: `softmax_j(q_i·k_j/√Dh + A_ij)` per
+    /// image, head and query `i`, index by index.
+    pub fn probs(qkv: &[f32], bias: Option<AttnBias>, dims: &AttnDims) -> Vec<f64> {
         let (n, dh, scale) = (dims.n, dims.dh(), 1.0 / (dims.dh() as f64).sqrt());
         let mut p = vec![0f64; dims.b * dims.h * n * n];
         for b in 0..dims.b {
@@ -611,6 +666,36 @@ mod tests {
                     backward(Precision::F32, grads, &dout, &lse, &qkv, bias, dims);
                     let plus: Vec<f32> = want_b.iter().map(|v| v + 0.5).collect();
                     assert_close(&acc, &plus, 1e-4, &format!("dbias accumulated {dims:?} G {groups}"));
+                }
+            }
+        });
+    }
+
+    /// The probabilities against the index-by-index softmax of
+    /// `q·k/√Dh + A` on every path, odd sizes included, without a bias and
+    /// with one shared (G = 1) or per image (G = B); each row sums to 1.
+    #[test]
+    fn probabilities_match_a_direct_softmax() {
+        for_each_isa("attention probabilities", |_| {
+            for (s, dims) in cases().into_iter().enumerate() {
+                let qkv: Vec<f32> = random_vec(dims.b * dims.n * 3 * dims.d, 50 + s as u64)
+                    .iter()
+                    .map(|v| 2.0 * v)
+                    .collect();
+                for groups in [0, 1, dims.b] {
+                    let data: Vec<f32> = random_vec(groups * dims.h * dims.n * dims.n, 70 + s as u64)
+                        .iter()
+                        .map(|v| 3.0 * v)
+                        .collect();
+                    let bias = (groups > 0).then_some(AttnBias { data: &data, groups });
+                    let mut p = vec![f32::NAN; dims.b * dims.h * dims.n * dims.n];
+                    probabilities(Precision::F32, &mut p, &qkv, bias, dims);
+                    let want: Vec<f32> = reference::probs(&qkv, bias, &dims).iter().map(|&v| v as f32).collect();
+                    assert_close(&p, &want, 1e-5, &format!("probabilities {dims:?} G {groups}"));
+                    for row in p.chunks_exact(dims.n) {
+                        let sum: f32 = row.iter().sum();
+                        assert!((sum - 1.0).abs() < 1e-5, "{dims:?} G {groups}: a row sums to {sum}");
+                    }
                 }
             }
         });

@@ -177,6 +177,44 @@ fn biased_attention_on_odd_token_counts() {
     }
 }
 
+/// The probabilities the attention uses: `P·V` per head is its output, with
+/// and without a bias; a bias of the wrong shape is refused.
+#[test]
+fn attention_probabilities_times_v_is_the_output() {
+    for (b, n, d, h) in [(1, 1, 4, 2), (2, 5, 6, 3), (3, 7, 8, 2)] {
+        let qkv = param(&[b, n, 3 * d], 80 + n as u64);
+        let bias = param(&[b, h, n, n], 90 + n as u64);
+        for bias in [None, Some(&bias)] {
+            let p = qkv.attention_probabilities(h, bias).unwrap();
+            assert_eq!(p.shape(), &[b, h, n, n]);
+            let out = match bias {
+                Some(a) => qkv.attention_biased(h, a),
+                None => qkv.attention(h),
+            }
+            .unwrap()
+            .to_vec();
+            let (p, x, dh) = (p.to_vec(), qkv.to_vec(), d / h);
+            for bi in 0..b {
+                for hi in 0..h {
+                    for i in 0..n {
+                        for c in 0..dh {
+                            let pv: f32 = (0..n)
+                                .map(|j| {
+                                    p[((bi * h + hi) * n + i) * n + j] * x[(bi * n + j) * 3 * d + 2 * d + hi * dh + c]
+                                })
+                                .sum();
+                            let o = out[(bi * n + i) * d + hi * dh + c];
+                            assert!((pv - o).abs() < 1e-5, "({b}, {n}, {d}, {h}): {pv} vs {o}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let qkv = param(&[2, 3, 12], 1);
+    assert!(qkv.attention_probabilities(2, Some(&param(&[1, 2, 3, 4], 2))).is_err());
+}
+
 /// The gather's backward sums every use of a table row; composed with
 /// attention, as a block uses it (BEiT's index of a 2×3 grid with \[CLS\]).
 #[test]

@@ -1,10 +1,11 @@
 //! Pictures: images back from normalised tensors, reconstructions from
 //! predictions, the four-panel rows of MAE's demo, and the patched image (a picture cut
-//! into its patch grid).
+//! into its patch grid), and attention maps over their images.
 
 use crate::config::TargetConfig;
 use crate::data::Normalization;
 use crate::error::{MimError, Result, io_err};
+use crate::eval::attention::AttentionMaps;
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
 use crate::model::target::{Codebook, patch_stats};
@@ -261,6 +262,77 @@ pub fn render_rows(
     Ok(grid(&rows, 4))
 }
 
+/// A colour for `t ∈ [0, 1]`: blue, cyan, green, yellow, red (the middle
+/// of the "jet" scale, without its dark ends).
+fn heat(t: f32) -> [f32; 3] {
+    let u = 0.125 + 0.75 * t;
+    let ramp = |c: f32| (1.5 - (4.0 * u - c).abs()).clamp(0.0, 1.0);
+    [ramp(3.0), ramp(2.0), ramp(1.0)]
+}
+
+/// `map` (row-major on `grid`) over `img`: scaled to `[0, 1]` by its own
+/// minimum and maximum (a constant map is all 0), coloured by a heat scale
+/// and blended half and half with the image; each grid cell covers its
+/// block of pixels (nearest-neighbour upsampling).
+pub fn heat_overlay(img: &RgbImage, map: &[f32], grid: [usize; 2]) -> RgbImage {
+    assert_eq!(map.len(), grid[0] * grid[1], "heat_overlay: a map of {grid:?} cells");
+    let (lo, hi) = map.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
+    let span = hi - lo;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let cell = (y as usize * grid[0] / h) * grid[1] + x as usize * grid[1] / w;
+        let t = if span > 0.0 { (map[cell] - lo) / span } else { 0.0 };
+        let c = heat(t);
+        let p = img.get_pixel(x, y).0;
+        Rgb(std::array::from_fn(|k| {
+            (0.5 * p[k] as f32 + 0.5 * 255.0 * c[k]).round() as u8
+        }))
+    })
+}
+
+/// Attention maps as rows, one per image of `imgs (N, C, H, W)`: the image,
+/// then one panel per head, then the combined map (rollout for a ViT, the
+/// heads' mean for Swin), each map a [`heat_overlay`] on the image; every
+/// panel upscaled by `scale` (default: to at least 96 pixels), 4-pixel gaps.
+pub fn attention_rows(
+    maps: &AttentionMaps,
+    imgs: &Tensor,
+    norm: &Normalization,
+    scale: Option<u32>,
+) -> Result<RgbImage> {
+    let [n, c, h, w] = *imgs.shape() else {
+        return Err(MimError::Input(format!(
+            "images must be (N, C, H, W), got {:?}",
+            imgs.shape()
+        )));
+    };
+    if maps.images.len() != n {
+        return Err(MimError::Input(format!(
+            "{} images but attention maps of {}",
+            n,
+            maps.images.len()
+        )));
+    }
+    let factor = scale.unwrap_or_else(|| 96u32.div_ceil(h.min(w) as u32).max(1));
+    let data = imgs.data();
+    let rows: Vec<Vec<RgbImage>> = maps
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let img = to_rgb(&data[i * c * h * w..(i + 1) * c * h * w], c, h, w, norm);
+            let mut row = vec![upscale(&img, factor)];
+            for map in m.heads.iter().chain(std::iter::once(&m.combined)) {
+                row.push(upscale(&heat_overlay(&img, map, maps.grid), factor));
+            }
+            row
+        })
+        .collect();
+    Ok(grid(&rows, 4))
+}
+
 /// A confusion matrix `(K, K)` of counts as a picture: one 24-pixel cell per
 /// (true class row, predicted class column), shaded by the row's share (white
 /// 0 to dark blue 1), correct cells in green, a grey grid between cells.
@@ -293,6 +365,22 @@ pub fn confusion_matrix(counts: &[Vec<usize>]) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each grid cell covers its pixels; the map's maximum is red, its
+    /// minimum blue, both half blended with the image.
+    #[test]
+    fn heat_overlay_places_cells_and_scales_by_min_max() {
+        let img = RgbImage::from_pixel(4, 6, Rgb([100, 100, 100]));
+        // A 3×2 grid: cell (2, 1), bottom right, is the maximum.
+        let out = heat_overlay(&img, &[0.1, 0.1, 0.1, 0.1, 0.1, 0.7], [3, 2]);
+        assert_eq!(out.get_pixel(3, 5).0, [178, 50, 50]);
+        assert_eq!(out.get_pixel(2, 4).0, [178, 50, 50]);
+        assert_eq!(out.get_pixel(1, 5).0, [50, 50, 178]);
+        assert_eq!(out.get_pixel(3, 3).0, [50, 50, 178]);
+        // A constant map is all minimum.
+        let flat = heat_overlay(&img, &[2.0; 6], [3, 2]);
+        assert!(flat.pixels().all(|p| p.0 == [50, 50, 178]));
+    }
     use crate::config::PixelLoss;
 
     fn norm() -> Normalization {

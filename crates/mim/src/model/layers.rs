@@ -139,16 +139,26 @@ impl Attention {
         self.heads(x, bias)?
             .linear_residual(&self.proj.weight, self.proj.bias.as_ref(), residual)
     }
-    /// The heads' outputs before the projection, `(B, N, D)`.
-    fn heads(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let qkv = match (&self.q_bias, &self.v_bias) {
+    /// The probabilities `(B, H, N, N)` that [`Attention::forward`] takes
+    /// for `x (B, N, D)` and `bias`: row `i` of head `h` is how token `i`
+    /// spreads its attention over the tokens. No gradient.
+    pub fn probabilities(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.packed_qkv(x)?.attention_probabilities(self.num_heads, bias)
+    }
+    /// The packed projections `(B, N, 3D)` of `x (B, N, D)` (timm's layout).
+    pub fn packed_qkv(&self, x: &Tensor) -> Result<Tensor> {
+        match (&self.q_bias, &self.v_bias) {
             (Some(q), Some(v)) => {
                 // BEiT's (q_bias, 0, v_bias): the key's part is a constant.
                 let zeros = Tensor::new(vec![0.0; q.numel()], q.shape())?;
-                x.linear(&self.qkv.weight, Some(&Tensor::cat(&[q, &zeros, v], 0)?))?
+                x.linear(&self.qkv.weight, Some(&Tensor::cat(&[q, &zeros, v], 0)?))
             }
-            _ => self.qkv.forward(x)?, // (B, N, 3D)
-        };
+            _ => self.qkv.forward(x), // (B, N, 3D)
+        }
+    }
+    /// The heads' outputs before the projection, `(B, N, D)`.
+    fn heads(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let qkv = self.packed_qkv(x)?;
         match bias {
             Some(b) => qkv.attention_biased(self.num_heads, b),
             None => qkv.attention(self.num_heads),
@@ -340,6 +350,12 @@ impl Block {
             drop_path_scale(b, self.drop_path, rng)?,
         );
         self.forward_scaled(x, bias, Some((&scales.0, &scales.1)))
+    }
+
+    /// The attention probabilities `(B, H, N, N)` of this block for its
+    /// input `x (B, N, D)`: those of `attn(norm1(x))` with `bias`. No gradient.
+    pub fn attention_probabilities(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.attn.probabilities(&self.norm1.forward(x)?, bias)
     }
 
     /// The block with optional branch factors `(B, 1, 1)` for its two

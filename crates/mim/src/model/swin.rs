@@ -99,19 +99,9 @@ impl SwinBlock {
     /// are dropped at `drop_path` (drawn from `rng`).
     pub fn forward<R: Rng + ?Sized>(&self, x: &Tensor, drop_path: f32, train: bool, rng: &mut R) -> Result<Tensor> {
         let b = x.shape()[0];
-        let n = self.window * self.window;
         let windows = x.window_partition(self.window, self.shift)?; // (B·nW, N, C)
         let nw = windows.shape()[0] / b.max(1);
-        let table = self
-            .block
-            .attn
-            .relative_position_bias_table
-            .as_ref()
-            .expect("a Swin block has a relative table");
-        let mut bias = table.relpos_bias(&self.index, 1, n)?; // (1, H, N, N)
-        if let Some(m) = &self.mask {
-            bias = bias.add(m)?; // (nW, H, N, N): window k of every image uses group k
-        }
+        let bias = self.window_bias()?;
         let out = if train && drop_path > 0.0 {
             // One factor per image, repeated over its windows.
             let per_window = |rng: &mut R| -> Result<Tensor> {
@@ -125,6 +115,37 @@ impl SwinBlock {
             self.block.forward_scaled(&windows, Some(&bias), None)?
         };
         Ok(out.window_reverse(self.window, self.shift, self.grid)?)
+    }
+}
+
+impl SwinBlock {
+    /// The logits' bias of every window: the relative position bias
+    /// `(1, H, N, N)`, plus the shifted-window mask `(nW, 1, N, N)` when
+    /// shifted (then `(nW, H, N, N)`: window k of every image uses group k).
+    fn window_bias(&self) -> Result<Tensor> {
+        let n = self.window * self.window;
+        let table = self
+            .block
+            .attn
+            .relative_position_bias_table
+            .as_ref()
+            .expect("a Swin block has a relative table");
+        let bias = table.relpos_bias(&self.index, 1, n)?; // (1, H, N, N)
+        Ok(match &self.mask {
+            Some(m) => bias.add(m)?,
+            None => bias,
+        })
+    }
+
+    /// The attention probabilities of this block for `x (B, H, W, C)`:
+    /// `(B·nW, heads, N, N)`, window `k` of image `b` at row `b·nW + k`, its
+    /// tokens in window order after the cyclic shift (as
+    /// [`Tensor::window_partition`] lays them out). No gradient.
+    pub fn attention_probabilities(&self, x: &Tensor) -> Result<Tensor> {
+        let windows = x.window_partition(self.window, self.shift)?; // (B·nW, N, C)
+        Ok(self
+            .block
+            .attention_probabilities(&windows, Some(&self.window_bias()?))?)
     }
 }
 
@@ -428,6 +449,41 @@ impl SwinTransformer {
     /// `(B, H/s, W/s, C_last)` (channels last, `s` the total stride).
     /// With `ape`, the absolute position embedding is added first.
     pub fn stages<R: Rng + ?Sized>(&self, x: &Tensor, train: bool, rng: &mut R) -> Result<Tensor> {
+        self.stages_observed(x, train, rng, &mut |_, _, _| Ok(()))
+    }
+
+    /// The attention probabilities of the last block of the last stage,
+    /// `(B·nW, heads, N, N)` as [`SwinBlock::attention_probabilities`] gives
+    /// them, from a pass in evaluation mode over `imgs (B, C, H, W)`.
+    pub fn last_block_probabilities(&self, imgs: &Tensor) -> Result<Tensor> {
+        let (last_stage, last_block) = (
+            self.layers.len() - 1,
+            self.layers.last().map_or(0, |s| s.blocks.len().saturating_sub(1)),
+        );
+        let mut found = None;
+        tessera_tensor::no_grad(|| -> Result<()> {
+            let mut rng = <crate::rng::MimRng as rand::SeedableRng>::seed_from_u64(0);
+            let x = self.embed(imgs)?;
+            self.stages_observed(&x, false, &mut rng, &mut |stage, j, x| {
+                if (stage, j) == (last_stage, last_block) {
+                    found = Some(self.layers[stage].blocks[j].attention_probabilities(x)?);
+                }
+                Ok(())
+            })?;
+            Ok(())
+        })?;
+        Ok(found.expect("a Swin encoder has a block in its last stage"))
+    }
+
+    /// [`SwinTransformer::stages`], calling `observe(stage, block, input)`
+    /// before each block with the grid `(B, H, W, C)` that block is given.
+    fn stages_observed<R: Rng + ?Sized>(
+        &self,
+        x: &Tensor,
+        train: bool,
+        rng: &mut R,
+        observe: &mut dyn FnMut(usize, usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let b = x.shape()[0] as isize;
         let [h, w] = self.config.stage_grid(0);
         let x = match &self.absolute_pos_embed {
@@ -435,8 +491,9 @@ impl SwinTransformer {
             None => x.clone(),
         };
         let mut x = x.reshape(&[b, h as isize, w as isize, -1])?;
-        for stage in &self.layers {
-            for (block, &rate) in stage.blocks.iter().zip(&stage.drop_path) {
+        for (i, stage) in self.layers.iter().enumerate() {
+            for (j, (block, &rate)) in stage.blocks.iter().zip(&stage.drop_path).enumerate() {
+                observe(i, j, &x)?;
                 x = block.forward(&x, rate, train, rng)?;
             }
             if let Some(m) = &stage.downsample {

@@ -53,6 +53,9 @@ pub struct VisionTransformer {
     pub fc_norm: Option<LayerNorm>,
 }
 
+/// Called before each block of a pass with the block, its input and its bias.
+type BlockObserver<'a> = dyn FnMut(&Block, &Tensor, Option<&Tensor>) -> Result<()> + 'a;
+
 /// Which tokens a pass through the blocks holds (after \[CLS\]).
 #[derive(Clone, Copy, Debug)]
 pub enum Tokens<'a> {
@@ -220,6 +223,36 @@ impl VisionTransformer {
     /// Position dropout, the blocks and the final norm over `x (B, N, D)`,
     /// which holds \[CLS\] and then `tokens`.
     pub fn transform(&self, x: &Tensor, tokens: Tokens, train: bool, rng: &mut MimRng) -> Result<Tensor> {
+        self.transform_observed(x, tokens, train, rng, &mut |_, _, _| Ok(()))
+    }
+
+    /// The attention probabilities of every block, `depth` tensors
+    /// `(B, H, 1+L, 1+L)` (\[CLS\] first, then every patch), from a pass in
+    /// evaluation mode over `imgs (B, C, H, W)`. No gradient.
+    pub fn attention_probabilities(&self, imgs: &Tensor) -> Result<Vec<Tensor>> {
+        let mut probs = Vec::with_capacity(self.blocks.len());
+        tessera_tensor::no_grad(|| -> Result<()> {
+            let x = self.prepend_cls(&self.embed_patches(imgs)?)?;
+            let mut rng = MimRng::seed_from_u64(0); // evaluation draws nothing
+            self.transform_observed(&x, Tokens::All, false, &mut rng, &mut |block, x, bias| {
+                probs.push(block.attention_probabilities(x, bias)?);
+                Ok(())
+            })?;
+            Ok(())
+        })?;
+        Ok(probs)
+    }
+
+    /// [`VisionTransformer::transform`], calling `observe(block, input, bias)`
+    /// before each block with what that block's forward is given.
+    fn transform_observed(
+        &self,
+        x: &Tensor,
+        tokens: Tokens,
+        train: bool,
+        rng: &mut MimRng,
+        observe: &mut BlockObserver,
+    ) -> Result<Tensor> {
         let mut x = x.dropout(self.config.pos_drop, train, rng)?;
         let index = match self.config.rel_pos_bias {
             RelPosBias::None => None,
@@ -235,7 +268,9 @@ impl VisionTransformer {
                 (Some(t), Some((idx, g, n))) => Some(t.relpos_bias(idx, *g, *n)?),
                 _ => None,
             };
-            x = block.forward_train(&x, own.as_ref().or(shared.as_ref()), train, rng)?;
+            let bias = own.as_ref().or(shared.as_ref());
+            observe(block, &x, bias)?;
+            x = block.forward_train(&x, bias, train, rng)?;
         }
         Ok(match &self.norm {
             Some(norm) => norm.forward(&x)?,

@@ -26,7 +26,9 @@
 //!
 //! Besides what every run writes, a pre-training run writes
 //! `recon/step-NNNNNN.png`: fixed test images, masked and reconstructed,
-//! every [`Pictures::every`] steps and at the end.
+//! and `attention/step-NNNNNN.png`: the encoder's attention maps of the same
+//! images ([`crate::eval::attention`]), every [`Pictures::every`] steps and
+//! at the end.
 
 use crate::config::TargetConfig;
 use crate::data::Dataset;
@@ -37,6 +39,7 @@ use crate::io::picture::{NormPixView, render_rows, save_png};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
 use crate::rng::MimRng;
+use crate::run::report::ATTENTION;
 use crate::run::{Extras, Observer, RunEnd, RunOptions, Step, check_run_start, train_loop};
 use crate::train::StepStats;
 use crate::train::distributed::Communicator;
@@ -309,13 +312,17 @@ impl PictureWriter {
         save_png(&img, &path)?;
         observer.picture(&path, step);
         self.last = Some(path);
+        // What the encoder attends to in the same images, unmasked.
+        let maps = crate::eval::attention::encoder_attention(&trainer.model.encoder, &self.images)?;
+        let img = crate::io::picture::attention_rows(&maps, &self.images, &self.norm, None)?;
+        save_png(&img, &self.out.join(ATTENTION).join(format!("step-{step:06}.png")))?;
         Ok(())
     }
 }
 
 impl Extras<Trainer> for PictureWriter {
     fn folders(&self) -> &[&str] {
-        &["recon"]
+        &["recon", ATTENTION]
     }
     fn after_checkpoint(&mut self, trainer: &Trainer, stats: &StepStats, observer: &mut dyn Observer) -> Result<()> {
         if self.root && self.every > 0 && stats.step.is_multiple_of(self.every) {

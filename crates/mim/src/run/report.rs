@@ -194,6 +194,7 @@ fn render(runs: &[Run]) -> String {
     );
     summary(&mut h, runs);
     curves(&mut h, runs);
+    representation(&mut h, runs);
     pictures(
         &mut h,
         runs,
@@ -203,7 +204,6 @@ fn render(runs: &[Run]) -> String {
         8,
     );
     pictures(&mut h, runs, "attention", "Attention maps", |r| &r.attention, 1);
-    representation(&mut h, runs);
     if runs.iter().any(Run::is_finetune) {
         finetune(&mut h, runs);
     }
@@ -558,13 +558,7 @@ fn pictures(
             continue;
         }
         any = true;
-        let chosen: Vec<&(u64, PathBuf)> = if all.len() <= max {
-            all.iter().collect()
-        } else {
-            (0..max)
-                .map(|i| &all[(i * (all.len() - 1)).div_ceil(max - 1).min(all.len() - 1)])
-                .collect()
-        };
+        let chosen: Vec<&(u64, PathBuf)> = spread(all.len(), max).into_iter().map(|i| &all[i]).collect();
         let _ = writeln!(h, "<h3>{}</h3><div class=\"strip\">", esc(&r.name));
         for (step, path) in chosen {
             match std::fs::read(path) {
@@ -587,6 +581,17 @@ fn pictures(
         h.push_str("<p class=\"note\">None yet.</p>\n");
     }
     h.push_str("</section>\n");
+}
+
+/// At most `max` of the indices `0..len`, evenly spread, the last always
+/// in (and the first too when `max` ≥ 2).
+fn spread(len: usize, max: usize) -> Vec<usize> {
+    match (len, max) {
+        (0, _) | (_, 0) => Vec::new(),
+        _ if len <= max => (0..len).collect(),
+        (_, 1) => vec![len - 1],
+        _ => (0..max).map(|i| (i * (len - 1)).div_ceil(max - 1)).collect(),
+    }
 }
 
 // ------------------------------------------------------------- charts
@@ -821,6 +826,25 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(base64(input.as_bytes()), want);
+        }
+    }
+
+    #[test]
+    fn pictures_are_spread_with_the_last_in() {
+        assert_eq!(spread(0, 8), Vec::<usize>::new());
+        assert_eq!(spread(3, 8), [0, 1, 2]);
+        assert_eq!(spread(5, 1), [4]);
+        assert_eq!(spread(11, 3), [0, 5, 10]);
+        assert_eq!(spread(10, 4), [0, 3, 6, 9]);
+        for len in 1..40 {
+            for max in 1..10 {
+                let s = spread(len, max);
+                assert!(
+                    s.len() == len.min(max) && s.last() == Some(&(len - 1)),
+                    "{len} {max}: {s:?}"
+                );
+                assert!(s.windows(2).all(|w| w[0] < w[1]), "{len} {max}: {s:?}");
+            }
         }
     }
 

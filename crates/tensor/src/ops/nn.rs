@@ -384,8 +384,28 @@ impl Tensor {
         }))
     }
 
-    fn attention_impl(&self, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
-        let _timer = crate::profile::scope("attention", "forward");
+    /// The probabilities `(B, H, N, N)` of [`Tensor::attention`] (with
+    /// `bias`, of [`Tensor::attention_biased`]) for `self = qkv (B, N, 3·D)`:
+    /// `P[b, h] = softmax_rows(Q Kᵀ/√Dh + A)`, by the same kernel code as the
+    /// forward, products in f32. Row `i` is how query `i` spreads its
+    /// attention over the keys. For inspection: no gradient is recorded.
+    pub fn attention_probabilities(&self, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let dims = self.attention_dims(heads, bias)?;
+        let AttnDims { b, n, h, .. } = dims;
+        let mut p = crate::buffers::uninit(b * h * n * n); // every (b, h) block written
+        let bias_data = bias.map(|t| t.data());
+        let kbias = bias_data.as_ref().zip(bias).map(|(data, t)| AttnBias {
+            data,
+            groups: t.shape()[0],
+        });
+        kattn::probabilities(Precision::F32, &mut p, &self.data(), kbias, dims);
+        drop(bias_data);
+        Tensor::new(p, &[b, h, n, n])
+    }
+
+    /// Checks `self = qkv (B, N, 3·D)` and `bias (G, H, N, N)` for an
+    /// attention of `heads` heads.
+    fn attention_dims(&self, heads: usize, bias: Option<&Tensor>) -> Result<AttnDims> {
         let [b, n, d3] = *self.shape() else {
             return Err(shape_err(
                 "attention",
@@ -413,9 +433,15 @@ impl Tensor {
                 ));
             }
         }
-        let dims = AttnDims::new(b, n, d3 / 3, heads);
+        Ok(AttnDims::new(b, n, d3 / 3, heads))
+    }
+
+    fn attention_impl(&self, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _timer = crate::profile::scope("attention", "forward");
+        let dims = self.attention_dims(heads, bias)?;
+        let AttnDims { b, n, .. } = dims;
         // Per head Q·Kᵀ and P·V (2·N²·dh each); qkv read, the output written.
-        let d = (d3 / 3) as u64;
+        let d = dims.d as u64;
         crate::profile::work(4 * (b * n * n) as u64 * d, 4 * (b * n) as u64 * 4 * d);
         let mut out = crate::buffers::uninit(b * n * dims.d); // each head writes its columns (β = 0)
         let mut lse = vec![0f32; b * heads * n];

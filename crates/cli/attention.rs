@@ -1,0 +1,123 @@
+//! `tessera attention`: where a trained encoder looks.
+//!
+//! One PNG, one row per image: the image, then one panel per head, then a
+//! combined map, each map a heat overlay on the image (scaled by its own
+//! minimum and maximum). For a ViT the heads show the last block's \[CLS\]
+//! attention over the patches and the combined map is attention rollout
+//! across all blocks; for Swin the heads show the attention each token
+//! receives in the last block (the mean over its window's queries) and the
+//! combined map their mean. `tessera_mim::eval::attention` says exactly
+//! what each number is.
+
+use crate::common::{DataArgs, OfficialArgs};
+use crate::reconstruct::SplitArg;
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+use tessera_mim::Encoder;
+use tessera_mim::data::loader::{load_batch, load_images};
+use tessera_mim::data::transform::Transform;
+use tessera_mim::data::{Normalization, Split};
+use tessera_mim::eval::attention::{MapKind, encoder_attention};
+use tessera_mim::io::checkpoint::{load_classifier, load_model_hinted};
+use tessera_mim::io::picture::{attention_rows, save_png};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint: from `tessera pretrain` or `tessera finetune`, or a
+    /// released MAE/SimMIM/timm state dict in safetensors.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub official: OfficialArgs,
+    /// Image files (PNG/JPEG); without them, images of --data.
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Split of --data to take images from.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Number of images from --data.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Index of the first image from --data.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+    /// The PNG to write.
+    #[arg(long, default_value = "attention.png")]
+    pub out: PathBuf,
+    /// Integer upscaling of every panel (default: to at least 96 pixels).
+    #[arg(long)]
+    pub scale: Option<u32>,
+}
+
+/// The encoder of a pre-training checkpoint (or a released state dict), or
+/// else of a fine-tuned classifier, with the normalization its inputs take
+/// when they come from files (a classifier's own; ImageNet's otherwise, as
+/// `reconstruct` does).
+fn load_encoder(args: &Args) -> Result<(Encoder, Option<Normalization>)> {
+    match load_model_hinted(&args.checkpoint, None, &args.official.hints(), false) {
+        Ok(model) => Ok((model.encoder, None)),
+        Err(first) => match load_classifier(&args.checkpoint, &args.official.hints()) {
+            Ok((classifier, norm)) => Ok((classifier.encoder, Some(norm))),
+            // Neither: the pre-training loader's error says why.
+            Err(_) => Err(first.into()),
+        },
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (encoder, own_norm) = load_encoder(&args)?;
+    let e = match &encoder {
+        Encoder::Vit(v) => tessera_mim::EncoderConfig::Vit(v.config.clone()),
+        Encoder::Swin(s) => tessera_mim::EncoderConfig::Swin(s.config.clone()),
+    };
+    let (size, chans) = (e.img_size(), e.in_chans());
+    let (imgs, norm) = if args.images.is_empty() {
+        let split = if args.split == SplitArg::Test {
+            Split::Test
+        } else {
+            Split::Train
+        };
+        let ds = args.data.open(split, size, chans)?;
+        let norm = own_norm.unwrap_or_else(|| ds.normalization()).for_channels(chans);
+        if args.count == 0 || args.start >= ds.len() {
+            bail!(
+                "{} has {} images; --start {} --count {} selects none",
+                ds.name(),
+                ds.len(),
+                args.start,
+                args.count
+            );
+        }
+        let idx: Vec<usize> = (args.start..(args.start + args.count).min(ds.len())).collect();
+        (load_batch(ds.as_ref(), &idx, &Transform::eval(&e, &norm), 0)?.0, norm)
+    } else {
+        let norm = own_norm.unwrap_or_else(Normalization::imagenet).for_channels(chans);
+        (load_images(&args.images, &Transform::eval(&e, &norm))?, norm)
+    };
+    let n = imgs.shape()[0];
+    let maps = encoder_attention(&encoder, &imgs)?;
+    // Image, one panel per head, the combined map; 3 bytes a pixel.
+    let panels = maps.heads() as u128 + 2;
+    if let Some(scale) = args.scale {
+        let [h, w] = size;
+        let pixels = n as u128 * panels * (h as u128 * scale as u128 + 4) * (w as u128 * scale as u128 + 4);
+        tessera_mim::train::memory::check("this picture", 3 * pixels, None, "reduce --scale or --count")?;
+    }
+    let picture = attention_rows(&maps, &imgs, &norm, args.scale)?;
+    save_png(&picture, &args.out)?;
+    let what = match maps.kind {
+        MapKind::VitCls => "[CLS] attention of the last block per head, then rollout",
+        MapKind::SwinReceived => "attention received in the last block per head, then their mean",
+    };
+    println!(
+        "wrote {} ({} images, {}x{} px): image, {what}, on a {}x{} grid",
+        args.out.display(),
+        n,
+        picture.width(),
+        picture.height(),
+        maps.grid[0],
+        maps.grid[1]
+    );
+    Ok(())
+}
