@@ -916,6 +916,19 @@ fn finetune_evaluate_predict_on_a_labelled_folder() {
     let at = Path::new("c");
     assert_eq!(file.get("head.weight", at).unwrap().shape, [3, 32]);
     assert!(file.get("fc_norm.weight", at).is_ok() && file.get("norm.weight", at).is_err());
+    // The run's report: accuracy per epoch, and the last validation's confusion matrix.
+    let page = std::fs::read_to_string(ft.join("report.html")).unwrap();
+    for part in [
+        "id=\"finetune\"",
+        "id=\"plot-val_top1\"",
+        "id=\"epochs\"",
+        "id=\"confusion\"",
+    ] {
+        assert!(page.contains(part), "the fine-tuning report has no {part}");
+    }
+    let at = page.find("id=\"confusion\"").unwrap();
+    let grid = &page[at..at + page[at..].find("</figure>").unwrap()];
+    assert_eq!(grid.matches("<rect ").count(), 9, "a 3 × 3 confusion grid");
 
     let png = dir.join("confusion.png");
     let report = ok(&[

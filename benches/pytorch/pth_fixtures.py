@@ -13,7 +13,8 @@ so that CI needs no Python:
                    encoder of mae_tiny without its final norm, fc_norm, and a 5-class head
   evil.pth         a torch.save-shaped archive whose pickle calls os.system: refused
   variants.json    for each released variant below, its inputs and PyTorch's outputs
-                   (classifiers: probabilities; encoders: pooled features)
+                   (classifiers: probabilities; encoders: pooled features; and the
+                   BEiT classifier's last-block [CLS] attention)
   simmim_vit_nobias.pth  SimMIM's pre-training ViT (names under encoder.) built with
                    qkv_bias=False and use_mean_pooling=True: no qkv bias, no final norm,
                    encoder.fc_norm; a shared relative position bias, layer scale
@@ -129,7 +130,8 @@ class BeitAttention(torch.nn.Module):
             logits = logits + t.view(n, n, -1).permute(2, 0, 1)
         if shared_bias is not None:
             logits = logits + shared_bias
-        return self.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))
+        self.last_p = logits.softmax(-1)  # (B, H, N, N), for the attention-map fixture
+        return self.proj((self.last_p @ v).transpose(1, 2).reshape(b, n, d))
 
 
 class BeitBlock(torch.nn.Module):
@@ -248,6 +250,8 @@ def variants(out):
     torch.save({"model": ft.state_dict()}, os.path.join(out, "beit_vit_finetuned.pth"))
     with torch.no_grad():
         expected["beit_vit_finetuned"] = ft(x).flatten().tolist()
+    # Its last block's [CLS] attention over the patches, per image and head.
+    expected["beit_vit_finetuned_cls_attention"] = ft.blocks[-1].attn.last_p[:, :, 0, 1:].flatten().tolist()
 
     # timm's vit_*: learned positions (drawn at random here), [CLS] pooling.
     vit = MaskedAutoencoderViT(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,

@@ -18,13 +18,14 @@ use tessera_mim::data::loader::{load_batch, load_images};
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Normalization, Split};
 use tessera_mim::eval::attention::{MapKind, encoder_attention};
-use tessera_mim::io::checkpoint::{load_classifier, load_model_hinted};
+use tessera_mim::io::checkpoint::{is_classifier, load_classifier, load_model_hinted};
 use tessera_mim::io::picture::{attention_rows, save_png};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Checkpoint: from `tessera pretrain` or `tessera finetune`, or a
-    /// released MAE/SimMIM/timm state dict in safetensors.
+    /// released MAE/SimMIM/BEiT/timm state dict or classifier (`.pth` or
+    /// safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
@@ -55,14 +56,17 @@ pub struct Args {
 /// when they come from files (a classifier's own; ImageNet's otherwise, as
 /// `reconstruct` does).
 fn load_encoder(args: &Args) -> Result<(Encoder, Option<Normalization>)> {
-    match load_model_hinted(&args.checkpoint, None, &args.official.hints(), false) {
-        Ok(model) => Ok((model.encoder, None)),
-        Err(first) => match load_classifier(&args.checkpoint, &args.official.hints()) {
-            Ok((classifier, norm)) => Ok((classifier.encoder, Some(norm))),
-            // Neither: the pre-training loader's error says why.
-            Err(_) => Err(first.into()),
-        },
+    let file = tessera_mim::io::safetensors::TensorFile::load(&args.checkpoint)?;
+    // A classifier's own normalisation comes with it; a pre-training
+    // checkpoint's images are the data set's.
+    if is_classifier(&file) {
+        drop(file);
+        let (classifier, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
+        return Ok((classifier.encoder, Some(norm)));
     }
+    drop(file);
+    let model = load_model_hinted(&args.checkpoint, None, &args.official.hints(), false)?;
+    Ok((model.encoder, None))
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -255,3 +255,21 @@ fn released_classifiers_serve_as_encoders() {
         }
     }
 }
+
+/// The attention maps of a BEiT-style ViT (relative tables per block, q/v
+/// biases, layer scale) are the probabilities PyTorch's attention computes:
+/// the last block's [CLS] row over the patches, per image and head.
+#[test]
+fn a_beit_vits_attention_maps_are_pytorchs() {
+    use tessera_mim::io::checkpoint::load_classifier;
+    use tessera_mim::io::official::ModelHints;
+    let (model, _) = load_classifier(&fixture("beit_vit_finetuned.pth"), &ModelHints::default()).unwrap();
+    let vit = model.encoder.vit().unwrap();
+    let maps = tessera_mim::eval::attention::vit_attention(vit, &variant_input()).unwrap();
+    let got: Vec<f32> = maps
+        .images
+        .iter()
+        .flat_map(|m| m.heads.iter().flatten().copied())
+        .collect();
+    assert_close(&got, &variant("beit_vit_finetuned_cls_attention"), "[CLS] attention");
+}
