@@ -9,14 +9,11 @@
 //! combined map their mean. `tessera_mim::eval::attention` says exactly
 //! what each number is.
 
-use crate::common::{DataArgs, OfficialArgs};
-use crate::reconstruct::SplitArg;
-use anyhow::{Result, bail};
+use crate::common::{ImageArgs, OfficialArgs};
+use anyhow::Result;
 use std::path::PathBuf;
 use tessera_mim::Encoder;
-use tessera_mim::data::loader::{load_batch, load_images};
-use tessera_mim::data::transform::Transform;
-use tessera_mim::data::{Normalization, Split};
+use tessera_mim::data::Normalization;
 use tessera_mim::eval::attention::{MapKind, encoder_attention};
 use tessera_mim::io::checkpoint::{is_classifier, load_classifier, load_model_hinted};
 use tessera_mim::io::picture::{attention_rows, save_png};
@@ -30,19 +27,8 @@ pub struct Args {
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub official: OfficialArgs,
-    /// Image files (PNG/JPEG); without them, images of --data.
-    pub images: Vec<PathBuf>,
     #[command(flatten)]
-    pub data: DataArgs,
-    /// Split of --data to take images from.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: SplitArg,
-    /// Number of images from --data.
-    #[arg(long, default_value_t = 8)]
-    pub count: usize,
-    /// Index of the first image from --data.
-    #[arg(long, default_value_t = 0)]
-    pub start: usize,
+    pub input: ImageArgs,
     /// The PNG to write.
     #[arg(long, default_value = "attention.png")]
     pub out: PathBuf,
@@ -75,36 +61,13 @@ pub fn run(args: Args) -> Result<()> {
         Encoder::Vit(v) => tessera_mim::EncoderConfig::Vit(v.config.clone()),
         Encoder::Swin(s) => tessera_mim::EncoderConfig::Swin(s.config.clone()),
     };
-    let (size, chans) = (e.img_size(), e.in_chans());
-    let (imgs, norm) = if args.images.is_empty() {
-        let split = if args.split == SplitArg::Test {
-            Split::Test
-        } else {
-            Split::Train
-        };
-        let ds = args.data.open(split, size, chans)?;
-        let norm = own_norm.unwrap_or_else(|| ds.normalization()).for_channels(chans);
-        if args.count == 0 || args.start >= ds.len() {
-            bail!(
-                "{} has {} images; --start {} --count {} selects none",
-                ds.name(),
-                ds.len(),
-                args.start,
-                args.count
-            );
-        }
-        let idx: Vec<usize> = (args.start..(args.start + args.count).min(ds.len())).collect();
-        (load_batch(ds.as_ref(), &idx, &Transform::eval(&e, &norm), 0)?.0, norm)
-    } else {
-        let norm = own_norm.unwrap_or_else(Normalization::imagenet).for_channels(chans);
-        (load_images(&args.images, &Transform::eval(&e, &norm))?, norm)
-    };
+    let (imgs, norm) = args.input.load(&e, own_norm)?;
     let n = imgs.shape()[0];
     let maps = encoder_attention(&encoder, &imgs)?;
     // Image, one panel per head, the combined map; 3 bytes a pixel.
     let panels = maps.heads() as u128 + 2;
     if let Some(scale) = args.scale {
-        let [h, w] = size;
+        let [h, w] = e.img_size();
         let pixels = n as u128 * panels * (h as u128 * scale as u128 + 4) * (w as u128 * scale as u128 + 4);
         tessera_mim::train::memory::check("this picture", 3 * pixels, None, "reduce --scale or --count")?;
     }

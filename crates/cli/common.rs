@@ -1048,3 +1048,74 @@ mod tests {
         assert!(typed.given() && !unset.given());
     }
 }
+
+/// A data set's split, as an option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+impl SplitArg {
+    pub fn split(self) -> Split {
+        match self {
+            SplitArg::Train => Split::Train,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+/// The images a picture command draws: files, or a run of a data set's split.
+#[derive(clap::Args, Debug)]
+pub struct ImageArgs {
+    /// Image files (PNG/JPEG); without them, images of --data.
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Split of --data to take images from.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Number of images from --data.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Index of the first image from --data.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+}
+
+impl ImageArgs {
+    /// The images `(N, C, H, W)` for `encoder`, normalised with `norm` if
+    /// given, else the data set's statistics (files: ImageNet's, as for
+    /// folders), and the statistics used.
+    pub fn load(
+        &self,
+        encoder: &tessera_mim::EncoderConfig,
+        norm: Option<tessera_mim::data::Normalization>,
+    ) -> Result<(tessera_tensor::Tensor, tessera_mim::data::Normalization)> {
+        use tessera_mim::data::loader::{load_batch, load_images};
+        use tessera_mim::data::transform::Transform;
+        let (size, chans) = (encoder.img_size(), encoder.in_chans());
+        if !self.images.is_empty() {
+            let norm = norm
+                .unwrap_or_else(tessera_mim::data::Normalization::imagenet)
+                .for_channels(chans);
+            return Ok((load_images(&self.images, &Transform::eval(encoder, &norm))?, norm));
+        }
+        let ds = self.data.open(self.split.split(), size, chans)?;
+        let norm = norm.unwrap_or_else(|| ds.normalization()).for_channels(chans);
+        if self.count == 0 || self.start >= ds.len() {
+            bail!(
+                "{} has {} images; --start {} --count {} selects none",
+                ds.name(),
+                ds.len(),
+                self.start,
+                self.count
+            );
+        }
+        let idx: Vec<usize> = (self.start..(self.start + self.count).min(ds.len())).collect();
+        Ok((
+            load_batch(ds.as_ref(), &idx, &Transform::eval(encoder, &norm), 0)?.0,
+            norm,
+        ))
+    }
+}

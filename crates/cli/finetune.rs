@@ -3,10 +3,10 @@
 //! what the resulting classifier does on a test split or on image files.
 
 use crate::common::{
-    DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, Progress, RunArgs, already_done, printable, report_end,
+    DataArgs, ModelArgs, OfficialArgs, PoolArg, PrecisionArg, Progress, RunArgs, SplitArg, already_done, printable,
+    report_end,
 };
 use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use rand::SeedableRng;
 use std::path::PathBuf;
@@ -352,12 +352,6 @@ fn recipe(args: &Args, model: ClassifierConfig, train: &dyn Dataset) -> Result<F
 
 // ------------------------------------------------------------ evaluate
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Test,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct EvaluateArgs {
     /// A fine-tuned checkpoint: Tessera's, or a released classifier (MAE's,
@@ -392,10 +386,7 @@ pub fn evaluate_run(args: EvaluateArgs) -> Result<()> {
     let (model, norm) = classifier(&args.checkpoint, &args.official, args.class_names.as_deref())?;
     let e = &model.config.encoder;
     let (size, chans) = (e.img_size(), e.in_chans());
-    let split = match args.split {
-        SplitArg::Train => Split::Train,
-        SplitArg::Test => Split::Test,
-    };
+    let split = args.split.split();
     let ds = args.data.open(split, size, chans)?;
     check_labelled(ds.as_ref(), model.config.num_classes)
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;

@@ -9,14 +9,11 @@
 //! (1 = hidden) and the model inputs `images (N, C, H, W)` as safetensors, to
 //! compare number by number with PyTorch.
 
-use crate::common::{DataArgs, EncoderArg, MaskArgs, OfficialArgs, check_encoder};
+use crate::common::{EncoderArg, ImageArgs, MaskArgs, OfficialArgs, check_encoder};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
-use tessera_mim::data::loader::{load_batch, load_images};
-use tessera_mim::data::transform::Transform;
-use tessera_mim::data::{Normalization, Split};
 use tessera_mim::io::checkpoint::{load_model_hinted, train_config};
 use tessera_mim::io::picture::{NormPixView, render_rows, save_png};
 use tessera_mim::io::safetensors::TensorFile;
@@ -42,19 +39,8 @@ pub struct Args {
     /// The encoder family the checkpoint must hold (default: whichever it holds).
     #[arg(long, value_enum)]
     pub encoder: Option<EncoderArg>,
-    /// Image files (PNG/JPEG) to reconstruct; without them, images of --data.
-    pub images: Vec<PathBuf>,
     #[command(flatten)]
-    pub data: DataArgs,
-    /// Split of --data to take images from.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: SplitArg,
-    /// Number of images from --data.
-    #[arg(long, default_value_t = 8)]
-    pub count: usize,
-    /// Index of the first image from --data.
-    #[arg(long, default_value_t = 0)]
-    pub start: usize,
+    pub input: ImageArgs,
     #[command(flatten)]
     pub mask: MaskArgs,
     /// Take the mask from a safetensors file holding `mask (N, L)`, 1 = hidden.
@@ -75,12 +61,6 @@ pub struct Args {
     /// Integer upscaling of every panel (default: to at least 96 pixels).
     #[arg(long)]
     pub scale: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Test,
 }
 
 fn load_mask_file(path: &Path, n: usize, l: usize) -> Result<Mask> {
@@ -107,31 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     let trained_masking =
         train_config(&args.checkpoint)?.map_or(tessera_mim::MaskingConfig::Random { ratio: 0.75 }, |c| c.masking);
     let e = model.config.encoder.clone();
-    let (size, chans) = (e.img_size(), e.in_chans());
-    let (imgs, norm) = if args.images.is_empty() {
-        let split = if args.split == SplitArg::Test {
-            Split::Test
-        } else {
-            Split::Train
-        };
-        let ds = args.data.open(split, size, chans)?;
-        let norm = ds.normalization().for_channels(chans);
-        if args.count == 0 || args.start >= ds.len() {
-            bail!(
-                "{} has {} images; --start {} --count {} selects none",
-                ds.name(),
-                ds.len(),
-                args.start,
-                args.count
-            );
-        }
-        let idx: Vec<usize> = (args.start..(args.start + args.count).min(ds.len())).collect();
-        (load_batch(ds.as_ref(), &idx, &Transform::eval(&e, &norm), 0)?.0, norm)
-    } else {
-        // Files have no data set: use ImageNet statistics, as for folders.
-        let norm = Normalization::imagenet().for_channels(chans);
-        (load_images(&args.images, &Transform::eval(&e, &norm))?, norm)
-    };
+    let (imgs, norm) = args.input.load(&e, None)?;
     let n = imgs.shape()[0];
     let mask = match &args.mask_file {
         Some(p) => load_mask_file(p, n, e.num_patches())?,
