@@ -151,6 +151,23 @@ fn a_short_runs_report_renders_every_section_in_a_browser() {
         image::load_from_memory(&decode_base64(b64)).expect("an embedded picture decodes");
     }
 
+    // Two runs overlaid on shared axes, each its own curve.
+    let other = dir.join("other");
+    let mut args: Vec<&str> = vec!["pretrain"];
+    let o = other.to_str().unwrap();
+    for (i, a) in common.iter().enumerate() {
+        args.push(if i > 0 && common[i - 1] == "--out" { o } else { a });
+    }
+    args.extend_from_slice(&["--mask-ratio", "0.5"]);
+    tessera(&args);
+    let both = dir.join("both.html");
+    let said = tessera(&["report", r, o, "--out", both.to_str().unwrap()]);
+    assert!(said.contains("2 runs"), "{said}");
+    let page_both = std::fs::read_to_string(&both).unwrap();
+    let at = page_both.find("id=\"plot-loss\"").unwrap();
+    let figure = &page_both[at..at + page_both[at..].find("</figure>").unwrap()];
+    assert_eq!(attrs(figure, "data-run"), ["run", "other"], "one curve per run");
+
     let Some(browser) = chromium() else {
         eprintln!("skipped: no Chromium (install Debian's chromium, or set TESSERA_CHROMIUM)");
         return;

@@ -572,7 +572,6 @@ fn steps<S: Step>(
             let (images, labels) = loaded?;
             let stats = step.train(&images, &labels)?;
             let dt = tick.elapsed().as_secs_f64();
-            tick = Instant::now();
             let ips = batch as f64 / dt;
             let r = rate.map_or(ips, |r| 0.9 * r + 0.1 * ips);
             rate = Some(r);
@@ -627,6 +626,9 @@ fn steps<S: Step>(
                 }
             }
             extras.after_checkpoint(step, &stats, observer)?;
+            // A step's images/s is its loading wait and training alone: the
+            // checkpoint, pictures, k-NN and report just written are not.
+            tick = Instant::now();
             last = Some(stats);
             if stop_now && stats.step < end {
                 // Dropping the receiver ends the loader thread.

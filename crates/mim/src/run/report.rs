@@ -360,6 +360,26 @@ fn format_seconds(s: f64) -> String {
     }
 }
 
+/// One series per run: `key` against `x` over the lines `lines` picks,
+/// with the run's resumes marked if `resumes`.
+fn per_run(
+    runs: &[Run],
+    lines: impl Fn(&Run) -> &[serde_json::Value],
+    x: &str,
+    key: &str,
+    resumes: bool,
+) -> Vec<Series> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, r)| Series {
+            label: r.name.clone(),
+            colour: colour(i),
+            points: r.series(lines(r), x, key),
+            resumes: if resumes { r.resumes() } else { Vec::new() },
+        })
+        .collect()
+}
+
 fn curves(h: &mut String, runs: &[Run]) {
     section_start(h, "curves", "Training curves");
     h.push_str("<div class=\"plots\">\n");
@@ -369,16 +389,7 @@ fn curves(h: &mut String, runs: &[Run]) {
         ("grad_norm", "gradient norm"),
         ("images_per_s", "images/s"),
     ] {
-        let series: Vec<Series> = runs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Series {
-                label: r.name.clone(),
-                colour: colour(i),
-                points: r.series(&r.steps, "step", key),
-                resumes: r.resumes(),
-            })
-            .collect();
+        let series = per_run(runs, |r| &r.steps, "step", key, true);
         let log = key == "loss" || key == "grad_norm";
         chart(h, &format!("plot-{key}"), title, "step", &series, log);
     }
@@ -387,16 +398,7 @@ fn curves(h: &mut String, runs: &[Run]) {
 
 fn representation(h: &mut String, runs: &[Run]) {
     section_start(h, "representation", "Representation quality");
-    let series: Vec<Series> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Series {
-            label: r.name.clone(),
-            colour: colour(i),
-            points: r.series(&r.knn, "step", "knn_top1"),
-            resumes: r.resumes(),
-        })
-        .collect();
+    let series = per_run(runs, |r| &r.knn, "step", "knn_top1", true);
     if series.iter().any(|s| !s.points.is_empty()) {
         h.push_str("<div class=\"plots\">\n");
         chart(
@@ -448,16 +450,7 @@ fn finetune(h: &mut String, runs: &[Run]) {
     section_start(h, "finetune", "Fine-tuning");
     h.push_str("<div class=\"plots\">\n");
     for (key, title) in [("val_top1", "validation top-1"), ("val_top5", "validation top-5")] {
-        let series: Vec<Series> = runs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Series {
-                label: r.name.clone(),
-                colour: colour(i),
-                points: r.series(&r.validation_lines, "epoch", key),
-                resumes: Vec::new(),
-            })
-            .collect();
+        let series = per_run(runs, |r| &r.validation_lines, "epoch", key, false);
         chart(h, &format!("plot-{key}"), title, "epoch", &series, false);
     }
     h.push_str("</div>\n<table id=\"epochs\"><tr><th>run</th><th>epoch</th><th>top-1</th><th>top-5</th></tr>\n");
