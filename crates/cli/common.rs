@@ -552,7 +552,7 @@ pub enum PoolArg {
     /// Mean of the patch tokens (a ViT classifier adds its own LayerNorm,
     /// MAE's global_pool; Swin: the mean of its last stage).
     Mean,
-    /// The \[CLS\] token after the final norm (ViT only).
+    /// The CLS token after the final norm (ViT only).
     Cls,
 }
 

@@ -58,7 +58,7 @@ enum Command {
     /// for images, from a checkpoint.
     Reconstruct(Box<reconstruct::Args>),
     /// Write attention maps for images, from a checkpoint: per head the last
-    /// block's [CLS] attention and rollout (ViT), or the attention each token
+    /// block's CLS-token attention and rollout (ViT), or the attention each token
     /// receives in the last block (Swin), overlaid on each image.
     Attention(Box<attention::Args>),
     /// Score the frozen encoder with a linear probe and k-NN on a test split.

@@ -22,7 +22,7 @@
 //! dA[g] = Σ_{b ≡ g mod G} dS_b    (summed over images in a fixed order)
 //! ```
 //! [`probabilities`] writes `P` for inspection (attention maps) through the
-//! same logits ([`head_logits`]) and the same row softmax as the forward.
+//! same logits (`head_logits`) and the same row softmax as the forward.
 //!
 //! One rayon task per (b, h); each task holds only its own head's `N × N`
 //! scores, and the products are strided views into `qkv`/`out` (no copies of
