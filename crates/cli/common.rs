@@ -943,6 +943,10 @@ impl Observer for Progress {
             100.0 * r.top5
         ));
     }
+    fn knn(&mut self, step: u64, top1: f32) {
+        self.bar
+            .println(format!("step {step}: k-NN top-1 {:.1}%", 100.0 * top1));
+    }
 }
 
 /// The progress bar of a training run: elapsed time, steps, a message

@@ -370,6 +370,7 @@ struct Seen {
     checkpoints: Vec<u64>,
     pictures: Vec<u64>,
     evaluated: Vec<u64>,
+    knn: Vec<(u64, f32)>,
 }
 
 impl tessera_mim::run::Observer for Seen {
@@ -389,6 +390,62 @@ impl tessera_mim::run::Observer for Seen {
     fn evaluated(&mut self, epoch: u64, _: &tessera_mim::eval::accuracy::EvalReport) {
         self.evaluated.push(epoch);
     }
+    fn knn(&mut self, step: u64, top1: f32) {
+        self.knn.push((step, top1));
+    }
+}
+
+/// The online k-NN: every `every` steps, on the fixed subsets, into the
+/// metrics and to the observer, the same numbers; refused on unlabelled
+/// data or with k = 0, before anything is written.
+#[test]
+fn the_online_knn_measures_every_n_steps() {
+    use tessera_mim::data::Split;
+    use tessera_mim::data::synthetic::SyntheticDataset;
+    use tessera_mim::run::RunOptions;
+    use tessera_mim::run::pretrain::{OnlineKnn, PretrainRun};
+    let train = SyntheticDataset::new(48, [16, 16], 3, 0, Split::Train).unwrap();
+    let test = SyntheticDataset::new(24, [16, 16], 3, 0, Split::Test).unwrap();
+    let dir = tmp("online-knn");
+    let mut run = PretrainRun::new(config(4), &train, &test, RunOptions::new(&dir)).unwrap();
+    run.knn = OnlineKnn {
+        every: 2,
+        train: 30,
+        test: 20,
+        ..OnlineKnn::default()
+    };
+    let mut seen = Seen::default();
+    run.run(&mut seen).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("knn_top1").is_some())
+        .collect();
+    let written: Vec<(u64, f32)> = lines
+        .iter()
+        .map(|v| (v["step"].as_u64().unwrap(), v["knn_top1"].as_f64().unwrap() as f32))
+        .collect();
+    assert_eq!(written, seen.knn);
+    assert_eq!(seen.knn.iter().map(|k| k.0).collect::<Vec<_>>(), [2, 4]);
+    for v in &lines {
+        assert_eq!((v["knn_train"].as_u64(), v["knn_test"].as_u64()), (Some(30), Some(20)));
+        assert!(v["knn_s"].as_f64().unwrap() >= 0.0);
+        let top1 = v["knn_top1"].as_f64().unwrap();
+        // 20 test images: a multiple of 1/20.
+        assert!((top1 * 20.0 - (top1 * 20.0).round()).abs() < 1e-4, "{top1}");
+    }
+    // k = 0 is refused by name, and the folder keeps nothing of the run.
+    let bad = tmp("online-knn-bad");
+    let mut run = PretrainRun::new(config(4), &train, &test, RunOptions::new(&bad)).unwrap();
+    run.knn = OnlineKnn {
+        every: 2,
+        k: 0,
+        ..OnlineKnn::default()
+    };
+    let e = run.run(&mut ()).err().unwrap().to_string();
+    assert!(e.contains("k-NN"), "{e}");
+    assert!(!bad.join("metrics.jsonl").exists());
 }
 
 /// Pre-training as a library call: the observer sees every step, checkpoint

@@ -151,6 +151,8 @@ pub trait Observer {
     fn picture(&mut self, _path: &Path, _step: u64) {}
     /// Fine-tuning: after each epoch's validation.
     fn evaluated(&mut self, _epoch: u64, _report: &EvalReport) {}
+    /// Pre-training: after each online k-NN measurement (top-1 in [0, 1]).
+    fn knn(&mut self, _step: u64, _top1: f32) {}
 }
 
 impl Observer for () {}

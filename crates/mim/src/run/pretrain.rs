@@ -409,7 +409,7 @@ impl Extras<Trainer> for PretrainExtras<'_> {
         trainer: &Trainer,
         stats: &StepStats,
         metrics: Option<&mut crate::run::Metrics>,
-        _observer: &mut dyn Observer,
+        observer: &mut dyn Observer,
     ) -> Result<()> {
         if let (Some(watch), Some(metrics)) = (&self.knn, metrics)
             && stats.step.is_multiple_of(watch.cfg.every)
@@ -422,6 +422,7 @@ impl Extras<Trainer> for PretrainExtras<'_> {
                 "knn_train": watch.train_rows.len(),
                 "knn_test": watch.test_rows.len(),
             }))?;
+            observer.knn(stats.step, top1);
         }
         Ok(())
     }
