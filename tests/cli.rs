@@ -62,6 +62,28 @@ const TINY_MODEL: &[&str] = &[
     "2",
 ];
 
+/// A tiny Swin (16×16 images, stages of 2 and 1 blocks) on 96 synthetic
+/// images, batches of 8, no progress bar.
+const TINY_SWIN: &[&str] = &[
+    "--encoder",
+    "swin",
+    "--img-size",
+    "16",
+    "--dim",
+    "16",
+    "--depths",
+    "2,1",
+    "--stage-heads",
+    "2,4",
+    "--window",
+    "4",
+    "--synthetic-len",
+    "96",
+    "--batch",
+    "8",
+    "--quiet",
+];
+
 /// [`TINY_MODEL`] on 96 synthetic images, batches of 8, no progress bar.
 fn tiny() -> Vec<&'static str> {
     let mut args = TINY_MODEL.to_vec();
@@ -471,25 +493,7 @@ fn attention_writes_per_head_maps_and_rollout() {
 
     let swin = tmp("attention-swin");
     let mut args = vec!["pretrain", "--out", swin.to_str().unwrap(), "--steps", "1"];
-    args.extend_from_slice(&[
-        "--encoder",
-        "swin",
-        "--img-size",
-        "16",
-        "--dim",
-        "16",
-        "--depths",
-        "2,1",
-        "--stage-heads",
-        "2,4",
-        "--window",
-        "4",
-        "--synthetic-len",
-        "96",
-        "--batch",
-        "8",
-        "--quiet",
-    ]);
+    args.extend_from_slice(TINY_SWIN);
     ok(&args);
     let s = swin.join("checkpoint.safetensors");
     let out = ok(&[
@@ -701,25 +705,7 @@ fn simmim_with_relative_positions_and_layer_scale() {
 #[test]
 fn swin_simmim_end_to_end() {
     let dir = tmp("swin");
-    const SWIN: &[&str] = &[
-        "--encoder",
-        "swin",
-        "--img-size",
-        "16",
-        "--dim",
-        "16",
-        "--depths",
-        "2,1",
-        "--stage-heads",
-        "2,4",
-        "--window",
-        "4",
-        "--synthetic-len",
-        "96",
-        "--batch",
-        "8",
-        "--quiet",
-    ];
+    const SWIN: &[&str] = TINY_SWIN;
     let mut args = vec!["pretrain", "--out", dir.to_str().unwrap(), "--steps", "3"];
     args.extend_from_slice(SWIN);
     let out = ok(&args);
