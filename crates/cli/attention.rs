@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use tessera_mim::Encoder;
 use tessera_mim::data::Normalization;
 use tessera_mim::eval::attention::{MapKind, encoder_attention};
-use tessera_mim::io::checkpoint::{is_classifier, load_classifier, load_model_hinted};
+use tessera_mim::io::checkpoint::{is_classifier, load_classifier_from, load_model_from};
 use tessera_mim::io::picture::{attention_rows, save_png};
 
 #[derive(clap::Args, Debug)]
@@ -46,12 +46,10 @@ fn load_encoder(args: &Args) -> Result<(Encoder, Option<Normalization>)> {
     // A classifier's own normalisation comes with it; a pre-training
     // checkpoint's images are the data set's.
     if is_classifier(&file) {
-        drop(file);
-        let (classifier, norm) = load_classifier(&args.checkpoint, &args.official.hints())?;
+        let (classifier, norm) = load_classifier_from(file, &args.checkpoint, &args.official.hints())?;
         return Ok((classifier.encoder, Some(norm)));
     }
-    drop(file);
-    let model = load_model_hinted(&args.checkpoint, None, &args.official.hints(), false)?;
+    let model = load_model_from(file, &args.checkpoint, None, &args.official.hints(), false)?;
     Ok((model.encoder, None))
 }
 

@@ -14,7 +14,9 @@ use tessera_mim::data::loader::load_images;
 use tessera_mim::data::transform::Transform;
 use tessera_mim::data::{Dataset, First, Split, check_labelled};
 use tessera_mim::eval::accuracy::{evaluate, probabilities, top_k};
-use tessera_mim::io::checkpoint::{is_classifier, load_classifier, load_model_hinted};
+use tessera_mim::io::checkpoint::{
+    is_classifier, load_classifier, load_classifier_from, load_model_from, load_model_hinted,
+};
 use tessera_mim::model::classifier::{Classifier, ClassifierConfig};
 use tessera_mim::run::RunStart;
 use tessera_mim::run::finetune::FinetuneRun;
@@ -145,12 +147,10 @@ fn start(args: &Args) -> Result<Start> {
     let file = tessera_mim::io::safetensors::TensorFile::load(path)?;
     let tessera_classifier = file.metadata.contains_key("tessera.finetune");
     let (have, encoder, head) = if is_classifier(&file) {
-        drop(file);
-        let (c, _) = load_classifier(path, &hints)?;
+        let (c, _) = load_classifier_from(file, path, &hints)?;
         (c.config.encoder.clone(), c.encoder, Some((c.head, c.config.pool)))
     } else {
-        drop(file);
-        let pre = load_model_hinted(path, None, &hints, false)?;
+        let pre = load_model_from(file, path, None, &hints, false)?;
         (pre.config.encoder.clone(), pre.encoder, None)
     };
     let typed = |id: &str| args.given.iter().any(|g| g == id);

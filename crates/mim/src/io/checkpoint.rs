@@ -414,7 +414,18 @@ pub fn load_model_hinted(
     hints: &ModelHints,
     need_decoder: bool,
 ) -> Result<MimModel> {
-    let file = TensorFile::load(path)?;
+    load_model_from(TensorFile::load(path)?, path, img_size, hints, need_decoder)
+}
+
+/// [`load_model_hinted`] of a file already read from `path` (a caller that
+/// looked at it first, e.g. with [`is_classifier`], does not read it twice).
+pub fn load_model_from(
+    file: TensorFile,
+    path: &Path,
+    img_size: Option<[usize; 2]>,
+    hints: &ModelHints,
+    need_decoder: bool,
+) -> Result<MimModel> {
     if file.metadata.contains_key("tessera.finetune") {
         return Err(ckpt_err(
             path,
@@ -547,7 +558,11 @@ pub fn infer_classifier_config(file: &TensorFile, path: &Path, hints: &ModelHint
 /// name. Also returns the statistics its inputs are normalised with: the
 /// recipe's, or ImageNet's for a released file.
 pub fn load_classifier(path: &Path, hints: &ModelHints) -> Result<(Classifier, Normalization)> {
-    let file = TensorFile::load(path)?;
+    load_classifier_from(TensorFile::load(path)?, path, hints)
+}
+
+/// [`load_classifier`] of a file already read from `path`.
+pub fn load_classifier_from(file: TensorFile, path: &Path, hints: &ModelHints) -> Result<(Classifier, Normalization)> {
     let (config, norm, file) = if file.metadata.contains_key("tessera.finetune") {
         let recipe = read_finetune_config(&file, path)?;
         (recipe.model, recipe.normalization, file)
