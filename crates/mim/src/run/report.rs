@@ -194,16 +194,20 @@ fn render(runs: &[Run]) -> String {
     );
     summary(&mut h, runs);
     curves(&mut h, runs);
-    representation(&mut h, runs);
-    pictures(
-        &mut h,
-        runs,
-        "reconstructions",
-        "Reconstructions over training",
-        |r| &r.recon,
-        8,
-    );
-    pictures(&mut h, runs, "attention", "Attention maps", |r| &r.attention, 1);
+    // Fine-tuning has no k-NN, reconstructions or attention pictures.
+    let pretraining = !runs.iter().all(Run::is_finetune);
+    if pretraining {
+        representation(&mut h, runs);
+        pictures(
+            &mut h,
+            runs,
+            "reconstructions",
+            "Reconstructions over training",
+            |r| &r.recon,
+            8,
+        );
+        pictures(&mut h, runs, "attention", "Attention maps", |r| &r.attention, 1);
+    }
     if runs.iter().any(Run::is_finetune) {
         finetune(&mut h, runs);
     }
@@ -494,8 +498,8 @@ fn confusion(h: &mut String, name: &str, v: &serde_json::Value) {
         return;
     }
     let cell = (360 / k).clamp(8, 40);
-    let label_w = 90;
-    let (w, hgt) = (label_w + cell * k + 10, label_w + cell * k + 10);
+    let (label_w, top) = (110, 4);
+    let (w, hgt) = (label_w + cell * k + 10, top + cell * k + 10);
     let _ = writeln!(
         h,
         "<figure class=\"plot\" id=\"confusion\">\
@@ -516,7 +520,7 @@ fn confusion(h: &mut String, name: &str, v: &serde_json::Value) {
                 "<rect x=\"{}\" y=\"{}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({s},{s},255)\" stroke=\"#fff\">\
                  <title>{} → {}: {c}</title></rect>",
                 label_w + j * cell,
-                label_w + i * cell,
+                top + i * cell,
                 esc(names.get(i).map_or("?", String::as_str)),
                 esc(names.get(j).map_or("?", String::as_str)),
                 s = shade as u8
@@ -526,7 +530,7 @@ fn confusion(h: &mut String, name: &str, v: &serde_json::Value) {
             h,
             "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
             label_w - 4,
-            label_w + i * cell + cell / 2 + 4,
+            top + i * cell + cell / 2 + 4,
             esc(names.get(i).map_or("?", String::as_str))
         );
     }
