@@ -213,7 +213,7 @@ pub fn run(mut args: Args) -> Result<()> {
     });
     let saved = match dir {
         Some(d) => {
-            let path = d.join(tessera_mim::run::report::PROBE);
+            let path = d.join(tessera_mim::run::folder::PROBE);
             tessera_mim::io::safetensors::write_atomically(&path, summary.to_string().as_bytes())?;
             Some(path)
         }

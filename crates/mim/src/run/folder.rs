@@ -41,6 +41,12 @@ pub const SEGMENTS: &str = "segments.jsonl";
 pub const REPORT: &str = "report.html";
 /// A fine-tuning run's last validation, with its confusion matrix.
 pub const VALIDATION: &str = "validation.json";
+/// What `tessera probe` writes beside a run's checkpoint.
+pub const PROBE: &str = "probe.json";
+/// A pre-training run's reconstruction pictures, `step-NNNNNN.png`.
+pub const RECON: &str = "recon";
+/// A pre-training run's attention-map pictures, `step-NNNNNN.png`.
+pub const ATTENTION: &str = "attention";
 
 /// The right to write one run folder, held until dropped (and released by
 /// the operating system if the process dies first).

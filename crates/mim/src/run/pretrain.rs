@@ -39,7 +39,7 @@ use crate::io::picture::{NormPixView, render_rows, save_png};
 use crate::model::masking::Mask;
 use crate::model::mim::MimModel;
 use crate::rng::MimRng;
-use crate::run::report::ATTENTION;
+use crate::run::folder::{ATTENTION, RECON};
 use crate::run::{Extras, Observer, RunEnd, RunOptions, Step, check_run_start, train_loop};
 use crate::train::StepStats;
 use crate::train::distributed::Communicator;
@@ -308,7 +308,7 @@ impl PictureWriter {
             NormPixView::VisibleStats,
             None,
         )?;
-        let path = self.out.join("recon").join(format!("step-{step:06}.png"));
+        let path = self.out.join(RECON).join(format!("step-{step:06}.png"));
         save_png(&img, &path)?;
         observer.picture(&path, step);
         self.last = Some(path);
@@ -322,7 +322,7 @@ impl PictureWriter {
 
 impl Extras<Trainer> for PictureWriter {
     fn folders(&self) -> &[&str] {
-        &["recon", ATTENTION]
+        &[RECON, ATTENTION]
     }
     fn after_checkpoint(&mut self, trainer: &Trainer, stats: &StepStats, observer: &mut dyn Observer) -> Result<()> {
         if self.root && self.every > 0 && stats.step.is_multiple_of(self.every) {

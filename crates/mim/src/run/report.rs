@@ -24,14 +24,9 @@
 
 use crate::error::{Result, io_err};
 use crate::io::safetensors::write_atomically;
-use crate::run::folder::{CONFIG, METRICS, REPORT, SEGMENTS, VALIDATION};
+use crate::run::folder::{ATTENTION, CONFIG, METRICS, PROBE, RECON, REPORT, SEGMENTS, VALIDATION};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-/// The folder of attention pictures a pre-training run writes.
-pub const ATTENTION: &str = "attention";
-/// What `tessera probe` writes beside a checkpoint.
-pub const PROBE: &str = "probe.json";
 
 /// Writes `dir/report.html` for the run in `dir` (atomically).
 pub fn refresh(dir: &Path) -> Result<PathBuf> {
@@ -120,7 +115,7 @@ impl Run {
             steps: lines.iter().filter(|v| has(v, "loss")).cloned().collect(),
             knn: lines.iter().filter(|v| has(v, "knn_top1")).cloned().collect(),
             validation_lines: lines.iter().filter(|v| has(v, "val_top1")).cloned().collect(),
-            recon: step_pictures(&dir.join("recon")),
+            recon: step_pictures(&dir.join(RECON)),
             attention: step_pictures(&dir.join(ATTENTION)),
             probe: json_file(&dir.join(PROBE)),
             validation: json_file(&dir.join(VALIDATION)),
