@@ -364,10 +364,7 @@ fn read_finetune_config(file: &TensorFile, path: &Path) -> Result<FinetuneConfig
     config
         .validate()
         .map_err(|e| ckpt_err(path, format!("metadata 'tessera.finetune' is not a valid recipe: {e}")))?;
-    let m = &config.model;
-    let (d, k) = (m.encoder.out_dim() as u128, m.num_classes as u128);
-    // The encoder (with a mean-pooled ViT's fc_norm) and the head (K, D) + (K).
-    check_declared_size(m.encoder.state_len() + d * k + k, file, path)?;
+    check_declared_size(config.model.state_len(), file, path)?;
     Ok(config)
 }
 
@@ -516,8 +513,7 @@ pub fn infer_classifier_config(file: &TensorFile, path: &Path, hints: &ModelHint
                 format!("metadata '{CLASSIFIER_KEY}' is not a valid classifier: {e}"),
             )
         })?;
-        let (d, k) = (config.encoder.out_dim() as u128, config.num_classes as u128);
-        check_declared_size(config.encoder.state_len() + d * k + k, file, path)?;
+        check_declared_size(config.state_len(), file, path)?;
         return Ok(config);
     }
     let head = file.get("head.weight", path).map_err(|_| {

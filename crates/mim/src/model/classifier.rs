@@ -96,6 +96,13 @@ impl ClassifierConfig {
         Ok(())
     }
 
+    /// Values in the classifier's state: the encoder's (with a mean-pooled
+    /// ViT's `fc_norm`) and the head's `(K, D)` + `(K)`.
+    pub fn state_len(&self) -> u128 {
+        let (d, k) = (self.encoder.out_dim() as u128, self.num_classes as u128);
+        self.encoder.state_len() + d * k + k
+    }
+
     /// Number of layers for layer-wise decay: the blocks plus one (the
     /// embedding is layer 0, the head layer `num_layers`).
     pub fn num_layers(&self) -> usize {
@@ -276,6 +283,18 @@ mod tests {
             0.0,
         );
         assert!(bad.unwrap_err().to_string().contains("no [CLS]"));
+    }
+
+    /// The declared state length is what a built classifier holds, for
+    /// both poolings (a mean-pooled ViT's fc_norm included).
+    #[test]
+    fn state_len_counts_every_tensor() {
+        for pool in [Pool::Cls, Pool::Mean] {
+            let cfg = vit_classifier(2, pool);
+            let model = Classifier::new(cfg.clone(), &mut MimRng::seed_from_u64(0)).unwrap();
+            let held: usize = model.named_tensors().iter().map(|(_, t)| t.numel()).sum();
+            assert_eq!(cfg.state_len(), held as u128, "{pool:?}");
+        }
     }
 
     /// Stochastic depth: in evaluation the classifier is deterministic (drop
