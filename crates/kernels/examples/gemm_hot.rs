@@ -5,7 +5,7 @@
 //! `cargo run --release -p tessera-kernels --example gemm_hot`
 use std::time::Duration;
 use tessera_kernels::cpu;
-use tessera_kernels::gemm::{APanelKind, kernel_gflops};
+use tessera_kernels::gemm::{APanelKind, amx_kernel_gflops, kernel_gflops};
 use tessera_kernels::peak;
 
 fn main() {
@@ -24,6 +24,18 @@ fn main() {
                     100.0 * rate / peak
                 );
             }
+        }
+    }
+    // bf16 on AMX tiles: against the f32 peak (its own register-resident
+    // peak is about 13× that: docs/benchmarks.md).
+    let peak = peak::fma_gflops(cpu::detected(), 1, Duration::from_millis(300));
+    for kc in [64, 128, 192, 256, 384, 512] {
+        let reps = (20_000_000_000 / (kc * 2048)).max(1);
+        if let Some(rate) = amx_kernel_gflops(kc, reps) {
+            println!(
+                "amx     A Packed   kc {kc:>4}: {rate:6.1} GFLOP/s = {:5.1}× the f32 FMA peak",
+                rate / peak
+            );
         }
     }
 }

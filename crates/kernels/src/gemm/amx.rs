@@ -1,48 +1,49 @@
-//! Mixed-precision GEMM on Intel AMX: `C = α·A·B + β·C (+ bias)` with A and B
-//! rounded to bfloat16 and every product accumulated in f32.
+//! Mixed-precision GEMM on Intel AMX: the driver's bf16 micro-kernel on tiles.
 //!
 //! AMX adds eight tile registers of 16 rows × 64 bytes and one instruction,
 //! `tdpbf16ps`, that multiplies a 16 × 32 bf16 tile by a 32 × 16 bf16 tile
 //! into a 16 × 16 f32 tile: 16 384 FLOPs per instruction, measured at about
 //! 3 TFLOP/s per core here, 13× the f32 AVX-512 FMA peak.
 //!
+//! `Amx` is a micro-kernel of Tessera's driver (`driver.rs`), like the f32
+//! ones: the driver packs B once for all threads, splits C in two dimensions,
+//! and applies the epilogues (α, β, bias, residual, the tile GELU). Only the
+//! panels' layout and the tile's arithmetic are AMX's:
+//!
 //! ```text
-//! for each block of KC = 256 values of k
-//!   pack B[k-block, :] as bf16 in 32-column panels, "VNNI" order:
-//!       tile t of chunk q: 16 rows of (k = 2r, 2r+1) pairs × 16 columns
-//!   for each block of MC = 128 rows of C
-//!     pack A[rows, k-block] as bf16 in 32-row panels: two 16 × 32 tiles per chunk
-//!     for each 32 × 32 block of C
-//!       tmm0..3 = 0; for each chunk of 32 k: load 2 A and 2 B tiles, 4 × tdpbf16ps
-//!       store the four 16 × 16 f32 tiles, then C = α·acc + β·C + bias
+//! A micro-panel, 32 rows × kc (kc padded to chunks of 32), bf16:
+//!     chunk q = two 16 × 32 tiles: a[q][i][kk] = A[i][32q + kk]      (rows 0–15, then 16–31)
+//! B micro-panel, kc × 32 columns, bf16 pairs of consecutive k ("VNNI" order):
+//!     chunk q = two 16 × 16 tiles of pairs: b[q][t][r][cc] = (B[32q+2r][16t+cc], B[32q+2r+1][16t+cc])
+//! tile of C, 32 × 32 = 2 × 2 accumulator tiles tmm0..3:
+//!     tmm0..3 = 0; for each chunk: load 2 A and 2 B tiles, 4 × tdpbf16ps
+//!     store the four 16 × 16 f32 tiles, then C = α·acc (+ β·C) (+ bias)
 //! ```
 //! Panels are zero-padded to whole tiles, so the tile loop never sees an
-//! edge; the write-back only touches C's real rows and columns. The order of
-//! accumulation depends only on k, so results do not depend on the blocking
-//! of M or N, nor on the thread count.
+//! edge; the epilogue only touches C's real rows and columns. The order of
+//! accumulation depends only on k, so results do not depend on the split of
+//! M or N, nor on the thread count.
 //!
 //! Using AMX needs the kernel's permission (`arch_prctl(ARCH_REQ_XCOMP_PERM)`),
 //! asked once per process; [`available`] is false if the CPU or the kernel
-//! says no, and callers then use the f32 path.
+//! says no, or if the environment sets `TESSERA_AMX=off` (to measure the
+//! AVX512-BF16 kernel on the same CPU), and bf16 products then take the
+//! AVX512-BF16 kernel where the CPU has it, else f32.
 
-use super::bf16::to_bf16;
-use super::driver::Product;
-use super::kernel::TileDst;
+use super::kernel::{APanel, Epilogue, MicroKernel, TileDst};
+use super::pack;
 use super::view::MatRef;
+use crate::cpu::Isa;
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::OnceLock;
 
-/// Rows and columns of a register block of C (2 × 2 tiles of 16).
+/// Rows and columns of the tile of C (2 × 2 tiles of 16).
 const BM: usize = 32;
 const BN: usize = 32;
 /// Values of k per tile.
 const TK: usize = 32;
-/// Depth of a packed block (a multiple of TK).
-const KC: usize = 256;
-/// Rows of A packed at once.
-const MC: usize = 128;
 /// bf16 values in one 32-row (or 32-column) panel chunk: two 16 × 32 tiles.
 const CHUNK: usize = 2 * 16 * TK;
 
@@ -53,7 +54,8 @@ pub fn available() -> bool {
         // CPUID leaf 7: EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
         let leaf7 = __cpuid_count(7, 0);
         let cpu = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
-        cpu && request_tile_permission()
+        let off = std::env::var("TESSERA_AMX").is_ok_and(|v| matches!(v.trim(), "0" | "off" | "no"));
+        cpu && !off && request_tile_permission()
     })
 }
 
@@ -102,16 +104,78 @@ const CONFIG: TileConfig = TileConfig {
 };
 
 thread_local! {
-    /// This thread's packed A (bf16) and B (bf16 pairs) buffers, reused across calls.
-    static PACKS: RefCell<(Vec<u16>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Whether this thread has loaded [`CONFIG`] (the tile configuration is
+    /// per thread, and kept by the OS across context switches; Tessera never
+    /// releases it, so it is loaded once per thread).
+    static CONFIGURED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Converts a contiguous run of f32 to bf16 (vectorised: the rounding is
-/// integer arithmetic on the bits, compiled with AVX-512 by the caller).
+/// Loads [`CONFIG`] on this thread if it is not loaded yet.
+///
+/// # Safety
+/// AMX is [`available`].
 #[inline(always)]
+unsafe fn configure() {
+    CONFIGURED.with(|done| {
+        if !done.get() {
+            // SAFETY: AMX is available (caller); the configuration is this thread's.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack)) };
+            done.set(true);
+        }
+    })
+}
+
+/// 16 f32 rounded to bf16 as [`to_bf16`](super::bf16::to_bf16) rounds them (nearest even, NaN →
+/// 0x7fc0), each in the low half of its 32-bit lane:
+/// `(bits + 0x7fff + (bits >> 16 & 1)) >> 16`.
+///
+/// # Safety
+/// AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn round16(x: __m512) -> __m512i {
+    let bits = _mm512_castps_si512(x);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+    _mm512_mask_mov_epi32(_mm512_srli_epi32::<16>(up), nan, _mm512_set1_epi32(0x7fc0))
+}
+
+/// The first `n ≤ 16` lanes.
+fn lanes(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// `dst[i] = to_bf16(src[i])`, 16 values at a time.
+#[target_feature(enable = "avx512f")]
 fn convert(dst: &mut [u16], src: &[f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = to_bf16(x);
+    assert!(dst.len() >= src.len());
+    for (i, part) in src.chunks(16).enumerate() {
+        let m = lanes(part.len());
+        // SAFETY: AVX-512F (this function's feature); the masked lanes of the
+        // load and the store lie inside `part` and `dst[16i..][..part.len()]`.
+        unsafe {
+            let v = round16(_mm512_maskz_loadu_ps(m, part.as_ptr()));
+            _mm512_mask_cvtepi32_storeu_epi16(dst.as_mut_ptr().add(16 * i) as *mut _, m, v);
+        }
+    }
+}
+
+/// `dst[j] = to_bf16(lo[j]) | to_bf16(hi[j]) << 16` (the VNNI pair of two
+/// consecutive k), 16 values at a time; `hi` may be shorter (zeros past it).
+#[target_feature(enable = "avx512f")]
+fn pairs(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    assert!(dst.len() >= lo.len() && hi.len() <= lo.len());
+    for (i, part) in lo.chunks(16).enumerate() {
+        let m = lanes(part.len());
+        let mh = lanes(hi.len().saturating_sub(16 * i).min(16));
+        // SAFETY: AVX-512F; every unmasked lane is inside `part`, `hi` or `dst`.
+        unsafe {
+            let l = round16(_mm512_maskz_loadu_ps(m, part.as_ptr()));
+            let h = round16(_mm512_maskz_loadu_ps(mh, hi.as_ptr().wrapping_add(16 * i)));
+            let v = _mm512_or_si512(l, _mm512_slli_epi32::<16>(h));
+            _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(16 * i) as *mut _, m, v);
+        }
     }
 }
 
@@ -122,48 +186,35 @@ fn convert(dst: &mut [u16], src: &[f32]) {
 fn pack_a_panel(dst: &mut [u16], a: &MatRef, r0: usize, rows: usize, pc: usize, kc: usize) {
     let chunks = kc.div_ceil(TK);
     let dst = &mut dst[..chunks * CHUNK];
-    if rows < BM || !kc.is_multiple_of(TK) {
-        dst.fill(0);
+    // Zeros where the panel passes A's edge: the rows past `rows`, and the
+    // last chunk's k past `kc` (only those: the rest is written below).
+    if !kc.is_multiple_of(TK) {
+        dst[(chunks - 1) * CHUNK..].fill(0);
     }
-    if a.cs() == 1 {
-        // Rows of A are contiguous in k: convert 32 values at a time.
-        for i in 0..rows {
-            let row = &a.data()[(r0 + i) * a.rs() + pc..(r0 + i) * a.rs() + pc + kc];
-            for (q, part) in row.chunks(TK).enumerate() {
-                convert(&mut dst[q * CHUNK + i * TK..q * CHUNK + i * TK + part.len()], part);
-            }
+    if rows < BM {
+        for chunk in dst.chunks_exact_mut(CHUNK) {
+            chunk[rows * TK..].fill(0);
         }
-    } else {
-        // A is a transposed view: convert one k (a run over the rows) at a
-        // time into a 32 × 32 block, then transpose the block into place.
-        let mut block = [[0u16; BM]; TK];
-        for q in 0..chunks {
-            let kn = TK.min(kc - q * TK);
-            for (kk, line) in block.iter_mut().enumerate().take(kn) {
-                let base = r0 * a.rs() + (pc + q * TK + kk) * a.cs();
-                if a.rs() == 1 {
-                    convert(&mut line[..rows], &a.data()[base..base + rows]);
-                } else {
-                    for (i, v) in line[..rows].iter_mut().enumerate() {
-                        *v = to_bf16(a.data()[base + i * a.rs()]);
-                    }
-                }
-            }
-            let out = &mut dst[q * CHUNK..(q + 1) * CHUNK];
+    }
+    let mut block = pack::Scratch::take(BM * TK); // (transposed A only)
+    for q in 0..chunks {
+        let kn = TK.min(kc - q * TK);
+        let out = &mut dst[q * CHUNK..(q + 1) * CHUNK];
+        if a.cs() == 1 {
+            // Rows of A are contiguous in k: each row of the chunk is a run.
             for i in 0..rows {
-                for kk in 0..kn {
-                    out[i * TK + kk] = block[kk][i];
-                }
+                let start = (r0 + i) * a.rs() + pc + q * TK;
+                convert(&mut out[i * TK..], &a.data()[start..start + kn]);
             }
+        } else {
+            // A is a transposed view (a dW product): the f32 packer's
+            // transposing path (it packs B's columns as rows) gives the
+            // chunk as rows × 32, then one conversion.
+            let block = block.as_mut_slice();
+            pack::pack_b(block, a, pc + q * TK, kn, r0, rows, TK);
+            convert(out, &block[..rows * TK]);
         }
     }
-}
-
-/// Two f32 values of consecutive k as one bf16 pair (`lo` in the low half):
-/// the VNNI layout `tdpbf16ps` reads.
-#[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
-    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
 }
 
 /// Packs k `pc..pc+kc` × columns `c0..c0+cols` (≤ 32) of B into one panel in
@@ -171,84 +222,212 @@ fn pair(lo: f32, hi: f32) -> u32 {
 /// with `c = c0 + 16t + cc`, zero-padded.
 #[target_feature(enable = "avx512f")]
 fn pack_b_panel(dst: &mut [u32], b: &MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
+    if b.cs() != 1 {
+        // B is a transposed view (a weight (N, K) read as (K, N)): the f32
+        // packer transposes it into rows of 32 columns, which are then paired.
+        let mut rows = pack::Scratch::take(kc * BN);
+        let rows = rows.as_mut_slice();
+        pack::pack_b(rows, b, c0, cols, pc, kc, BN);
+        let packed = MatRef::row_major(rows, kc, BN);
+        return pack_b_panel(dst, &packed, 0, BN, 0, kc);
+    }
     let chunks = kc.div_ceil(TK);
     let dst = &mut dst[..chunks * CHUNK / 2];
-    if cols < BN || !kc.is_multiple_of(TK) {
-        dst.fill(0);
+    // Zeros past B's edge: the last chunk's pairs past `kc`, the columns past `cols`.
+    if !kc.is_multiple_of(TK) {
+        dst[(chunks - 1) * CHUNK / 2..].fill(0);
+    }
+    if cols < BN {
+        // (row r of 16 pairs belongs to tile t = r / 16 % 2: columns 16t..16t+16)
+        for (r, row) in dst.chunks_exact_mut(16).enumerate() {
+            let t = r / 16 % 2;
+            row[cols.saturating_sub(16 * t).min(16)..].fill(0);
+        }
     }
     const PAIRS: usize = TK / 2; // pair-rows per tile
-    if b.cs() == 1 {
-        // Rows of B are contiguous over the columns: combine two rows (k, k+1)
-        // lane by lane into pairs, 16 columns (one tile row) at a time.
-        for kp in 0..kc / 2 {
-            let (k, q, pr) = (2 * kp, (2 * kp) / TK, kp % PAIRS);
-            let r0 = &b.data()[(pc + k) * b.rs() + c0..(pc + k) * b.rs() + c0 + cols];
-            let r1 = &b.data()[(pc + k + 1) * b.rs() + c0..(pc + k + 1) * b.rs() + c0 + cols];
-            for t in 0..2 {
-                let (lo, hi) = (16 * t, (16 * t + 16).min(cols));
-                if lo >= hi {
-                    break;
-                }
-                let out = &mut dst[((q * 2 + t) * PAIRS + pr) * 16..][..hi - lo];
-                for (o, (&x0, &x1)) in out.iter_mut().zip(r0[lo..hi].iter().zip(&r1[lo..hi])) {
-                    *o = pair(x0, x1);
-                }
+    // Rows of B are contiguous over the columns: pair rows (k, k+1) lane by
+    // lane, 16 columns (one tile row) at a time.
+    for kp in 0..kc.div_ceil(2) {
+        let (k, q, pr) = (2 * kp, (2 * kp) / TK, kp % PAIRS);
+        let row = |k: usize| &b.data()[(pc + k) * b.rs() + c0..][..cols];
+        let (r0, r1) = (row(k), if k + 1 < kc { row(k + 1) } else { &[][..] });
+        for t in 0..2 {
+            let (lo, hi) = (16 * t, (16 * t + 16).min(cols));
+            if lo >= hi {
+                break;
             }
+            let out = &mut dst[((q * 2 + t) * PAIRS + pr) * 16..][..hi - lo];
+            pairs(out, &r0[lo..hi], &r1[lo.min(r1.len())..hi.min(r1.len())]);
         }
-        if kc % 2 == 1 {
-            let k = kc - 1;
-            let (q, pr) = (k / TK, (k % TK) / 2);
-            for j in 0..cols {
-                dst[((q * 2 + j / 16) * PAIRS + pr) * 16 + j % 16] =
-                    pair(b.data()[(pc + k) * b.rs() + (c0 + j) * b.cs()], 0.0);
-            }
+    }
+}
+
+/// The driver's AMX micro-kernel: a 32 × 32 tile of C from a 32-row A
+/// micro-panel and a 32-column B micro-panel, both bf16 in tile order (see
+/// the module docs). The packed buffers are the driver's f32 buffers seen as
+/// u16 (A) and u32 (B pairs).
+pub(crate) struct Amx;
+
+/// `len` values of an f32 buffer seen as `2·len` u16.
+fn as_u16(buf: &mut [f32]) -> &mut [u16] {
+    // SAFETY: the same bytes, u16 has a smaller alignment than f32, and
+    // every bit pattern is a valid u16 (and, written back, a valid f32).
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u16, 2 * buf.len()) }
+}
+
+/// `len` values of an f32 buffer seen as `len` u32.
+fn as_u32(buf: &mut [f32]) -> &mut [u32] {
+    // SAFETY: the same bytes, size and alignment; every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) }
+}
+
+impl MicroKernel for Amx {
+    const ISA: Isa = Isa::Avx512;
+    const MR: usize = BM;
+    const NR: usize = BN;
+    const KU: usize = 2;
+    const KG: usize = TK;
+    const IN_PLACE_A: bool = false;
+
+    fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: usize, kc: usize) {
+        let len = Self::steps(kc) * BM; // f32 slots of one micro-panel
+        for (q, panel) in dst.chunks_mut(len).take(rows.div_ceil(BM)).enumerate() {
+            let r = r0 + q * BM;
+            // SAFETY: AVX-512 is present wherever AMX is (the driver only
+            // runs this kernel where `available()`).
+            unsafe { pack_a_panel(as_u16(panel), a, r, BM.min(r0 + rows - r), pc, kc) };
         }
-    } else {
-        // B is a transposed view (a weight (N, K) read as (K, N)): each column
-        // is contiguous over k, so its (k, k+1) pairs are adjacent; convert a
-        // column's 32 values of a chunk into 16 pairs and scatter them.
-        let mut col = [0u16; TK];
-        for j in 0..cols {
-            let (t, cc) = (j / 16, j % 16);
-            for q in 0..chunks {
-                let kn = TK.min(kc - q * TK);
-                let base = (c0 + j) * b.cs() + (pc + q * TK) * b.rs();
-                if b.rs() == 1 {
-                    convert(&mut col[..kn], &b.data()[base..base + kn]);
-                } else {
-                    for (k, v) in col[..kn].iter_mut().enumerate() {
-                        *v = to_bf16(b.data()[base + k * b.rs()]);
+    }
+
+    fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
+        let len = Self::steps(kc) * BN;
+        // SAFETY: as in `pack_a`.
+        unsafe { pack_b_panel(as_u32(&mut dst[..len]), b, c0, cols, pc, kc) };
+    }
+
+    #[inline]
+    unsafe fn full(kc: usize, a: APanel, b: &[f32], dst: TileDst, ep: &Epilogue) {
+        debug_assert!(b.len() >= Self::steps(kc) * BN && dst.rows <= BM && dst.cols <= BN && dst.csc == 1);
+        debug_assert!(ep.bias.is_none_or(|v| v.len() >= dst.cols));
+        let APanel::Packed(a, _) = a else {
+            unreachable!("AMX panels are always packed")
+        };
+        let (a, b, chunks) = (a as *const u16, b.as_ptr() as *const u16, kc.div_ceil(TK));
+        let whole = dst.rows == BM && dst.cols == BN;
+        // SAFETY (all of the arms): the driver runs this kernel only where AMX
+        // is available; the panels hold ⌈kc / 32⌉ chunks; the caller vouches
+        // for C (`dst`) and the bias; `local` and `bias` are whole tiles here.
+        unsafe {
+            configure();
+            match (ep.alpha, ep.beta, ep.bias) {
+                // The accumulators start from C (β = 1: a later k block, a
+                // residual, a gradient) or from the bias rows (a linear
+                // layer's first k block), and go straight back to C.
+                (1.0, 0.0 | 1.0, _) if !(ep.beta == 1.0 && ep.bias.is_some()) => {
+                    let mut row = [0f32; BN];
+                    let init = match ep.bias {
+                        Some(v) => {
+                            row[..dst.cols].copy_from_slice(&v[..dst.cols]);
+                            Init::Rows(row.as_ptr())
+                        }
+                        None if ep.beta == 1.0 => Init::Tile,
+                        None => Init::Zero,
+                    };
+                    if whole {
+                        // Ask for C's 64 lines now (for writing): they arrive
+                        // while the tile computes, so the stores do not stall.
+                        for i in 0..BM {
+                            _mm_prefetch::<_MM_HINT_ET0>(dst.at(i, 0) as *const i8);
+                            _mm_prefetch::<_MM_HINT_ET0>(dst.at(i, 16) as *const i8);
+                        }
+                        tiles(init, a, b, chunks, dst.c, dst.rsc);
+                    } else {
+                        // An edge tile: through a whole tile, C's corner copied in and out.
+                        let mut local = Acc([0f32; BM * BN]);
+                        let buf = TileDst {
+                            c: local.0.as_mut_ptr(),
+                            rsc: BN,
+                            ..dst
+                        };
+                        if let Init::Tile = init {
+                            copy(dst, buf);
+                        }
+                        tiles(init, a, b, chunks, buf.c, BN);
+                        copy(buf, dst);
                     }
                 }
-                col[kn..].fill(0);
-                let out = &mut dst[(q * 2 + t) * PAIRS * 16..];
-                for pr in 0..PAIRS {
-                    out[pr * 16 + cc] = col[2 * pr] as u32 | (col[2 * pr + 1] as u32) << 16;
+                // Anything else: the sums alone, then the general epilogue.
+                _ => {
+                    let mut acc = std::mem::MaybeUninit::<Acc>::uninit();
+                    tiles(Init::Zero, a, b, chunks, acc.as_mut_ptr() as *mut f32, BN);
+                    store(&acc.assume_init_ref().0, dst, ep); // (`tiles` wrote all of it)
                 }
             }
         }
     }
 }
 
-/// One 32 × 32 block: `acc = Σ_chunks A_panel · B_panel` into `out` (32 × 32
-/// f32, row-major).
+/// A tile of C as the four accumulator tiles store it (64-byte aligned).
+#[repr(C, align(64))]
+struct Acc([f32; BM * BN]);
+
+/// What the accumulator tiles start from.
+#[derive(Clone, Copy)]
+enum Init {
+    /// Zeros.
+    Zero,
+    /// The tile of C they will be stored to (β = 1).
+    Tile,
+    /// One row of 32 values (the bias), repeated down the tile.
+    Rows(*const f32),
+}
+
+/// `C = init + Σ_chunks A_panel · B_panel` for one 32 × 32 tile of C at `c`,
+/// rows `rsc` values apart.
+///
+/// The three steps are separate `asm!` blocks: the compiler never uses the
+/// tile registers, so they keep their contents from one block to the next.
 ///
 /// # Safety
 /// AMX must be available and configured with [`CONFIG`] on this thread;
-/// `a` and `b` hold `chunks` chunks each.
+/// `a` and `b` hold `chunks` ≥ 1 chunks each; `c` is valid for reads and
+/// writes of 32 rows × 32 values, `rsc` apart; a row of `Init::Rows` holds 32 values.
 #[inline(always)]
-unsafe fn block(a: *const u16, b: *const u16, chunks: usize, out: &mut [f32; BM * BN]) {
-    let stride = 64usize; // bytes per tile row
-    let c = out.as_mut_ptr();
-    // SAFETY: the tile loads read `chunks` consecutive 2 KiB chunks of each
-    // panel; the stores write the four 16 × 16 quarters of `out` (row stride
-    // 128 bytes). The tile registers are used by this block only.
+unsafe fn tiles(init: Init, a: *const u16, b: *const u16, chunks: usize, c: *mut f32, rsc: usize) {
+    let cs = 4 * rsc; // bytes per row of C
+    // SAFETY: the loads read `chunks` consecutive 2 KiB chunks of each panel,
+    // and C's (or the bias row's) 32 × 32 values; the stores write C's.
     unsafe {
+        match init {
+            Init::Zero => asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack)
+            ),
+            Init::Tile => asm!(
+                "tileloadd tmm0, [{c} + {cs}]",
+                "tileloadd tmm1, [{c} + {cs} + 64]",
+                "tileloadd tmm2, [{c2} + {cs}]",
+                "tileloadd tmm3, [{c2} + {cs} + 64]",
+                c = in(reg) c,
+                c2 = in(reg) c.add(16 * rsc),
+                cs = in(reg) cs,
+                options(nostack, readonly)
+            ),
+            // A stride of 0 bytes: every row of the tile is the same 16 values.
+            Init::Rows(row) => asm!(
+                "tileloadd tmm0, [{r} + {zero}]",
+                "tileloadd tmm1, [{r} + {zero} + 64]",
+                "tileloadd tmm2, [{r} + {zero}]",
+                "tileloadd tmm3, [{r} + {zero} + 64]",
+                r = in(reg) row,
+                zero = in(reg) 0usize,
+                options(nostack, readonly)
+            ),
+        }
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
             "2:",
             "tileloadd tmm4, [{a} + {s}]",
             "tileloadd tmm5, [{a} + {s} + 1024]",
@@ -262,146 +441,75 @@ unsafe fn block(a: *const u16, b: *const u16, chunks: usize, out: &mut [f32; BM 
             "add {b}, 2048",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {cs}], tmm0",
-            "tilestored [{c} + {cs} + 64], tmm1",
-            "tilestored [{c} + {cs} + 2048], tmm2",
-            "tilestored [{c} + {cs} + 2112], tmm3",
             a = inout(reg) a => _,
             b = inout(reg) b => _,
             n = inout(reg) chunks => _,
-            s = in(reg) stride,
+            s = in(reg) 64usize, // bytes per row of a panel's tile
+            options(nostack, readonly)
+        );
+        asm!(
+            "tilestored [{c} + {cs}], tmm0",
+            "tilestored [{c} + {cs} + 64], tmm1",
+            "tilestored [{c2} + {cs}], tmm2",
+            "tilestored [{c2} + {cs} + 64], tmm3",
             c = in(reg) c,
-            cs = in(reg) 128usize,
+            c2 = in(reg) c.add(16 * rsc),
+            cs = in(reg) cs,
             options(nostack)
         );
     }
 }
 
-/// `dst = α·acc + β·dst + bias` (first k-block) or `dst += α·acc`, for the
-/// `dst.rows × dst.cols` corner of the block.
+/// Copies the `rows × cols` region `src` into `dst` (same size, columns contiguous).
 ///
 /// # Safety
-/// `dst` is valid for reads and writes of that region with its strides.
-#[target_feature(enable = "avx512f")]
-unsafe fn write_back(acc: &[f32; BM * BN], dst: TileDst, alpha: f32, beta: f32, bias: Option<&[f32]>) {
-    let (rows, cols) = (dst.rows, dst.cols);
-    // SAFETY: every access is inside the `rows × cols` region.
-    unsafe {
-        if dst.csc == 1 && cols == BN {
-            let av = _mm512_set1_ps(alpha);
-            let bv = _mm512_set1_ps(beta);
-            let bias_v = bias.map(|b| [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))]);
-            for i in 0..rows {
-                for h in 0..2 {
-                    let p = dst.at(i, 16 * h);
-                    let x = _mm512_loadu_ps(acc.as_ptr().add(i * BN + 16 * h));
-                    let mut y = if beta == 0.0 {
-                        _mm512_mul_ps(av, x)
-                    } else {
-                        _mm512_fmadd_ps(av, x, _mm512_mul_ps(bv, _mm512_loadu_ps(p)))
-                    };
-                    if let Some(b) = bias_v {
-                        y = _mm512_add_ps(y, b[h]);
-                    }
-                    _mm512_storeu_ps(p, y);
-                }
-            }
-        } else {
-            for i in 0..rows {
-                for j in 0..cols {
-                    let p = dst.at(i, j);
-                    let old = if beta == 0.0 { 0.0 } else { beta * *p };
-                    *p = alpha * acc[i * BN + j] + old + bias.map_or(0.0, |b| b[j]);
-                }
-            }
-        }
+/// Both regions are valid (`src` for reads, `dst` for writes).
+unsafe fn copy(src: TileDst, dst: TileDst) {
+    for i in 0..src.rows {
+        // SAFETY: row i of both regions.
+        unsafe { std::ptr::copy_nonoverlapping(src.at(i, 0), dst.at(i, 0), src.cols) };
     }
 }
 
-/// `C = α·A·B + β·C (+ bias on every row)` with bf16 inputs on this thread.
+/// The epilogue of a finished tile, as [`Epilogue`] defines it (`t = α·acc;
+/// t += β·C if β ≠ 0; t += bias`, each rounded), into the `dst.rows ×
+/// dst.cols` corner of C, the columns past C's edge masked.
 ///
 /// # Safety
-/// [`available`] must have returned true; `c` must be valid for writes of the
-/// `a.rows() × b.cols()` region with strides `(rsc, csc)`, written by no one
-/// else; `bias`, if given, has `b.cols()` values.
-pub(crate) unsafe fn sgemm_bf16(p: &Product, c: *mut f32, rsc: usize, csc: usize) {
-    // (`p.gelu_to` is applied by the caller after this path.)
-    let Product {
-        alpha,
-        a,
-        b,
-        beta,
-        bias,
-        ..
-    } = *p;
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let n_panels = n.div_ceil(BN);
-    PACKS.with(|packs| {
-        let (ap, bp) = &mut *packs.borrow_mut();
-        // SAFETY: AMX is available (caller); the configuration is this thread's.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack)) };
-        let mut acc = [0f32; BM * BN];
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            let chunks = kc.div_ceil(TK);
-            let panel = chunks * CHUNK;
-            bp.resize(n_panels * panel / 2, 0);
-            for jp in 0..n_panels {
-                let c0 = jp * BN;
-                // SAFETY: AVX-512 is present wherever AMX is.
-                unsafe {
-                    pack_b_panel(
-                        &mut bp[jp * panel / 2..(jp + 1) * panel / 2],
-                        &b,
-                        c0,
-                        BN.min(n - c0),
-                        pc,
-                        kc,
-                    )
-                };
-            }
-            let (beta_k, bias_k) = if pc == 0 { (beta, bias) } else { (1.0, None) };
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                let m_panels = mc.div_ceil(BM);
-                ap.resize(m_panels * panel, 0);
-                for ip in 0..m_panels {
-                    let r0 = ic + ip * BM;
-                    // SAFETY: AVX-512 is present wherever AMX is.
-                    unsafe { pack_a_panel(&mut ap[ip * panel..(ip + 1) * panel], &a, r0, BM.min(m - r0), pc, kc) };
+/// AVX-512F; `dst` is valid for reads and writes of that region, columns
+/// contiguous; the bias, if any, has at least `dst.cols` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn store(acc: &[f32; BM * BN], dst: TileDst, ep: &Epilogue) {
+    let TileDst { c, rsc, rows, cols, .. } = dst;
+    let lanes = |v: usize| cols.saturating_sub(16 * v).min(16);
+    let mask = [0, 1].map(|v| ((1u32 << lanes(v)) - 1) as __mmask16);
+    // SAFETY: masked lanes are neither read nor written; the rest lie inside
+    // the region the caller vouched for.
+    unsafe {
+        let alpha = _mm512_set1_ps(ep.alpha);
+        let beta = _mm512_set1_ps(ep.beta);
+        let bias = ep.bias.map(|v| {
+            let at = |h: usize| v.as_ptr().wrapping_add(16 * h);
+            [
+                _mm512_maskz_loadu_ps(mask[0], at(0)),
+                _mm512_maskz_loadu_ps(mask[1], at(1)),
+            ]
+        });
+        for i in 0..rows {
+            for (v, &m) in mask.iter().enumerate() {
+                if m == 0 {
+                    continue;
                 }
-                for jp in 0..n_panels {
-                    let c0 = jp * BN;
-                    let cols = BN.min(n - c0);
-                    for ip in 0..m_panels {
-                        let r0 = ic + ip * BM;
-                        let rows = BM.min(m - r0);
-                        // SAFETY: panels hold `chunks` chunks; the tile state was
-                        // configured above; (r0, c0) and the block lie inside C.
-                        unsafe {
-                            block(
-                                ap[ip * panel..].as_ptr(),
-                                bp[jp * panel / 2..].as_ptr() as *const u16,
-                                chunks,
-                                &mut acc,
-                            );
-                            let dst = TileDst {
-                                c: c.add(r0 * rsc + c0 * csc),
-                                rsc,
-                                csc,
-                                rows,
-                                cols,
-                            };
-                            write_back(&acc, dst, alpha, beta_k, bias_k.map(|v| &v[c0..c0 + cols]));
-                        }
-                    }
+                let p = c.add(i * rsc + 16 * v);
+                let mut t = _mm512_mul_ps(alpha, _mm512_load_ps(acc.as_ptr().add(i * BN + 16 * v)));
+                if ep.beta != 0.0 {
+                    t = _mm512_add_ps(t, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(m, p)));
                 }
+                if let Some(b) = &bias {
+                    t = _mm512_add_ps(t, b[v]);
+                }
+                _mm512_mask_storeu_ps(p, m, t);
             }
         }
-        // SAFETY: releases this thread's tile state.
-        unsafe { asm!("tilerelease", options(nostack)) };
-    });
+    }
 }

@@ -26,7 +26,7 @@
 //! count.
 
 use super::blocking::Blocking;
-use super::kernel::{APanel, Epilogue, MicroKernel, TileDst, store_edge};
+use super::kernel::{APanel, Epilogue, MicroKernel, TileDst};
 use super::pack::Scratch;
 use super::view::MatRef;
 use crate::par::SendPtr;
@@ -43,7 +43,7 @@ const UNITS_PER_TASK: usize = 8;
 /// Below this many FLOPs per thread the fork/join costs more than it saves.
 const MIN_FLOPS_PER_TASK: usize = 1 << 21;
 /// Largest tile of any kernel (for the stack buffers).
-const MAX_MR: usize = 16;
+const MAX_MR: usize = 32;
 const MAX_NR: usize = 32;
 
 /// One product: `C = α·A·B + β·C (+ bias on every row)`.
@@ -131,11 +131,17 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     let parallel = threads > 1 && profile.is_none();
     let start = profile.is_some().then(Instant::now);
     let Blocking { kc: kc_max, nc, .. } = Blocking::detected();
+    // NC is sized for f32's 4 bytes a value: a bf16 kernel's B block (2
+    // bytes a value) fills the same half of L2 with twice the columns, and
+    // A is packed once per column block, so half as often.
+    let nc = nc * K::KU;
 
-    // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (K/KU, NR)
-    // (KU values of k per packed step: 1 for f32, a pair for bf16).
+    // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (steps, NR)
+    // (KU values of k per packed step: 1 for f32, a pair for bf16; each k
+    // block padded to a multiple of KG values).
+    debug_assert!(kc_max.is_multiple_of(K::KG));
     let panels = n.div_ceil(K::NR);
-    let panel_len = k.div_ceil(K::KU) * K::NR;
+    let panel_len = K::steps(k) * K::NR;
     let mut packed = Scratch::take(panels * panel_len);
     let bufs = packed.as_mut_slice();
     let pack_panel = |jp: usize, panel: &mut [f32]| {
@@ -244,7 +250,7 @@ unsafe fn block<K: MicroKernel>(
         data: packed_b,
         kc: kc_max,
     } = packed;
-    let panel_len = k.div_ceil(K::KU) * nr;
+    let panel_len = K::steps(k) * nr;
     // A row-major A is read in place (no packing pass), unless its rows are a
     // multiple of 4 KiB apart: then all MR rows fall into the same L1 sets and
     // evict each other (400 × 3072 · 3072 × 768 on 2 threads: 165 in place,
@@ -254,12 +260,12 @@ unsafe fn block<K: MicroKernel>(
     // map every k to the same few sets: measured 75 against 88–95 packed.)
     let in_place = K::IN_PLACE_A && p.a.cs() == 1 && !p.a.rs().is_multiple_of(1024);
     let group_panels = if in_place { 1 } else { MC_PANELS.min(rps.len()) };
-    let mut apack_buf = Scratch::take(group_panels * mr * kc_max.min(k).div_ceil(K::KU));
+    let mut apack_buf = Scratch::take(group_panels * mr * K::steps(kc_max.min(k)));
     let apack = apack_buf.as_mut_slice();
     let mut tile = [0f32; MAX_MR * MAX_NR];
     for pc in (0..k).step_by(kc_max) {
         let kc = kc_max.min(k - pc);
-        let steps = kc.div_ceil(K::KU); // packed rows of this k block
+        let steps = K::steps(kc); // packed rows of this k block
         // With a residual, its tile is copied into C just before the first
         // k block, which then accumulates onto it (β = 1).
         let first = Epilogue {
@@ -332,12 +338,38 @@ unsafe fn block<K: MicroKernel>(
                                 }
                             }
                         } else {
-                            K::raw(kc, a, b, &mut tile);
-                            store_edge(&tile, nr, dst, &ep);
+                            // C's columns are strided: the tile goes through a
+                            // contiguous copy, and so meets the same arithmetic.
+                            let local = TileDst {
+                                c: tile.as_mut_ptr(),
+                                rsc: nr,
+                                csc: 1,
+                                rows,
+                                cols,
+                            };
+                            if ep.beta != 0.0 {
+                                copy_between(dst, local);
+                            }
+                            K::full(kc, a, b, local, &ep);
+                            copy_between(local, dst);
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Copies the `rows × cols` region `src` into `dst` (of the same size).
+///
+/// # Safety
+/// Both regions are valid (`src` for reads, `dst` for writes) and do not overlap.
+unsafe fn copy_between(src: TileDst, dst: TileDst) {
+    debug_assert!(src.rows == dst.rows && src.cols == dst.cols);
+    for i in 0..src.rows {
+        for j in 0..src.cols {
+            // SAFETY: (i, j) lies in both regions.
+            unsafe { *dst.at(i, j) = *src.at(i, j) };
         }
     }
 }

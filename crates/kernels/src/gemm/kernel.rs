@@ -12,13 +12,13 @@
 //! AVX2: 6 × 16 (12 accumulators + 2 `b` vectors of the 16 ymm registers).
 //!
 //! Epilogue ([`Epilogue`]), applied when the tile is stored, in this order and
-//! with separately rounded multiplies and adds (never fused), so that a tile
-//! written by vectors (masked at C's right edge, cut at its bottom edge) and
-//! one written element by element by [`store_edge`] (a C with strided
-//! columns) give bit-identical elements:
+//! with separately rounded multiplies and adds (never fused), masked at C's
+//! right edge and cut at its bottom edge:
 //! ```text
 //! t = α·acc;   if β ≠ 0: t = t + β·C;   if bias: t = t + bias[j];   C = t
 //! ```
+//! A C whose columns are strided goes through a contiguous copy of the tile
+//! (the driver's `block`), so every element meets the same arithmetic.
 
 /// How a finished tile is combined with C.
 #[derive(Clone, Copy, Debug)]
@@ -28,21 +28,6 @@ pub(crate) struct Epilogue<'a> {
     pub beta: f32,
     /// NR values (zero-padded past the last real column), added to every row.
     pub bias: Option<&'a [f32]>,
-}
-
-impl Epilogue<'_> {
-    /// The scalar form of the epilogue for one element.
-    #[inline(always)]
-    pub fn apply(&self, acc: f32, c: f32, j: usize) -> f32 {
-        let mut t = self.alpha * acc;
-        if self.beta != 0.0 {
-            t += self.beta * c;
-        }
-        if let Some(bias) = self.bias {
-            t += bias[j];
-        }
-        t
-    }
 }
 
 use super::pack;
@@ -94,17 +79,26 @@ pub(crate) trait MicroKernel {
     const NR: usize;
     /// Values of k per packed step: 1 (f32), or 2 (a pair of bf16 in one u32).
     const KU: usize = 1;
+    /// Every k block is packed zero-padded to a multiple of this many values
+    /// of k (a multiple of `KU`): `KU`, or 32 for AMX, whose tiles take k in
+    /// chunks of 32.
+    const KG: usize = Self::KU;
     /// Whether the kernel can read a row-major f32 A in place ([`APanel::Rows`]).
     const IN_PLACE_A: bool = true;
 
+    /// Packed rows (steps) of a k block of `kc` values: `⌈kc / KG⌉ · KG / KU`.
+    fn steps(kc: usize) -> usize {
+        kc.div_ceil(Self::KG) * (Self::KG / Self::KU)
+    }
+
     /// Packs `rows` rows of A from `r0`, k = `pc .. pc+kc`, into
-    /// `⌈rows / MR⌉` micro-panels of `⌈kc / KU⌉ · MR` values each.
+    /// `⌈rows / MR⌉` micro-panels of `steps(kc) · MR` values each.
     fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: usize, kc: usize) {
         pack::pack_a(dst, a, r0, rows, pc, kc, Self::MR)
     }
 
     /// Packs `cols ≤ NR` columns of B from `c0`, k = `pc .. pc+kc`, into
-    /// `⌈kc / KU⌉ · NR` values.
+    /// `steps(kc) · NR` values.
     fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: usize, kc: usize) {
         pack::pack_b(dst, b, c0, cols, pc, kc, Self::NR)
     }
@@ -119,30 +113,6 @@ pub(crate) trait MicroKernel {
     /// during the call; the epilogue's bias, if any, has at least `dst.cols`
     /// values.
     unsafe fn full(kc: usize, a: APanel, b: &[f32], dst: TileDst, ep: &Epilogue);
-    /// Computes the tile into `tile` (row-major `MR × NR`), with no epilogue.
-    ///
-    /// # Safety
-    /// As the trait; `tile` holds `MR·NR` values.
-    unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]);
-}
-
-/// Writes the valid corner of a raw tile (row-major, rows `nr` apart) into
-/// `dst` (any strides), through the scalar epilogue.
-///
-/// # Safety
-/// `dst.c + i·dst.rsc + j·dst.csc` is valid for reads and writes for
-/// `i < dst.rows`, `j < dst.cols`, and written by no one else during the call.
-pub(crate) unsafe fn store_edge(tile: &[f32], nr: usize, dst: TileDst, ep: &Epilogue) {
-    for i in 0..dst.rows {
-        for j in 0..dst.cols {
-            // SAFETY: (i, j) lies in the region the caller vouched for.
-            unsafe {
-                let at = dst.at(i, j);
-                let old = if ep.beta != 0.0 { *at } else { 0.0 };
-                *at = ep.apply(tile[i * nr + j], old, j);
-            }
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -219,14 +189,6 @@ mod x86 {
                 }
             }
         }
-
-        #[inline]
-        unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]) {
-            debug_assert!(b.len() >= kc * Self::NR);
-            assert!(tile.len() >= Self::MR * Self::NR);
-            // SAFETY: the caller vouches for the CPU and the panels; `tile` was checked.
-            unsafe { raw16(kc, a, b.as_ptr(), tile.as_mut_ptr()) }
-        }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -289,18 +251,6 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn raw16(kc: usize, a: APanel, b: *const f32, tile: *mut f32) {
-        // SAFETY: see `MicroKernel::raw`.
-        unsafe {
-            let acc = accumulate16::<2>(kc, a, b);
-            for (i, row) in acc.iter().enumerate() {
-                _mm512_storeu_ps(tile.add(i * 32), row[0]);
-                _mm512_storeu_ps(tile.add(i * 32 + 16), row[1]);
-            }
-        }
-    }
-
     /// The AVX2 + FMA 6 × 16 kernel.
     pub(crate) struct Avx2;
 
@@ -356,14 +306,6 @@ mod x86 {
             // SAFETY: the caller vouches for the CPU, the panels and C.
             unsafe { full8(kc, a, b.as_ptr(), dst, ep) }
         }
-
-        #[inline]
-        unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]) {
-            debug_assert!(b.len() >= kc * Self::NR);
-            assert!(tile.len() >= Self::MR * Self::NR);
-            // SAFETY: the caller vouches for the CPU and the panels; `tile` was checked.
-            unsafe { raw8(kc, a, b.as_ptr(), tile.as_mut_ptr()) }
-        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -395,18 +337,6 @@ mod x86 {
                     }
                     _mm256_maskstore_ps(dst, mask[v], t);
                 }
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn raw8(kc: usize, a: APanel, b: *const f32, tile: *mut f32) {
-        // SAFETY: see `MicroKernel::raw`.
-        unsafe {
-            let acc = accumulate8(kc, a, b);
-            for (i, row) in acc.iter().enumerate() {
-                _mm256_storeu_ps(tile.add(i * 16), row[0]);
-                _mm256_storeu_ps(tile.add(i * 16 + 8), row[1]);
             }
         }
     }
@@ -454,28 +384,6 @@ mod x86 {
             };
             // SAFETY: the caller vouches for the CPU (AVX512-BF16), the panels and C.
             unsafe { full_bf16(kc.div_ceil(2), a, ld, b.as_ptr(), dst, ep) }
-        }
-
-        #[inline]
-        unsafe fn raw(kc: usize, a: APanel, b: &[f32], tile: &mut [f32]) {
-            assert!(tile.len() >= Self::MR * Self::NR);
-            // SAFETY: as `full`, into the whole (checked) tile: a 12 × 32 block
-            // with rows 32 apart, α = 1, β = 0, no bias.
-            unsafe {
-                let ep = Epilogue {
-                    alpha: 1.0,
-                    beta: 0.0,
-                    bias: None,
-                };
-                let dst = TileDst {
-                    c: tile.as_mut_ptr(),
-                    rsc: 32,
-                    csc: 1,
-                    rows: MR16,
-                    cols: 32,
-                };
-                Self::full(kc, a, b, dst, &ep)
-            }
         }
     }
 

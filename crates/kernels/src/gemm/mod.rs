@@ -15,12 +15,15 @@
 //! * `kernel`: the register-blocked micro-kernels (AVX-512 12 × 32, AVX2 6 × 16);
 //! * `pack`: copying blocks of A and B into the kernels' panel order;
 //! * `driver`: the BLIS loop nest (KC / NC blocking) and the 2-D thread split;
-//! * [`amx`]: the opt-in bf16 path on Intel AMX tiles.
+//! * [`amx`]: the bf16 micro-kernel on Intel AMX tiles, run by the same driver.
 //!
 //! Which path runs: f32 products on AVX-512 or AVX2+FMA CPUs go through
 //! Tessera's own driver; on CPUs without AVX2 (or with `TESSERA_ISA=scalar`)
 //! they go through `matrixmultiply`, which is also the oracle the driver is
 //! tested against, next to the plain triple loop in [`mod@reference`].
+//! bf16 products go through the same driver, on AMX tiles where the CPU and
+//! the OS allow them (and `TESSERA_AMX=off` does not say otherwise), else
+//! with AVX512-BF16's `vdpbf16ps`, else in f32.
 //!
 //! β = 0 means `C` is write-only (its old contents, even NaN, are ignored);
 //! β = 1 accumulates, which is how backward passes add into gradients.
@@ -288,11 +291,7 @@ pub(crate) unsafe fn product_raw(isa: Isa, p: &driver::Product, c: *mut f32, rsc
     }
     // The driver applies GELU to each tile as it finishes (it needs C's
     // columns contiguous); every other path does it in a pass afterwards.
-    let driver_path = cfg!(target_arch = "x86_64")
-        && k > 0
-        && csc == 1
-        && isa != Isa::Scalar
-        && !(prec == Precision::Bf16 && bf16_on_amx());
+    let driver_path = cfg!(target_arch = "x86_64") && k > 0 && csc == 1 && isa != Isa::Scalar;
     let mut q = *p;
     if !driver_path {
         q.gelu_to = None;
@@ -327,18 +326,6 @@ pub(crate) unsafe fn product_raw(isa: Isa, p: &driver::Product, c: *mut f32, rsc
     }
 }
 
-/// True where bf16 products run on AMX (which has no fused activation).
-fn bf16_on_amx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        amx::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// [`product_raw`] with the activation left to the driver (if any).
 ///
 /// # Safety
@@ -370,13 +357,8 @@ unsafe fn product_unfused(
     #[cfg(target_arch = "x86_64")]
     {
         if prec == Precision::Bf16 && amx::available() {
-            // SAFETY: AMX is available; the caller vouches for C and the bias.
-            unsafe {
-                split_among_threads(p, c, rsc, csc, threads, |q, c, rsc, csc| {
-                    amx::sgemm_bf16(q, c, rsc, csc)
-                })
-            };
-            return;
+            // SAFETY: AMX (and so AVX-512F) is available; the caller vouches for C and the bias.
+            return unsafe { driver::run::<amx::Amx>(p, c, rsc, csc, threads) };
         }
         if prec == Precision::Bf16 && isa == Isa::Avx512 && avx512_bf16() {
             // SAFETY: the CPU has AVX-512F and AVX512-BF16; the caller vouches for C and the bias.
@@ -435,6 +417,24 @@ pub fn kernel_gflops(isa: Isa, kc: usize, a_kind: APanelKind, reps: usize) -> Op
     }
 }
 
+/// The AMX bf16 micro-kernel alone on hot panels, as [`kernel_gflops`]
+/// (one 32 × 32 tile, its epilogue included); `None` without AMX.
+pub fn amx_kernel_gflops(kc: usize, reps: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if kc == 0 || !amx::available() {
+            return None;
+        }
+        // SAFETY: AMX (and AVX-512F) is available.
+        Some(unsafe { hot_rate::<amx::Amx>(kc, APanelKind::Packed, reps) })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kc, reps);
+        None
+    }
+}
+
 /// [`kernel_gflops`] for kernel `K`.
 ///
 /// # Safety
@@ -480,11 +480,11 @@ unsafe fn hot_rate<K: kernel::MicroKernel>(kc: usize, a_kind: APanelKind, reps: 
 
 /// Rows/columns per parallel part are a multiple of this, so every part's tiles
 /// line up with the tiles of the undivided product (64 is a multiple of every
-/// micro-kernel size in matrixmultiply and of the AMX blocks). Elements then
+/// micro-kernel size in matrixmultiply). Elements then
 /// see identical arithmetic whatever the split.
 const SPLIT_ALIGN: usize = 64;
 
-/// Runs `run` (a single-threaded product: matrixmultiply or AMX) on parts of
+/// Runs `run` (a single-threaded product: matrixmultiply) on parts of
 /// C cut along its longer side, one aligned part per thread; each part packs
 /// its own copy of the other operand. Tessera's driver does better (shared
 /// packing, 2-D split); this serves the paths that have no driver of their own.
@@ -1137,6 +1137,101 @@ mod tests {
                             err <= 2f64.powi(-7) * scale + 1e-5,
                             "m{m} k{k} n{n}: error {err} > bound {}",
                             2f64.powi(-7) * scale
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Both bf16 kernels of the driver (AMX tiles and AVX512-BF16, each where
+    /// the CPU has it) against an f64 product of the bf16-rounded inputs,
+    /// across every edge: k past one and several k blocks and not a multiple
+    /// of a tile's 32, ragged tiles, all four transposes, and every epilogue
+    /// (β = 0 over NaN, β = 1, a bias, α ≠ 1, a residual, the tile GELU).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_kernels_match_f64_on_every_edge() {
+        use super::bf16::{from_bf16, to_bf16};
+        type Run = unsafe fn(&Product, *mut f32, usize, usize, usize);
+        let mut kernels: Vec<(&str, Run)> = Vec::new();
+        if amx::available() {
+            kernels.push(("amx", driver::run::<amx::Amx>));
+        }
+        if avx512_bf16() {
+            kernels.push(("avx512bf16", driver::run::<kernel::Avx512Bf16>));
+        }
+        if kernels.is_empty() {
+            eprintln!("bf16 kernels: skipping: this CPU has neither AMX-BF16 nor AVX512-BF16");
+            return;
+        }
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(31);
+        let round = |v: &[f32]| v.iter().map(|&x| from_bf16(to_bf16(x))).collect::<Vec<_>>();
+        let shapes = [
+            (1, 1, 1),
+            (33, 40, 31),
+            (64, 1100, 64),
+            (70, 513, 97),
+            (5, 300, 600),
+            (96, 64, 32),
+        ];
+        for (name, run) in kernels {
+            for (t, &(m, k, n)) in shapes.iter().enumerate() {
+                let (ta, tb) = (t % 2 == 1, t % 4 >= 2);
+                let (a_data, b_data) = (random(m * k, &mut rng), random(k * n, &mut rng));
+                let (bias, resid) = (random(n, &mut rng), random(m * n, &mut rng));
+                let a = MatRef::stored(&a_data, m, k, ta);
+                let b = MatRef::stored(&b_data, k, n, tb);
+                let (ar, br) = (round(&a_data), round(&b_data));
+                let (ar, br) = (MatRef::stored(&ar, m, k, ta), MatRef::stored(&br, k, n, tb));
+                // (α, β, bias, residual)
+                for &(alpha, beta, with_bias, with_res) in &[
+                    (1.0f32, 0.0f32, false, false),
+                    (1.0, 0.0, true, false),
+                    (1.0, 1.0, false, false),
+                    (1.0, 1.0, true, false),
+                    (0.5, 0.5, true, false),
+                    (1.0, 0.0, true, true),
+                    (1.0, 0.0, false, true),
+                ] {
+                    let c0 = if beta == 0.0 {
+                        vec![f32::NAN; m * n]
+                    } else {
+                        random(m * n, &mut rng)
+                    };
+                    let mut got = c0.clone();
+                    let mut act = vec![0f32; m * n];
+                    let p = Product {
+                        bias: with_bias.then_some(&bias[..]),
+                        residual: with_res.then(|| MatRef::row_major(&resid, m, n)),
+                        gelu_to: (alpha == 1.0 && beta == 0.0).then_some((SendPtr(act.as_mut_ptr()), n)),
+                        prec: Precision::Bf16,
+                        ..plain(alpha, a, b, beta)
+                    };
+                    // SAFETY: the kernel's CPU features were detected above; C
+                    // and the GELU output are m × n, contiguous, owned here.
+                    unsafe { run(&p, got.as_mut_ptr(), n, 1, 3) };
+                    let base = if beta == 0.0 { vec![0f32; m * n] } else { c0.clone() };
+                    for (idx, w) in expected(alpha, &ar, &br, beta, &base, |i, j| i * n + j) {
+                        let (i, j) = (idx / n, idx % n);
+                        let w = w
+                            + if with_bias { bias[j] as f64 } else { 0.0 }
+                            + if with_res { resid[idx] as f64 } else { 0.0 };
+                        let scale: f64 = (0..k).map(|q| (ar.at(i, q) * br.at(q, j)).abs() as f64).sum();
+                        let tol = 1e-6 * (k as f64).sqrt() * (scale + 1.0) + 1e-5 * (1.0 + w.abs());
+                        assert!(
+                            (got[idx] as f64 - w).abs() <= tol,
+                            "{name} m{m} k{k} n{n} ta{ta} tb{tb} α{alpha} β{beta} bias {with_bias} \
+                             residual {with_res}: [{idx}] {} vs {w}",
+                            got[idx]
+                        );
+                    }
+                    if p.gelu_to.is_some() {
+                        let mut g = vec![0f32; m * n];
+                        crate::gelu::forward(&mut g, &got);
+                        assert!(
+                            g.iter().zip(&act).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{name} m{m} k{k} n{n}: the tile GELU differs from the GELU of C"
                         );
                     }
                 }
