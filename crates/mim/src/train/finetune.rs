@@ -86,6 +86,8 @@ impl Finetuner {
             return Err(MimError::Input(format!("label {bad} is not below the {k} classes")));
         }
         self.model.encoder.check_images(imgs)?;
+        // The pool's other workers spin between the step's ops (one process).
+        let _awake = tessera_kernels::par::keep_awake();
         tessera_tensor::with_matmul_precision(self.config.precision, || {
             let lr = self.config.lr_at(self.step);
             self.optimizer.set_lr(lr);

@@ -342,6 +342,10 @@ impl Trainer {
             )));
         }
         self.model.encoder.check_images(imgs)?;
+        // The pool's other workers spin between this step's ops instead of
+        // sleeping (one process only: ranks sharing a machine would lose
+        // cores to it while they exchange gradients).
+        let _awake = (self.comm.size() == 1).then(tessera_kernels::par::keep_awake);
         // Products of this step (forward and backward) run at the configured
         // precision: the engine's ops take it from this scope and hand it to
         // their kernels; the caller's setting is restored afterwards.
