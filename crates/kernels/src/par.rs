@@ -61,6 +61,7 @@ pub fn keep_awake() -> KeepAwake {
                 return;
             }
             SPINNING.fetch_add(1, Ordering::AcqRel);
+            STARTED.fetch_add(1, Ordering::AcqRel);
             let mut idle_since = Instant::now();
             while !flag.load(Ordering::Acquire) {
                 match rayon::yield_now() {
@@ -77,6 +78,10 @@ pub fn keep_awake() -> KeepAwake {
 
 /// Workers spinning for [`keep_awake`] now, in every pool of the process.
 static SPINNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Spinners started since the process began (for the tests: a spinner on a
+/// machine this busy may start and time out between two looks at `SPINNING`).
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many workers are spinning for [`keep_awake`] now (all pools).
 pub fn spinning() -> usize {
@@ -363,40 +368,48 @@ mod tests {
         assert_eq!(a.to_bits(), b.to_bits());
     }
 
-    /// The other worker spins while the guard lives and the jobs it runs
-    /// give the same bits; it stops when the guard is dropped, and by itself
-    /// after [`BLOCK_TIME`] without work.
+    /// The other worker starts spinning and the jobs it runs give the same
+    /// bits; no spinner is left once the guard is dropped, nor, with the guard
+    /// alive, after [`BLOCK_TIME`] without work.
     #[test]
     fn keep_awake_spins_until_dropped_or_idle() {
-        let wait_for = |want: usize| {
+        use std::sync::atomic::Ordering;
+        let until = |what: &str, done: &dyn Fn() -> bool, poke: bool| {
             let start = std::time::Instant::now();
-            while spinning() != want {
-                assert!(
-                    start.elapsed().as_secs() < 5,
-                    "spinning() stayed {} (want {want})",
-                    spinning()
-                );
-                // A job for the pool: it wakes a sleeping worker, which then
-                // also finds the broadcast (rayon's wake-up for broadcasts
-                // alone can miss a worker that is just falling asleep).
-                rayon::join(|| {}, || {});
+            while !done() {
+                assert!(start.elapsed().as_secs() < 10, "{what}: spinning() is {}", spinning());
+                if poke {
+                    // A job for the pool: it wakes a sleeping worker, which then
+                    // also finds the broadcast (rayon's wake-up for broadcasts
+                    // alone can miss a worker that is just falling asleep).
+                    rayon::join(|| {}, || {});
+                } else {
+                    // No jobs: a spinner that ran one would keep spinning.
+                    std::thread::yield_now();
+                }
             }
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let x: Vec<f32> = (0..200_003).map(|i| ((i % 97) as f32 - 48.0) * 1e-2).collect();
         let plain = pool.install(|| sum_squares(&x));
         pool.install(|| {
+            let before = STARTED.load(Ordering::Acquire);
             let awake = keep_awake();
-            wait_for(1); // one worker: not the caller
+            until("a spinner starts", &|| STARTED.load(Ordering::Acquire) > before, true);
             for _ in 0..50 {
                 assert_eq!(sum_squares(&x).to_bits(), plain.to_bits());
             }
             drop(awake);
-            wait_for(0);
+            until("spinners end with the guard", &|| spinning() == 0, false);
+            let before = STARTED.load(Ordering::Acquire);
             let _idle = keep_awake();
-            wait_for(1);
+            until(
+                "a spinner starts again",
+                &|| STARTED.load(Ordering::Acquire) > before,
+                true,
+            );
             std::thread::sleep(BLOCK_TIME * 10);
-            wait_for(0);
+            until("an idle spinner ends by itself", &|| spinning() == 0, false);
         });
     }
 }

@@ -36,6 +36,11 @@ pub struct Blocking {
     pub l1d: Option<usize>,
     /// L2 cache of one core, bytes.
     pub l2: Option<usize>,
+    /// Whether the f32 AVX-512 kernel prefetches its B panel ahead: on Intel
+    /// CPUs, where it was measured (Sapphire Rapids, 2 threads: products
+    /// +4–10%, docs/benchmarks.md); the AMD CPUs the driver was tuned on keep
+    /// the loop they were measured with.
+    pub prefetch_b: bool,
 }
 
 impl Blocking {
@@ -44,7 +49,13 @@ impl Blocking {
         // The A micro-panel of the widest kernel: 12 rows of f32.
         let kc = l1d.map_or(256, |l1| pow2_floor(l1 / 2 / (12 * 4)).clamp(128, MAX_KC));
         let nc = l2.map_or(512, |l2| pow2_floor(l2 / 2 / (kc * 4)).clamp(256, 1024));
-        Blocking { kc, nc, l1d, l2 }
+        Blocking {
+            kc,
+            nc,
+            l1d,
+            l2,
+            prefetch_b: false,
+        }
     }
 
     /// The sizes for this CPU (read once).
@@ -52,8 +63,25 @@ impl Blocking {
         static DETECTED: OnceLock<Blocking> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             let (l1d, l2) = cache_sizes();
-            Blocking::for_caches(l1d, l2)
+            Blocking {
+                prefetch_b: intel(),
+                ..Blocking::for_caches(l1d, l2)
+            }
         })
+    }
+}
+
+/// True on a CPU whose CPUID vendor is "GenuineIntel".
+fn intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let v = std::arch::x86_64::__cpuid(0);
+        // The vendor string is EBX, EDX, ECX: "Genu" "ineI" "ntel".
+        [v.ebx, v.edx, v.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -129,12 +129,29 @@ mod x86 {
 
     const MR16: usize = 12;
 
+    /// How far ahead in the B panel the kernel asks for lines (with
+    /// `PF`): 8 steps of k, 1 KiB.
+    const B_AHEAD: usize = 8 * 32;
+
+    /// Asks for the line `B_AHEAD` values past `b`, and the next one (a
+    /// prefetch never faults, so past the panel's end is harmless).
+    #[inline(always)]
+    unsafe fn prefetch_b(b: *const f32) {
+        // SAFETY: a prefetch only hints the cache; no address is dereferenced.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(B_AHEAD) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(B_AHEAD + 16) as *const i8);
+        }
+    }
+
     /// `acc[i][v]` = row `i`, columns `16v .. 16v+16` of the tile, for the
     /// first `V` (1 or 2) vectors of columns: `V = 1` is the narrow kernel for
     /// a last panel of at most 16 columns (attention's N = 17, 65, 197), which
     /// skips the half of the multiply-adds that would only meet zero padding.
+    /// With `PF`, each step of k also prefetches the B panel 8 steps ahead
+    /// (the panel streams from L2; see [`Blocking::prefetch_b`](super::super::Blocking)).
     #[inline(always)]
-    unsafe fn accumulate16<const V: usize>(kc: usize, a: APanel, b: *const f32) -> [[__m512; V]; MR16] {
+    unsafe fn accumulate16<const V: usize, const PF: bool>(kc: usize, a: APanel, b: *const f32) -> [[__m512; V]; MR16] {
         // SAFETY (whole body): the caller guarantees AVX-512F and that `a`
         // covers 12 rows × kc and `b` kc·32 values; every load stays inside them.
         unsafe {
@@ -143,6 +160,9 @@ mod x86 {
             match a {
                 APanel::Packed(mut a, ld) => {
                     for _ in 0..kc {
+                        if PF {
+                            prefetch_b(b);
+                        }
                         let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
                         for (i, row) in acc.iter_mut().enumerate() {
                             let ai = _mm512_set1_ps(*a.add(i));
@@ -156,6 +176,9 @@ mod x86 {
                 }
                 APanel::Rows(a, lda) => {
                     for p in 0..kc {
+                        if PF {
+                            prefetch_b(b);
+                        }
                         let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
                         for (i, row) in acc.iter_mut().enumerate() {
                             let ai = _mm512_set1_ps(*a.add(i * lda + p));
@@ -195,7 +218,14 @@ mod x86 {
     unsafe fn full16<const V: usize>(kc: usize, a: APanel, b: *const f32, dst: TileDst, ep: &Epilogue) {
         let TileDst { c, rsc, rows, cols, .. } = dst;
         // SAFETY: see `MicroKernel::full`.
-        unsafe { store16(&accumulate16::<V>(kc, a, b), c, rsc, rows, cols, ep) }
+        unsafe {
+            let acc = if super::super::Blocking::detected().prefetch_b {
+                accumulate16::<V, true>(kc, a, b)
+            } else {
+                accumulate16::<V, false>(kc, a, b)
+            };
+            store16(&acc, c, rsc, rows, cols, ep)
+        }
     }
 
     /// The AVX-512 epilogue: writes the first `rows` rows and `cols` columns
