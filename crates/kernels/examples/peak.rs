@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use tessera_kernels::cpu::{self, Isa};
-use tessera_kernels::peak::{copy_gbs, fma_gflops};
+use tessera_kernels::peak::{amx_gflops, copy_gbs, fma_gflops};
 
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -15,6 +15,10 @@ fn main() {
             "FMA peak {:<7} 1 thread {one:7.1} GFLOP/s   {threads} threads {all:7.1} GFLOP/s",
             isa.name()
         );
+    }
+    let amx = |t| amx_gflops(t, Duration::from_millis(500));
+    if let (Some(one), Some(all)) = (amx(1), amx(threads)) {
+        println!("AMX bf16 peak   1 thread {one:7.1} GFLOP/s   {threads} threads {all:7.1} GFLOP/s");
     }
     let _ = Isa::Scalar;
     for (label, bytes) in [("L2-resident 1 MiB", 1 << 20), ("DRAM 512 MiB", 512 << 20)] {

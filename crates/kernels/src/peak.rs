@@ -131,6 +131,43 @@ pub fn fma_gflops(isa: Isa, threads: usize, time: Duration) -> f64 {
     threads.max(1) as f64 * (iters * 4) as f64 * flops_per_iter(isa) / secs / 1e9
 }
 
+/// Peak bf16 throughput of the AMX tiles in GFLOP/s (`tdpbf16ps` on
+/// register-resident tiles) of `threads` threads each running for about
+/// `time`; `None` where AMX is not available.
+pub fn amx_gflops(threads: usize, time: Duration) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::gemm::amx;
+        if !amx::available() {
+            return None;
+        }
+        // SAFETY (both calls): AMX is available (checked above).
+        let run = |iters: u64| unsafe { amx::tile_peak_loop(iters) };
+        let mut iters = 1u64 << 12;
+        loop {
+            let t = Instant::now();
+            run(iters);
+            if t.elapsed() > time / 8 || iters > 1 << 32 {
+                break;
+            }
+            iters *= 2;
+        }
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(move || run(iters * 4));
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        Some(threads.max(1) as f64 * (iters * 4) as f64 * amx::TILE_LOOP_FLOPS / secs / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (threads, time);
+        None
+    }
+}
+
 /// Memory bandwidth in GB/s (bytes read + written per second) of `threads`
 /// threads copying disjoint parts of a `bytes`-sized buffer, best of `reps`.
 pub fn copy_gbs(bytes: usize, threads: usize, reps: usize) -> f64 {

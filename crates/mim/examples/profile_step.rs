@@ -86,22 +86,26 @@ fn run() {
     let per = start.elapsed().as_secs_f64() / steps as f64;
     println!("{name}: {per:.3} s/step, {:.1} images/s", batch as f64 / per);
     profile::disable();
-    // The ceilings on the threads the steps ran on: the f32 FMA peak (the
-    // products' roofline; bf16 products may exceed it) and a copy of 512 MiB
-    // (DRAM; an op whose data stays in L3, AdamW on a small model, may
-    // exceed it).
+    // The ceilings on the threads the steps ran on: the products' peak (f32
+    // FMA, or the AMX tiles' for a bf16 step where the CPU has them) and a
+    // copy of 512 MiB (DRAM; an op whose data stays in L3, AdamW on a small
+    // model, may exceed it).
     let threads = rayon::current_num_threads();
+    let time = std::time::Duration::from_millis(400);
+    let fma = || tessera_kernels::peak::fma_gflops(tessera_kernels::cpu::isa(), threads, time);
+    let amx = (t.config().precision == tessera_tensor::Precision::Bf16)
+        .then(|| tessera_kernels::peak::amx_gflops(threads, time))
+        .flatten();
     let peaks = profile::Peaks {
-        gflops: tessera_kernels::peak::fma_gflops(
-            tessera_kernels::cpu::isa(),
-            threads,
-            std::time::Duration::from_millis(400),
-        ),
+        gflops: amx.unwrap_or_else(fma),
+        compute: if amx.is_some() { "amx" } else { "fma" },
         gbs: tessera_kernels::peak::copy_gbs(512 << 20, threads, 5),
     };
     println!(
-        "ceilings on {threads} threads: f32 FMA {:.1} GFLOP/s, copy {:.1} GB/s",
-        peaks.gflops, peaks.gbs
+        "ceilings on {threads} threads: {} {:.1} GFLOP/s, copy {:.1} GB/s",
+        if amx.is_some() { "AMX bf16" } else { "f32 FMA" },
+        peaks.gflops,
+        peaks.gbs
     );
     print!("{}", profile::format_report(&profile::report(), Some(&peaks)));
 }

@@ -125,13 +125,14 @@ impl Row {
     /// The fraction of its roofline the op ran at, and which ceiling that
     /// is (`"fma"` or `"bw"`); `None` for an op that counts no work.
     pub fn of_peak(&self, peaks: &Peaks) -> Option<(f64, &'static str)> {
+        // (`"fma"` is `peaks.compute`: `"amx"` for a bf16 step on AMX tiles.)
         if self.flops == 0 && self.bytes == 0 {
             return None;
         }
         // Compute-bound if its FLOPs per byte exceed the machine's balance.
         let intensity = self.flops as f64 / (self.bytes as f64).max(1.0);
         if intensity > peaks.gflops / peaks.gbs {
-            Some((self.gflops() / peaks.gflops, "fma"))
+            Some((self.gflops() / peaks.gflops, peaks.compute))
         } else {
             Some((self.gbs() / peaks.gbs, "bw"))
         }
@@ -141,8 +142,11 @@ impl Row {
 /// The machine's ceilings on the threads the profiled steps ran on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Peaks {
-    /// FMA peak of the products' arithmetic, GFLOP/s.
+    /// Peak of the products' arithmetic, GFLOP/s: the f32 FMA peak, or the
+    /// AMX tiles' for a step whose products run in bf16 on them.
     pub gflops: f64,
+    /// Which peak `gflops` is, as the report names it: `"fma"` or `"amx"`.
+    pub compute: &'static str,
     /// Memory bandwidth (a large copy's read + write), GB/s.
     pub gbs: f64,
 }
@@ -221,6 +225,7 @@ mod tests {
     fn rows_meet_the_ceiling_that_bounds_them() {
         let peaks = Peaks {
             gflops: 400.0,
+            compute: "fma",
             gbs: 40.0,
         }; // balance: 10 FLOP per byte
         let product = row(2_000_000_000, 10_000_000, 10); // 200 GFLOP/s, 200 FLOP/B
@@ -232,7 +237,16 @@ mod tests {
         assert_eq!(which, "bw");
         assert!((f - 0.5).abs() < 1e-9, "{f}");
         assert_eq!(row(0, 0, 10).of_peak(&peaks), None);
-        let text = format_report(&[product, pass], Some(&peaks));
+        let text = format_report(&[product.clone(), pass], Some(&peaks));
         assert!(text.contains("50% fma") && text.contains("50% bw"), "{text}");
+        // Against the AMX tiles' peak (balance 100 FLOP per byte), the same
+        // product is still compute-bound, at 5% of it.
+        let amx = Peaks {
+            gflops: 4000.0,
+            compute: "amx",
+            ..peaks
+        };
+        let (f, which) = product.of_peak(&amx).unwrap();
+        assert_eq!((which, (f * 100.0).round()), ("amx", 5.0));
     }
 }

@@ -262,6 +262,40 @@ fn pack_b_panel(dst: &mut [u32], b: &MatRef, c0: usize, cols: usize, pc: usize, 
     }
 }
 
+/// FLOPs of one round of [`tile_peak_loop`]: four `tdpbf16ps` of 16 × 16 × 32
+/// multiply-adds.
+pub(crate) const TILE_LOOP_FLOPS: f64 = 4.0 * 2.0 * 16.0 * 16.0 * 32.0;
+
+/// `iters` rounds of four independent `tdpbf16ps` on tiles that stay in the
+/// registers (no loads, no stores): the AMX compute ceiling of one core.
+///
+/// # Safety
+/// AMX is [`available`].
+pub(crate) unsafe fn tile_peak_loop(iters: u64) {
+    if iters == 0 {
+        return;
+    }
+    // SAFETY: AMX is available (caller); only tile registers are touched.
+    unsafe {
+        configure();
+        asm!(
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            "2:",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) iters => _,
+            options(nostack, nomem)
+        );
+    }
+}
+
 /// The driver's AMX micro-kernel: a 32 × 32 tile of C from a 32-row A
 /// micro-panel and a 32-column B micro-panel, both bf16 in tile order (see
 /// the module docs). The packed buffers are the driver's f32 buffers seen as
