@@ -41,6 +41,15 @@ pub struct Blocking {
     /// +4–10%, docs/benchmarks.md); the AMD CPUs the driver was tuned on keep
     /// the loop they were measured with.
     pub prefetch_b: bool,
+    /// Micro-panels of A the driver packs at once when it packs A (a
+    /// transposed A: the dW products). Measured per vendor, not derived: on
+    /// the Zen 4 a run of 64 panels (768 rows × KC) let the prefetchers follow
+    /// a transposed A in long runs per k (512 × 4160 · 4160 × 128: 82, 83, 86
+    /// and 92 GFLOP/s with 8, 16, 32 and 64 panels); on Sapphire Rapids, KC
+    /// twice as deep, 8 panels did best (768 × 1088 · 1088 × 192, one
+    /// thread: 127, 132, 131, 144 GFLOP/s with 64, 32, 16, 8; 148 and 147
+    /// with 4 and 2; docs/benchmarks.md).
+    pub a_panels: usize,
 }
 
 impl Blocking {
@@ -55,6 +64,7 @@ impl Blocking {
             l1d,
             l2,
             prefetch_b: false,
+            a_panels: 64,
         }
     }
 
@@ -63,8 +73,10 @@ impl Blocking {
         static DETECTED: OnceLock<Blocking> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             let (l1d, l2) = cache_sizes();
+            let intel = intel();
             Blocking {
-                prefetch_b: intel(),
+                prefetch_b: intel,
+                a_panels: if intel { 8 } else { 64 },
                 ..Blocking::for_caches(l1d, l2)
             }
         })

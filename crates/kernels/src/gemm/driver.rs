@@ -33,11 +33,6 @@ use crate::par::SendPtr;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
-/// Micro-panels of A packed at once (768 rows × KC, 768 KiB). A transposed A
-/// (the dW products) is then read in runs of 768 values per k instead of a
-/// few cache lines per row, which the prefetchers follow: 512 × 4160 · 4160 ×
-/// 128 ran at 82, 83, 86 and 92 GFLOP/s with 8, 16, 32 and 64 panels.
-const MC_PANELS: usize = 64;
 /// Units of work (row panel × column block) each task should get at least.
 const UNITS_PER_TASK: usize = 8;
 /// Below this many FLOPs per thread the fork/join costs more than it saves.
@@ -255,11 +250,12 @@ unsafe fn block<K: MicroKernel>(
     // multiple of 4 KiB apart: then all MR rows fall into the same L1 sets and
     // evict each other (400 × 3072 · 3072 × 768 on 2 threads: 165 in place,
     // 175 GFLOP/s packed; 2 KiB apart is still better in place, 207 against
-    // 190). Anything else is packed MC_PANELS micro-panels at a time. (A
+    // 190). Anything else is packed `Blocking::a_panels` micro-panels at a time. (A
     // transposed A could be read in place too, but its power-of-two strides
     // map every k to the same few sets: measured 75 against 88–95 packed.)
+    let mc_panels = Blocking::detected().a_panels;
     let in_place = K::IN_PLACE_A && p.a.cs() == 1 && !p.a.rs().is_multiple_of(1024);
-    let group_panels = if in_place { 1 } else { MC_PANELS.min(rps.len()) };
+    let group_panels = if in_place { 1 } else { mc_panels.min(rps.len()) };
     let mut apack_buf = Scratch::take(group_panels * mr * K::steps(kc_max.min(k)));
     let apack = apack_buf.as_mut_slice();
     let mut tile = [0f32; MAX_MR * MAX_NR];
@@ -278,8 +274,8 @@ unsafe fn block<K: MicroKernel>(
             beta: 1.0,
             bias: None,
         };
-        for g0 in rps.clone().step_by(MC_PANELS) {
-            let group = g0..(g0 + MC_PANELS).min(rps.end);
+        for g0 in rps.clone().step_by(mc_panels) {
+            let group = g0..(g0 + mc_panels).min(rps.end);
             let r0 = g0 * mr;
             let group_rows = (group.len() * mr).min(m - r0);
             if !in_place {
