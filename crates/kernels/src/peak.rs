@@ -111,24 +111,33 @@ pub fn fma_loop(isa: Isa, iters: u64, threads: usize) -> f32 {
 /// for about `time`, with vectors of `isa` (lowered to what the CPU has).
 pub fn fma_gflops(isa: Isa, threads: usize, time: Duration) -> f64 {
     let isa = isa.min(cpu::detected());
-    // Calibrate the iteration count on one thread.
-    let mut iters = 1u64 << 16;
+    let run = move |iters: u64| {
+        std::hint::black_box(run_fma(isa, iters));
+    };
+    loop_gflops(run, 1 << 16, flops_per_iter(isa), threads, time)
+}
+
+/// The rate of `run(iters)` (a loop of `flops` FLOPs per iteration) on
+/// `threads` threads at once: `iters` is first doubled from `start` until
+/// one call on one thread takes `time / 8`, then each thread runs 4× that.
+fn loop_gflops(run: impl Fn(u64) + Copy + Send, start: u64, flops: f64, threads: usize, time: Duration) -> f64 {
+    let mut iters = start;
     loop {
         let t = Instant::now();
-        std::hint::black_box(run_fma(isa, iters));
+        run(iters);
         if t.elapsed() > time / 8 || iters > 1 << 34 {
             break;
         }
         iters *= 2;
     }
-    let start = Instant::now();
+    let begin = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
-            s.spawn(|| std::hint::black_box(run_fma(isa, iters * 4)));
+            s.spawn(move || run(iters * 4));
         }
     });
-    let secs = start.elapsed().as_secs_f64();
-    threads.max(1) as f64 * (iters * 4) as f64 * flops_per_iter(isa) / secs / 1e9
+    let secs = begin.elapsed().as_secs_f64();
+    threads.max(1) as f64 * (iters * 4) as f64 * flops / secs / 1e9
 }
 
 /// Peak bf16 throughput of the AMX tiles in GFLOP/s (`tdpbf16ps` on
@@ -141,25 +150,9 @@ pub fn amx_gflops(threads: usize, time: Duration) -> Option<f64> {
         if !amx::available() {
             return None;
         }
-        // SAFETY (both calls): AMX is available (checked above).
+        // SAFETY: AMX is available (checked above).
         let run = |iters: u64| unsafe { amx::tile_peak_loop(iters) };
-        let mut iters = 1u64 << 12;
-        loop {
-            let t = Instant::now();
-            run(iters);
-            if t.elapsed() > time / 8 || iters > 1 << 32 {
-                break;
-            }
-            iters *= 2;
-        }
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(move || run(iters * 4));
-            }
-        });
-        let secs = start.elapsed().as_secs_f64();
-        Some(threads.max(1) as f64 * (iters * 4) as f64 * amx::TILE_LOOP_FLOPS / secs / 1e9)
+        Some(loop_gflops(run, 1 << 12, amx::TILE_LOOP_FLOPS, threads, time))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

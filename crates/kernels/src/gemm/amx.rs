@@ -440,26 +440,24 @@ unsafe fn tiles(init: Init, a: *const u16, b: *const u16, chunks: usize, c: *mut
                 "tilezero tmm3",
                 options(nostack)
             ),
-            Init::Tile => asm!(
-                "tileloadd tmm0, [{c} + {cs}]",
-                "tileloadd tmm1, [{c} + {cs} + 64]",
-                "tileloadd tmm2, [{c2} + {cs}]",
-                "tileloadd tmm3, [{c2} + {cs} + 64]",
-                c = in(reg) c,
-                c2 = in(reg) c.add(16 * rsc),
-                cs = in(reg) cs,
-                options(nostack, readonly)
-            ),
-            // A stride of 0 bytes: every row of the tile is the same 16 values.
-            Init::Rows(row) => asm!(
-                "tileloadd tmm0, [{r} + {zero}]",
-                "tileloadd tmm1, [{r} + {zero} + 64]",
-                "tileloadd tmm2, [{r} + {zero}]",
-                "tileloadd tmm3, [{r} + {zero} + 64]",
-                r = in(reg) row,
-                zero = in(reg) 0usize,
-                options(nostack, readonly)
-            ),
+            Init::Tile | Init::Rows(_) => {
+                // C's tile (rows `rsc` apart), or one row repeated down the
+                // tile (a stride of 0 bytes).
+                let (top, bottom, stride) = match init {
+                    Init::Rows(row) => (row, row, 0),
+                    _ => (c as *const f32, c.add(16 * rsc) as *const f32, cs),
+                };
+                asm!(
+                    "tileloadd tmm0, [{t} + {s}]",
+                    "tileloadd tmm1, [{t} + {s} + 64]",
+                    "tileloadd tmm2, [{b} + {s}]",
+                    "tileloadd tmm3, [{b} + {s} + 64]",
+                    t = in(reg) top,
+                    b = in(reg) bottom,
+                    s = in(reg) stride,
+                    options(nostack, readonly)
+                )
+            }
         }
         asm!(
             "2:",
