@@ -1,5 +1,6 @@
 //! Attention forward and backward on the model shapes, with GFLOP/s:
-//! `cargo run --release -p tessera-kernels --example attn_shapes`.
+//! `cargo run --release -p tessera-kernels --example attn_shapes`
+//! (`TESSERA_MATMUL=bf16`: the per-head products in bf16).
 use std::time::Instant;
 use tessera_kernels::attention::{AttnDims, AttnGrads, backward, forward};
 use tessera_kernels::gemm::Precision;
@@ -16,6 +17,11 @@ fn seconds_per_call(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    let prec = match std::env::var("TESSERA_MATMUL").as_deref() {
+        Ok("bf16") => Precision::Bf16.available(),
+        _ => Precision::F32,
+    };
+    println!("products in {}", prec.name());
     for (name, b, n, d, h) in [
         ("tiny32 enc", 64, 17, 192, 3),
         ("tiny32 dec", 64, 65, 128, 4),
@@ -32,13 +38,13 @@ fn main() {
         let dout = vec![0.01f32; b * n * d];
         let mut dqkv = vec![0f32; qkv.len()];
         let fl = 2.0 * dims.forward_macs() as f64; // 2 FLOPs per multiply-add
-        let tf = seconds_per_call(|| forward(Precision::F32, &mut out, &mut lse, &qkv, None, dims));
+        let tf = seconds_per_call(|| forward(prec, &mut out, &mut lse, &qkv, None, dims));
         let tb = seconds_per_call(|| {
             let grads = AttnGrads {
                 dqkv: tessera_kernels::GradOut::add(&mut dqkv),
                 dbias: None,
             };
-            backward(Precision::F32, grads, &dout, &lse, &qkv, None, dims)
+            backward(prec, grads, &dout, &lse, &qkv, None, dims)
         });
         println!(
             "{name:<12} fwd {:7.3} ms {:6.1} GFLOP/s   bwd {:7.3} ms {:6.1} GFLOP/s (bwd counted as 2.5x fwd)",
