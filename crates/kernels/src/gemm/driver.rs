@@ -2,19 +2,22 @@
 //! threads share it.
 //!
 //! ```text
-//! pack all of B once, in NR-column panels (KC-deep slices, in parallel)   // shared, read-only
 //! split C into units: (row panel of MR rows) × (column block of ≤ NC columns)
-//! each thread takes one contiguous run of units (±1 unit of the others), and for
-//! each column block in its run:
+//! each thread takes one contiguous run of units (±1 unit of the others)
+//! if the runs share column blocks:
+//!   pack all of B once, in NR-column panels (KC-deep slices, in parallel)   // shared, read-only
+//! each thread, for each column block in its run:
 //!   for each k block pc of KC values                  // the same blocks for every thread
+//!     (runs of whole column blocks: pack this k block of the block's B now, in L2)
 //!     for each row panel rp of its run
 //!       pack A[rp rows, pc block] into an MR × KC micro-panel   // L1-resident
 //!       for each NR panel jp of the column block               // B block KC × NC in L2
 //!         micro-kernel: C[rp, jp] (+)= α · A_panel · B_panel (epilogue on the first block)
 //! ```
 //!
-//! Why this split scales: B is packed once for all threads (not once per
-//! thread), A once per column block, and C is cut in two dimensions, so 16
+//! Why this split scales: B is packed once (for all threads, or by the one
+//! thread that owns its column block), A once per column block, and C is cut
+//! in two dimensions, so 16
 //! threads get equal work both on `400 × 768 · 768 × 2304` (34 row panels × 5
 //! column blocks = 170 units) and on `1088 × 768 · 768 × 192` (91 × 1).
 //!
@@ -131,13 +134,36 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     // A is packed once per column block, so half as often.
     let nc = nc * K::KU;
 
+    // Units: (column block, row panel), column-block major.
+    // Column blocks of at most NC columns, and narrower when there are
+    // few row panels, so each task gets ≥ UNITS_PER_TASK units and the tasks
+    // differ by at most 1/UNITS_PER_TASK (a narrower block only means A's
+    // rows are read once more).
+    debug_assert!(kc_max.is_multiple_of(K::KG));
+    let panels = n.div_ceil(K::NR);
+    let row_panels = m.div_ceil(K::MR);
+    let col_blocks = (panels * K::NR)
+        .div_ceil(nc)
+        .max((UNITS_PER_TASK * threads).div_ceil(row_panels))
+        .min(panels);
+    let block_panels = panels.div_ceil(col_blocks);
+    let col_blocks = panels.div_ceil(block_panels);
+    let units = col_blocks * row_panels;
+    let tasks = threads.min(units);
+    // Where every task's run of units is made of whole column blocks (one
+    // task; or as many column blocks as a multiple of the tasks), no two
+    // tasks read the same B panels: each packs the k blocks of its own
+    // column blocks just before it uses them, while they are in its L2,
+    // instead of all of B first going through memory (a 768 × 3072 weight
+    // is 9 MiB: written packed, then read back, on top of being read).
+    // Otherwise B is packed once for all tasks, in parallel, before they start.
+    let private = (0..=tasks).all(|t| (t * units / tasks).is_multiple_of(row_panels));
+
     // Pack B: panel jp holds columns jp·NR .. +NR for every k, as (steps, NR)
     // (KU values of k per packed step: 1 for f32, a pair for bf16; each k
     // block padded to a multiple of KG values).
-    debug_assert!(kc_max.is_multiple_of(K::KG));
-    let panels = n.div_ceil(K::NR);
     let panel_len = K::steps(k) * K::NR;
-    let mut packed = Scratch::take(panels * panel_len);
+    let mut packed = Scratch::take(if private { 0 } else { panels * panel_len });
     let bufs = packed.as_mut_slice();
     let pack_panel = |jp: usize, panel: &mut [f32]| {
         let cols = K::NR.min(n - jp * K::NR);
@@ -151,34 +177,23 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
             panel.chunks_mut(kc_max / K::KU * K::NR).enumerate().for_each(slice);
         }
     };
-    if parallel {
+    if !private && parallel {
         bufs.par_chunks_mut(panel_len)
             .enumerate()
             .for_each(|(jp, panel)| pack_panel(jp, panel));
-    } else {
+    } else if !private {
         bufs.chunks_mut(panel_len)
             .enumerate()
             .for_each(|(jp, panel)| pack_panel(jp, panel));
     }
-    let packed_b: &[f32] = bufs;
+    let packed_b = PackedB {
+        shared: (!private).then_some(&*bufs),
+        kc: kc_max,
+    };
     if let (Some(times), Some(start)) = (profile.as_deref_mut(), start) {
         times.pack = start.elapsed();
     }
 
-    // Units: (column block, row panel), column-block major.
-    // Column blocks of at most NC columns, and narrower when there are
-    // few row panels, so each task gets ≥ UNITS_PER_TASK units and the tasks
-    // differ by at most 1/UNITS_PER_TASK (a narrower block only means A's
-    // rows are read once more).
-    let row_panels = m.div_ceil(K::MR);
-    let col_blocks = (panels * K::NR)
-        .div_ceil(nc)
-        .max((UNITS_PER_TASK * threads).div_ceil(row_panels))
-        .min(panels);
-    let block_panels = panels.div_ceil(col_blocks);
-    let col_blocks = panels.div_ceil(block_panels);
-    let units = col_blocks * row_panels;
-    let tasks = threads.min(units);
     let cptr = SendPtr(c);
     let task = |t: usize| {
         let (u0, u1) = (t * units / tasks, (t + 1) * units / tasks);
@@ -189,20 +204,7 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
             let jps = cb * block_panels..((cb + 1) * block_panels).min(panels);
             // SAFETY: tasks own disjoint runs of units, hence disjoint tiles of C;
             // the caller vouches for C, the CPU and the operands.
-            unsafe {
-                block::<K>(
-                    p,
-                    PackedB {
-                        data: packed_b,
-                        kc: kc_max,
-                    },
-                    lo..hi,
-                    jps,
-                    cptr.get(),
-                    rsc,
-                    csc,
-                )
-            };
+            unsafe { block::<K>(p, packed_b, lo..hi, jps, cptr.get(), rsc, csc) };
             cb += 1;
         }
     };
@@ -219,10 +221,13 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
     }
 }
 
-/// All of B, packed: NR-column panels of `kc`-deep slices.
+/// Where a task finds B packed, and the depth of its k blocks.
 #[derive(Clone, Copy)]
 struct PackedB<'a> {
-    data: &'a [f32],
+    /// All of B, packed before the tasks started (NR-column panels of
+    /// KC-deep slices, shared by every task); or `None`: the task packs each
+    /// k block of its column block itself.
+    shared: Option<&'a [f32]>,
     kc: usize,
 }
 
@@ -241,11 +246,14 @@ unsafe fn block<K: MicroKernel>(
 ) {
     let (m, k, n) = (p.a.rows(), p.a.cols(), p.b.cols());
     let (mr, nr) = (K::MR, K::NR);
-    let PackedB {
-        data: packed_b,
-        kc: kc_max,
-    } = packed;
+    let PackedB { shared, kc: kc_max } = packed;
     let panel_len = K::steps(k) * nr;
+    // This column block's B panels for one k block, when the task packs them.
+    let mut own_b = Scratch::take(match shared {
+        None => jps.len() * nr * K::steps(kc_max.min(k)),
+        Some(_) => 0,
+    });
+    let own_b = own_b.as_mut_slice();
     // A row-major A is read in place (no packing pass), unless its rows are a
     // multiple of 4 KiB apart: then all MR rows fall into the same L1 sets and
     // evict each other (400 × 3072 · 3072 × 768 on 2 threads: 165 in place,
@@ -262,6 +270,12 @@ unsafe fn block<K: MicroKernel>(
     for pc in (0..k).step_by(kc_max) {
         let kc = kc_max.min(k - pc);
         let steps = K::steps(kc); // packed rows of this k block
+        if shared.is_none() {
+            for (q, jp) in jps.clone().enumerate() {
+                let cols = nr.min(n - jp * nr);
+                K::pack_b(&mut own_b[q * steps * nr..], &p.b, jp * nr, cols, pc, kc);
+            }
+        }
         // With a residual, its tile is copied into C just before the first
         // k block, which then accumulates onto it (β = 1).
         let first = Epilogue {
@@ -296,7 +310,10 @@ unsafe fn block<K: MicroKernel>(
                 };
                 for jp in jps.clone() {
                     let cols = nr.min(n - jp * nr);
-                    let b = &packed_b[jp * panel_len + pc / K::KU * nr..][..steps * nr];
+                    let b = match shared {
+                        Some(all) => &all[jp * panel_len + pc / K::KU * nr..][..steps * nr],
+                        None => &own_b[(jp - jps.start) * steps * nr..][..steps * nr],
+                    };
                     let ep = if pc == 0 { first } else { later };
                     let ep = Epilogue {
                         bias: ep.bias.map(|v| &v[jp * nr..]),
