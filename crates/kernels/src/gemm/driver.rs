@@ -177,14 +177,16 @@ unsafe fn run_maybe_profiled<K: MicroKernel>(
             panel.chunks_mut(kc_max / K::KU * K::NR).enumerate().for_each(slice);
         }
     };
-    if !private && parallel {
-        bufs.par_chunks_mut(panel_len)
+    match (private, parallel) {
+        (true, _) => {} // each task packs its own, in `block`
+        (false, true) => bufs
+            .par_chunks_mut(panel_len)
             .enumerate()
-            .for_each(|(jp, panel)| pack_panel(jp, panel));
-    } else if !private {
-        bufs.chunks_mut(panel_len)
+            .for_each(|(jp, panel)| pack_panel(jp, panel)),
+        (false, false) => bufs
+            .chunks_mut(panel_len)
             .enumerate()
-            .for_each(|(jp, panel)| pack_panel(jp, panel));
+            .for_each(|(jp, panel)| pack_panel(jp, panel)),
     }
     let packed_b = PackedB {
         shared: (!private).then_some(&*bufs),
