@@ -196,21 +196,23 @@ fn pack_a_panel(dst: &mut [u16], a: &MatRef, r0: usize, rows: usize, pc: usize, 
             chunk[rows * TK..].fill(0);
         }
     }
-    let mut block = pack::Scratch::take(BM * TK); // (transposed A only)
-    for q in 0..chunks {
-        let kn = TK.min(kc - q * TK);
-        let out = &mut dst[q * CHUNK..(q + 1) * CHUNK];
-        if a.cs() == 1 {
-            // Rows of A are contiguous in k: each row of the chunk is a run.
+    if a.cs() == 1 {
+        // Rows of A are contiguous in k: each row of a chunk is a run.
+        for (q, out) in dst.chunks_exact_mut(CHUNK).enumerate() {
+            let kn = TK.min(kc - q * TK);
             for i in 0..rows {
                 let start = (r0 + i) * a.rs() + pc + q * TK;
                 convert(&mut out[i * TK..], &a.data()[start..start + kn]);
             }
-        } else {
-            // A is a transposed view (a dW product): the f32 packer's
-            // transposing path (it packs B's columns as rows) gives the
-            // chunk as rows × 32, then one conversion.
-            let block = block.as_mut_slice();
+        }
+    } else {
+        // A is a transposed view (a dW product): the f32 packer's transposing
+        // path (it packs B's columns as rows) gives each chunk as rows × 32,
+        // then one conversion.
+        let mut block = pack::Scratch::take(BM * TK);
+        let block = block.as_mut_slice();
+        for (q, out) in dst.chunks_exact_mut(CHUNK).enumerate() {
+            let kn = TK.min(kc - q * TK);
             pack::pack_b(block, a, pc + q * TK, kn, r0, rows, TK);
             convert(out, &block[..rows * TK]);
         }

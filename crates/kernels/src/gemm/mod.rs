@@ -759,8 +759,8 @@ mod tests {
     /// matrixmultiply for `Scalar`) against f64 dot products, on shapes that
     /// cross every blocking edge: K past one and several KC blocks, N past one
     /// column block (512), M past one packed group of row panels (768 rows on
-    /// AMD, 96 on Intel), ragged
-    /// tiles, A read in place and packed, all four transposes, β ∈ {0 with NaN in C, 1, ½}, with a bias.
+    /// AMD, 96 on Intel), ragged tiles, A read in place and packed, all four
+    /// transposes, β ∈ {0 with NaN in C, 1, ½}, with a bias.
     #[test]
     fn every_path_matches_f64_across_blocking_edges() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(17);
