@@ -27,7 +27,10 @@
 //! One rayon task per (b, h); each task holds only its own head's `N × N`
 //! scores, and the products are strided views into `qkv`/`out` (no copies of
 //! Q, K, V). Tasks write disjoint columns, so the result is independent of
-//! the thread count.
+//! the thread count. Short sequences (`N ≤` [`short::MAX_N`], on AVX-512)
+//! take [`mod@short`]'s unpacked products, in f32 in either precision, the
+//! one copy being a head's `Kᵀ` or `Vᵀ`; longer ones the GEMM driver's, in
+//! `prec`. While a short head computes, the next head's rows are prefetched.
 
 use crate::GradOut;
 use crate::cpu::Isa;
@@ -36,6 +39,8 @@ use crate::math;
 use crate::par::SendPtr;
 use crate::softmax::softmax_row_in_place;
 use rayon::prelude::*;
+
+pub mod short;
 
 /// Attention geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,30 +157,47 @@ crate::multiversion! {
     }
 }
 
-/// The operands of one product of a head's task, `C = α·A·B + β·C`, in `prec`.
-fn operands<'a>(
+/// How a head's products run: on instruction set `isa` (the entry's), in
+/// `prec`, and for short sequences ([`short::applies`]) without packing.
+#[derive(Clone, Copy)]
+struct HeadProducts {
+    isa: Isa,
     prec: Precision,
-    alpha: f32,
-    a: MatRef<'a>,
-    b: MatRef<'a>,
-    beta: f32,
-) -> crate::gemm::driver::Product<'a> {
-    crate::gemm::driver::Product {
-        prec,
-        ..crate::gemm::plain(alpha, a, b, beta)
-    }
+    short: bool,
 }
 
-/// One product of a head's task on the calling thread, on instruction set
-/// `isa` (the entry's): C at `c` with rows `rsc` apart and contiguous columns.
-///
-/// # Safety
-/// `isa` is at most the CPU's level; `c` covers `A.rows × B.cols` with that
-/// row stride, is valid for reads and writes, and is touched by no other task
-/// during the call.
-unsafe fn head_product(isa: Isa, p: crate::gemm::driver::Product, c: *mut f32, rsc: usize) {
-    // SAFETY: the caller vouches for the level and for C.
-    unsafe { product_raw(isa, &p, c, rsc, 1, 1) }
+impl HeadProducts {
+    fn new(isa: Isa, prec: Precision, dims: &AttnDims) -> Self {
+        HeadProducts {
+            isa,
+            prec,
+            short: short::applies(isa, dims.n),
+        }
+    }
+
+    /// `C = α·A·B + β·C` on the calling thread, C at `c` with rows `rsc`
+    /// apart and contiguous columns. On the short path a `B` whose columns
+    /// are not contiguous (`Kᵀ`, `Vᵀ`) is first transposed into `scratch`.
+    ///
+    /// # Safety
+    /// `c` covers `A.rows × B.cols` with that row stride, is valid for reads
+    /// and writes, and is touched by no other task during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(&self, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: *mut f32, rsc: usize, scratch: &mut Vec<f32>) {
+        if self.short {
+            let b = if b.cs() == 1 { b } else { short::dense_into(scratch, b) };
+            // SAFETY: the caller's promise about C.
+            unsafe { short::product(self.isa, alpha, a, b, beta, c, rsc) }
+        } else {
+            let p = crate::gemm::driver::Product {
+                prec: self.prec,
+                ..crate::gemm::plain(alpha, a, b, beta)
+            };
+            // SAFETY: `isa` is the entry's (never above the CPU's); C is the
+            // caller's promise.
+            unsafe { product_raw(self.isa, &p, c, rsc, 1, 1) }
+        }
+    }
 }
 
 /// The (N, Dh) view of head `h` of slot `slot` (0 q, 1 k, 2 v) of image `b`.
@@ -185,15 +207,47 @@ fn head<'a>(qkv: &'a [f32], dims: &AttnDims, b: usize, h: usize, slot: usize) ->
     MatRef::new(&qkv[off..], n, dims.dh(), 3 * d, 1)
 }
 
+/// Asks for the q, k and v rows of task `task` (image `task / H`, head
+/// `task % H`), and its rows of `dout (B, N, D)` if given, to be brought
+/// into the cache, so that the next head's operands arrive while this one
+/// computes. A head's rows are `Dh` values every `3D` (or `D`): too far
+/// apart for the hardware prefetcher, and on the short path the first pass
+/// over them (`Kᵀ`) otherwise waits on each line.
+fn prefetch_task(qkv: &[f32], dout: Option<&[f32]>, dims: &AttnDims, task: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if task < dims.b * dims.h {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let (bi, hi) = (task / dims.h, task % dims.h);
+        let (n, d, dh) = (dims.n, dims.d, dims.dh());
+        let rows = |data: &[f32], first: usize, stride: usize| {
+            for i in 0..n {
+                for line in data[first + i * stride..][..dh].iter().step_by(16) {
+                    // SAFETY: a prefetch only hints; the address is inside `data`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>((line as *const f32).cast()) };
+                }
+            }
+        };
+        for slot in 0..3 {
+            rows(qkv, bi * n * 3 * d + slot * d + hi * dh, 3 * d);
+        }
+        if let Some(g) = dout {
+            rows(g, bi * n * d + hi * dh, d);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (qkv, dout, dims, task);
+}
+
 /// The logits `S = scale·Q Kᵀ + A` of head `hi` of image `bi` into
-/// `scores (N, N)`, the products in `prec` on `isa` (the entry's): where the
-/// forward, the backward and [`probabilities`] all start.
+/// `scores (N, N)`, the products as `hp` says (`scratch` for the short
+/// path's `Kᵀ`): where the forward, the backward and [`probabilities`] all
+/// start.
 #[allow(clippy::too_many_arguments)]
 fn head_logits(
-    isa: Isa,
-    prec: Precision,
+    hp: HeadProducts,
     scores: &mut [f32], // (N, N)
-    qkv: &[f32],        // (B, N, 3·D)
+    scratch: &mut Vec<f32>,
+    qkv: &[f32], // (B, N, 3·D)
     bias: Option<&AttnBias>,
     dims: &AttnDims,
     bi: usize,
@@ -203,11 +257,10 @@ fn head_logits(
     assert_eq!(scores.len(), n * n, "attention: a head's scores are (N {n}, N {n})");
     let q = head(qkv, dims, bi, hi, 0);
     let k = head(qkv, dims, bi, hi, 1);
-    // SAFETY: `isa` is the entry's (never above the CPU's); `scores` is an
-    // exclusive borrow of exactly N×N values, rows N apart.
-    unsafe { head_product(isa, operands(prec, dims.scale(), q, k.t(), 0.0), scores.as_mut_ptr(), n) };
+    // SAFETY: `scores` is an exclusive borrow of exactly N×N values, rows N apart.
+    unsafe { hp.run(dims.scale(), q, k.t(), 0.0, scores.as_mut_ptr(), n, scratch) };
     if let Some(a) = bias {
-        add_in_place::run(isa, scores, a.head(dims, bi, hi));
+        add_in_place::run(hp.isa, scores, a.head(dims, bi, hi));
     }
 }
 
@@ -219,8 +272,8 @@ pub struct AttnGrads<'a> {
 }
 
 /// `out (B, N, D)` and `lse (B, H, N)` from `qkv (B, N, 3D)`, the logits
-/// `S = scale·Q·Kᵀ` plus `bias` if given. Its five products run in `prec`
-/// (bf16 where the CPU can, else f32).
+/// `S = scale·Q·Kᵀ` plus `bias` if given. Its products run in `prec` (bf16
+/// where the CPU can, else f32), short sequences' in f32 (see the module).
 pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], bias: Option<AttnBias>, dims: AttnDims) {
     let isa = crate::cpu::isa();
     let AttnDims { b, n, d, h } = dims;
@@ -250,25 +303,23 @@ pub fn forward(prec: Precision, out: &mut [f32], lse: &mut [f32], qkv: &[f32], b
         return;
     }
     let dh = dims.dh();
+    let hp = HeadProducts::new(isa, prec, &dims);
     let out_ptr = SendPtr(out.as_mut_ptr());
     lse.par_chunks_mut(n).enumerate().for_each_init(
-        || vec![0f32; n * n],
-        |scores, (task, lse_row)| {
+        || (vec![0f32; n * n], Vec::new()),
+        |(scores, scratch), (task, lse_row)| {
             let (bi, hi) = (task / h, task % h);
+            if hp.short {
+                prefetch_task(qkv, None, &dims, task + 1);
+            }
             let v = head(qkv, &dims, bi, hi, 2);
-            head_logits(isa, prec, scores, qkv, bias.as_ref(), &dims, bi, hi);
+            head_logits(hp, scores, scratch, qkv, bias.as_ref(), &dims, bi, hi);
             softmax_rows::run(isa, scores, lse_row);
             let p = MatRef::row_major(scores, n, n);
+            let o = out_ptr.get();
             // SAFETY: the (N, Dh) block at rows of image `bi`, columns of head `hi`
             // is written by this task only; it lies inside `out` (checked above).
-            unsafe {
-                head_product(
-                    isa,
-                    operands(prec, 1.0, p, v, 0.0),
-                    out_ptr.get().add(bi * n * d + hi * dh),
-                    d,
-                )
-            };
+            unsafe { hp.run(1.0, p, v, 0.0, o.add(bi * n * d + hi * dh), d, scratch) };
         },
     );
 }
@@ -344,35 +395,32 @@ pub fn backward(
     let keep_ds = dbias.is_some();
     let mut ds_all = if keep_ds { vec![0f32; b * h * nn] } else { Vec::new() };
     let ds_ptr = SendPtr(ds_all.as_mut_ptr());
+    let hp = HeadProducts::new(isa, prec, &dims);
     (0..b * h).into_par_iter().for_each_init(
-        || (vec![0f32; n * n], vec![0f32; n * n]),
-        |(p, dp), task| {
+        || (vec![0f32; n * n], vec![0f32; n * n], Vec::new()),
+        |(p, dp, scratch), task| {
             let (bi, hi) = (task / h, task % h);
+            if hp.short {
+                prefetch_task(qkv, Some(dout), &dims, task + 1);
+            }
             let q = head(qkv, &dims, bi, hi, 0);
             let k = head(qkv, &dims, bi, hi, 1);
             let v = head(qkv, &dims, bi, hi, 2);
             let d_o = MatRef::new(&dout[bi * n * d + hi * dh..], n, dh, d, 1);
             let lse_rows = &lse[task * n..(task + 1) * n];
             // P = exp(scale·Q Kᵀ + A − lse), recomputed.
-            head_logits(isa, prec, p, qkv, bias.as_ref(), &dims, bi, hi);
+            head_logits(hp, p, scratch, qkv, bias.as_ref(), &dims, bi, hi);
             probs_from_lse::run(isa, p, lse_rows);
             // dP = dO Vᵀ.
             // SAFETY: `dp` is this task's own N×N buffer.
-            unsafe { head_product(isa, operands(prec, 1.0, d_o, v.t(), 0.0), dp.as_mut_ptr(), n) };
-            let base = dqkv_ptr;
+            unsafe { hp.run(1.0, d_o, v.t(), 0.0, dp.as_mut_ptr(), n, scratch) };
+            let base = dqkv_ptr.get();
             let slot = |s: usize| bi * n * 3 * d + s * d + hi * dh;
             let pm = MatRef::row_major(p, n, n);
             // SAFETY (this product and the two below): the (N, Dh) blocks of head
             // `hi` of image `bi` in the q, k and v slots of `dqkv` are written by
             // this task only, and lie inside `dqkv` (lengths checked above).
-            unsafe {
-                head_product(
-                    isa,
-                    operands(prec, 1.0, pm.t(), d_o, beta),
-                    base.get().add(slot(2)),
-                    3 * d,
-                )
-            };
+            unsafe { hp.run(1.0, pm.t(), d_o, beta, base.add(slot(2)), 3 * d, scratch) };
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)): the gradient of the logits,
             // and so of the bias; the products below take the softmax scale.
             softmax_grad_rows::run(isa, p, dp, n, 1.0);
@@ -382,16 +430,9 @@ pub fn backward(
             }
             let ds = MatRef::row_major(dp, n, n);
             // SAFETY: this task's own (N, Dh) block of the q slot (see above).
-            unsafe { head_product(isa, operands(prec, scale, ds, k, beta), base.get().add(slot(0)), 3 * d) };
+            unsafe { hp.run(scale, ds, k, beta, base.add(slot(0)), 3 * d, scratch) };
             // SAFETY: this task's own (N, Dh) block of the k slot (see above).
-            unsafe {
-                head_product(
-                    isa,
-                    operands(prec, scale, ds.t(), q, beta),
-                    base.get().add(slot(1)),
-                    3 * d,
-                )
-            };
+            unsafe { hp.run(scale, ds.t(), q, beta, base.add(slot(1)), 3 * d, scratch) };
         },
     );
     if let (Some(db), Some(a)) = (dbias, bias) {
@@ -436,11 +477,12 @@ pub fn probabilities(prec: Precision, p: &mut [f32], qkv: &[f32], bias: Option<A
     if p.is_empty() {
         return;
     }
+    let hp = HeadProducts::new(isa, prec, &dims);
     p.par_chunks_mut(n * n).enumerate().for_each_init(
-        || vec![0f32; n], // this task's lse (N), not kept
-        |lse, (task, block)| {
+        || (vec![0f32; n], Vec::new()), // this task's lse (N), not kept
+        |(lse, scratch), (task, block)| {
             let (bi, hi) = (task / h, task % h);
-            head_logits(isa, prec, block, qkv, bias.as_ref(), &dims, bi, hi);
+            head_logits(hp, block, scratch, qkv, bias.as_ref(), &dims, bi, hi);
             softmax_rows::run(isa, block, lse);
         },
     );
@@ -575,7 +617,9 @@ mod tests {
             AttnDims::new(2, 3, 6, 2),
             AttnDims::new(1, 7, 12, 3),
             AttnDims::new(3, 17, 16, 4),
+            AttnDims::new(2, 33, 96, 2),
             AttnDims::new(2, 65, 64, 2),
+            AttnDims::new(1, 128, 64, 1),
             AttnDims::new(1, 197, 128, 2),
         ]
     }
