@@ -218,20 +218,25 @@ fn prefetch_task(qkv: &[f32], dout: Option<&[f32]>, dims: &AttnDims, task: usize
     if task < dims.b * dims.h {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let (bi, hi) = (task / dims.h, task % dims.h);
-        let (n, d, dh) = (dims.n, dims.d, dims.dh());
-        let rows = |data: &[f32], first: usize, stride: usize| {
-            for i in 0..n {
-                for line in data[first + i * stride..][..dh].iter().step_by(16) {
-                    // SAFETY: a prefetch only hints; the address is inside `data`.
+        let rows = |m: MatRef| {
+            for i in 0..m.rows() {
+                for line in m.data()[i * m.rs()..][..m.cols()].iter().step_by(16) {
+                    // SAFETY: a prefetch only hints; the address is inside the view's data.
                     unsafe { _mm_prefetch::<_MM_HINT_T0>((line as *const f32).cast()) };
                 }
             }
         };
         for slot in 0..3 {
-            rows(qkv, bi * n * 3 * d + slot * d + hi * dh, 3 * d);
+            rows(head(qkv, dims, bi, hi, slot));
         }
         if let Some(g) = dout {
-            rows(g, bi * n * d + hi * dh, d);
+            rows(MatRef::new(
+                &g[bi * dims.n * dims.d + hi * dims.dh()..],
+                dims.n,
+                dims.dh(),
+                dims.d,
+                1,
+            ));
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
