@@ -2,8 +2,9 @@
 # Side-by-side MAE training-step benchmark: Tessera vs PyTorch, same machine,
 # same run, both workloads, f32 and bf16, PyTorch both eager and through
 # torch.compile (the best a user would run). Prints one JSON line per run,
-# each naming the CPU that made it ("cpu" in PyTorch's lines, the first line
-# for Tessera's, from /proc/cpuinfo).
+# each naming the CPU that made it in its "cpu" field (model name, family,
+# model and vector units, from /proc/cpuinfo: a cloud guest's generic "Intel
+# Xeon" covers several generations, with AMX or without).
 #   benches/compare.sh > results.jsonl
 # Needs PyTorch (benches/pytorch/install.sh) and a quiet machine (uptime ≈ 0).
 set -euo pipefail
@@ -11,7 +12,6 @@ cd "$(dirname "$0")/.."
 cargo build --release -q
 TESSERA=target/release/tessera
 PY=${PYTHON:-python3}
-echo "{\"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')\", \"threads\": 2}"
 for round in 1 2; do
   for w in tiny32 base224; do
     if [ "$w" = tiny32 ]; then steps=20; warm=3; else steps=6; warm=2; fi

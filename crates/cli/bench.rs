@@ -201,6 +201,7 @@ pub fn run(args: Args) -> Result<()> {
         "workload": name,
         "batch": batch,
         "threads": threads,
+        "cpu": tessera_mim::run::cpu_name(),
         "isa": tessera_kernels::cpu::isa().name(),
         "precision": format!("{:?}", config.precision).to_lowercase(),
         "steps": args.steps,

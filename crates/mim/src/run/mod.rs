@@ -496,17 +496,49 @@ pub(crate) fn train_loop<S: Step>(
     })
 }
 
-/// The CPU's model name (Linux's `/proc/cpuinfo`), or the architecture.
+/// The CPU that makes a number, as Linux's `/proc/cpuinfo` describes its
+/// first processor (or the architecture): its model name, then its family
+/// and model and the vector units that decide the kernels (see
+/// [`describe_cpu`]).
 pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+        .and_then(|t| describe_cpu(&t))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// `model name (family F model M; avx2 avx512f avx512_bf16 amx_tile)` from a
+/// `/proc/cpuinfo` text, naming only the units present. A cloud guest often
+/// reports a generic model name ("Intel(R) Xeon(R) Processor") for several
+/// generations: the family, model and units tell them apart (a Sapphire
+/// Rapids guest without AMX is another machine for bf16).
+pub fn describe_cpu(cpuinfo: &str) -> Option<String> {
+    // The first processor's block: its lines up to the first blank one.
+    let block = cpuinfo.split("\n\n").next()?;
+    let field = |key: &str| {
+        block.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    let name = field("model name")?;
+    let mut about = Vec::new();
+    if let (Some(f), Some(m)) = (field("cpu family"), field("model")) {
+        about.push(format!("family {f} model {m}"));
+    }
+    let flags = field("flags").unwrap_or_default();
+    let units: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|u| flags.split_whitespace().any(|f| f == *u))
+        .collect();
+    if !units.is_empty() {
+        about.push(units.join(" "));
+    }
+    Some(if about.is_empty() {
+        name
+    } else {
+        format!("{name} ({})", about.join("; "))
+    })
 }
 
 /// The steps a loop runs, and (rank 0) where it writes.
@@ -652,6 +684,25 @@ fn steps<S: Step>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The description names the generation and the units, and nothing absent.
+    #[test]
+    fn cpu_description_names_family_model_and_units() {
+        let info = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n\
+                    model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n\n\
+                    processor\t: 1\nmodel name\t: Other\n";
+        assert_eq!(
+            describe_cpu(info).as_deref(),
+            Some("Intel(R) Xeon(R) Processor (family 6 model 207; avx2 avx512f avx512_bf16)")
+        );
+        let amd = "cpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9R14\nflags\t: avx2 avx512f amx_tile\n";
+        assert_eq!(
+            describe_cpu(amd).as_deref(),
+            Some("AMD EPYC 9R14 (family 25 model 17; avx2 avx512f amx_tile)")
+        );
+        assert_eq!(describe_cpu("model name\t: Bare\n").as_deref(), Some("Bare"));
+        assert_eq!(describe_cpu("flags: avx2\n"), None);
+    }
 
     /// A writer that takes `room` bytes, then fails as a full disk does.
     struct FullDisk {
