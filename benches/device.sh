@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
 B=target/release
 {
-  echo "== $(date -u) $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo)"
+  echo "== $(date -u) $(nproc) cores: $(python3 benches/pytorch/machine.py 2>/dev/null || grep -m1 "model name" /proc/cpuinfo)"
   "$B/examples/peak"
   for t in 1 16; do
     echo "== gemm_shapes, $t threads"

@@ -31,6 +31,7 @@ import time
 import torch
 import torch.nn as nn
 
+from machine import cpu_name
 from parity_init import simmim_loss
 from swin_parity import Swin
 
@@ -158,6 +159,7 @@ def main(argv=None):
         "workload": args.workload,
         "batch": B,
         "threads": args.threads,
+        "cpu": cpu_name(),
         "steps": args.steps,
         "images_per_s": B / med,
         "median_step_s": med,
