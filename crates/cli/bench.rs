@@ -204,6 +204,10 @@ pub fn run(args: Args) -> Result<()> {
         "cpu": tessera_mim::run::cpu_name(),
         "isa": tessera_kernels::cpu::isa().name(),
         "precision": format!("{:?}", config.precision).to_lowercase(),
+        // Which kernel ran the bf16 products (null: f32 ones).
+        "bf16_kernel": (config.precision == tessera_kernels::gemm::Precision::Bf16)
+            .then(tessera_kernels::gemm::bf16_kernel)
+            .flatten(),
         "steps": args.steps,
         "images_per_s": batch as f64 / med,
         "median_step_s": med,

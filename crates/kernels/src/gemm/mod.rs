@@ -88,6 +88,27 @@ pub fn bf16_available() -> bool {
     }
 }
 
+/// The kernel bf16 products run on here: `"amx"` (tiles), `"avx512_bf16"`
+/// (`vdpbf16ps`), or `None` (they run in f32). The same choice as the
+/// products make, so a benchmark line can say which one made its number: on
+/// an Intel CPU without AMX, `vdpbf16ps` is no faster than two f32 FMAs.
+pub fn bf16_kernel() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if amx::available() {
+            Some("amx")
+        } else if cpu::isa() == Isa::Avx512 && avx512_bf16() {
+            Some("avx512_bf16")
+        } else {
+            None
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 impl Precision {
     /// `self`, or f32 where this CPU cannot run bf16 products
     /// ([`bf16_available`]): what a product asked for `self` runs in.
@@ -1142,6 +1163,29 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The kernel a benchmark line names is the one that can run: one exists
+    /// exactly where bf16 products are available, and none when the
+    /// instruction set is lowered below AVX-512 (those products run in f32).
+    #[test]
+    fn bf16_kernel_names_what_runs() {
+        assert_eq!(bf16_kernel().is_some(), bf16_available());
+        if !amx_available_here() {
+            assert_eq!(cpu::with_isa(Isa::Avx2, bf16_kernel), None);
+        }
+    }
+
+    /// Whether AMX runs here (it ignores the instruction-set override).
+    fn amx_available_here() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
         }
     }
 
