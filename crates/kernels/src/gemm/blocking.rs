@@ -41,6 +41,12 @@ pub struct Blocking {
     /// +4–10%, docs/benchmarks.md); the AMD CPUs the driver was tuned on keep
     /// the loop they were measured with.
     pub prefetch_b: bool,
+    /// Whether packing a transposed A (the dW products) asks for its rows at
+    /// one k 8 steps of k ahead: on Intel CPUs, where it was measured (an
+    /// Emerald Rapids class guest, one thread, operands cold: dW products
+    /// +3–13%, docs/benchmarks.md); the AMD CPUs keep the packing they were
+    /// measured with.
+    pub prefetch_packs: bool,
     /// Micro-panels of A the driver packs at once when it packs A (a
     /// transposed A: the dW products). Measured per vendor, not derived: on
     /// the Zen 4 a run of 64 panels (768 rows × KC) let the prefetchers follow
@@ -64,6 +70,7 @@ impl Blocking {
             l1d,
             l2,
             prefetch_b: false,
+            prefetch_packs: false,
             a_panels: 64,
         }
     }
@@ -76,6 +83,7 @@ impl Blocking {
             let intel = intel();
             Blocking {
                 prefetch_b: intel,
+                prefetch_packs: intel,
                 a_panels: if intel { 8 } else { 64 },
                 ..Blocking::for_caches(l1d, l2)
             }

@@ -9,12 +9,20 @@
 //! stored. Each function has a fast loop for the contiguous case of its
 //! operand (the row-major and the transposed layout) and a strided fallback.
 
+use super::Blocking;
 use super::view::MatRef;
 use std::cell::RefCell;
 
 /// Packs `rows` rows of A from `r0`, `kc` values of k from `pc`, into
 /// `⌈rows / mr⌉` consecutive micro-panels of `(kc, mr)` each.
 pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: usize, kc: usize, mr: usize) {
+    pack_a_with(Blocking::detected().prefetch_packs, dst, a, r0, rows, pc, kc, mr)
+}
+
+/// [`pack_a`], asking for a transposed A's runs ahead if `prefetch` (the
+/// tests run both ways on every CPU).
+#[allow(clippy::too_many_arguments)]
+fn pack_a_with(prefetch: bool, dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: usize, kc: usize, mr: usize) {
     let panels = rows.div_ceil(mr);
     let dst = &mut dst[..panels * kc * mr];
     if !rows.is_multiple_of(mr) {
@@ -24,7 +32,13 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: us
     if rs == 1 {
         // A is stored transposed: the rows at one k are contiguous. Read them
         // as one run per k (several cache lines) and deal it out to the panels.
+        // The runs are `cs` apart, each a few lines long: too short for the
+        // hardware prefetcher, so on Intel CPUs the run `AHEAD` steps on is
+        // asked for while this one is copied (`Blocking::prefetch_packs`).
         for p in 0..kc {
+            if prefetch && p + AHEAD < kc {
+                prefetch_run(&data[(pc + p + AHEAD) * cs + r0..][..rows]);
+            }
             let src = &data[(pc + p) * cs + r0..][..rows];
             for (q, part) in src.chunks(mr).enumerate() {
                 copy_short(&mut dst[(q * kc + p) * mr..][..part.len()], part);
@@ -76,6 +90,22 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef, r0: usize, rows: usize, pc: us
     }
 }
 
+/// How many steps of k ahead `pack_a` asks for a transposed A's runs.
+const AHEAD: usize = 8;
+
+/// Asks for the cache lines of `run` (a hint: nothing is read).
+#[inline(always)]
+fn prefetch_run(run: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in run.iter().step_by(16).chain(run.last()) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch only hints the cache; the address is inside `run`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((line as *const f32).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = run;
+}
+
 /// `dst.copy_from_slice(src)` for a micro-panel's short runs, with the common
 /// lengths in functions of their own so they compile to a few vector moves: as
 /// one `copy_from_slice` (or as match arms, which the optimiser merges back into
@@ -125,7 +155,9 @@ pub(crate) fn pack_b(dst: &mut [f32], b: &MatRef, c0: usize, cols: usize, pc: us
     }
     let (data, rs, cs) = (b.data(), b.rs(), b.cs());
     if cs == 1 {
-        // B row-major: the nr columns at one k are contiguous.
+        // B row-major: the nr columns at one k are contiguous. (Asking for
+        // them ahead, as `pack_a` does, measured no different: one constant
+        // stride, which the hardware prefetcher likely follows already.)
         for (p, line) in dst.chunks_exact_mut(nr).enumerate() {
             let base = (pc + p) * rs + c0;
             copy_short(&mut line[..cols], &data[base..base + cols]);
@@ -348,11 +380,17 @@ mod tests {
                 }
             }
             let at = v.t(); // 41 × 53 as A
-            for &(r0, count, mr) in &[(0usize, 41usize, 12usize), (5, 30, 6), (3, 12, 12), (0, 1, 16)] {
-                let (pc, kc) = (4, 37);
+            let cases = [(0usize, 41usize, 12usize), (5, 30, 6), (3, 12, 12), (0, 1, 16)];
+            // k blocks shorter and longer than the prefetch distance, one ending at K.
+            let blocks = [(4usize, 37usize), (16, 37), (50, 3)];
+            for ((&(r0, count, mr), (pc, kc)), prefetch) in cases
+                .iter()
+                .flat_map(|c| blocks.map(|b| (c, b)))
+                .flat_map(|cb| [(cb, false), (cb, true)])
+            {
                 let panels = count.div_ceil(mr);
                 let mut dst = vec![f32::NAN; panels * kc * mr];
-                pack_a(&mut dst, &at, r0, count, pc, kc, mr);
+                pack_a_with(prefetch, &mut dst, &at, r0, count, pc, kc, mr);
                 for q in 0..panels {
                     for p in 0..kc {
                         for i in 0..mr {
